@@ -1,0 +1,327 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// StreamKind says which kind of customer data a stream carries.
+// +kubebuilder:validation:Enum=Usage;Plan
+type StreamKind string
+
+const (
+	// StreamUsage carries real-use data: usage events.
+	StreamUsage StreamKind = "Usage"
+	// StreamPlan carries plan-ahead data: planned quantities for coming periods.
+	StreamPlan StreamKind = "Plan"
+)
+
+// DimensionType is the ClickHouse type of a declared dimension.
+// +kubebuilder:validation:Enum=String;Int32;Int64;UInt32;UInt64;Float32;Float64;Bool;Date;DateTime
+type DimensionType string
+
+// CustomerLoopSpec declares one feedback loop: where customers' usage events and plans
+// arrive (Kafka) and where they are kept and aggregated (ClickHouse).
+// +kubebuilder:validation:XValidation:rule="self.streams.all(s, !has(s.deadLetterTopic) || self.streams.all(t, t.topic != s.deadLetterTopic))",message="a stream's deadLetterTopic must not be the topic of any stream"
+type CustomerLoopSpec struct {
+	// kafka is where the loop's streams are read from.
+	// +required
+	Kafka KafkaSpec `json:"kafka"`
+
+	// clickhouse is where the loop's tables live.
+	// +required
+	ClickHouse ClickHouseSpec `json:"clickhouse"`
+
+	// streams are the Kafka topics the loop ingests, each into its own raw table.
+	// +required
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:XValidation:rule="self.all(s, self.exists_one(t, t.topic == s.topic))",message="two streams read the same topic; give each stream its own topic"
+	Streams []StreamSpec `json:"streams"`
+
+	// paused stops ingestion without deleting anything; the loop's consumer group keeps
+	// its position and ingestion resumes where it stopped.
+	// +optional
+	Paused bool `json:"paused,omitempty"`
+}
+
+// KafkaSpec is the Kafka connection of a loop.
+type KafkaSpec struct {
+	// brokers are bootstrap addresses, host:port.
+	// +required
+	// +listType=set
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=261
+	// +kubebuilder:validation:items:Pattern=`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:[0-9]{1,5}$`
+	Brokers []string `json:"brokers"`
+
+	// consumerGroup is the Kafka consumer group of the loop's workers. Defaults to
+	// "customerloop.<namespace>.<name>".
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=249
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9._-]+$`
+	ConsumerGroup string `json:"consumerGroup,omitempty"`
+}
+
+// ClickHouseSpec is the ClickHouse connection of a loop.
+type ClickHouseSpec struct {
+	// address is the host:port of ClickHouse's native protocol (usually port 9000).
+	// +required
+	// +kubebuilder:validation:MaxLength=261
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:[0-9]{1,5}$`
+	Address string `json:"address"`
+
+	// database holds the loop's tables. It is created when missing and cannot be changed
+	// afterwards (the data would be left behind).
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z_][a-z0-9_]*$`
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="database is immutable; create a new CustomerLoop to use another database"
+	Database string `json:"database"`
+
+	// credentialsSecretRef names a Secret in the loop's namespace with the ClickHouse user
+	// and password. Without it the server's default user is used.
+	// +optional
+	CredentialsSecretRef *CredentialsSecretRef `json:"credentialsSecretRef,omitempty"`
+}
+
+// CredentialsSecretRef points at a username and a password in a Secret of the loop's
+// namespace.
+type CredentialsSecretRef struct {
+	// name of the Secret.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
+	Name string `json:"name"`
+
+	// usernameKey is the Secret key holding the user name. Defaults to "username".
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	UsernameKey string `json:"usernameKey,omitempty"`
+
+	// passwordKey is the Secret key holding the password. Defaults to "password".
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	PasswordKey string `json:"passwordKey,omitempty"`
+}
+
+// StreamSpec is one Kafka topic of customer data and how its JSON messages map onto the
+// loop's data model.
+// +kubebuilder:validation:XValidation:rule="self.kind != 'Usage' || has(self.mapping.eventId)",message="a Usage stream needs mapping.eventId"
+// +kubebuilder:validation:XValidation:rule="self.kind != 'Usage' || has(self.mapping.timestamp)",message="a Usage stream needs mapping.timestamp"
+// +kubebuilder:validation:XValidation:rule="self.kind != 'Plan' || has(self.mapping.planId)",message="a Plan stream needs mapping.planId"
+// +kubebuilder:validation:XValidation:rule="self.kind != 'Plan' || has(self.mapping.period)",message="a Plan stream needs mapping.period (the period the plan is for)"
+// +kubebuilder:validation:XValidation:rule="self.kind != 'Plan' || has(self.mapping.quantity)",message="a Plan stream needs mapping.quantity"
+// +kubebuilder:validation:XValidation:rule="self.kind != 'Usage' || (!has(self.mapping.planId) && !has(self.mapping.period) && !has(self.mapping.submittedAt) && !has(self.mapping.confidence))",message="planId, period, submittedAt and confidence belong to Plan streams"
+// +kubebuilder:validation:XValidation:rule="self.kind != 'Plan' || (!has(self.mapping.eventId) && !has(self.mapping.timestamp))",message="eventId and timestamp belong to Usage streams"
+// +kubebuilder:validation:XValidation:rule="self.kind == oldSelf.kind",message="a stream's kind is immutable; add a stream with a new name instead"
+type StreamSpec struct {
+	// name of the stream; its raw table is "<name>_raw".
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=48
+	// +kubebuilder:validation:Pattern=`^[a-z][a-z0-9_]*$`
+	Name string `json:"name"`
+
+	// kind of customer data: Usage (usage events) or Plan (planned quantities).
+	// +required
+	Kind StreamKind `json:"kind"`
+
+	// topic the stream is read from.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=249
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9._-]+$`
+	Topic string `json:"topic"`
+
+	// deadLetterTopic receives messages that cannot be ingested, with the reason.
+	// Defaults to "<topic>.dlq".
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=249
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9._-]+$`
+	DeadLetterTopic string `json:"deadLetterTopic,omitempty"`
+
+	// mapping names the JSON field that holds each core role of the data model.
+	// +required
+	Mapping FieldMapping `json:"mapping"`
+
+	// dimensions are further typed fields kept as columns of the raw table.
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=64
+	Dimensions []Dimension `json:"dimensions,omitempty"`
+}
+
+// FieldMapping names, for each core role, the JSON field of a message that holds it.
+// Fields are dotted paths into nested objects, e.g. "account.id".
+type FieldMapping struct {
+	// customerId is the field identifying the customer. Required for both kinds.
+	// +required
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$`
+	CustomerID string `json:"customerId"`
+
+	// product is the field naming the product. Required for both kinds.
+	// +required
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$`
+	Product string `json:"product"`
+
+	// quantity is the field with the used or planned quantity. Optional for Usage
+	// streams (each event then counts 1), required for Plan streams.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$`
+	Quantity string `json:"quantity,omitempty"`
+
+	// eventId is the field with the event's unique id (Usage).
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$`
+	EventID string `json:"eventId,omitempty"`
+
+	// timestamp is the field with the time of use (Usage): RFC 3339, epoch seconds or
+	// epoch milliseconds.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$`
+	Timestamp string `json:"timestamp,omitempty"`
+
+	// planId is the field with the plan submission's unique id (Plan).
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$`
+	PlanID string `json:"planId,omitempty"`
+
+	// period is the field with the first day of the period the plan is for (Plan), as a
+	// date ("2026-12-01") or a timestamp.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$`
+	Period string `json:"period,omitempty"`
+
+	// submittedAt is the field with the time the plan was made (Plan). Without it, the
+	// Kafka message time is used.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$`
+	SubmittedAt string `json:"submittedAt,omitempty"`
+
+	// confidence is the field with the customer's confidence in the plan, 0 to 1 (Plan).
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$`
+	Confidence string `json:"confidence,omitempty"`
+}
+
+// Dimension is a declared field kept as its own typed column.
+// +kubebuilder:validation:XValidation:rule="!(self.name in ['event_id','plan_id','customer_id','product','ts','quantity','period','submitted_at','confidence'])",message="dimension name collides with a core column; choose another name"
+type Dimension struct {
+	// name of the column. Names starting with "_" are reserved.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z][a-z0-9_]*$`
+	Name string `json:"name"`
+
+	// field is the JSON field holding the value; defaults to the column name.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$`
+	Field string `json:"field,omitempty"`
+
+	// type of the column.
+	// +required
+	Type DimensionType `json:"type"`
+
+	// nullable keeps a missing value as NULL; otherwise a message without the field is
+	// dead-lettered.
+	// +optional
+	Nullable bool `json:"nullable,omitempty"`
+}
+
+// StreamStatus is what the systems of record say about one stream.
+type StreamStatus struct {
+	// name of the stream.
+	Name string `json:"name"`
+
+	// table is the stream's raw table, database-qualified.
+	// +optional
+	Table string `json:"table,omitempty"`
+
+	// rowsIngested is the number of rows in the stream's raw table.
+	// +optional
+	RowsIngested int64 `json:"rowsIngested"`
+
+	// lastIngestTime is the newest ingestion time recorded in the raw table.
+	// +optional
+	LastIngestTime *metav1.Time `json:"lastIngestTime,omitempty"`
+}
+
+// CustomerLoopStatus is the observed state of a CustomerLoop.
+type CustomerLoopStatus struct {
+	// observedGeneration is the generation the status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// conditions: Ready, Reconciling, Stalled, SchemaReady, WorkersReady.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// streams reports each stream's ingestion.
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	Streams []StreamStatus `json:"streams,omitempty"`
+
+	// rowsIngested is the sum of rows over all streams.
+	// +optional
+	RowsIngested int64 `json:"rowsIngested,omitempty"`
+
+	// streamCount is the number of streams in the spec, for kubectl's printer columns.
+	// +optional
+	StreamCount int32 `json:"streamCount,omitempty"`
+}
+
+// CustomerLoop streams customers' usage events and plans from Kafka into ClickHouse and
+// feeds the aggregates back to product teams.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=cloop;cloops,categories=customerloop
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Streams",type=integer,JSONPath=`.status.streamCount`
+// +kubebuilder:printcolumn:name="Rows",type=integer,JSONPath=`.status.rowsIngested`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type CustomerLoop struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +required
+	Spec CustomerLoopSpec `json:"spec"`
+	// +optional
+	Status CustomerLoopStatus `json:"status,omitempty"`
+}
+
+// CustomerLoopList is a list of CustomerLoops.
+// +kubebuilder:object:root=true
+type CustomerLoopList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []CustomerLoop `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&CustomerLoop{}, &CustomerLoopList{})
+}

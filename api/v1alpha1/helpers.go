@@ -1,0 +1,53 @@
+package v1alpha1
+
+// Condition types of a CustomerLoop. Ready, Reconciling and Stalled follow kstatus.
+const (
+	ConditionReady        = "Ready"
+	ConditionReconciling  = "Reconciling"
+	ConditionStalled      = "Stalled"
+	ConditionSchemaReady  = "SchemaReady"
+	ConditionWorkersReady = "WorkersReady"
+)
+
+// Finalizer holds a CustomerLoop until its workers are stopped.
+const Finalizer = "loops.customerloop.dev/finalizer"
+
+// GetConsumerGroup returns the Kafka consumer group of the loop's workers.
+func (l *CustomerLoop) GetConsumerGroup() string {
+	if l.Spec.Kafka.ConsumerGroup != "" {
+		return l.Spec.Kafka.ConsumerGroup
+	}
+	return "customerloop." + l.Namespace + "." + l.Name
+}
+
+// GetDeadLetterTopic returns the stream's dead-letter topic.
+func (s *StreamSpec) GetDeadLetterTopic() string {
+	if s.DeadLetterTopic != "" {
+		return s.DeadLetterTopic
+	}
+	return s.Topic + ".dlq"
+}
+
+// GetField returns the JSON field of the dimension.
+func (d *Dimension) GetField() string {
+	if d.Field != "" {
+		return d.Field
+	}
+	return d.Name
+}
+
+// GetUsernameKey returns the Secret key of the ClickHouse user name.
+func (r *CredentialsSecretRef) GetUsernameKey() string {
+	if r.UsernameKey != "" {
+		return r.UsernameKey
+	}
+	return "username"
+}
+
+// GetPasswordKey returns the Secret key of the ClickHouse password.
+func (r *CredentialsSecretRef) GetPasswordKey() string {
+	if r.PasswordKey != "" {
+		return r.PasswordKey
+	}
+	return "password"
+}

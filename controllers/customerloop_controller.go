@@ -1,0 +1,215 @@
+// Package controllers reconciles CustomerLoops into ClickHouse schema and running workers.
+package controllers
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+	"customerloop.dev/customerloop/pipeline"
+)
+
+// CustomerLoopReconciler turns a CustomerLoop into ClickHouse tables and running workers,
+// and reports what the systems of record say about it.
+type CustomerLoopReconciler struct {
+	client.Client
+	Runner   Runner
+	Recorder recorder.EventRecorder
+	// Batch bounds the workers' batches; zero values take the pipeline's defaults.
+	Batch pipeline.BatchConfig
+	// RefreshInterval is how often status is refreshed from ClickHouse while nothing
+	// changes (jittered by up to 20%).
+	RefreshInterval time.Duration
+}
+
+// +kubebuilder:rbac:groups=loops.customerloop.dev,resources=customerloops,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=loops.customerloop.dev,resources=customerloops/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=loops.customerloop.dev,resources=customerloops/finalizers,verbs=update
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile brings one CustomerLoop to its desired state.
+func (r *CustomerLoopReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
+	loop := &loopsv1alpha1.CustomerLoop{}
+	if err := r.Get(ctx, req.NamespacedName, loop); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.Runner.Stop(req.NamespacedName)
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	if !loop.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, r.finalize(ctx, loop)
+	}
+	if controllerutil.AddFinalizer(loop, loopsv1alpha1.Finalizer) {
+		if err := r.Update(ctx, loop); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+
+	obs := &observation{}
+	before := loop.DeepCopy()
+	defer func() {
+		retErr = errors.Join(retErr, r.patchStatus(ctx, before, loop, obs))
+	}()
+
+	cfg, err := r.pipelineConfig(ctx, loop)
+	if err != nil {
+		obs.configErr = err
+		return r.resultFor(err)
+	}
+	if err := r.reconcileSchema(ctx, cfg, obs); err != nil {
+		return r.resultFor(err)
+	}
+	r.reconcileWorkers(loop, cfg, obs)
+	r.observeStreams(ctx, cfg, obs)
+	return ctrl.Result{RequeueAfter: r.jittered()}, nil
+}
+
+// reconcileSchema creates the loop's database and raw tables.
+func (r *CustomerLoopReconciler) reconcileSchema(ctx context.Context, cfg pipeline.Config, obs *observation) error {
+	stmts, err := pipeline.PlanSchema(cfg)
+	if err != nil {
+		obs.schemaErr = &specError{msg: err.Error()}
+		return obs.schemaErr
+	}
+	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	if err != nil {
+		obs.schemaErr = err
+		return err
+	}
+	defer conn.Close()
+	if err := pipeline.ApplySchema(ctx, conn, stmts); err != nil {
+		obs.schemaErr = err
+		return err
+	}
+	for _, s := range stmts {
+		obs.objects = append(obs.objects, s.Object)
+	}
+	obs.schemaReady = true
+	return nil
+}
+
+// reconcileWorkers runs or stops the loop's workers.
+func (r *CustomerLoopReconciler) reconcileWorkers(loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config, obs *observation) {
+	key := types.NamespacedName{Namespace: loop.Namespace, Name: loop.Name}
+	if loop.Spec.Paused {
+		r.Runner.Stop(key)
+		obs.paused = true
+		return
+	}
+	obs.workers = r.Runner.Ensure(key, cfg)
+}
+
+// observeStreams reads each stream's ingestion from its raw table, the system of record.
+func (r *CustomerLoopReconciler) observeStreams(ctx context.Context, cfg pipeline.Config, obs *observation) {
+	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	if err != nil {
+		obs.statsErr = err
+		return
+	}
+	defer conn.Close()
+	for _, s := range cfg.Streams {
+		st, err := pipeline.StreamStats(ctx, conn, cfg.ClickHouse.Database, s)
+		if err != nil {
+			obs.statsErr = err
+			return
+		}
+		obs.streams = append(obs.streams, streamObservation{stream: s, stats: st})
+	}
+}
+
+// finalize stops the loop's workers and releases the finalizer. Tables are kept.
+func (r *CustomerLoopReconciler) finalize(ctx context.Context, loop *loopsv1alpha1.CustomerLoop) error {
+	if !controllerutil.ContainsFinalizer(loop, loopsv1alpha1.Finalizer) {
+		return nil
+	}
+	r.Runner.Stop(types.NamespacedName{Namespace: loop.Namespace, Name: loop.Name})
+	log.FromContext(ctx).Info("workers stopped; releasing the loop")
+	controllerutil.RemoveFinalizer(loop, loopsv1alpha1.Finalizer)
+	return r.Update(ctx, loop)
+}
+
+// resultFor maps an error to the controller's reaction: a spec problem stalls the loop
+// (no retry until the spec changes), a missing input waits for its watch event, anything
+// else is retried with backoff.
+func (r *CustomerLoopReconciler) resultFor(err error) (ctrl.Result, error) {
+	var se *specError
+	if errors.As(err, &se) {
+		return ctrl.Result{}, reconcile.TerminalError(err)
+	}
+	var me *missingInputError
+	if errors.As(err, &me) {
+		return ctrl.Result{RequeueAfter: r.jittered()}, nil
+	}
+	return ctrl.Result{}, err
+}
+
+func (r *CustomerLoopReconciler) jittered() time.Duration {
+	d := r.RefreshInterval
+	if d <= 0 {
+		d = 30 * time.Second
+	}
+	return d + time.Duration(rand.Int64N(int64(d)/5+1))
+}
+
+const secretRefIndex = ".spec.clickhouse.credentialsSecretRef.name"
+
+// SetupWithManager registers the reconciler, the Secret index and the runner.
+func (r *CustomerLoopReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &loopsv1alpha1.CustomerLoop{}, secretRefIndex,
+		func(o client.Object) []string {
+			ref := o.(*loopsv1alpha1.CustomerLoop).Spec.ClickHouse.CredentialsSecretRef
+			if ref == nil {
+				return nil
+			}
+			return []string{ref.Name}
+		}); err != nil {
+		return err
+	}
+	if runnable, ok := r.Runner.(interface{ Start(context.Context) error }); ok {
+		if err := mgr.Add(runnableFunc(runnable.Start)); err != nil {
+			return err
+		}
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&loopsv1alpha1.CustomerLoop{}, builder.WithPredicates(predicate.Or(
+			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.loopsForSecret)).
+		Named("customerloop").
+		Complete(r)
+}
+
+// loopsForSecret maps a Secret to the loops in its namespace that reference it.
+func (r *CustomerLoopReconciler) loopsForSecret(ctx context.Context, o client.Object) []reconcile.Request {
+	var loops loopsv1alpha1.CustomerLoopList
+	if err := r.List(ctx, &loops, client.InNamespace(o.GetNamespace()),
+		client.MatchingFields{secretRefIndex: o.GetName()}); err != nil {
+		log.FromContext(ctx).Error(err, "listing loops for Secret", "secret", o.GetName())
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(loops.Items))
+	for _, l := range loops.Items {
+		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: l.Namespace, Name: l.Name}})
+	}
+	return reqs
+}
+
+type runnableFunc func(context.Context) error
+
+func (f runnableFunc) Start(ctx context.Context) error { return f(ctx) }

@@ -1,0 +1,160 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+	"customerloop.dev/customerloop/pipeline"
+)
+
+// observation is what one reconcile found; status and conditions are computed from it in
+// one place.
+type observation struct {
+	configErr   error
+	schemaErr   error
+	schemaReady bool
+	objects     []string
+	paused      bool
+	workers     WorkerState
+	statsErr    error
+	streams     []streamObservation
+}
+
+type streamObservation struct {
+	stream pipeline.StreamConfig
+	stats  pipeline.TableStats
+}
+
+// Condition reasons.
+const (
+	ReasonSucceeded       = "Succeeded"
+	ReasonProgressing     = "Progressing"
+	ReasonInvalidSpec     = "InvalidSpec"
+	ReasonMissingInput    = "MissingInput"
+	ReasonClickHouseError = "ClickHouseError"
+	ReasonSchemaApplied   = "SchemaApplied"
+	ReasonWorkersRunning  = "WorkersRunning"
+	ReasonWorkersFailing  = "WorkersFailing"
+	ReasonPaused          = "Paused"
+	ReasonNotReached      = "NotReached"
+)
+
+type cond struct {
+	status          metav1.ConditionStatus
+	reason, message string
+}
+
+// computeConditions derives every condition from the observation.
+func computeConditions(obs *observation) map[string]cond {
+	c := map[string]cond{}
+	var se *specError
+	var me *missingInputError
+	stalled := cond{metav1.ConditionFalse, ReasonSucceeded, ""}
+
+	switch {
+	case obs.configErr != nil && errors.As(obs.configErr, &se):
+		stalled = cond{metav1.ConditionTrue, ReasonInvalidSpec, se.msg}
+		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonInvalidSpec, se.msg}
+	case obs.configErr != nil && errors.As(obs.configErr, &me):
+		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonMissingInput, me.msg}
+	case obs.configErr != nil:
+		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonProgressing, obs.configErr.Error()}
+	case obs.schemaErr != nil && errors.As(obs.schemaErr, &se):
+		stalled = cond{metav1.ConditionTrue, ReasonInvalidSpec, se.msg}
+		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonInvalidSpec, se.msg}
+	case obs.schemaErr != nil:
+		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonClickHouseError, obs.schemaErr.Error()}
+	case obs.schemaReady:
+		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionTrue, ReasonSchemaApplied,
+			fmt.Sprintf("%d ClickHouse objects in place", len(obs.objects))}
+	}
+
+	switch {
+	case !obs.schemaReady:
+		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionFalse, ReasonNotReached, "waiting for the schema"}
+	case obs.paused:
+		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionFalse, ReasonPaused, "spec.paused is true: no workers run"}
+	case obs.workers.Running:
+		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionTrue, ReasonWorkersRunning, "workers are consuming"}
+	default:
+		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionFalse, ReasonWorkersFailing, obs.workers.Message}
+	}
+
+	schema, workers := c[loopsv1alpha1.ConditionSchemaReady], c[loopsv1alpha1.ConditionWorkersReady]
+	switch {
+	case stalled.status == metav1.ConditionTrue:
+		c[loopsv1alpha1.ConditionReady] = cond{metav1.ConditionFalse, stalled.reason, stalled.message}
+		c[loopsv1alpha1.ConditionReconciling] = cond{metav1.ConditionFalse, stalled.reason, ""}
+	case schema.status == metav1.ConditionTrue && obs.paused:
+		// A paused loop is as its spec asks: Ready, so GitOps tools do not wait on it.
+		c[loopsv1alpha1.ConditionReady] = cond{metav1.ConditionTrue, ReasonPaused, "schema in place; ingestion paused"}
+		c[loopsv1alpha1.ConditionReconciling] = cond{metav1.ConditionFalse, ReasonSucceeded, ""}
+	case schema.status == metav1.ConditionTrue && workers.status == metav1.ConditionTrue:
+		c[loopsv1alpha1.ConditionReady] = cond{metav1.ConditionTrue, ReasonSucceeded, "schema in place and workers consuming"}
+		c[loopsv1alpha1.ConditionReconciling] = cond{metav1.ConditionFalse, ReasonSucceeded, ""}
+	default:
+		notReady := schema
+		if schema.status == metav1.ConditionTrue {
+			notReady = workers
+		}
+		c[loopsv1alpha1.ConditionReady] = cond{metav1.ConditionFalse, notReady.reason, notReady.message}
+		c[loopsv1alpha1.ConditionReconciling] = cond{metav1.ConditionTrue, ReasonProgressing, notReady.message}
+	}
+	c[loopsv1alpha1.ConditionStalled] = stalled
+	return c
+}
+
+// patchStatus writes the status computed from the observation in one merge patch, and
+// records an event when Ready changes.
+func (r *CustomerLoopReconciler) patchStatus(ctx context.Context, before, loop *loopsv1alpha1.CustomerLoop, obs *observation) error {
+	st := &loop.Status
+	st.ObservedGeneration = loop.Generation
+	st.StreamCount = int32(len(loop.Spec.Streams))
+	for t, c := range computeConditions(obs) {
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{
+			Type: t, Status: c.status, Reason: c.reason, Message: truncate(c.message, 1024),
+			ObservedGeneration: loop.Generation,
+		})
+	}
+	if obs.statsErr == nil && len(obs.streams) > 0 {
+		st.Streams = st.Streams[:0]
+		st.RowsIngested = 0
+		for _, so := range obs.streams {
+			ss := loopsv1alpha1.StreamStatus{
+				Name:         so.stream.Name,
+				Table:        loop.Spec.ClickHouse.Database + "." + so.stream.Table(),
+				RowsIngested: so.stats.Rows,
+			}
+			if !so.stats.LastIngested.IsZero() {
+				t := metav1.NewTime(so.stats.LastIngested)
+				ss.LastIngestTime = &t
+			}
+			st.Streams = append(st.Streams, ss)
+			st.RowsIngested += so.stats.Rows
+		}
+	}
+
+	wasReady := meta.FindStatusCondition(before.Status.Conditions, loopsv1alpha1.ConditionReady)
+	nowReady := meta.FindStatusCondition(st.Conditions, loopsv1alpha1.ConditionReady)
+	if r.Recorder != nil && nowReady != nil && (wasReady == nil || wasReady.Status != nowReady.Status || wasReady.Reason != nowReady.Reason) {
+		kind := "Normal"
+		if nowReady.Status != metav1.ConditionTrue {
+			kind = "Warning"
+		}
+		r.Recorder.Eventf(loop, nil, kind, nowReady.Reason, "Reconcile", "%s", nowReady.Message)
+	}
+	return client.IgnoreNotFound(r.Status().Patch(ctx, loop, client.MergeFrom(before)))
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}

@@ -1,0 +1,211 @@
+// Package pipeline is CustomerLoop's data plane: it reads customers' usage events and
+// plans from Kafka, decodes them by a stream's mapping, inserts them into ClickHouse and
+// commits offsets only after the insert. It knows nothing of Kubernetes: it runs from a
+// Config that the controller renders from a CustomerLoop, or that is read from a file.
+package pipeline
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Kind is the kind of customer data a stream carries.
+type Kind string
+
+const (
+	// KindUsage streams carry usage events.
+	KindUsage Kind = "Usage"
+	// KindPlan streams carry plans: planned quantities for coming periods.
+	KindPlan Kind = "Plan"
+)
+
+// Config is everything a worker needs to run one loop. It is plain data so that it can be
+// written to a file or a ConfigMap.
+type Config struct {
+	// Loop names the loop in logs and metrics, as "namespace/name".
+	Loop       string           `json:"loop"`
+	Kafka      KafkaConfig      `json:"kafka"`
+	ClickHouse ClickHouseConfig `json:"clickhouse"`
+	Streams    []StreamConfig   `json:"streams"`
+	Batch      BatchConfig      `json:"batch,omitempty"`
+}
+
+// KafkaConfig is the Kafka connection and consumer group.
+type KafkaConfig struct {
+	Brokers []string `json:"brokers"`
+	Group   string   `json:"group"`
+}
+
+// ClickHouseConfig is the ClickHouse connection. The password is never serialised: the
+// worker takes it from its environment.
+type ClickHouseConfig struct {
+	Addr     string `json:"addr"`
+	Database string `json:"database"`
+	Username string `json:"username,omitempty"`
+	Password string `json:"-"`
+}
+
+// StreamConfig is one topic of customer data.
+type StreamConfig struct {
+	Name            string      `json:"name"`
+	Kind            Kind        `json:"kind"`
+	Topic           string      `json:"topic"`
+	DeadLetterTopic string      `json:"deadLetterTopic"`
+	Mapping         Mapping     `json:"mapping"`
+	Dimensions      []Dimension `json:"dimensions,omitempty"`
+}
+
+// Mapping names the JSON field holding each core role; fields are dotted paths.
+type Mapping struct {
+	CustomerID  string `json:"customerId"`
+	Product     string `json:"product"`
+	Quantity    string `json:"quantity,omitempty"`
+	EventID     string `json:"eventId,omitempty"`
+	Timestamp   string `json:"timestamp,omitempty"`
+	PlanID      string `json:"planId,omitempty"`
+	Period      string `json:"period,omitempty"`
+	SubmittedAt string `json:"submittedAt,omitempty"`
+	Confidence  string `json:"confidence,omitempty"`
+}
+
+// Dimension is a declared, typed field kept as its own column.
+type Dimension struct {
+	Name     string `json:"name"`
+	Field    string `json:"field"`
+	Type     string `json:"type"`
+	Nullable bool   `json:"nullable,omitempty"`
+}
+
+// BatchConfig bounds a batch: it is flushed when it holds MaxRows rows or its oldest
+// message has waited MaxWait, whichever comes first.
+type BatchConfig struct {
+	MaxRows int      `json:"maxRows,omitempty"`
+	MaxWait Duration `json:"maxWait,omitempty"`
+}
+
+// Duration is a time.Duration that reads and writes as "1.5s" in JSON.
+type Duration struct{ time.Duration }
+
+// MarshalJSON writes the duration as a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+// UnmarshalJSON reads a Go duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"500ms\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+const (
+	defaultMaxRows = 50_000
+	defaultMaxWait = time.Second
+)
+
+// WithDefaults returns the config with unset batch bounds filled in.
+func (c Config) WithDefaults() Config {
+	if c.Batch.MaxRows <= 0 {
+		c.Batch.MaxRows = defaultMaxRows
+	}
+	if c.Batch.MaxWait.Duration <= 0 {
+		c.Batch.MaxWait.Duration = defaultMaxWait
+	}
+	return c
+}
+
+// Table returns the unqualified name of the stream's raw table.
+func (s StreamConfig) Table() string { return s.Name + "_raw" }
+
+// Validate checks what the CRD schema checks too, so that a config from any source (a
+// file, a test) is held to the same rules before anything reaches SQL.
+func (c Config) Validate() error {
+	var errs []error
+	if len(c.Kafka.Brokers) == 0 {
+		errs = append(errs, errors.New("kafka.brokers: at least one broker is required"))
+	}
+	if c.Kafka.Group == "" {
+		errs = append(errs, errors.New("kafka.group is required"))
+	}
+	if c.ClickHouse.Addr == "" {
+		errs = append(errs, errors.New("clickhouse.addr is required"))
+	}
+	if err := ValidIdent(c.ClickHouse.Database); err != nil {
+		errs = append(errs, fmt.Errorf("clickhouse.database: %w", err))
+	}
+	if len(c.Streams) == 0 {
+		errs = append(errs, errors.New("streams: at least one stream is required"))
+	}
+	names, topics := map[string]bool{}, map[string]bool{}
+	for i, s := range c.Streams {
+		at := fmt.Sprintf("streams[%d] (%s)", i, s.Name)
+		if names[s.Name] {
+			errs = append(errs, fmt.Errorf("%s: duplicate stream name", at))
+		}
+		names[s.Name] = true
+		if topics[s.Topic] {
+			errs = append(errs, fmt.Errorf("%s: topic %q is read by another stream", at, s.Topic))
+		}
+		topics[s.Topic] = true
+		if err := s.validate(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", at, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s StreamConfig) validate() error {
+	var errs []error
+	if err := ValidIdent(s.Name); err != nil {
+		errs = append(errs, fmt.Errorf("name: %w", err))
+	}
+	if s.Topic == "" || s.DeadLetterTopic == "" {
+		errs = append(errs, errors.New("topic and deadLetterTopic are required"))
+	}
+	if s.Topic == s.DeadLetterTopic {
+		errs = append(errs, errors.New("deadLetterTopic must differ from topic"))
+	}
+	m := s.Mapping
+	required := map[string]string{"customerId": m.CustomerID, "product": m.Product}
+	switch s.Kind {
+	case KindUsage:
+		required["eventId"], required["timestamp"] = m.EventID, m.Timestamp
+	case KindPlan:
+		required["planId"], required["period"], required["quantity"] = m.PlanID, m.Period, m.Quantity
+	default:
+		errs = append(errs, fmt.Errorf("kind %q: want %s or %s", s.Kind, KindUsage, KindPlan))
+	}
+	for role, field := range required {
+		if field == "" {
+			errs = append(errs, fmt.Errorf("mapping.%s is required for %s streams", role, s.Kind))
+		}
+	}
+	core := map[string]bool{}
+	for _, c := range coreColumns(s.Kind) {
+		core[c.Name] = true
+	}
+	seen := map[string]bool{}
+	for _, d := range s.Dimensions {
+		if err := ValidIdent(d.Name); err != nil {
+			errs = append(errs, fmt.Errorf("dimension %q: %w", d.Name, err))
+		}
+		if core[d.Name] || seen[d.Name] || (len(d.Name) > 0 && d.Name[0] == '_') {
+			errs = append(errs, fmt.Errorf("dimension %q: name is taken or reserved", d.Name))
+		}
+		seen[d.Name] = true
+		if _, ok := dimensionTypes[d.Type]; !ok {
+			errs = append(errs, fmt.Errorf("dimension %q: unknown type %q", d.Name, d.Type))
+		}
+		if d.Field == "" {
+			errs = append(errs, fmt.Errorf("dimension %q: field is required", d.Name))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,197 @@
+package pipeline
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+func mustDecoder(t testing.TB, s StreamConfig) *Decoder {
+	t.Helper()
+	d, err := NewDecoder(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestDecodeUsage(t *testing.T) {
+	s := sampleConfig().Streams[0]
+	d := mustDecoder(t, s)
+	msgTime := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	ts := time.Date(2026, 10, 31, 12, 30, 15, 0, time.UTC)
+	base := `"id":"e1","customer":{"id":"c-1"},"product":"api","region":"eu","bytes":42,"trial":true`
+
+	cases := []struct {
+		name string
+		msg  string
+		want map[string]any // column -> value, only the columns checked
+	}{
+		{"rfc3339 and qty", `{` + base + `,"ts":"2026-10-31T13:30:15+01:00","qty":2.5}`,
+			map[string]any{"event_id": "e1", "customer_id": "c-1", "product": "api", "ts": ts, "quantity": 2.5, "bytes": uint64(42), "trial": uint8(1)}},
+		{"epoch seconds, default quantity", `{` + base + `,"ts":1793449815}`,
+			map[string]any{"ts": ts, "quantity": float64(1)}},
+		{"epoch millis", `{` + base + `,"ts":1793449815123}`,
+			map[string]any{"ts": ts}},
+		{"numeric customer id", `{"id":7,"customer":{"id":123},"product":"api","ts":1793449815,"region":"eu","bytes":1,"trial":false}`,
+			map[string]any{"event_id": "7", "customer_id": "123", "trial": uint8(0)}},
+		{"nullable present", `{` + base + `,"ts":1793449815,"seats":12,"ratio":0.5,"signup":"2026-01-02","seen":"2026-10-31T12:30:15Z"}`,
+			map[string]any{"seats": ptr(int32(12)), "ratio": ptr(float32(0.5)),
+				"signup": ptr(time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)), "seen_at": &ts}},
+		{"nullable absent or null", `{` + base + `,"ts":1793449815,"seats":null}`,
+			map[string]any{"seats": (*int32)(nil), "ratio": (*float32)(nil), "signup": (*time.Time)(nil), "seen_at": (*time.Time)(nil)}},
+	}
+	cols := s.Columns()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			row, err := d.Decode([]byte(tc.msg), msgTime)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(row) != len(cols)-len(sourceColumns) {
+				t.Fatalf("row has %d values, want %d", len(row), len(cols)-len(sourceColumns))
+			}
+			for i, v := range row {
+				want, ok := tc.want[cols[i].Name]
+				if !ok {
+					continue
+				}
+				if !equalValue(v, want) {
+					t.Errorf("%s = %#v, want %#v", cols[i].Name, deref(v), deref(want))
+				}
+			}
+		})
+	}
+}
+
+func TestDecodePlan(t *testing.T) {
+	s := sampleConfig().Streams[1]
+	d := mustDecoder(t, s)
+	msgTime := time.Date(2026, 11, 5, 8, 0, 0, 0, time.UTC)
+	row, err := d.Decode([]byte(`{"plan_id":"p1","customer":"c-1","product":"api","period":"2027-01-01","quantity":1000}`), msgTime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []any{"p1", "c-1", "api", time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC), float64(1000), msgTime, (*float64)(nil)}
+	for i := range want {
+		if !equalValue(row[i], want[i]) {
+			t.Errorf("column %s = %#v, want %#v", s.Columns()[i].Name, deref(row[i]), deref(want[i]))
+		}
+	}
+	row, err = d.Decode([]byte(`{"plan_id":"p2","customer":"c-1","product":"api","period":"2027-01-15T10:00:00Z","quantity":5,"submitted_at":1793449815,"confidence":0.8}`), msgTime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equalValue(row[3], time.Date(2027, 1, 15, 0, 0, 0, 0, time.UTC)) || !equalValue(row[6], ptr(0.8)) {
+		t.Errorf("period/confidence = %v/%v", row[3], deref(row[6]))
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	usage := mustDecoder(t, sampleConfig().Streams[0])
+	plan := mustDecoder(t, sampleConfig().Streams[1])
+	okUsage := `"id":"e1","customer":{"id":"c"},"product":"p","ts":1793449815,"region":"eu","bytes":1,"trial":true`
+	okPlan := `"plan_id":"p","customer":"c","product":"p","period":"2027-01-01"`
+	cases := []struct {
+		name   string
+		d      *Decoder
+		msg    string
+		reason Reason
+		field  string
+	}{
+		{"not json", usage, `{"id":`, ReasonInvalidJSON, ""},
+		{"array", usage, `[1,2]`, ReasonInvalidJSON, ""},
+		{"null", usage, `null`, ReasonInvalidJSON, ""},
+		{"trailing", usage, `{` + okUsage + `} {}`, ReasonInvalidJSON, ""},
+		{"missing customer", usage, `{"id":"e","product":"p","ts":1,"region":"eu","bytes":1,"trial":true}`, ReasonMissingField, "customer.id"},
+		{"customer not object", usage, `{"id":"e","customer":"c","product":"p","ts":1,"region":"eu","bytes":1,"trial":true}`, ReasonMissingField, "customer.id"},
+		{"empty id", usage, `{"id":"","customer":{"id":"c"},"product":"p","ts":1,"region":"eu","bytes":1,"trial":true}`, ReasonOutOfRange, "id"},
+		{"bad timestamp", usage, `{"id":"e","customer":{"id":"c"},"product":"p","ts":"yesterday","region":"eu","bytes":1,"trial":true}`, ReasonWrongType, "ts"},
+		{"timestamp before 1970", usage, `{"id":"e","customer":{"id":"c"},"product":"p","ts":"1969-12-31T00:00:00Z","region":"eu","bytes":1,"trial":true}`, ReasonOutOfRange, "ts"},
+		{"quantity string", usage, `{` + okUsage + `,"qty":"3"}`, ReasonWrongType, "qty"},
+		{"bool dimension", usage, `{"id":"e","customer":{"id":"c"},"product":"p","ts":1,"region":"eu","bytes":1,"trial":"yes"}`, ReasonWrongType, "trial"},
+		{"negative uint", usage, `{"id":"e","customer":{"id":"c"},"product":"p","ts":1,"region":"eu","bytes":-1,"trial":true}`, ReasonOutOfRange, "bytes"},
+		{"fractional int", usage, `{` + okUsage + `,"seats":1.5}`, ReasonWrongType, "seats"},
+		{"int32 overflow", usage, `{` + okUsage + `,"seats":3000000000}`, ReasonOutOfRange, "seats"},
+		{"missing required dimension", usage, `{"id":"e","customer":{"id":"c"},"product":"p","ts":1,"bytes":1,"trial":true}`, ReasonMissingField, "region"},
+		{"plan negative quantity", plan, `{` + okPlan + `,"quantity":-5}`, ReasonOutOfRange, "quantity"},
+		{"plan confidence above 1", plan, `{` + okPlan + `,"quantity":5,"confidence":1.5}`, ReasonOutOfRange, "confidence"},
+		{"plan missing quantity", plan, `{` + okPlan + `}`, ReasonMissingField, "quantity"},
+		{"plan bad period", plan, `{"plan_id":"p","customer":"c","product":"p","period":"next month","quantity":1}`, ReasonWrongType, "period"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tc.d.Decode([]byte(tc.msg), time.Now())
+			var de *DecodeError
+			if !errors.As(err, &de) {
+				t.Fatalf("err = %v, want a DecodeError", err)
+			}
+			if de.Reason != tc.reason || de.Field != tc.field {
+				t.Errorf("got reason %s field %q (%v), want %s field %q", de.Reason, de.Field, err, tc.reason, tc.field)
+			}
+		})
+	}
+}
+
+// FuzzDecode checks that no input makes the decoder panic, and that whatever it accepts
+// has one value per column of a type the column takes.
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte(`{"id":"e1","customer":{"id":"c-1"},"product":"api","ts":1793449815,"region":"eu","bytes":42,"trial":true}`))
+	f.Add([]byte(`{"id":1,"customer":{"id":2},"product":"p","ts":"2026-10-31T13:30:15Z","qty":1e308,"region":"","bytes":0,"trial":false,"seats":null}`))
+	f.Add([]byte(`{"plan_id":"p","customer":"c","product":"p","period":"2027-01-01","quantity":1}`))
+	f.Add([]byte("\x00\xff{"))
+	usage := mustDecoder(f, sampleConfig().Streams[0])
+	plan := mustDecoder(f, sampleConfig().Streams[1])
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		for _, d := range []*Decoder{usage, plan} {
+			row, err := d.Decode(msg, time.Unix(1793449815, 0))
+			if err != nil {
+				var de *DecodeError
+				if !errors.As(err, &de) || de.Reason == "" {
+					t.Fatalf("error without a reason: %v", err)
+				}
+				continue
+			}
+			if len(row) != len(d.fields) {
+				t.Fatalf("row has %d values for %d fields", len(row), len(d.fields))
+			}
+			for i, v := range row {
+				if v == nil {
+					t.Fatalf("value %d is an untyped nil", i)
+				}
+			}
+		}
+	})
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func deref(v any) any {
+	switch p := v.(type) {
+	case *int32:
+		if p != nil {
+			return *p
+		}
+	case *float32:
+		if p != nil {
+			return *p
+		}
+	case *float64:
+		if p != nil {
+			return *p
+		}
+	case *time.Time:
+		if p != nil {
+			return *p
+		}
+	}
+	return v
+}
+
+func equalValue(a, b any) bool {
+	if ta, ok := deref(a).(time.Time); ok {
+		tb, ok := deref(b).(time.Time)
+		return ok && ta.Equal(tb)
+	}
+	return deref(a) == deref(b)
+}

@@ -1,0 +1,134 @@
+package pipeline
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Column is a column of a raw table.
+type Column struct {
+	Name string
+	Type string // ClickHouse type
+}
+
+// dimensionTypes maps a declared dimension type to its ClickHouse column type. ClickHouse
+// before 21.12 has no Bool; UInt8 holds 0/1 on every version.
+var dimensionTypes = map[string]string{
+	"String":   "String",
+	"Int32":    "Int32",
+	"Int64":    "Int64",
+	"UInt32":   "UInt32",
+	"UInt64":   "UInt64",
+	"Float32":  "Float32",
+	"Float64":  "Float64",
+	"Bool":     "UInt8",
+	"Date":     "Date",
+	"DateTime": "DateTime",
+}
+
+// sourceColumns record where every raw row came from; the (topic, partition, offset)
+// triple identifies a message.
+var sourceColumns = []Column{
+	{"_topic", "String"},
+	{"_partition", "Int32"},
+	{"_offset", "Int64"},
+	{"_ingested_at", "DateTime"},
+}
+
+func coreColumns(kind Kind) []Column {
+	switch kind {
+	case KindPlan:
+		return []Column{
+			{"plan_id", "String"},
+			{"customer_id", "String"},
+			{"product", "String"},
+			{"period", "Date"},
+			{"quantity", "Float64"},
+			{"submitted_at", "DateTime"},
+			{"confidence", "Nullable(Float64)"},
+		}
+	default:
+		return []Column{
+			{"event_id", "String"},
+			{"customer_id", "String"},
+			{"product", "String"},
+			{"ts", "DateTime"},
+			{"quantity", "Float64"},
+		}
+	}
+}
+
+// Columns returns the raw table's columns in insert order: core roles, declared
+// dimensions, then the source coordinates.
+func (s StreamConfig) Columns() []Column {
+	cols := coreColumns(s.Kind)
+	for _, d := range s.Dimensions {
+		t := dimensionTypes[d.Type]
+		if d.Nullable {
+			t = "Nullable(" + t + ")"
+		}
+		cols = append(cols, Column{d.Name, t})
+	}
+	return append(cols, sourceColumns...)
+}
+
+// Statement is one idempotent DDL statement and the object it manages.
+type Statement struct {
+	Object string // database-qualified name, unquoted, for status and logs
+	SQL    string
+}
+
+// PlanSchema returns the DDL that creates the loop's database and raw tables. It is a pure
+// function of the config; applying its statements again changes nothing.
+func PlanSchema(cfg Config) ([]Statement, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	db := cfg.ClickHouse.Database
+	stmts := []Statement{{
+		Object: db,
+		SQL:    "CREATE DATABASE IF NOT EXISTS " + QuoteIdent(db),
+	}}
+	for _, s := range cfg.Streams {
+		stmts = append(stmts, Statement{
+			Object: db + "." + s.Table(),
+			SQL:    rawTableDDL(db, s),
+		})
+	}
+	return stmts, nil
+}
+
+func rawTableDDL(db string, s StreamConfig) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "CREATE TABLE IF NOT EXISTS %s\n(\n", QualifiedTable(db, s.Table()))
+	cols := s.Columns()
+	for i, c := range cols {
+		sep := ","
+		if i == len(cols)-1 {
+			sep = ""
+		}
+		fmt.Fprintf(&b, "    %s %s%s\n", QuoteIdent(c.Name), c.Type, sep)
+	}
+	b.WriteString(")\n")
+	// Partitions by month of the business time keep late data cheap to find and old data
+	// cheap to drop; the sort key serves per-customer, per-product reads.
+	switch s.Kind {
+	case KindPlan:
+		b.WriteString("ENGINE = MergeTree\nPARTITION BY toYYYYMM(period)\n" +
+			"ORDER BY (customer_id, product, period, submitted_at, plan_id)")
+	default:
+		b.WriteString("ENGINE = MergeTree\nPARTITION BY toYYYYMM(ts)\n" +
+			"ORDER BY (customer_id, product, ts, event_id)")
+	}
+	return b.String()
+}
+
+// InsertSQL returns the INSERT statement a batch of the stream's rows is prepared with.
+func InsertSQL(db string, s StreamConfig) string {
+	cols := s.Columns()
+	names := make([]string, len(cols))
+	for i, c := range cols {
+		names[i] = QuoteIdent(c.Name)
+	}
+	return fmt.Sprintf("INSERT INTO %s (%s)", QualifiedTable(db, s.Table()), strings.Join(names, ", "))
+}

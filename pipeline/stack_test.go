@@ -1,0 +1,116 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// clickhouseAddr returns the real ClickHouse server the tests use. make test provisions it
+// (hack/clickhouse.sh) and sets CUSTOMERLOOP_REQUIRE_STACK, so that a missing server fails
+// there instead of skipping.
+func clickhouseAddr(t *testing.T) string {
+	t.Helper()
+	addr := os.Getenv("CLICKHOUSE_ADDR")
+	if addr == "" {
+		if os.Getenv("CUSTOMERLOOP_REQUIRE_STACK") != "" {
+			t.Fatal("CLICKHOUSE_ADDR is not set; run the tests with make test")
+		}
+		t.Skip("CLICKHOUSE_ADDR is not set; make test provisions a server")
+	}
+	return addr
+}
+
+// startBroker runs a real Kafka-protocol broker (kfake) in the test process.
+func startBroker(t *testing.T, partitions int32, topics ...string) []string {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(),
+		kfake.DefaultNumPartitions(int(partitions)), kfake.SeedTopics(partitions, topics...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c.ListenAddrs()
+}
+
+func produce(t *testing.T, brokers []string, topic string, msgs []kafka.Message) {
+	t.Helper()
+	w := &kafka.Writer{
+		Addr: kafka.TCP(brokers...), Topic: topic, Balancer: &kafka.Hash{},
+		RequiredAcks: kafka.RequireAll, BatchSize: 1000, BatchTimeout: 5 * time.Millisecond,
+	}
+	defer w.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatalf("producing to %s: %v", topic, err)
+	}
+}
+
+// readAll reads every message of a topic, across its partitions, up to the current end.
+func readAll(t *testing.T, brokers []string, topic string) []kafka.Message {
+	t.Helper()
+	conn, err := kafka.Dial("tcp", brokers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	parts, err := conn.ReadPartitions(topic)
+	if err != nil {
+		t.Fatalf("reading partitions of %s: %v", topic, err)
+	}
+	var out []kafka.Message
+	for _, p := range parts {
+		pc, err := kafka.DialLeader(context.Background(), "tcp", brokers[0], topic, p.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		end, err := pc.ReadLastOffset()
+		pc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if end == 0 {
+			continue
+		}
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p.ID, MaxWait: 100 * time.Millisecond})
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		for {
+			m, err := r.ReadMessage(ctx)
+			if err != nil {
+				t.Fatalf("reading %s/%d: %v", topic, p.ID, err)
+			}
+			out = append(out, m)
+			if m.Offset+1 >= end {
+				break
+			}
+		}
+		cancel()
+		r.Close()
+	}
+	return out
+}
+
+func uniqueName(prefix string) string {
+	return fmt.Sprintf("%s_%d", prefix, time.Now().UnixNano())
+}
+
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		last = state
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s; last state: %s", timeout, what, last)
+}

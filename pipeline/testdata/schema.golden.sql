@@ -1,0 +1,52 @@
+-- acme
+CREATE DATABASE IF NOT EXISTS `acme`;
+
+-- acme.usage_raw
+CREATE TABLE IF NOT EXISTS `acme`.`usage_raw`
+(
+    `event_id` String,
+    `customer_id` String,
+    `product` String,
+    `ts` DateTime,
+    `quantity` Float64,
+    `region` String,
+    `seats` Nullable(Int32),
+    `bytes` UInt64,
+    `ratio` Nullable(Float32),
+    `trial` UInt8,
+    `signup` Nullable(Date),
+    `seen_at` Nullable(DateTime),
+    `_topic` String,
+    `_partition` Int32,
+    `_offset` Int64,
+    `_ingested_at` DateTime
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(ts)
+ORDER BY (customer_id, product, ts, event_id);
+
+-- acme.plans_raw
+CREATE TABLE IF NOT EXISTS `acme`.`plans_raw`
+(
+    `plan_id` String,
+    `customer_id` String,
+    `product` String,
+    `period` Date,
+    `quantity` Float64,
+    `submitted_at` DateTime,
+    `confidence` Nullable(Float64),
+    `_topic` String,
+    `_partition` Int32,
+    `_offset` Int64,
+    `_ingested_at` DateTime
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(period)
+ORDER BY (customer_id, product, period, submitted_at, plan_id);
+
+-- insert usage
+INSERT INTO `acme`.`usage_raw` (`event_id`, `customer_id`, `product`, `ts`, `quantity`, `region`, `seats`, `bytes`, `ratio`, `trial`, `signup`, `seen_at`, `_topic`, `_partition`, `_offset`, `_ingested_at`);
+
+-- insert plans
+INSERT INTO `acme`.`plans_raw` (`plan_id`, `customer_id`, `product`, `period`, `quantity`, `submitted_at`, `confidence`, `_topic`, `_partition`, `_offset`, `_ingested_at`);
+

@@ -1,0 +1,370 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/go-logr/logr"
+	"github.com/segmentio/kafka-go"
+)
+
+// Worker runs one loop's ingestion: a member of the loop's consumer group that reads its
+// assigned partitions, decodes, batches, inserts into ClickHouse and commits offsets only
+// after the batch is written.
+type Worker struct {
+	cfg      Config
+	log      logr.Logger
+	decoders map[string]*Decoder      // by topic
+	streams  map[string]*StreamConfig // by topic
+	dlq      *kafka.Writer
+	ch       driver.Conn
+}
+
+// NewWorker validates the config and connects to ClickHouse.
+func NewWorker(ctx context.Context, cfg Config, log logr.Logger) (*Worker, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid pipeline config: %w", err)
+	}
+	w := &Worker{
+		cfg:      cfg,
+		log:      log,
+		decoders: map[string]*Decoder{},
+		streams:  map[string]*StreamConfig{},
+	}
+	for i := range cfg.Streams {
+		s := &w.cfg.Streams[i]
+		d, err := NewDecoder(*s)
+		if err != nil {
+			return nil, fmt.Errorf("stream %s: %w", s.Name, err)
+		}
+		w.decoders[s.Topic], w.streams[s.Topic] = d, s
+	}
+	ch, err := OpenClickHouse(ctx, cfg.ClickHouse)
+	if err != nil {
+		return nil, err
+	}
+	w.ch = ch
+	w.dlq = &kafka.Writer{
+		Addr:         kafka.TCP(cfg.Kafka.Brokers...),
+		Balancer:     &kafka.Hash{},
+		RequiredAcks: kafka.RequireAll,
+		BatchTimeout: 10 * time.Millisecond,
+		// Dead-letter topics are created on demand where the broker allows it.
+		AllowAutoTopicCreation: true,
+	}
+	return w, nil
+}
+
+// Close releases the worker's connections.
+func (w *Worker) Close() error {
+	return errors.Join(w.dlq.Close(), w.ch.Close())
+}
+
+// Run consumes until ctx is cancelled, then flushes what it holds, commits and leaves the
+// group. It returns nil after a clean stop.
+func (w *Worker) Run(ctx context.Context) error {
+	topics := make([]string, 0, len(w.streams))
+	for t := range w.streams {
+		topics = append(topics, t)
+	}
+	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID:                    w.cfg.Kafka.Group,
+		Brokers:               w.cfg.Kafka.Brokers,
+		Topics:                topics,
+		StartOffset:           kafka.FirstOffset,
+		WatchPartitionChanges: true,
+		JoinGroupBackoff:      time.Second,
+		HeartbeatInterval:     time.Second,
+		SessionTimeout:        10 * time.Second,
+		RebalanceTimeout:      10 * time.Second,
+	})
+	if err != nil {
+		return fmt.Errorf("joining consumer group %s: %w", w.cfg.Kafka.Group, err)
+	}
+	defer group.Close()
+	w.log.Info("worker started", "group", w.cfg.Kafka.Group, "topics", topics)
+
+	for {
+		gen, err := group.Next(ctx)
+		switch {
+		case ctx.Err() != nil:
+			// Close ends the generation; its functions flush and commit before it returns.
+			err := group.Close()
+			w.log.Info("worker stopped")
+			if errors.Is(err, kafka.ErrGroupClosed) {
+				return nil
+			}
+			return err
+		case err != nil:
+			w.log.Error(err, "consumer group: waiting for the next generation")
+			sleep(ctx, time.Second)
+			continue
+		}
+		w.runGeneration(ctx, gen)
+	}
+}
+
+// item is one consumed message, decoded into a row or destined for the dead-letter topic.
+type item struct {
+	stream *StreamConfig
+	msg    kafka.Message
+	row    []any // nil when dead-lettered
+	err    *DecodeError
+}
+
+func (w *Worker) runGeneration(ctx context.Context, gen *kafka.Generation) {
+	items := make(chan item, 4096)
+	var readers sync.WaitGroup
+	assigned := 0
+	for topic, parts := range gen.Assignments {
+		for _, p := range parts {
+			assigned++
+			readers.Add(1)
+			gen.Start(func(gctx context.Context) {
+				defer readers.Done()
+				w.readPartition(ctx, gctx, topic, p.ID, p.Offset, items)
+			})
+		}
+	}
+	w.log.Info("partitions assigned", "generation", gen.ID, "partitions", assigned)
+	gen.Start(func(gctx context.Context) {
+		w.batchLoop(ctx, gctx, gen, items, &readers)
+	})
+}
+
+func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partition int, offset int64, out chan<- item) {
+	ctx, cancel := mergeDone(ctx, gctx)
+	defer cancel()
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers:   w.cfg.Kafka.Brokers,
+		Topic:     topic,
+		Partition: partition,
+		MinBytes:  1,
+		MaxBytes:  16 << 20,
+		MaxWait:   250 * time.Millisecond,
+	})
+	defer r.Close()
+	if err := r.SetOffset(offset); err != nil {
+		w.log.Error(err, "setting offset", "topic", topic, "partition", partition, "offset", offset)
+		return
+	}
+	stream, dec := w.streams[topic], w.decoders[topic]
+	for {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			w.log.Error(err, "fetching", "topic", topic, "partition", partition)
+			if !sleep(ctx, time.Second) {
+				return
+			}
+			continue
+		}
+		it := item{stream: stream, msg: m}
+		row, err := dec.Decode(m.Value, m.Time)
+		if err != nil {
+			var de *DecodeError
+			if !errors.As(err, &de) {
+				de = &DecodeError{Reason: ReasonInvalidJSON, Err: err}
+			}
+			it.err = de
+		} else {
+			it.row = row
+		}
+		select {
+		case out <- it:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// batch accumulates rows per stream, dead letters, and the next offset to commit per
+// partition.
+type batch struct {
+	rows    map[*StreamConfig][][]any
+	dead    []kafka.Message
+	offsets map[string]map[int]int64
+	n       int
+}
+
+func newBatch() *batch {
+	return &batch{rows: map[*StreamConfig][][]any{}, offsets: map[string]map[int]int64{}}
+}
+
+func (b *batch) add(it item, now time.Time) {
+	m := it.msg
+	if it.err != nil {
+		b.dead = append(b.dead, deadLetter(it, now))
+	} else {
+		row := append(it.row, m.Topic, int32(m.Partition), m.Offset, now.UTC().Truncate(time.Second))
+		b.rows[it.stream] = append(b.rows[it.stream], row)
+	}
+	if b.offsets[m.Topic] == nil {
+		b.offsets[m.Topic] = map[int]int64{}
+	}
+	b.offsets[m.Topic][m.Partition] = m.Offset + 1
+	b.n++
+}
+
+func deadLetter(it item, now time.Time) kafka.Message {
+	m := it.msg
+	return kafka.Message{
+		Topic: it.stream.DeadLetterTopic,
+		Key:   m.Key,
+		Value: m.Value,
+		Headers: append(m.Headers,
+			kafka.Header{Key: "customerloop.reason", Value: []byte(it.err.Reason)},
+			kafka.Header{Key: "customerloop.error", Value: []byte(it.err.Error())},
+			kafka.Header{Key: "customerloop.source.topic", Value: []byte(m.Topic)},
+			kafka.Header{Key: "customerloop.source.partition", Value: []byte(strconv.Itoa(m.Partition))},
+			kafka.Header{Key: "customerloop.source.offset", Value: []byte(strconv.FormatInt(m.Offset, 10))},
+			kafka.Header{Key: "customerloop.dead_lettered_at", Value: []byte(now.UTC().Format(time.RFC3339Nano))},
+		),
+	}
+}
+
+// batchLoop owns the generation's batch. It flushes on size or age and, when the
+// generation or the worker ends, flushes what it holds and commits before returning.
+func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, items chan item, readers *sync.WaitGroup) {
+	b := newBatch()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	flush := func(fctx context.Context) bool {
+		if b.n == 0 {
+			return true
+		}
+		if err := w.flush(fctx, gen, b); err != nil {
+			w.log.Error(err, "flush abandoned; the batch will be read again", "messages", b.n)
+			return false
+		}
+		b = newBatch()
+		return true
+	}
+	for {
+		select {
+		case it := <-items:
+			if b.n == 0 {
+				timer.Reset(w.cfg.Batch.MaxWait.Duration)
+			}
+			b.add(it, time.Now())
+			if b.n >= w.cfg.Batch.MaxRows {
+				timer.Stop()
+				if !flush(ctx) {
+					return
+				}
+			}
+		case <-timer.C:
+			if !flush(ctx) {
+				return
+			}
+		case <-ctx.Done():
+			w.finish(gen, items, readers, b)
+			return
+		case <-gctx.Done():
+			w.finish(gen, items, readers, b)
+			return
+		}
+	}
+}
+
+// finish drains what the readers already handed over, then flushes and commits it, so
+// that a revoke or a shutdown leaves nothing decoded and unwritten behind.
+func (w *Worker) finish(gen *kafka.Generation, items chan item, readers *sync.WaitGroup, b *batch) {
+	done := make(chan struct{})
+	go func() { readers.Wait(); close(done) }()
+	now := time.Now()
+	for waiting := true; waiting; {
+		select {
+		case it := <-items:
+			b.add(it, now)
+		case <-done:
+			waiting = false
+		}
+	}
+	// The readers have returned: nothing is sent any more.
+	for len(items) > 0 {
+		b.add(<-items, now)
+	}
+	if b.n == 0 {
+		return
+	}
+	fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := w.flush(fctx, gen, b); err != nil {
+		w.log.Error(err, "final flush failed; the batch will be read again", "messages", b.n)
+	}
+}
+
+// flush writes the batch's rows and dead letters, then commits its offsets. Writes are
+// retried with backoff until they succeed or ctx ends; nothing is committed for data that
+// is not written.
+func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) error {
+	start := time.Now()
+	for s, rows := range b.rows {
+		if err := retry(ctx, w.log, "insert "+s.Table(), func() error {
+			return insertRows(ctx, w.ch, w.cfg.ClickHouse.Database, *s, rows)
+		}); err != nil {
+			return err
+		}
+	}
+	if len(b.dead) > 0 {
+		if err := retry(ctx, w.log, "dead-letter", func() error {
+			return w.dlq.WriteMessages(ctx, b.dead...)
+		}); err != nil {
+			return err
+		}
+	}
+	if err := gen.CommitOffsets(b.offsets); err != nil {
+		// The rows are in ClickHouse; a failed commit means they may be read again.
+		w.log.Error(err, "committing offsets after insert")
+	}
+	w.log.V(1).Info("flushed", "messages", b.n, "deadLettered", len(b.dead), "took", time.Since(start))
+	return nil
+}
+
+func retry(ctx context.Context, log logr.Logger, what string, fn func() error) error {
+	delay := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		if permanentError(err) {
+			log.Error(err, what+" failed and will keep failing until the table or config is fixed; retrying slowly", "attempt", attempt)
+			delay = 30 * time.Second
+		} else {
+			log.Error(err, what+" failed; retrying", "attempt", attempt, "in", delay)
+		}
+		if !sleep(ctx, delay) {
+			return fmt.Errorf("%s: %w (gave up: %w)", what, err, ctx.Err())
+		}
+		delay = min(delay*2, 30*time.Second)
+	}
+}
+
+// sleep waits d or until ctx ends; it reports whether the full wait happened.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// mergeDone returns a context that ends when either parent does.
+func mergeDone(a, b context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(a)
+	stop := context.AfterFunc(b, cancel)
+	return ctx, func() { stop(); cancel() }
+}

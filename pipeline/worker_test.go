@@ -1,0 +1,186 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	"github.com/segmentio/kafka-go"
+)
+
+// TestWorkerIngestsBothKinds runs a worker against the real broker and the real ClickHouse:
+// every valid message lands once with its source coordinates, every bad one is in the
+// dead-letter topic with its reason, and offsets are committed for all of them.
+func TestWorkerIngestsBothKinds(t *testing.T) {
+	chAddr := clickhouseAddr(t)
+	cfg := sampleConfig()
+	cfg.ClickHouse = ClickHouseConfig{Addr: chAddr, Database: uniqueName("test_worker")}
+	cfg.Kafka.Group = uniqueName("group")
+	cfg.Batch = BatchConfig{MaxRows: 500, MaxWait: Duration{100 * time.Millisecond}}
+	usage, plans := cfg.Streams[0], cfg.Streams[1]
+	cfg.Kafka.Brokers = startBroker(t, 3, usage.Topic, plans.Topic)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ch, err := OpenClickHouse(ctx, cfg.ClickHouse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	stmts, err := PlanSchema(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ApplySchema(ctx, ch, stmts); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+QuoteIdent(cfg.ClickHouse.Database)) })
+
+	// 2000 usage events over 5 customers and 3 products, 12 bad ones mixed in; 40 plans.
+	rng := rand.New(rand.NewPCG(1, 2))
+	var usageMsgs []kafka.Message
+	wantQty := map[string]float64{}
+	wantBad := map[Reason]int{}
+	for i := range 2000 {
+		cust, prod := fmt.Sprintf("c%d", rng.IntN(5)), fmt.Sprintf("p%d", rng.IntN(3))
+		qty := float64(rng.IntN(100)) / 4
+		wantQty[cust+"/"+prod] += qty
+		v := fmt.Sprintf(`{"id":"e%d","customer":{"id":%q},"product":%q,"ts":%d,"qty":%v,"region":"eu","bytes":%d,"trial":%t}`,
+			i, cust, prod, 1793449815000+int64(i)*1000, qty, i, i%2 == 0)
+		usageMsgs = append(usageMsgs, kafka.Message{Key: []byte(cust), Value: []byte(v)})
+		if i%200 == 0 {
+			bad := []struct {
+				v string
+				r Reason
+			}{
+				{`{"id":"x","customer":{"id":"c"},`, ReasonInvalidJSON},
+				{`{"id":"x","product":"p","ts":1,"region":"eu","bytes":1,"trial":true}`, ReasonMissingField},
+			}[i/200%2]
+			usageMsgs = append(usageMsgs, kafka.Message{Key: []byte(cust), Value: []byte(bad.v)})
+			wantBad[bad.r]++
+		}
+	}
+	var planMsgs []kafka.Message
+	for i := range 40 {
+		v := fmt.Sprintf(`{"plan_id":"p%d","customer":"c%d","product":"p%d","period":"2027-0%d-01","quantity":%d,"confidence":0.9}`,
+			i, i%5, i%3, 1+i%6, 100+i)
+		planMsgs = append(planMsgs, kafka.Message{Key: []byte(strconv.Itoa(i % 5)), Value: []byte(v)})
+	}
+	planMsgs = append(planMsgs, kafka.Message{Value: []byte(`{"plan_id":"bad","customer":"c","product":"p","period":"2027-01-01","quantity":-1}`)})
+	wantBad[ReasonOutOfRange]++
+
+	produce(t, cfg.Kafka.Brokers, usage.Topic, usageMsgs[:1000])
+	produce(t, cfg.Kafka.Brokers, plans.Topic, planMsgs)
+
+	w, err := NewWorker(ctx, cfg, testr.New(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	done := make(chan error, 1)
+	wctx, stop := context.WithCancel(ctx)
+	go func() { done <- w.Run(wctx) }()
+
+	// The second half arrives while the worker runs.
+	produce(t, cfg.Kafka.Brokers, usage.Topic, usageMsgs[1000:])
+
+	eventually(t, time.Minute, "all valid rows in ClickHouse", func() (bool, string) {
+		u, err1 := StreamStats(ctx, ch, cfg.ClickHouse.Database, usage)
+		p, err2 := StreamStats(ctx, ch, cfg.ClickHouse.Database, plans)
+		if err1 != nil || err2 != nil {
+			return false, fmt.Sprint(err1, err2)
+		}
+		return u.Rows >= 2000 && p.Rows >= 40, fmt.Sprintf("usage %d/2000, plans %d/40", u.Rows, p.Rows)
+	})
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("Run returned %v after a clean stop", err)
+	}
+
+	// Exactly the valid rows, each offset once, with the produced quantities.
+	var rows, distinct uint64
+	if err := ch.QueryRow(ctx, "SELECT count(), uniqExact(_topic, _partition, _offset) FROM "+
+		QualifiedTable(cfg.ClickHouse.Database, usage.Table())).Scan(&rows, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 2000 || distinct != 2000 {
+		t.Errorf("usage rows = %d, distinct offsets = %d, want 2000 and 2000", rows, distinct)
+	}
+	got := map[string]float64{}
+	r, err := ch.Query(ctx, "SELECT customer_id, product, sum(quantity) FROM "+
+		QualifiedTable(cfg.ClickHouse.Database, usage.Table())+" GROUP BY customer_id, product")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r.Next() {
+		var c, p string
+		var q float64
+		if err := r.Scan(&c, &p, &q); err != nil {
+			t.Fatal(err)
+		}
+		got[c+"/"+p] = q
+	}
+	r.Close()
+	for k, want := range wantQty {
+		if got[k] != want {
+			t.Errorf("sum(quantity) for %s = %v, want %v", k, got[k], want)
+		}
+	}
+	var planRows uint64
+	var conf float64
+	if err := ch.QueryRow(ctx, "SELECT count(), min(assumeNotNull(confidence)) FROM "+
+		QualifiedTable(cfg.ClickHouse.Database, plans.Table())).Scan(&planRows, &conf); err != nil {
+		t.Fatal(err)
+	}
+	if planRows != 40 || conf != 0.9 {
+		t.Errorf("plans: %d rows, min confidence %v; want 40 and 0.9", planRows, conf)
+	}
+
+	// Every bad message is in its dead-letter topic with reason and source coordinates.
+	gotBad := map[Reason]int{}
+	for _, topic := range []string{usage.DeadLetterTopic, plans.DeadLetterTopic} {
+		for _, m := range readAll(t, cfg.Kafka.Brokers, topic) {
+			h := map[string]string{}
+			for _, x := range m.Headers {
+				h[x.Key] = string(x.Value)
+			}
+			if h["customerloop.source.topic"] == "" || h["customerloop.source.offset"] == "" || h["customerloop.error"] == "" {
+				t.Errorf("dead letter without source or error headers: %v", h)
+			}
+			gotBad[Reason(h["customerloop.reason"])]++
+		}
+	}
+	for reason, n := range wantBad {
+		if gotBad[reason] != n {
+			t.Errorf("dead letters with reason %s = %d, want %d (all: %v)", reason, gotBad[reason], n, gotBad)
+		}
+	}
+
+	// Offsets are committed past every message, good and bad.
+	assertCommitted(t, cfg, usage.Topic, int64(len(usageMsgs)))
+	assertCommitted(t, cfg, plans.Topic, int64(len(planMsgs)))
+}
+
+func assertCommitted(t *testing.T, cfg Config, topic string, want int64) {
+	t.Helper()
+	client := &kafka.Client{Addr: kafka.TCP(cfg.Kafka.Brokers...)}
+	resp, err := client.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{
+		GroupID: cfg.Kafka.Group, Topics: map[string][]int{topic: {0, 1, 2}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum int64
+	for _, p := range resp.Topics[topic] {
+		if p.CommittedOffset > 0 {
+			sum += p.CommittedOffset
+		}
+	}
+	if sum != want {
+		t.Errorf("committed offsets of %s sum to %d, want %d", topic, sum, want)
+	}
+}
