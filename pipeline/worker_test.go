@@ -38,7 +38,9 @@ func TestWorkerIngestsBothKinds(t *testing.T) {
 	if err := ApplySchema(ctx, ch, stmts); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+QuoteIdent(cfg.ClickHouse.Database)) })
+	t.Cleanup(func() {
+		_ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+QuoteIdent(cfg.ClickHouse.Database))
+	})
 
 	// 2000 usage events over 5 customers and 3 products, 12 bad ones mixed in; 40 plans.
 	rng := rand.New(rand.NewPCG(1, 2))

@@ -1,0 +1,506 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+	"customerloop.dev/customerloop/config/crd"
+	"customerloop.dev/customerloop/config/samples"
+	"customerloop.dev/customerloop/pipeline"
+)
+
+type devOptions struct {
+	clickhouseAddr string
+	assets         string
+	kafkaAddr      string
+	database       string
+	workdir        string
+	keepRunning    bool
+	customers      int
+	products       int
+	timeout        time.Duration
+}
+
+func runDev(ctx context.Context, args []string) error {
+	var o devOptions
+	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	fs.StringVar(&o.clickhouseAddr, "clickhouse-addr", envOr("CLICKHOUSE_ADDR", "127.0.0.1:19000"), "ClickHouse native address (hack/clickhouse.sh starts one)")
+	fs.StringVar(&o.assets, "control-plane-bin", os.Getenv("KUBEBUILDER_ASSETS"), "directory with kube-apiserver, etcd and kubectl (hack/envtest.sh provides it)")
+	fs.StringVar(&o.kafkaAddr, "kafka-addr", "127.0.0.1:9092", "address of the embedded Kafka-protocol broker")
+	fs.StringVar(&o.database, "database", "", "ClickHouse database of the demo loop (default: the sample's); it is emptied first")
+	fs.StringVar(&o.workdir, "workdir", filepath.Join(os.TempDir(), "customerloop-dev"), "where the kubeconfig and the manager log are written")
+	fs.BoolVar(&o.keepRunning, "keep-running", false, "keep the stack running after the demo, until interrupted")
+	fs.IntVar(&o.customers, "customers", 4, "customers in the synthetic workload")
+	fs.IntVar(&o.products, "products", 3, "products per customer in the synthetic workload")
+	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "how long to wait for the workload to land")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if o.assets == "" {
+		return errors.New("no control-plane binaries: pass --control-plane-bin or set KUBEBUILDER_ASSETS (hack/envtest.sh prints the directory; make demo does all this)")
+	}
+	if err := os.MkdirAll(o.workdir, 0o755); err != nil {
+		return err
+	}
+	return (&devStack{o: o}).run(ctx)
+}
+
+type devStack struct {
+	o        devOptions
+	brokers  []string
+	k8s      client.Client
+	loop     *loopsv1alpha1.CustomerLoop
+	stopMgr  context.CancelFunc
+	mgrDone  chan error
+	teardown []func()
+}
+
+func step(format string, args ...any) { fmt.Printf("==> "+format+"\n", args...) }
+
+func (d *devStack) run(ctx context.Context) (err error) {
+	defer func() {
+		for i := len(d.teardown) - 1; i >= 0; i-- {
+			d.teardown[i]()
+		}
+	}()
+	if err := d.checkClickHouse(ctx); err != nil {
+		return err
+	}
+	if err := d.startBroker(); err != nil {
+		return err
+	}
+	if err := d.startControlPlane(ctx); err != nil {
+		return err
+	}
+	if err := d.applySample(ctx); err != nil {
+		return err
+	}
+	w := newWorkload(d.o.customers, d.o.products, time.Now().UTC(), uint64(time.Now().UnixNano()))
+	if err := d.produce(ctx, w); err != nil {
+		return err
+	}
+	if err := d.waitIngested(ctx, w); err != nil {
+		return err
+	}
+	if err := d.report(ctx, w); err != nil {
+		return err
+	}
+	if d.o.keepRunning {
+		d.printHowTo()
+		<-ctx.Done()
+		fmt.Println()
+	}
+	return d.deleteLoop()
+}
+
+func (d *devStack) checkClickHouse(ctx context.Context) error {
+	conn, err := pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: d.o.clickhouseAddr})
+	if err != nil {
+		return fmt.Errorf("%w\nstart a local server with hack/clickhouse.sh (make demo does), or pass --clickhouse-addr", err)
+	}
+	defer conn.Close()
+	var v string
+	if err := conn.QueryRow(ctx, "SELECT version()").Scan(&v); err != nil {
+		return err
+	}
+	// The demo database belongs to the demo: start from empty so the counts mean something.
+	loop, err := d.sample()
+	if err != nil {
+		return err
+	}
+	if err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(loop.Spec.ClickHouse.Database)); err != nil {
+		return err
+	}
+	step("ClickHouse %s at %s (database %s reset for the demo)", v, d.o.clickhouseAddr, loop.Spec.ClickHouse.Database)
+	return nil
+}
+
+// sample returns the embedded sample loop, pointed at the local stack.
+func (d *devStack) sample() (*loopsv1alpha1.CustomerLoop, error) {
+	loop := &loopsv1alpha1.CustomerLoop{}
+	if err := yaml.UnmarshalStrict(samples.CustomerLoop, loop); err != nil {
+		return nil, fmt.Errorf("the embedded sample is invalid: %w", err)
+	}
+	loop.Namespace = "default"
+	loop.Spec.Kafka.Brokers = d.brokers
+	loop.Spec.ClickHouse.Address = d.o.clickhouseAddr
+	if d.o.database != "" {
+		if err := pipeline.ValidIdent(d.o.database); err != nil {
+			return nil, fmt.Errorf("--database: %w", err)
+		}
+		loop.Spec.ClickHouse.Database = d.o.database
+	}
+	return loop, nil
+}
+
+func (d *devStack) startBroker() error {
+	port, err := portOf(d.o.kafkaAddr)
+	if err != nil {
+		return err
+	}
+	c, err := startBroker(port, 3, "")
+	if err != nil {
+		return err
+	}
+	d.teardown = append(d.teardown, c.Close)
+	d.brokers = c.ListenAddrs()
+	step("Kafka-protocol broker (kfake) on %s", strings.Join(d.brokers, ","))
+	return nil
+}
+
+func (d *devStack) startControlPlane(ctx context.Context) error {
+	crds, err := loadCRDs()
+	if err != nil {
+		return err
+	}
+	env := &envtest.Environment{BinaryAssetsDirectory: d.o.assets, CRDs: crds}
+	restCfg, err := env.Start()
+	if err != nil {
+		return fmt.Errorf("starting the control plane from %s: %w", d.o.assets, err)
+	}
+	d.teardown = append(d.teardown, func() { _ = env.Stop() })
+	user, err := env.ControlPlane.AddUser(envtest.User{Name: "developer", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return err
+	}
+	kubeconfig, err := user.KubeConfig()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(d.kubeconfigPath(), kubeconfig, 0o600); err != nil {
+		return err
+	}
+	step("Control plane (etcd + kube-apiserver) up; CRD customerloops.loops.customerloop.dev installed")
+
+	logFile, err := os.Create(filepath.Join(d.o.workdir, "manager.log"))
+	if err != nil {
+		return err
+	}
+	d.teardown = append(d.teardown, func() { _ = logFile.Close() })
+	log, err := newLogger(logFile, "info")
+	if err != nil {
+		return err
+	}
+	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	mgr, err := newManager(mctx, restCfg, managerOptions{
+		runner: "inprocess", metricsAddr: "0", probeAddr: "0", log: log,
+		batch:   pipeline.BatchConfig{MaxRows: 10_000, MaxWait: pipeline.Duration{Duration: 300 * time.Millisecond}},
+		refresh: 2 * time.Second,
+	})
+	if err != nil {
+		cancel()
+		return err
+	}
+	d.stopMgr, d.mgrDone = cancel, make(chan error, 1)
+	go func() { d.mgrDone <- mgr.Start(mctx) }()
+	d.teardown = append(d.teardown, func() { cancel(); <-d.mgrDone })
+	d.k8s, err = client.New(restCfg, client.Options{Scheme: mgr.GetScheme()})
+	if err != nil {
+		return err
+	}
+	step("Manager running with in-process workers (log: %s)", logFile.Name())
+	return nil
+}
+
+func loadCRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
+	var out []*apiextensionsv1.CustomResourceDefinition
+	err := fs.WalkDir(crd.Bases, ".", func(path string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		b, err := crd.Bases.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		c := &apiextensionsv1.CustomResourceDefinition{}
+		if err := yaml.Unmarshal(b, c); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		out = append(out, c)
+		return nil
+	})
+	return out, err
+}
+
+func (d *devStack) applySample(ctx context.Context) error {
+	loop, err := d.sample()
+	if err != nil {
+		return err
+	}
+	if err := d.k8s.Create(ctx, loop); err != nil {
+		return fmt.Errorf("applying the sample CustomerLoop: %w", err)
+	}
+	d.loop = loop
+	step("Applied CustomerLoop %s/%s (streams: usage, plans)", loop.Namespace, loop.Name)
+	return nil
+}
+
+func (d *devStack) produce(ctx context.Context, w *workload) error {
+	topics := map[string][]kafka.Message{}
+	for _, s := range d.loop.Spec.Streams {
+		switch s.Kind {
+		case loopsv1alpha1.StreamUsage:
+			topics[s.Topic] = w.usage
+		case loopsv1alpha1.StreamPlan:
+			topics[s.Topic] = w.plans
+		}
+	}
+	for topic, msgs := range topics {
+		wr := &kafka.Writer{
+			Addr: kafka.TCP(d.brokers...), Topic: topic, Balancer: &kafka.Hash{},
+			RequiredAcks: kafka.RequireAll, AllowAutoTopicCreation: true, BatchTimeout: 5 * time.Millisecond,
+		}
+		err := wr.WriteMessages(ctx, msgs...)
+		_ = wr.Close()
+		if err != nil {
+			return fmt.Errorf("producing to %s: %w", topic, err)
+		}
+	}
+	events, plans := w.totals()
+	step("Produced %d usage events and %d plans for %d customers x %d products, plus %d malformed messages",
+		events, plans, d.o.customers, d.o.products, w.bad)
+	return nil
+}
+
+func (d *devStack) waitIngested(ctx context.Context, w *workload) error {
+	events, plans := w.totals()
+	want := int64(events + plans)
+	ctx, cancel := context.WithTimeout(ctx, d.o.timeout)
+	defer cancel()
+	key := types.NamespacedName{Namespace: d.loop.Namespace, Name: d.loop.Name}
+	start, last := time.Now(), ""
+	for {
+		loop := &loopsv1alpha1.CustomerLoop{}
+		if err := d.k8s.Get(ctx, key, loop); err == nil {
+			ready := meta.FindStatusCondition(loop.Status.Conditions, loopsv1alpha1.ConditionReady)
+			state := fmt.Sprintf("rows %d/%d", loop.Status.RowsIngested, want)
+			if ready != nil {
+				state = fmt.Sprintf("Ready=%s (%s), %s", ready.Status, ready.Reason, state)
+			}
+			if state != last {
+				fmt.Printf("    %s\n", state)
+				last = state
+			}
+			if ready != nil && ready.Status == "True" && loop.Status.RowsIngested >= want {
+				step("Loop Ready; status reports %d rows ingested after %s", loop.Status.RowsIngested, time.Since(start).Round(100*time.Millisecond))
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the workload did not land within %s (last: %s); see %s", d.o.timeout, last, filepath.Join(d.o.workdir, "manager.log"))
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// report prints what ClickHouse holds next to what was produced, and fails on any
+// difference.
+func (d *devStack) report(ctx context.Context, w *workload) error {
+	conn, err := pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: d.o.clickhouseAddr})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	db := d.loop.Spec.ClickHouse.Database
+	got := map[cell]*tally{}
+	at := func(c, p string) *tally {
+		k := cell{c, p}
+		if got[k] == nil {
+			got[k] = &tally{}
+		}
+		return got[k]
+	}
+	rows, err := conn.Query(ctx, "SELECT customer_id, product, count(), sum(quantity) FROM "+
+		pipeline.QualifiedTable(db, "usage_raw")+" GROUP BY customer_id, product")
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var c, p string
+		var n uint64
+		var q float64
+		if err := rows.Scan(&c, &p, &n, &q); err != nil {
+			return err
+		}
+		t := at(c, p)
+		t.events, t.quantity = int(n), q
+	}
+	rows.Close()
+	rows, err = conn.Query(ctx, "SELECT customer_id, product, count() FROM "+
+		pipeline.QualifiedTable(db, "plans_raw")+" GROUP BY customer_id, product")
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var c, p string
+		var n uint64
+		if err := rows.Scan(&c, &p, &n); err != nil {
+			return err
+		}
+		at(c, p).plans = int(n)
+	}
+	rows.Close()
+
+	keys := make([]cell, 0, len(w.expected))
+	for k := range w.expected {
+		keys = append(keys, k)
+	}
+	for k := range got {
+		if w.expected[k] == nil {
+			keys = append(keys, k)
+		}
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].customer != keys[j].customer {
+			return keys[i].customer < keys[j].customer
+		}
+		return keys[i].product < keys[j].product
+	})
+	fmt.Println()
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "customer\tproduct\tevents sent\tevents stored\tquantity sent\tquantity stored\tplans sent\tplans stored\t")
+	mismatches := 0
+	for _, k := range keys {
+		want, have := w.expected[k], got[k]
+		if want == nil {
+			want = &tally{}
+		}
+		if have == nil {
+			have = &tally{}
+		}
+		mark := ""
+		if *want != *have {
+			mismatches++
+			mark = "  <- differs"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%.0f\t%d\t%d\t%s\n", k.customer, k.product,
+			want.events, have.events, want.quantity, have.quantity, want.plans, have.plans, mark)
+	}
+	_ = tw.Flush()
+	fmt.Println()
+
+	dead := 0
+	for _, s := range d.loop.Spec.Streams {
+		n, err := topicEnd(d.brokers, s.GetDeadLetterTopic())
+		if err != nil {
+			return err
+		}
+		dead += int(n)
+	}
+	step("Dead-letter topics hold %d messages (%d malformed were sent)", dead, w.bad)
+	if mismatches > 0 || dead != w.bad {
+		return fmt.Errorf("%d customer/product cells differ and %d of %d malformed messages were dead-lettered", mismatches, dead, w.bad)
+	}
+	step("Every count matches what was produced")
+	return nil
+}
+
+// topicEnd returns the number of messages ever written to a topic (the sum of its
+// partitions' end offsets); 0 when it does not exist.
+func topicEnd(brokers []string, topic string) (int64, error) {
+	conn, err := kafka.Dial("tcp", brokers[0])
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	parts, err := conn.ReadPartitions(topic)
+	if err != nil {
+		if errors.Is(err, kafka.UnknownTopicOrPartition) {
+			return 0, nil
+		}
+		return 0, err
+	}
+	var total int64
+	for _, p := range parts {
+		pc, err := kafka.DialLeader(context.Background(), "tcp", brokers[0], topic, p.ID)
+		if err != nil {
+			return 0, err
+		}
+		end, err := pc.ReadLastOffset()
+		_ = pc.Close()
+		if err != nil {
+			return 0, err
+		}
+		total += end
+	}
+	return total, nil
+}
+
+func (d *devStack) kubeconfigPath() string { return filepath.Join(d.o.workdir, "kubeconfig") }
+
+func (d *devStack) printHowTo() {
+	chHost, chPort := d.o.clickhouseAddr[:strings.LastIndex(d.o.clickhouseAddr, ":")], d.o.clickhouseAddr[strings.LastIndex(d.o.clickhouseAddr, ":")+1:]
+	db := d.loop.Spec.ClickHouse.Database
+	fmt.Printf(`
+The stack keeps running until you press Ctrl-C. From another terminal:
+
+  # the control plane
+  export KUBECONFIG=%[1]s
+  kubectl get customerloops -A
+
+  # send a usage event as a customer would
+  echo '{"event_id":"e-manual-1","customer_id":"acme-01","product":"compute","ts":"%[2]s","quantity":3,"region":"eu-west"}' \
+    | kcat -b %[3]s -t acme.usage -k acme-01 -P
+
+  # read what a product team sees
+  clickhouse-client --host %[4]s --port %[5]s --query \
+    'SELECT customer_id, product, count() AS events, sum(quantity) AS used FROM %[6]s.usage_raw GROUP BY customer_id, product ORDER BY customer_id, product'
+
+`, d.kubeconfigPath(), time.Now().UTC().Format(time.RFC3339), strings.Join(d.brokers, ","), chHost, chPort, db)
+}
+
+// deleteLoop deletes the sample and waits until the finalizer has stopped its worker.
+func (d *devStack) deleteLoop() error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := d.k8s.Delete(ctx, d.loop); client.IgnoreNotFound(err) != nil {
+		return err
+	}
+	key := client.ObjectKeyFromObject(d.loop)
+	for !apierrors.IsNotFound(d.k8s.Get(ctx, key, &loopsv1alpha1.CustomerLoop{})) {
+		if ctx.Err() != nil {
+			return fmt.Errorf("the CustomerLoop was not released within a minute")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	kc := &kafka.Client{Addr: kafka.TCP(d.brokers...)}
+	group := d.loop.GetConsumerGroup()
+	resp, err := kc.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
+	if err != nil {
+		return fmt.Errorf("describing consumer group %s: %w", group, err)
+	}
+	for _, g := range resp.Groups {
+		if len(g.Members) > 0 {
+			return fmt.Errorf("consumer group %s still has %d members after the loop was deleted", group, len(g.Members))
+		}
+	}
+	step("Deleted the CustomerLoop; its worker stopped and consumer group %s has no members left", group)
+	return nil
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client/config"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+	"customerloop.dev/customerloop/controllers"
+	"customerloop.dev/customerloop/pipeline"
+)
+
+func runManager(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
+	config.RegisterFlags(fs) // --kubeconfig; then KUBECONFIG, in-cluster, ~/.kube/config
+	runner := fs.String("runner", "inprocess", "where workers run: inprocess (goroutines of the manager) or deployment")
+	metricsAddr := fs.String("metrics-bind-address", ":8080", "address of the metrics endpoint; 0 disables it")
+	probeAddr := fs.String("health-probe-bind-address", ":8081", "address of the health and readiness probes")
+	leaderElect := fs.Bool("leader-elect", false, "elect a leader so that only one of several replicas reconciles")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := newLogger(os.Stderr, *logLevel)
+	if err != nil {
+		return err
+	}
+	ctrl.SetLogger(log)
+	restCfg, err := config.GetConfig()
+	if err != nil {
+		return fmt.Errorf("finding the cluster: %w", err)
+	}
+	mgr, err := newManager(ctx, restCfg, managerOptions{
+		runner: *runner, metricsAddr: *metricsAddr, probeAddr: *probeAddr, leaderElect: *leaderElect, log: log,
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("starting manager", "version", version, "runner", *runner)
+	return mgr.Start(ctx)
+}
+
+type managerOptions struct {
+	runner      string
+	metricsAddr string
+	probeAddr   string
+	leaderElect bool
+	batch       pipeline.BatchConfig
+	refresh     time.Duration
+	log         logr.Logger
+}
+
+// newManager builds the controller manager with the CustomerLoop reconciler and the
+// chosen worker runner.
+func newManager(ctx context.Context, restCfg *rest.Config, o managerOptions) (ctrl.Manager, error) {
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := loopsv1alpha1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	var runner controllers.Runner
+	switch o.runner {
+	case "inprocess":
+		runner = controllers.NewInProcessRunner(o.log.WithName("worker"))
+	case "deployment":
+		return nil, fmt.Errorf("--runner=deployment is not available in this version; use --runner=inprocess")
+	default:
+		return nil, fmt.Errorf("--runner=%q: want inprocess or deployment", o.runner)
+	}
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
+		HealthProbeBindAddress: o.probeAddr,
+		LeaderElection:         o.leaderElect,
+		LeaderElectionID:       "customerloop-manager.loops.customerloop.dev",
+		Logger:                 o.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating manager: %w", err)
+	}
+	if o.probeAddr != "0" {
+		if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+			return nil, err
+		}
+		if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+			return nil, err
+		}
+	}
+	r := &controllers.CustomerLoopReconciler{
+		Client:          mgr.GetClient(),
+		Runner:          runner,
+		Recorder:        mgr.GetEventRecorder("customerloop-controller"),
+		Batch:           o.batch,
+		RefreshInterval: o.refresh,
+	}
+	if err := r.SetupWithManager(ctx, mgr); err != nil {
+		return nil, fmt.Errorf("setting up the controller: %w", err)
+	}
+	return mgr, nil
+}

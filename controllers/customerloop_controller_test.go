@@ -1,0 +1,307 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+	"customerloop.dev/customerloop/pipeline"
+)
+
+var testSeq int
+
+// newLoop returns a valid loop with a usage and a plan stream on topics of its own.
+func newLoop(t *testing.T) *loopsv1alpha1.CustomerLoop {
+	testSeq++
+	name := fmt.Sprintf("loop%d", testSeq)
+	db := fmt.Sprintf("ctrl_test_%d_%d", time.Now().Unix(), testSeq)
+	t.Cleanup(func() { _ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(db)) })
+	return &loopsv1alpha1.CustomerLoop{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+		Spec: loopsv1alpha1.CustomerLoopSpec{
+			Kafka:      loopsv1alpha1.KafkaSpec{Brokers: brokers},
+			ClickHouse: loopsv1alpha1.ClickHouseSpec{Address: chAddr, Database: db},
+			Streams: []loopsv1alpha1.StreamSpec{
+				{
+					Name: "usage", Kind: loopsv1alpha1.StreamUsage, Topic: name + ".usage",
+					Mapping:    loopsv1alpha1.FieldMapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts", Quantity: "qty"},
+					Dimensions: []loopsv1alpha1.Dimension{{Name: "region", Type: "String", Nullable: true}},
+				},
+				{
+					Name: "plans", Kind: loopsv1alpha1.StreamPlan, Topic: name + ".plans",
+					Mapping: loopsv1alpha1.FieldMapping{PlanID: "id", CustomerID: "customer", Product: "product", Period: "period", Quantity: "qty"},
+				},
+			},
+		},
+	}
+}
+
+func get(t *testing.T, loop *loopsv1alpha1.CustomerLoop) *loopsv1alpha1.CustomerLoop {
+	t.Helper()
+	out := &loopsv1alpha1.CustomerLoop{}
+	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(loop), out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func condition(l *loopsv1alpha1.CustomerLoop, typ string) string {
+	c := meta.FindStatusCondition(l.Status.Conditions, typ)
+	if c == nil {
+		return "<none>"
+	}
+	return fmt.Sprintf("%s/%s", c.Status, c.Reason)
+}
+
+func produceJSON(t *testing.T, topic string, values []string) {
+	t.Helper()
+	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic, RequiredAcks: kafka.RequireAll,
+		AllowAutoTopicCreation: true, BatchTimeout: 5 * time.Millisecond}
+	defer w.Close()
+	msgs := make([]kafka.Message, len(values))
+	for i, v := range values {
+		msgs[i] = kafka.Message{Value: []byte(v)}
+	}
+	if err := w.WriteMessages(context.Background(), msgs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLoopLifecycle applies a loop that takes ClickHouse credentials from a Secret,
+// streams both kinds of data through it, and checks the tables, the rows and the status;
+// then deletes it and checks that nothing of its worker is left.
+func TestLoopLifecycle(t *testing.T) {
+	ctx := context.Background()
+	loop := newLoop(t)
+	user := chUser
+	if user == "" {
+		user = "default"
+	}
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: loop.Name + "-clickhouse", Namespace: "default"},
+		Data:       map[string][]byte{"username": []byte(user), "password": []byte(chPass)},
+	}
+	if err := k8s.Create(ctx, secret); err != nil {
+		t.Fatal(err)
+	}
+	loop.Spec.ClickHouse.CredentialsSecretRef = &loopsv1alpha1.CredentialsSecretRef{Name: secret.Name}
+	if err := k8s.Create(ctx, loop); err != nil {
+		t.Fatal(err)
+	}
+
+	var usage, plans []string
+	for i := range 300 {
+		usage = append(usage, fmt.Sprintf(`{"id":"e%d","customer":"c%d","product":"p%d","ts":%d,"qty":2,"region":"eu"}`, i, i%4, i%2, 1793449815+i))
+	}
+	for i := range 24 {
+		plans = append(plans, fmt.Sprintf(`{"id":"p%d","customer":"c%d","product":"p%d","period":"2027-0%d-01","qty":%d}`, i, i%4, i%2, 1+i%3, 100+i))
+	}
+	usage = append(usage, `{"id":"bad"`) // dead-lettered, not counted
+	produceJSON(t, loop.Spec.Streams[0].Topic, usage)
+	produceJSON(t, loop.Spec.Streams[1].Topic, plans)
+
+	eventually(t, 90*time.Second, "the loop Ready with every row counted", func() (bool, string) {
+		l := get(t, loop)
+		state := fmt.Sprintf("Ready=%s SchemaReady=%s WorkersReady=%s rows=%d streams=%+v",
+			condition(l, "Ready"), condition(l, "SchemaReady"), condition(l, "WorkersReady"), l.Status.RowsIngested, l.Status.Streams)
+		return condition(l, "Ready") == "True/Succeeded" && l.Status.RowsIngested == 324, state
+	})
+
+	l := get(t, loop)
+	if l.Status.ObservedGeneration != l.Generation {
+		t.Errorf("observedGeneration = %d, want %d", l.Status.ObservedGeneration, l.Generation)
+	}
+	if got := condition(l, "Stalled"); got != "False/Succeeded" {
+		t.Errorf("Stalled = %s", got)
+	}
+	if got := condition(l, "Reconciling"); got != "False/Succeeded" {
+		t.Errorf("Reconciling = %s", got)
+	}
+	byName := map[string]loopsv1alpha1.StreamStatus{}
+	for _, s := range l.Status.Streams {
+		byName[s.Name] = s
+	}
+	if byName["usage"].RowsIngested != 300 || byName["plans"].RowsIngested != 24 {
+		t.Errorf("stream rows = %+v, want usage 300 and plans 24", l.Status.Streams)
+	}
+	if byName["usage"].LastIngestTime == nil || byName["usage"].Table != loop.Spec.ClickHouse.Database+".usage_raw" {
+		t.Errorf("usage stream status = %+v", byName["usage"])
+	}
+	if l.Status.StreamCount != 2 {
+		t.Errorf("streamCount = %d", l.Status.StreamCount)
+	}
+	if !strings.Contains(fmt.Sprint(l.Finalizers), loopsv1alpha1.Finalizer) {
+		t.Errorf("finalizers = %v", l.Finalizers)
+	}
+
+	// The tables hold the rows with their source coordinates and the declared dimension.
+	var n, offsets uint64
+	var regions string
+	if err := ch.QueryRow(ctx, "SELECT count(), uniqExact(_partition, _offset), arrayStringConcat(groupUniqArray(assumeNotNull(region)), ',') FROM "+
+		pipeline.QualifiedTable(loop.Spec.ClickHouse.Database, "usage_raw")).Scan(&n, &offsets, &regions); err != nil {
+		t.Fatal(err)
+	}
+	if n != 300 || offsets != 300 || regions != "eu" {
+		t.Errorf("usage_raw: %d rows, %d distinct offsets, regions %q", n, offsets, regions)
+	}
+
+	// Deleting the loop stops its worker: no goroutine, no consumer-group member.
+	if err := k8s.Delete(ctx, loop); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the loop to be gone", func() (bool, string) {
+		err := k8s.Get(ctx, client.ObjectKeyFromObject(loop), &loopsv1alpha1.CustomerLoop{})
+		return apierrors.IsNotFound(err), fmt.Sprint(err)
+	})
+	if n := workerGoroutines(); n != 0 {
+		t.Errorf("%d worker goroutines left after the loop was deleted", n)
+	}
+	kc := &kafka.Client{Addr: kafka.TCP(brokers...)}
+	resp, err := kc.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{loop.GetConsumerGroup()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range resp.Groups {
+		if len(g.Members) != 0 {
+			t.Errorf("consumer group %s has %d members after deletion", g.GroupID, len(g.Members))
+		}
+	}
+	// Retain is the only policy so far: the data stays.
+	var tables uint64
+	if err := ch.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ?", loop.Spec.ClickHouse.Database).Scan(&tables); err != nil {
+		t.Fatal(err)
+	}
+	if tables != 2 {
+		t.Errorf("%d tables left in %s after deletion, want the 2 raw tables kept", tables, loop.Spec.ClickHouse.Database)
+	}
+}
+
+// TestMissingSecretThenCreated: a loop whose credentials Secret does not exist waits with
+// a reason naming it, and becomes Ready once the Secret appears.
+func TestMissingSecretThenCreated(t *testing.T) {
+	ctx := context.Background()
+	loop := newLoop(t)
+	loop.Spec.ClickHouse.CredentialsSecretRef = &loopsv1alpha1.CredentialsSecretRef{Name: loop.Name + "-late", PasswordKey: "pw"}
+	if err := k8s.Create(ctx, loop); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(context.Background(), loop) })
+	eventually(t, 30*time.Second, "Ready=False naming the missing Secret", func() (bool, string) {
+		l := get(t, loop)
+		c := meta.FindStatusCondition(l.Status.Conditions, "Ready")
+		if c == nil {
+			return false, "no Ready condition"
+		}
+		return c.Status == "False" && c.Reason == ReasonMissingInput && strings.Contains(c.Message, loop.Name+"-late") &&
+			condition(l, "Reconciling") == "True/Progressing", fmt.Sprintf("%s: %s", condition(l, "Ready"), c.Message)
+	})
+	user := chUser
+	if user == "" {
+		user = "default"
+	}
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: loop.Name + "-late", Namespace: "default"},
+		Data:       map[string][]byte{"username": []byte(user), "pw": []byte(chPass)},
+	}
+	if err := k8s.Create(ctx, secret); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "Ready once the Secret exists", func() (bool, string) {
+		l := get(t, loop)
+		return condition(l, "Ready") == "True/Succeeded", condition(l, "Ready")
+	})
+	// The password never shows in status.
+	if chPass != "" {
+		l := get(t, loop)
+		if strings.Contains(fmt.Sprintf("%+v", l.Status), chPass) {
+			t.Error("the ClickHouse password appears in status")
+		}
+	}
+}
+
+// TestPausedLoop: a paused loop has its schema but no workers, and says so.
+func TestPausedLoop(t *testing.T) {
+	ctx := context.Background()
+	loop := newLoop(t)
+	loop.Spec.Paused = true
+	if err := k8s.Create(ctx, loop); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(context.Background(), loop) })
+	eventually(t, 30*time.Second, "a paused loop to report Paused", func() (bool, string) {
+		l := get(t, loop)
+		return condition(l, "Ready") == "True/Paused" && condition(l, "WorkersReady") == "False/Paused" &&
+			condition(l, "SchemaReady") == "True/SchemaApplied", fmt.Sprintf("Ready=%s WorkersReady=%s", condition(l, "Ready"), condition(l, "WorkersReady"))
+	})
+	if n := workerGoroutines(); n != 0 {
+		t.Errorf("%d worker goroutines run for a paused loop", n)
+	}
+}
+
+// TestInvalidSpecsRefused applies invalid specs to the real API server and checks that
+// each is refused with a message that says what is wrong.
+func TestInvalidSpecsRefused(t *testing.T) {
+	cases := []struct {
+		name   string
+		mutate func(*loopsv1alpha1.CustomerLoop)
+		want   string
+	}{
+		{"SQL injection in the database name", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.ClickHouse.Database = "x`; DROP DATABASE system; --" }, "spec.clickhouse.database"},
+		{"backtick in a stream name", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Name = "us`age" }, "spec.streams[0].name"},
+		{"newline in a dimension name", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Dimensions[0].Name = "region\nx" }, "spec.streams[0].dimensions[0].name"},
+		{"dimension named like a core column", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Dimensions[0].Name = "customer_id" }, "collides with a core column"},
+		{"duplicate stream names", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[1].Name = "usage" }, "Duplicate value"},
+		{"two streams on one topic", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[1].Topic = l.Spec.Streams[0].Topic }, "two streams read the same topic"},
+		{"a Plan stream without a period", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[1].Mapping.Period = "" }, "a Plan stream needs mapping.period"},
+		{"a Usage stream without a timestamp", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Mapping.Timestamp = "" }, "a Usage stream needs mapping.timestamp"},
+		{"plan fields on a Usage stream", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Mapping.Period = "period" }, "belong to Plan streams"},
+		{"unknown stream kind", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Kind = "Forecast" }, "Unsupported value: \"Forecast\""},
+		{"unknown dimension type", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Dimensions[0].Type = "Array(String)" }, "spec.streams[0].dimensions[0].type"},
+		{"dead-letter topic is a stream topic", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].DeadLetterTopic = l.Spec.Streams[1].Topic }, "deadLetterTopic must not be the topic"},
+		{"broker without a port", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Kafka.Brokers = []string{"kafka"} }, "spec.kafka.brokers[0]"},
+		{"no streams", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams = nil }, "spec.streams"},
+		{"field path with spaces", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Mapping.CustomerID = "customer id" }, "spec.streams[0].mapping.customerId"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			loop := newLoop(t)
+			tc.mutate(loop)
+			err := k8s.Create(context.Background(), loop)
+			if err == nil {
+				_ = k8s.Delete(context.Background(), loop)
+				t.Fatal("the API server accepted the spec")
+			}
+			if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q\ndoes not say %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestDatabaseIsImmutable: moving a loop to another database would leave its data behind.
+func TestDatabaseIsImmutable(t *testing.T) {
+	ctx := context.Background()
+	loop := newLoop(t)
+	loop.Spec.Paused = true
+	if err := k8s.Create(ctx, loop); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(context.Background(), loop) })
+	l := get(t, loop)
+	patch := client.MergeFrom(l.DeepCopy())
+	l.Spec.ClickHouse.Database = "elsewhere"
+	err := k8s.Patch(ctx, l, patch)
+	if err == nil || !strings.Contains(err.Error(), "database is immutable") {
+		t.Fatalf("update of the database: err = %v, want it refused as immutable", err)
+	}
+}

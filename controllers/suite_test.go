@@ -1,0 +1,151 @@
+package controllers
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/go-logr/logr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+	"customerloop.dev/customerloop/pipeline"
+)
+
+// The suite runs the reconciler in a manager against a real kube-apiserver (envtest),
+// a real ClickHouse server and a real Kafka-protocol broker (kfake).
+var (
+	k8s     client.Client
+	brokers []string
+	chAddr  string
+	chUser  string
+	chPass  string
+	ch      driver.Conn
+	runner  *InProcessRunner
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	os.Exit(runSuite(m))
+}
+
+func runSuite(m *testing.M) int {
+	chAddr = os.Getenv("CLICKHOUSE_ADDR")
+	if chAddr == "" || os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		if os.Getenv("CUSTOMERLOOP_REQUIRE_STACK") != "" {
+			fmt.Fprintln(os.Stderr, "CLICKHOUSE_ADDR and KUBEBUILDER_ASSETS must be set; run the tests with make test")
+			return 1
+		}
+		fmt.Fprintln(os.Stderr, "skipping the controller suite: CLICKHOUSE_ADDR and KUBEBUILDER_ASSETS are not set (make test sets them)")
+		return 0
+	}
+	chUser, chPass = os.Getenv("CLICKHOUSE_USER"), os.Getenv("CLICKHOUSE_PASSWORD")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "starting envtest:", err)
+		return 1
+	}
+	defer func() { _ = env.Stop() }()
+
+	broker, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.DefaultNumPartitions(3))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "starting kfake:", err)
+		return 1
+	}
+	defer broker.Close()
+	brokers = broker.ListenAddrs()
+
+	ch, err = pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: chAddr})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer ch.Close()
+
+	scheme := clientgoscheme.Scheme
+	if err := loopsv1alpha1.AddToScheme(scheme); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	log := logr.Discard()
+	if testing.Verbose() {
+		log = logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, nil))
+	}
+	ctrl.SetLogger(log)
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"}})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	runner = NewInProcessRunner(log.WithName("worker"))
+	r := &CustomerLoopReconciler{
+		Client:          mgr.GetClient(),
+		Runner:          runner,
+		Recorder:        mgr.GetEventRecorder("customerloop-controller"),
+		Batch:           pipeline.BatchConfig{MaxRows: 1000, MaxWait: pipeline.Duration{Duration: 100 * time.Millisecond}},
+		RefreshInterval: time.Second,
+	}
+	if err := r.SetupWithManager(ctx, mgr); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	mgrDone := make(chan error, 1)
+	go func() { mgrDone <- mgr.Start(ctx) }()
+	defer func() { cancel(); <-mgrDone }()
+
+	k8s, err = client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
+}
+
+// eventually polls cond until it holds or the timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		last = state
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s; last state: %s", timeout, what, last)
+}
+
+// workerGoroutines counts goroutines running inside a pipeline worker.
+func workerGoroutines() int {
+	buf := make([]byte, 8<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "customerloop/pipeline.(*Worker)") {
+			n++
+		}
+	}
+	return n
+}
