@@ -36,6 +36,9 @@ type Config struct {
 type KafkaConfig struct {
 	Brokers []string `json:"brokers"`
 	Group   string   `json:"group"`
+	// SessionTimeout is how long the group waits for a silent member (a crashed worker)
+	// before moving its partitions to others.
+	SessionTimeout Duration `json:"sessionTimeout,omitempty"`
 }
 
 // ClickHouseConfig is the ClickHouse connection. The password is never serialised: the
@@ -106,8 +109,9 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 }
 
 const (
-	defaultMaxRows = 50_000
-	defaultMaxWait = time.Second
+	defaultMaxRows        = 50_000
+	defaultMaxWait        = time.Second
+	defaultSessionTimeout = 10 * time.Second
 )
 
 // WithDefaults returns the config with unset batch bounds filled in.
@@ -117,6 +121,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Batch.MaxWait.Duration <= 0 {
 		c.Batch.MaxWait.Duration = defaultMaxWait
+	}
+	if c.Kafka.SessionTimeout.Duration <= 0 {
+		c.Kafka.SessionTimeout.Duration = defaultSessionTimeout
 	}
 	return c
 }

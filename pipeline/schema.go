@@ -78,7 +78,7 @@ type Statement struct {
 	SQL    string
 }
 
-// PlanSchema returns the DDL that creates the loop's database and raw tables. It is a pure
+// PlanSchema returns the DDL that creates the loop's database, its ledger and raw tables. It is a pure
 // function of the config; applying its statements again changes nothing.
 func PlanSchema(cfg Config) ([]Statement, error) {
 	if err := cfg.Validate(); err != nil {
@@ -89,6 +89,7 @@ func PlanSchema(cfg Config) ([]Statement, error) {
 		Object: db,
 		SQL:    "CREATE DATABASE IF NOT EXISTS " + QuoteIdent(db),
 	}}
+	stmts = append(stmts, Statement{Object: db + "." + LedgerTable, SQL: ledgerDDL(db)})
 	for _, s := range cfg.Streams {
 		stmts = append(stmts, Statement{
 			Object: db + "." + s.Table(),

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -23,6 +25,7 @@ type Worker struct {
 	streams  map[string]*StreamConfig // by topic
 	dlq      *kafka.Writer
 	ch       driver.Conn
+	name     string // identifies the worker in the ledger
 }
 
 // NewWorker validates the config and connects to ClickHouse.
@@ -31,11 +34,13 @@ func NewWorker(ctx context.Context, cfg Config, log logr.Logger) (*Worker, error
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid pipeline config: %w", err)
 	}
+	host, _ := os.Hostname()
 	w := &Worker{
 		cfg:      cfg,
 		log:      log,
 		decoders: map[string]*Decoder{},
 		streams:  map[string]*StreamConfig{},
+		name:     fmt.Sprintf("%s/%d", host, os.Getpid()),
 	}
 	for i := range cfg.Streams {
 		s := &w.cfg.Streams[i]
@@ -80,9 +85,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		StartOffset:           kafka.FirstOffset,
 		WatchPartitionChanges: true,
 		JoinGroupBackoff:      time.Second,
-		HeartbeatInterval:     time.Second,
-		SessionTimeout:        10 * time.Second,
-		RebalanceTimeout:      10 * time.Second,
+		HeartbeatInterval:     w.cfg.Kafka.SessionTimeout.Duration / 3,
+		SessionTimeout:        w.cfg.Kafka.SessionTimeout.Duration,
+		// Longer than the final flush of a revoked generation (finalFlushTimeout), so that
+		// a member finishes writing before its partitions move to another.
+		RebalanceTimeout: 2 * finalFlushTimeout,
 	})
 	if err != nil {
 		return fmt.Errorf("joining consumer group %s: %w", w.cfg.Kafka.Group, err)
@@ -114,8 +121,9 @@ func (w *Worker) Run(ctx context.Context) error {
 type item struct {
 	stream *StreamConfig
 	msg    kafka.Message
-	row    []any // nil when dead-lettered
+	row    []any // nil when dead-lettered or landed
 	err    *DecodeError
+	landed bool // already in ClickHouse from a batch the ledger does not record
 }
 
 func (w *Worker) runGeneration(ctx context.Context, gen *kafka.Generation) {
@@ -150,11 +158,26 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 		MaxWait:   250 * time.Millisecond,
 	})
 	defer r.Close()
+	stream, dec := w.streams[topic], w.decoders[topic]
+	var rp resumePoint
+	if err := retry(ctx, w.log, fmt.Sprintf("recovering %s/%d from the ledger", topic, partition), func() error {
+		var err error
+		rp, err = recoverPartition(ctx, w.ch, w.cfg.ClickHouse.Database, stream, topic, partition)
+		return err
+	}); err != nil {
+		return
+	}
+	if rp.offset >= 0 {
+		offset = rp.offset
+	}
+	if len(rp.landed) > 0 {
+		w.log.Info("resuming past rows of an unrecorded batch", "topic", topic, "partition", partition,
+			"from", offset, "alreadyLanded", len(rp.landed))
+	}
 	if err := r.SetOffset(offset); err != nil {
 		w.log.Error(err, "setting offset", "topic", topic, "partition", partition, "offset", offset)
 		return
 	}
-	stream, dec := w.streams[topic], w.decoders[topic]
 	for {
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
@@ -168,8 +191,10 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 			continue
 		}
 		it := item{stream: stream, msg: m}
-		row, err := dec.Decode(m.Value, m.Time)
-		if err != nil {
+		if _, ok := rp.landed[m.Offset]; ok {
+			it.landed = true
+			delete(rp.landed, m.Offset)
+		} else if row, err := dec.Decode(m.Value, m.Time); err != nil {
 			var de *DecodeError
 			if !errors.As(err, &de) {
 				de = &DecodeError{Reason: ReasonInvalidJSON, Err: err}
@@ -186,32 +211,49 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 	}
 }
 
-// batch accumulates rows per stream, dead letters, and the next offset to commit per
-// partition.
+// batch accumulates rows per stream, dead letters, and each partition's offset span.
 type batch struct {
-	rows    map[*StreamConfig][][]any
-	dead    []kafka.Message
-	offsets map[string]map[int]int64
-	n       int
+	rows  map[*StreamConfig][][]any
+	dead  []kafka.Message
+	spans map[topicPartition]*span
+	n     int
 }
 
 func newBatch() *batch {
-	return &batch{rows: map[*StreamConfig][][]any{}, offsets: map[string]map[int]int64{}}
+	return &batch{rows: map[*StreamConfig][][]any{}, spans: map[topicPartition]*span{}}
 }
 
 func (b *batch) add(it item, now time.Time) {
 	m := it.msg
-	if it.err != nil {
+	switch {
+	case it.landed:
+	case it.err != nil:
 		b.dead = append(b.dead, deadLetter(it, now))
-	} else {
+	default:
 		row := append(it.row, m.Topic, int32(m.Partition), m.Offset, now.UTC().Truncate(time.Second))
 		b.rows[it.stream] = append(b.rows[it.stream], row)
 	}
-	if b.offsets[m.Topic] == nil {
-		b.offsets[m.Topic] = map[int]int64{}
+	tp := topicPartition{m.Topic, m.Partition}
+	sp := b.spans[tp]
+	if sp == nil {
+		sp = &span{first: m.Offset}
+		b.spans[tp] = sp
 	}
-	b.offsets[m.Topic][m.Partition] = m.Offset + 1
+	sp.last = m.Offset
+	sp.messages++
 	b.n++
+}
+
+// commitOffsets returns the next offset to read per partition, in kafka-go's shape.
+func (b *batch) commitOffsets() map[string]map[int]int64 {
+	out := map[string]map[int]int64{}
+	for tp, sp := range b.spans {
+		if out[tp.topic] == nil {
+			out[tp.topic] = map[int]int64{}
+		}
+		out[tp.topic][tp.partition] = sp.last + 1
+	}
+	return out
 }
 
 func deadLetter(it item, now time.Time) kafka.Message {
@@ -296,16 +338,19 @@ func (w *Worker) finish(gen *kafka.Generation, items chan item, readers *sync.Wa
 	if b.n == 0 {
 		return
 	}
-	fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	fctx, cancel := context.WithTimeout(context.Background(), finalFlushTimeout)
 	defer cancel()
 	if err := w.flush(fctx, gen, b); err != nil {
 		w.log.Error(err, "final flush failed; the batch will be read again", "messages", b.n)
 	}
 }
 
-// flush writes the batch's rows and dead letters, then commits its offsets. Writes are
-// retried with backoff until they succeed or ctx ends; nothing is committed for data that
-// is not written.
+// finalFlushTimeout bounds the flush of a revoked or stopping generation.
+const finalFlushTimeout = 20 * time.Second
+
+// flush writes the batch's rows and dead letters, records its offsets in the ledger, then
+// commits them to Kafka. Writes are retried with backoff until they succeed or ctx ends;
+// nothing is recorded or committed for data that is not written.
 func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) error {
 	start := time.Now()
 	for s, rows := range b.rows {
@@ -322,9 +367,15 @@ func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) err
 			return err
 		}
 	}
-	if err := gen.CommitOffsets(b.offsets); err != nil {
-		// The rows are in ClickHouse; a failed commit means they may be read again.
-		w.log.Error(err, "committing offsets after insert")
+	batchID := fmt.Sprintf("%016x", rand.Uint64())
+	if err := retry(ctx, w.log, "ledger", func() error {
+		return writeLedger(ctx, w.ch, w.cfg.ClickHouse.Database, batchID, w.name, b.spans, time.Now().UTC().Truncate(time.Second))
+	}); err != nil {
+		return err
+	}
+	if err := gen.CommitOffsets(b.commitOffsets()); err != nil {
+		// The ledger holds the truth; the commit only serves lag monitoring.
+		w.log.Error(err, "committing offsets after the ledger")
 	}
 	w.log.V(1).Info("flushed", "messages", b.n, "deadLettered", len(b.dead), "took", time.Since(start))
 	return nil

@@ -1,6 +1,21 @@
 -- acme
 CREATE DATABASE IF NOT EXISTS `acme`;
 
+-- acme.customerloop_ledger
+CREATE TABLE IF NOT EXISTS `acme`.`customerloop_ledger`
+(
+    `topic` String,
+    `partition` Int32,
+    `first_offset` Int64,
+    `last_offset` Int64,
+    `messages` UInt64,
+    `batch_id` String,
+    `worker` String,
+    `written_at` DateTime
+)
+ENGINE = MergeTree
+ORDER BY (topic, partition, last_offset);
+
 -- acme.usage_raw
 CREATE TABLE IF NOT EXISTS `acme`.`usage_raw`
 (

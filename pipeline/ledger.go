@@ -1,0 +1,117 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// LedgerTable records, per flushed batch and partition, the offsets whose rows are in
+// ClickHouse. It lives in the loop's database beside the data it vouches for, and is the
+// system of record for where ingestion stands: Kafka's committed offsets follow it (for
+// lag monitoring) and are never trusted over it.
+//
+// The protocol, which needs no insert deduplication from the server:
+//
+//  1. a batch's rows go into each raw table in one insert per table;
+//  2. then one insert into the ledger records each partition's offset span of the batch;
+//  3. then offsets are committed to Kafka.
+//
+// When a partition is assigned, the worker resumes after the ledger's last offset for it.
+// A crash between 1 and 2 leaves rows past that offset, possibly only some of them (an
+// insert spanning several table partitions writes several parts); the worker reads which
+// offsets are already there and skips exactly those. Every offset lands once.
+const LedgerTable = "customerloop_ledger"
+
+func ledgerDDL(db string) string {
+	return "CREATE TABLE IF NOT EXISTS " + QualifiedTable(db, LedgerTable) + `
+(
+    ` + "`topic`" + ` String,
+    ` + "`partition`" + ` Int32,
+    ` + "`first_offset`" + ` Int64,
+    ` + "`last_offset`" + ` Int64,
+    ` + "`messages`" + ` UInt64,
+    ` + "`batch_id`" + ` String,
+    ` + "`worker`" + ` String,
+    ` + "`written_at`" + ` DateTime
+)
+ENGINE = MergeTree
+ORDER BY (topic, partition, last_offset)`
+}
+
+// span is the offsets of one partition in a batch.
+type span struct {
+	first, last int64
+	messages    uint64
+}
+
+type topicPartition struct {
+	topic     string
+	partition int
+}
+
+func writeLedger(ctx context.Context, conn driver.Conn, db, batchID, worker string, spans map[topicPartition]*span, at time.Time) error {
+	b, err := conn.PrepareBatch(ctx, "INSERT INTO "+QualifiedTable(db, LedgerTable)+
+		" (`topic`, `partition`, `first_offset`, `last_offset`, `messages`, `batch_id`, `worker`, `written_at`)")
+	if err != nil {
+		return fmt.Errorf("preparing ledger insert: %w", err)
+	}
+	for tp, s := range spans {
+		if err := b.Append(tp.topic, int32(tp.partition), s.first, s.last, s.messages, batchID, worker, at); err != nil {
+			_ = b.Abort()
+			return fmt.Errorf("appending to the ledger: %w", err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("writing the ledger: %w", err)
+	}
+	return nil
+}
+
+// resumePoint is where a newly assigned partition picks up.
+type resumePoint struct {
+	// offset to read from; negative means "the consumer group's committed offset".
+	offset int64
+	// landed holds offsets past the ledger whose rows are already in the raw table.
+	landed map[int64]struct{}
+}
+
+// clockSlack bounds how far apart the clocks of two workers may be when one recovers a
+// partition the other was writing; it only narrows the recovery scan.
+const clockSlack = time.Hour
+
+// recoverPartition reads the ledger and the raw table to find where a partition resumes.
+func recoverPartition(ctx context.Context, conn driver.Conn, db string, s *StreamConfig, topic string, partition int) (resumePoint, error) {
+	var (
+		last    int64
+		written time.Time
+		entries uint64
+	)
+	if err := conn.QueryRow(ctx, "SELECT max(last_offset), max(written_at), count() FROM "+QualifiedTable(db, LedgerTable)+
+		" WHERE topic = ? AND partition = ?", topic, int32(partition)).Scan(&last, &written, &entries); err != nil {
+		return resumePoint{}, fmt.Errorf("reading the ledger for %s/%d: %w", topic, partition, err)
+	}
+	rp := resumePoint{offset: -1, landed: map[int64]struct{}{}}
+	q := "SELECT _offset FROM " + QualifiedTable(db, s.Table()) + " WHERE _topic = ? AND _partition = ?"
+	args := []any{topic, int32(partition)}
+	if entries > 0 {
+		rp.offset = last + 1
+		q += " AND _offset > ? AND _ingested_at >= ?"
+		args = append(args, last, written.Add(-clockSlack))
+	}
+	rows, err := conn.Query(ctx, q, args...)
+	if err != nil {
+		return resumePoint{}, fmt.Errorf("reading offsets past the ledger in %s: %w", s.Table(), err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var off int64
+		if err := rows.Scan(&off); err != nil {
+			return resumePoint{}, err
+		}
+		rp.landed[off] = struct{}{}
+	}
+	return rp, rows.Err()
+}

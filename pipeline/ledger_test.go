@@ -1,0 +1,108 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	"github.com/segmentio/kafka-go"
+)
+
+// TestResumeFromLedgerSkipsUnrecordedRows sets up what a crash leaves behind: a batch
+// recorded in the ledger (offsets 0-299), then part of a batch inserted but never recorded
+// (300-349), and nothing committed to Kafka. A worker must trust the ledger over Kafka,
+// skip exactly the rows already there, and land every other offset once.
+func TestResumeFromLedgerSkipsUnrecordedRows(t *testing.T) {
+	chAddr := clickhouseAddr(t)
+	cfg := sampleConfig()
+	cfg.Streams = cfg.Streams[:1]
+	cfg.Streams[0].Dimensions = nil
+	s := cfg.Streams[0]
+	cfg.ClickHouse = ClickHouseConfig{Addr: chAddr, Database: uniqueName("test_ledger")}
+	cfg.Kafka.Group = uniqueName("group")
+	cfg.Kafka.Brokers = startBroker(t, 1, s.Topic)
+	cfg.Batch = BatchConfig{MaxRows: 200, MaxWait: Duration{100 * time.Millisecond}}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ch, err := OpenClickHouse(ctx, cfg.ClickHouse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	stmts, err := PlanSchema(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ApplySchema(ctx, ch, stmts); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+QuoteIdent(cfg.ClickHouse.Database))
+	})
+
+	// Events spread over two months, so that an insert writes several parts.
+	var msgs []kafka.Message
+	for i := range 1000 {
+		ts := time.Date(2026, 10, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(i) * 90 * time.Minute)
+		msgs = append(msgs, kafka.Message{Value: []byte(fmt.Sprintf(
+			`{"id":"e%d","customer":{"id":"c%d"},"product":"p","ts":%q,"qty":1}`, i, i%7, ts.Format(time.RFC3339)))})
+	}
+	produce(t, cfg.Kafka.Brokers, s.Topic, msgs)
+
+	// The state a crash leaves: rows for 0-349, a ledger entry for 0-299 only.
+	dec := mustDecoder(t, s)
+	var rows [][]any
+	for i := range 350 {
+		row, err := dec.Decode(msgs[i].Value, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows = append(rows, append(row, s.Topic, int32(0), int64(i), time.Now().UTC().Truncate(time.Second)))
+	}
+	if err := insertRows(ctx, ch, cfg.ClickHouse.Database, s, rows); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeLedger(ctx, ch, cfg.ClickHouse.Database, "before-crash", "test",
+		map[topicPartition]*span{{s.Topic, 0}: {first: 0, last: 299, messages: 300}}, time.Now().UTC()); err != nil {
+		t.Fatal(err)
+	}
+
+	w, err := NewWorker(ctx, cfg, testr.New(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(wctx) }()
+	eventually(t, time.Minute, "the ledger to reach offset 999", func() (bool, string) {
+		var last int64
+		err := ch.QueryRow(ctx, "SELECT max(last_offset) FROM "+QualifiedTable(cfg.ClickHouse.Database, LedgerTable)).Scan(&last)
+		return err == nil && last == 999, fmt.Sprintf("last=%d err=%v", last, err)
+	})
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	var n, distinct uint64
+	if err := ch.QueryRow(ctx, "SELECT count(), uniqExact(_offset) FROM "+QualifiedTable(cfg.ClickHouse.Database, s.Table())).Scan(&n, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1000 || distinct != 1000 {
+		t.Fatalf("%d rows with %d distinct offsets, want 1000 and 1000", n, distinct)
+	}
+	// The ledger now covers every offset exactly once.
+	var covered uint64
+	var minFirst int64
+	if err := ch.QueryRow(ctx, "SELECT sum(messages), min(first_offset) FROM "+QualifiedTable(cfg.ClickHouse.Database, LedgerTable)).Scan(&covered, &minFirst); err != nil {
+		t.Fatal(err)
+	}
+	if covered != 1000 || minFirst != 0 {
+		t.Errorf("ledger covers %d messages from offset %d, want 1000 from 0", covered, minFirst)
+	}
+	assertCommitted(t, cfg, s.Topic, 1000)
+}
