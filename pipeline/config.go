@@ -39,6 +39,11 @@ type KafkaConfig struct {
 	// SessionTimeout is how long the group waits for a silent member (a crashed worker)
 	// before moving its partitions to others.
 	SessionTimeout Duration `json:"sessionTimeout,omitempty"`
+	// RebalanceTimeout is how long a rebalance waits for members to rejoin. A member
+	// whose generation ends flushes what it holds within half of it before rejoining, so
+	// that its partitions never move while it still writes them. A crashed member delays
+	// its group's next rebalance by up to this much.
+	RebalanceTimeout Duration `json:"rebalanceTimeout,omitempty"`
 }
 
 // ClickHouseConfig is the ClickHouse connection. The password is never serialised: the
@@ -109,9 +114,10 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 }
 
 const (
-	defaultMaxRows        = 50_000
-	defaultMaxWait        = time.Second
-	defaultSessionTimeout = 10 * time.Second
+	defaultMaxRows          = 50_000
+	defaultMaxWait          = time.Second
+	defaultSessionTimeout   = 10 * time.Second
+	defaultRebalanceTimeout = 60 * time.Second
 )
 
 // WithDefaults returns the config with unset batch bounds filled in.
@@ -124,6 +130,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Kafka.SessionTimeout.Duration <= 0 {
 		c.Kafka.SessionTimeout.Duration = defaultSessionTimeout
+	}
+	if c.Kafka.RebalanceTimeout.Duration <= 0 {
+		c.Kafka.RebalanceTimeout.Duration = defaultRebalanceTimeout
 	}
 	return c
 }

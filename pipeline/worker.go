@@ -87,9 +87,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		JoinGroupBackoff:      time.Second,
 		HeartbeatInterval:     w.cfg.Kafka.SessionTimeout.Duration / 3,
 		SessionTimeout:        w.cfg.Kafka.SessionTimeout.Duration,
-		// Longer than the final flush of a revoked generation (finalFlushTimeout), so that
-		// a member finishes writing before its partitions move to another.
-		RebalanceTimeout: 2 * finalFlushTimeout,
+		RebalanceTimeout:      w.cfg.Kafka.RebalanceTimeout.Duration,
 	})
 	if err != nil {
 		return fmt.Errorf("joining consumer group %s: %w", w.cfg.Kafka.Group, err)
@@ -338,15 +336,13 @@ func (w *Worker) finish(gen *kafka.Generation, items chan item, readers *sync.Wa
 	if b.n == 0 {
 		return
 	}
-	fctx, cancel := context.WithTimeout(context.Background(), finalFlushTimeout)
+	// Within the rebalance timeout, so that the partitions do not move while we write.
+	fctx, cancel := context.WithTimeout(context.Background(), w.cfg.Kafka.RebalanceTimeout.Duration/2)
 	defer cancel()
 	if err := w.flush(fctx, gen, b); err != nil {
 		w.log.Error(err, "final flush failed; the batch will be read again", "messages", b.n)
 	}
 }
-
-// finalFlushTimeout bounds the flush of a revoked or stopping generation.
-const finalFlushTimeout = 20 * time.Second
 
 // flush writes the batch's rows and dead letters, records its offsets in the ledger, then
 // commits them to Kafka. Writes are retried with backoff until they succeed or ctx ends;

@@ -8,31 +8,16 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 )
 
-func requireStack(t *testing.T) {
-	t.Helper()
-	if os.Getenv("CLICKHOUSE_ADDR") == "" || os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		if os.Getenv("CUSTOMERLOOP_REQUIRE_STACK") != "" {
-			t.Fatal("CLICKHOUSE_ADDR and KUBEBUILDER_ASSETS must be set; run the tests with make test")
-		}
-		t.Skip("CLICKHOUSE_ADDR and KUBEBUILDER_ASSETS are not set; make test sets them")
-	}
-}
-
 // TestDevDemo runs `customerloop dev`, the command behind `make demo`: it must bring the
 // stack up, land every produced message, print matching counts, and tear down cleanly.
 func TestDevDemo(t *testing.T) {
 	requireStack(t)
-	bin := filepath.Join(t.TempDir(), "customerloop")
-	build := exec.Command("go", "build", "-o", bin, "../../cmd/customerloop")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	db := fmt.Sprintf("e2e_demo_%d", time.Now().UnixNano())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
