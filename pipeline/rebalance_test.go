@@ -1,0 +1,132 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// TestWorkersJoinAndLeave runs up to three workers in one consumer group, joining and
+// leaving while messages arrive, and checks that every offset landed exactly once.
+func TestWorkersJoinAndLeave(t *testing.T) {
+	chAddr := clickhouseAddr(t)
+	const total = 60_000
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(6, "rb.usage"),
+		kfake.AllowAutoTopicCreation(), kfake.GroupMinSessionTimeout(500*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	cfg := Config{
+		Loop: "test/rebalance",
+		Kafka: KafkaConfig{Brokers: cluster.ListenAddrs(), Group: uniqueName("rb"),
+			SessionTimeout: Duration{2 * time.Second}, RebalanceTimeout: Duration{6 * time.Second}},
+		ClickHouse: ClickHouseConfig{Addr: chAddr, Database: uniqueName("test_rebalance")},
+		Streams: []StreamConfig{{
+			Name: "usage", Kind: KindUsage, Topic: "rb.usage", DeadLetterTopic: "rb.usage.dlq",
+			Mapping: Mapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts", Quantity: "qty"},
+		}},
+		Batch: BatchConfig{MaxRows: 2000, MaxWait: Duration{100 * time.Millisecond}},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ch, err := OpenClickHouse(ctx, cfg.ClickHouse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	stmts, err := PlanSchema(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ApplySchema(ctx, ch, stmts); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+QuoteIdent(cfg.ClickHouse.Database)) })
+
+	produced := make(chan struct{})
+	wantQty := 0.0
+	var msgs []kafka.Message
+	for i := range total {
+		c := "c" + strconv.Itoa(i%40)
+		wantQty += float64(i % 7)
+		msgs = append(msgs, kafka.Message{Key: []byte(c), Value: []byte(fmt.Sprintf(
+			`{"id":"e%d","customer":%q,"product":"p","ts":%d,"qty":%d}`, i, c, 1793449815+i, i%7))})
+	}
+	go func() {
+		defer close(produced)
+		for i := 0; i < total; i += 1000 {
+			produce(t, cfg.Kafka.Brokers, "rb.usage", msgs[i:i+1000])
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+
+	type running struct {
+		stop context.CancelFunc
+		done chan error
+	}
+	startWorker := func(name string) running {
+		w, err := NewWorker(ctx, cfg, testr.New(t).WithName(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		wctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- w.Run(wctx); w.Close() }()
+		return running{stop, done}
+	}
+	stopWorker := func(r running) {
+		r.stop()
+		if err := <-r.done; err != nil {
+			t.Errorf("worker stopped with %v", err)
+		}
+	}
+	rows := func() uint64 {
+		var n uint64
+		_ = ch.QueryRow(ctx, "SELECT count() FROM "+QualifiedTable(cfg.ClickHouse.Database, "usage_raw")).Scan(&n)
+		return n
+	}
+
+	a := startWorker("a")
+	time.Sleep(1500 * time.Millisecond)
+	b := startWorker("b")
+	time.Sleep(1500 * time.Millisecond)
+	c := startWorker("c")
+	time.Sleep(1500 * time.Millisecond)
+	t.Logf("three workers: %d rows", rows())
+	stopWorker(a)
+	time.Sleep(1500 * time.Millisecond)
+	stopWorker(b)
+	t.Logf("one worker left: %d rows", rows())
+	d := startWorker("d")
+	<-produced
+	eventually(t, 2*time.Minute, "all rows", func() (bool, string) {
+		n := rows()
+		return n >= total, fmt.Sprintf("%d/%d rows", n, total)
+	})
+	stopWorker(c)
+	stopWorker(d)
+
+	var n, distinct uint64
+	var qty float64
+	if err := ch.QueryRow(ctx, "SELECT count(), uniqExact(_partition, _offset), sum(quantity) FROM "+
+		QualifiedTable(cfg.ClickHouse.Database, "usage_raw")).Scan(&n, &distinct, &qty); err != nil {
+		t.Fatal(err)
+	}
+	if n != total || distinct != total || qty != wantQty {
+		t.Errorf("%d rows, %d distinct offsets, quantity %v; want %d, %d, %v", n, distinct, qty, total, total, wantQty)
+	}
+	var ledger uint64
+	if err := ch.QueryRow(ctx, "SELECT sum(messages) FROM "+QualifiedTable(cfg.ClickHouse.Database, LedgerTable)).Scan(&ledger); err != nil {
+		t.Fatal(err)
+	}
+	if ledger != total {
+		t.Errorf("the ledger covers %d messages, want %d", ledger, total)
+	}
+}
