@@ -181,8 +181,8 @@ func TestLoopLifecycle(t *testing.T) {
 	if err := ch.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ?", loop.Spec.ClickHouse.Database).Scan(&tables); err != nil {
 		t.Fatal(err)
 	}
-	if tables != 2 {
-		t.Errorf("%d tables left in %s after deletion, want the 2 raw tables kept", tables, loop.Spec.ClickHouse.Database)
+	if tables != 3 {
+		t.Errorf("%d tables left in %s after deletion, want the 2 raw tables and the ledger kept", tables, loop.Spec.ClickHouse.Database)
 	}
 }
 

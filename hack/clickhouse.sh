@@ -35,10 +35,13 @@ state=${CUSTOMERLOOP_STATE:-${XDG_STATE_HOME:-$HOME/.local/state}/customerloop}
 dir="$state/clickhouse-$port"
 
 if [ "${1:-}" = stop ]; then
-  if [ -f "$dir/server.pid" ] && kill "$(cat "$dir/server.pid")" 2>/dev/null; then
+  pid=$(cat "$dir/server.pid" 2>/dev/null || true)
+  if [ -n "$pid" ] && kill "$pid" 2>/dev/null; then
     log "stopping the server on port $port"
-    for _ in $(seq 1 60); do answers 127.0.0.1 "$port" || exit 0; sleep 0.5; done
-    log "the server did not stop within 30 s"; exit 1
+    # Wait for the process itself, not only its port, so that a server started right
+    # after finds the port and the data directory free.
+    for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 0.5; done
+    log "the server did not stop within 60 s"; exit 1
   fi
   log "no private server running on port $port"
   exit 0
@@ -122,8 +125,10 @@ cat > "$dir/users.xml" <<XML
 XML
 
 log "starting a private server on 127.0.0.1:$port (data in $dir)"
-setsid clickhouse-server --config-file="$dir/config.xml" --pid-file="$dir/server.pid" \
-  >"$dir/log/stdout.log" 2>&1 </dev/null &
+# ClickHouse writes no pid file unless it daemonizes itself, so record the pid here
+# (setsid does not fork in a non-interactive shell: $! is the server).
+setsid clickhouse-server --config-file="$dir/config.xml" >"$dir/log/stdout.log" 2>&1 </dev/null &
+echo $! > "$dir/server.pid"
 for _ in $(seq 1 120); do
   if answers 127.0.0.1 "$port"; then
     log "ready"

@@ -115,3 +115,79 @@ func recoverPartition(ctx context.Context, conn driver.Conn, db string, s *Strea
 	}
 	return rp, rows.Err()
 }
+
+// withoutLanded returns the rows whose source offsets are not yet in the stream's raw
+// table. It runs before an insert is retried: the failed attempt may have written some or
+// all of its rows (an error can reach the client after the server committed).
+func withoutLanded(ctx context.Context, conn driver.Conn, db string, s *StreamConfig, rows [][]any) ([][]any, error) {
+	if len(rows) == 0 {
+		return rows, nil
+	}
+	n := len(rows[0])
+	type bounds struct{ lo, hi int64 }
+	spans := map[int32]*bounds{}
+	var since time.Time
+	for i, r := range rows {
+		p, off, at := r[n-3].(int32), r[n-2].(int64), r[n-1].(time.Time)
+		if b := spans[p]; b == nil {
+			spans[p] = &bounds{off, off}
+		} else {
+			b.lo, b.hi = min(b.lo, off), max(b.hi, off)
+		}
+		if i == 0 || at.Before(since) {
+			since = at
+		}
+	}
+	q := "SELECT _partition, _offset FROM " + QualifiedTable(db, s.Table()) + " WHERE _topic = ? AND _ingested_at >= ? AND ("
+	args := []any{s.Topic, since}
+	first := true
+	for p, b := range spans {
+		if !first {
+			q += " OR "
+		}
+		first = false
+		q += "(_partition = ? AND _offset BETWEEN ? AND ?)"
+		args = append(args, p, b.lo, b.hi)
+	}
+	q += ")"
+	res, err := conn.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("checking what a failed insert into %s wrote: %w", s.Table(), err)
+	}
+	defer res.Close()
+	type po struct {
+		p   int32
+		off int64
+	}
+	landed := map[po]struct{}{}
+	for res.Next() {
+		var k po
+		if err := res.Scan(&k.p, &k.off); err != nil {
+			return nil, err
+		}
+		landed[k] = struct{}{}
+	}
+	if err := res.Err(); err != nil {
+		return nil, err
+	}
+	if len(landed) == 0 {
+		return rows, nil
+	}
+	rest := rows[:0:0]
+	for _, r := range rows {
+		if _, ok := landed[po{r[n-3].(int32), r[n-2].(int64)}]; !ok {
+			rest = append(rest, r)
+		}
+	}
+	return rest, nil
+}
+
+// ledgerHas reports whether a batch is recorded, so that a retried ledger write whose
+// first attempt did reach the server is not recorded twice.
+func ledgerHas(ctx context.Context, conn driver.Conn, db, batchID string) (bool, error) {
+	var n uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM "+QualifiedTable(db, LedgerTable)+" WHERE batch_id = ?", batchID).Scan(&n); err != nil {
+		return false, fmt.Errorf("checking the ledger for batch %s: %w", batchID, err)
+	}
+	return n > 0, nil
+}

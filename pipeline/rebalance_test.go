@@ -48,7 +48,9 @@ func TestWorkersJoinAndLeave(t *testing.T) {
 	if err := ApplySchema(ctx, ch, stmts); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+QuoteIdent(cfg.ClickHouse.Database)) })
+	t.Cleanup(func() {
+		_ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+QuoteIdent(cfg.ClickHouse.Database))
+	})
 
 	produced := make(chan struct{})
 	wantQty := 0.0

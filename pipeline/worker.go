@@ -349,9 +349,21 @@ func (w *Worker) finish(gen *kafka.Generation, items chan item, readers *sync.Wa
 // nothing is recorded or committed for data that is not written.
 func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) error {
 	start := time.Now()
+	db := w.cfg.ClickHouse.Database
 	for s, rows := range b.rows {
+		retried := false
 		if err := retry(ctx, w.log, "insert "+s.Table(), func() error {
-			return insertRows(ctx, w.ch, w.cfg.ClickHouse.Database, *s, rows)
+			if retried {
+				rest, err := withoutLanded(ctx, w.ch, db, s, rows)
+				if err != nil {
+					return err
+				}
+				if rows = rest; len(rows) == 0 {
+					return nil
+				}
+			}
+			retried = true
+			return insertRows(ctx, w.ch, db, *s, rows)
 		}); err != nil {
 			return err
 		}
@@ -364,8 +376,15 @@ func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) err
 		}
 	}
 	batchID := fmt.Sprintf("%016x", rand.Uint64())
+	retried := false
 	if err := retry(ctx, w.log, "ledger", func() error {
-		return writeLedger(ctx, w.ch, w.cfg.ClickHouse.Database, batchID, w.name, b.spans, time.Now().UTC().Truncate(time.Second))
+		if retried {
+			if done, err := ledgerHas(ctx, w.ch, db, batchID); err != nil || done {
+				return err
+			}
+		}
+		retried = true
+		return writeLedger(ctx, w.ch, db, batchID, w.name, b.spans, time.Now().UTC().Truncate(time.Second))
 	}); err != nil {
 		return err
 	}
@@ -393,7 +412,7 @@ func retry(ctx context.Context, log logr.Logger, what string, fn func() error) e
 		if !sleep(ctx, delay) {
 			return fmt.Errorf("%s: %w (gave up: %w)", what, err, ctx.Err())
 		}
-		delay = min(delay*2, 30*time.Second)
+		delay = min(delay*2, 10*time.Second)
 	}
 }
 

@@ -1,0 +1,160 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"customerloop.dev/customerloop/pipeline"
+)
+
+// clickhouseServer runs hack/clickhouse.sh for a private server of this test, on its own
+// port and data directory, so that the test can stop and start it.
+func clickhouseServer(t *testing.T, port int, state string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("../../hack/clickhouse.sh", args...)
+	env := []string{}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CLICKHOUSE_ADDR=") {
+			env = append(env, kv)
+		}
+	}
+	cmd.Env = append(env, "CLICKHOUSE_PORT="+strconv.Itoa(port), "CLICKHOUSE_HTTP_PORT="+strconv.Itoa(port+1), "CUSTOMERLOOP_STATE="+state)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("hack/clickhouse.sh %v: %v\n%s", args, err, stderr.String())
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// TestClickHouseOutage stops ClickHouse for 30 s while a worker ingests, then starts it
+// again: the worker must hold back, retry, and land every offset exactly once with no
+// manual step.
+func TestClickHouseOutage(t *testing.T) {
+	requireStack(t)
+	const total = 40_000
+	port, state := 19400, t.TempDir()
+	addr := clickhouseServer(t, port, state)
+	t.Cleanup(func() { clickhouseServer(t, port, state, "stop") })
+
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "outage.usage"), kfake.AllowAutoTopicCreation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	cfg := pipeline.Config{
+		Loop:       "e2e/outage",
+		Kafka:      pipeline.KafkaConfig{Brokers: cluster.ListenAddrs(), Group: "outage"},
+		ClickHouse: pipeline.ClickHouseConfig{Addr: addr, Database: "outage"},
+		Streams: []pipeline.StreamConfig{{
+			Name: "usage", Kind: pipeline.KindUsage, Topic: "outage.usage", DeadLetterTopic: "outage.usage.dlq",
+			Mapping: pipeline.Mapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts", Quantity: "qty"},
+		}},
+		Batch: pipeline.BatchConfig{MaxRows: 2000, MaxWait: pipeline.Duration{Duration: 200 * time.Millisecond}},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	ch, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stmts, err := pipeline.PlanSchema(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pipeline.ApplySchema(ctx, ch, stmts); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Exec(ctx, "CREATE MATERIALIZED VIEW outage.rollup ENGINE = SummingMergeTree ORDER BY customer_id "+
+		"AS SELECT customer_id, sum(quantity) AS qty, count() AS events FROM outage.usage_raw GROUP BY customer_id"); err != nil {
+		t.Fatal(err)
+	}
+	ch.Close()
+
+	w, err := pipeline.NewWorker(ctx, cfg, testr.New(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(wctx) }()
+
+	wantQty := 0.0
+	produced := make(chan error, 1)
+	var msgs []kafka.Message
+	for i := range total {
+		wantQty += float64(i%5 + 1)
+		msgs = append(msgs, kafka.Message{Key: []byte("c" + strconv.Itoa(i%30)), Value: []byte(fmt.Sprintf(
+			`{"id":"e%d","customer":"c%d","product":"p","ts":%d,"qty":%d}`, i, i%30, 1793449815+i, i%5+1))})
+	}
+	go func() {
+		pw := &kafka.Writer{Addr: kafka.TCP(cfg.Kafka.Brokers...), Topic: "outage.usage", Balancer: &kafka.Hash{},
+			RequiredAcks: kafka.RequireAll, BatchTimeout: 2 * time.Millisecond}
+		defer pw.Close()
+		for i := 0; i < total; i += 1000 {
+			if err := pw.WriteMessages(ctx, msgs[i:i+1000]...); err != nil {
+				produced <- err
+				return
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		produced <- nil
+	}()
+
+	time.Sleep(3 * time.Second)
+	clickhouseServer(t, port, state, "stop")
+	t.Log("ClickHouse stopped")
+	time.Sleep(30 * time.Second)
+	clickhouseServer(t, port, state)
+	t.Log("ClickHouse started again")
+	if err := <-produced; err != nil {
+		t.Fatal(err)
+	}
+
+	ch, err = pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	deadline := time.Now().Add(2 * time.Minute)
+	for count(t, ch, "SELECT sum(messages) FROM outage.customerloop_ledger") < total {
+		if time.Now().After(deadline) {
+			t.Fatalf("the ledger covers %d of %d messages two minutes after ClickHouse came back",
+				count(t, ch, "SELECT sum(messages) FROM outage.customerloop_ledger"), total)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Errorf("worker stopped with %v", err)
+	}
+	if n := count(t, ch, "SELECT count() FROM outage.usage_raw"); n != total {
+		t.Errorf("raw rows = %d, want %d", n, total)
+	}
+	if n := count(t, ch, "SELECT uniqExact(_partition, _offset) FROM outage.usage_raw"); n != total {
+		t.Errorf("distinct offsets = %d, want %d", n, total)
+	}
+	if n := count(t, ch, "SELECT sum(messages) FROM outage.customerloop_ledger"); n != total {
+		t.Errorf("the ledger covers %d messages, want exactly %d", n, total)
+	}
+	var qty float64
+	var events uint64
+	if err := ch.QueryRow(ctx, "SELECT sum(qty), sum(events) FROM outage.rollup").Scan(&qty, &events); err != nil {
+		t.Fatal(err)
+	}
+	if qty != wantQty || events != total {
+		t.Errorf("rollup: quantity %v over %d events, want %v over %d", qty, events, wantQty, total)
+	}
+}
