@@ -18,6 +18,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
@@ -200,6 +201,7 @@ func (d *devStack) startControlPlane(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	ctrl.SetLogger(log)
 	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	mgr, err := newManager(mctx, restCfg, managerOptions{
 		runner: "inprocess", metricsAddr: "0", probeAddr: "0", log: log,
