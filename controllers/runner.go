@@ -32,7 +32,8 @@ type WorkerState struct {
 // InProcessRunner runs each loop's worker as goroutines of this process: for single-node
 // and local use. It is a manager.Runnable so that the manager's shutdown stops them.
 type InProcessRunner struct {
-	Log logr.Logger
+	Log     logr.Logger
+	Metrics *pipeline.Metrics
 
 	mu    sync.Mutex
 	base  context.Context
@@ -50,9 +51,10 @@ type inProcessLoop struct {
 }
 
 // NewInProcessRunner returns a runner whose workers live until Stop or the end of Start.
-func NewInProcessRunner(log logr.Logger) *InProcessRunner {
+// Their metrics are recorded in metrics (which may be nil).
+func NewInProcessRunner(log logr.Logger, metrics *pipeline.Metrics) *InProcessRunner {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &InProcessRunner{Log: log, base: ctx, stop: cancel, loops: map[types.NamespacedName]*inProcessLoop{}}
+	return &InProcessRunner{Log: log, Metrics: metrics, base: ctx, stop: cancel, loops: map[types.NamespacedName]*inProcessLoop{}}
 }
 
 // Start blocks until ctx ends, then stops every worker.
@@ -114,7 +116,7 @@ func (r *InProcessRunner) start(key types.NamespacedName, cfg pipeline.Config, h
 		defer close(l.done)
 		delay := time.Second
 		for {
-			w, err := pipeline.NewWorker(ctx, cfg, log)
+			w, err := pipeline.NewWorker(ctx, cfg, log, r.Metrics)
 			if err == nil {
 				l.setErr(nil)
 				err = w.Run(ctx)

@@ -97,7 +97,7 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	runner = NewInProcessRunner(log.WithName("worker"))
+	runner = NewInProcessRunner(log.WithName("worker"), nil)
 	r := &CustomerLoopReconciler{
 		Client:          mgr.GetClient(),
 		Runner:          runner,

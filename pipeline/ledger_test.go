@@ -70,7 +70,7 @@ func TestResumeFromLedgerSkipsUnrecordedRows(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	w, err := NewWorker(ctx, cfg, testr.New(t))
+	w, err := NewWorker(ctx, cfg, testr.New(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,7 +74,7 @@ func TestWorkersJoinAndLeave(t *testing.T) {
 		done chan error
 	}
 	startWorker := func(name string) running {
-		w, err := NewWorker(ctx, cfg, testr.New(t).WithName(name))
+		w, err := NewWorker(ctx, cfg, testr.New(t).WithName(name), nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -58,6 +58,15 @@ func coreColumns(kind Kind) []Column {
 	}
 }
 
+// eventTimeColumn is the index of the row value that says when the customer did or
+// decided something: ts for usage, submitted_at for plans.
+func eventTimeColumn(kind Kind) int {
+	if kind == KindPlan {
+		return 5
+	}
+	return 3
+}
+
 // Columns returns the raw table's columns in insert order: core roles, declared
 // dimensions, then the source coordinates.
 func (s StreamConfig) Columns() []Column {

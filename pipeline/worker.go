@@ -26,10 +26,11 @@ type Worker struct {
 	dlq      *kafka.Writer
 	ch       driver.Conn
 	name     string // identifies the worker in the ledger
+	metrics  *Metrics
 }
 
-// NewWorker validates the config and connects to ClickHouse.
-func NewWorker(ctx context.Context, cfg Config, log logr.Logger) (*Worker, error) {
+// NewWorker validates the config and connects to ClickHouse. Metrics may be nil.
+func NewWorker(ctx context.Context, cfg Config, log logr.Logger, metrics *Metrics) (*Worker, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid pipeline config: %w", err)
@@ -41,6 +42,10 @@ func NewWorker(ctx context.Context, cfg Config, log logr.Logger) (*Worker, error
 		decoders: map[string]*Decoder{},
 		streams:  map[string]*StreamConfig{},
 		name:     fmt.Sprintf("%s/%d", host, os.Getpid()),
+		metrics:  metrics,
+	}
+	if w.metrics == nil {
+		w.metrics = NewMetrics(nil)
 	}
 	for i := range cfg.Streams {
 		s := &w.cfg.Streams[i]
@@ -158,7 +163,7 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 	defer r.Close()
 	stream, dec := w.streams[topic], w.decoders[topic]
 	var rp resumePoint
-	if err := retry(ctx, w.log, fmt.Sprintf("recovering %s/%d from the ledger", topic, partition), func() error {
+	if err := w.retry(ctx, StageRecover, fmt.Sprintf("recovering %s/%d from the ledger", topic, partition), func() error {
 		var err error
 		rp, err = recoverPartition(ctx, w.ch, w.cfg.ClickHouse.Database, stream, topic, partition)
 		return err
@@ -176,22 +181,31 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 		w.log.Error(err, "setting offset", "topic", topic, "partition", partition, "offset", offset)
 		return
 	}
+	loop, part := w.cfg.Loop, strconv.Itoa(partition)
+	received, receivedBytes := w.metrics.ReceivedEvents.WithLabelValues(loop, stream.Name), w.metrics.ReceivedBytes.WithLabelValues(loop, stream.Name)
+	lag := w.metrics.Lag.WithLabelValues(loop, topic, part)
+	defer w.metrics.Lag.DeleteLabelValues(loop, topic, part)
 	for {
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
+			w.metrics.Errors.WithLabelValues(loop, StageFetch).Inc()
 			w.log.Error(err, "fetching", "topic", topic, "partition", partition)
 			if !sleep(ctx, time.Second) {
 				return
 			}
 			continue
 		}
+		received.Inc()
+		receivedBytes.Add(float64(len(m.Value)))
+		lag.Set(float64(m.HighWaterMark - m.Offset - 1))
 		it := item{stream: stream, msg: m}
 		if _, ok := rp.landed[m.Offset]; ok {
 			it.landed = true
 			delete(rp.landed, m.Offset)
+			w.metrics.Discarded.WithLabelValues(loop, stream.Name, "already_landed").Inc()
 		} else if row, err := dec.Decode(m.Value, m.Time); err != nil {
 			var de *DecodeError
 			if !errors.As(err, &de) {
@@ -211,14 +225,22 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 
 // batch accumulates rows per stream, dead letters, and each partition's offset span.
 type batch struct {
-	rows  map[*StreamConfig][][]any
-	dead  []kafka.Message
-	spans map[topicPartition]*span
-	n     int
+	rows     map[*StreamConfig][][]any
+	received map[*StreamConfig][]time.Time // the broker's time of each row's message
+	bytes    map[*StreamConfig]int         // message bytes behind the rows
+	dead     []kafka.Message
+	reasons  []Reason // of each dead letter
+	spans    map[topicPartition]*span
+	n        int
 }
 
 func newBatch() *batch {
-	return &batch{rows: map[*StreamConfig][][]any{}, spans: map[topicPartition]*span{}}
+	return &batch{
+		rows:     map[*StreamConfig][][]any{},
+		received: map[*StreamConfig][]time.Time{},
+		bytes:    map[*StreamConfig]int{},
+		spans:    map[topicPartition]*span{},
+	}
 }
 
 func (b *batch) add(it item, now time.Time) {
@@ -227,9 +249,12 @@ func (b *batch) add(it item, now time.Time) {
 	case it.landed:
 	case it.err != nil:
 		b.dead = append(b.dead, deadLetter(it, now))
+		b.reasons = append(b.reasons, it.err.Reason)
 	default:
 		row := append(it.row, m.Topic, int32(m.Partition), m.Offset, now.UTC().Truncate(time.Second))
 		b.rows[it.stream] = append(b.rows[it.stream], row)
+		b.received[it.stream] = append(b.received[it.stream], m.Time)
+		b.bytes[it.stream] += len(m.Value)
 	}
 	tp := topicPartition{m.Topic, m.Partition}
 	sp := b.spans[tp]
@@ -349,10 +374,11 @@ func (w *Worker) finish(gen *kafka.Generation, items chan item, readers *sync.Wa
 // nothing is recorded or committed for data that is not written.
 func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) error {
 	start := time.Now()
-	db := w.cfg.ClickHouse.Database
+	db, loop := w.cfg.ClickHouse.Database, w.cfg.Loop
 	for s, rows := range b.rows {
-		retried := false
-		if err := retry(ctx, w.log, "insert "+s.Table(), func() error {
+		all, retried := rows, false
+		var took time.Duration
+		if err := w.retry(ctx, StageInsert, "insert "+s.Table(), func() error {
 			if retried {
 				rest, err := withoutLanded(ctx, w.ch, db, s, rows)
 				if err != nil {
@@ -363,21 +389,28 @@ func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) err
 				}
 			}
 			retried = true
-			return insertRows(ctx, w.ch, db, *s, rows)
+			t0 := time.Now()
+			err := insertRows(ctx, w.ch, db, *s, rows)
+			took = time.Since(t0)
+			return err
 		}); err != nil {
 			return err
 		}
+		w.observeInsert(s, all, b.received[s], b.bytes[s], took)
 	}
 	if len(b.dead) > 0 {
-		if err := retry(ctx, w.log, "dead-letter", func() error {
+		if err := w.retry(ctx, StageDeadLetter, "dead-letter", func() error {
 			return w.dlq.WriteMessages(ctx, b.dead...)
 		}); err != nil {
 			return err
 		}
+		for i, m := range b.dead {
+			w.metrics.DeadLettered.WithLabelValues(loop, w.streams[sourceTopic(m)].Name, string(b.reasons[i])).Inc()
+		}
 	}
 	batchID := fmt.Sprintf("%016x", rand.Uint64())
 	retried := false
-	if err := retry(ctx, w.log, "ledger", func() error {
+	if err := w.retry(ctx, StageLedger, "ledger", func() error {
 		if retried {
 			if done, err := ledgerHas(ctx, w.ch, db, batchID); err != nil || done {
 				return err
@@ -390,10 +423,52 @@ func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) err
 	}
 	if err := gen.CommitOffsets(b.commitOffsets()); err != nil {
 		// The ledger holds the truth; the commit only serves lag monitoring.
+		w.metrics.Errors.WithLabelValues(loop, StageCommit).Inc()
 		w.log.Error(err, "committing offsets after the ledger")
 	}
 	w.log.V(1).Info("flushed", "messages", b.n, "deadLettered", len(b.dead), "took", time.Since(start))
 	return nil
+}
+
+// observeInsert records a successful insert: events and bytes sent, batch size, insert
+// time, and each row's freshness by the event's own clock and by the broker's.
+func (w *Worker) observeInsert(s *StreamConfig, rows [][]any, received []time.Time, bytes int, took time.Duration) {
+	loop := w.cfg.Loop
+	w.metrics.SentEvents.WithLabelValues(loop, s.Name).Add(float64(len(rows)))
+	w.metrics.SentBytes.WithLabelValues(loop, s.Name).Add(float64(bytes))
+	w.metrics.BatchRows.WithLabelValues(loop, s.Name).Observe(float64(len(rows)))
+	w.metrics.InsertSeconds.WithLabelValues(loop, s.Name).Observe(took.Seconds())
+	now := time.Now()
+	byEvent, byReceive := w.metrics.Freshness.WithLabelValues(loop, s.Name, "event"), w.metrics.Freshness.WithLabelValues(loop, s.Name, "receive")
+	col := eventTimeColumn(s.Kind)
+	for i, r := range rows {
+		if t, ok := r[col].(time.Time); ok {
+			byEvent.Observe(now.Sub(t).Seconds())
+		}
+		byReceive.Observe(now.Sub(received[i]).Seconds())
+	}
+}
+
+// sourceTopic reads the source topic a dead letter carries.
+func sourceTopic(m kafka.Message) string {
+	for _, h := range m.Headers {
+		if h.Key == "customerloop.source.topic" {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+// retry runs fn until it succeeds or ctx ends, backing off between attempts and counting
+// each failure as an error of the given stage.
+func (w *Worker) retry(ctx context.Context, stage, what string, fn func() error) error {
+	return retry(ctx, w.log, what, func() error {
+		err := fn()
+		if err != nil {
+			w.metrics.Errors.WithLabelValues(w.cfg.Loop, stage).Inc()
+		}
+		return err
+	})
 }
 
 func retry(ctx context.Context, log logr.Logger, what string, fn func() error) error {

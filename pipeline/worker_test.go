@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/testr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -78,7 +80,8 @@ func TestWorkerIngestsBothKinds(t *testing.T) {
 	produce(t, cfg.Kafka.Brokers, usage.Topic, usageMsgs[:1000])
 	produce(t, cfg.Kafka.Brokers, plans.Topic, planMsgs)
 
-	w, err := NewWorker(ctx, cfg, testr.New(t))
+	metrics := NewMetrics(prometheus.NewRegistry())
+	w, err := NewWorker(ctx, cfg, testr.New(t), metrics)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,6 +163,29 @@ func TestWorkerIngestsBothKinds(t *testing.T) {
 		if gotBad[reason] != n {
 			t.Errorf("dead letters with reason %s = %d, want %d (all: %v)", reason, gotBad[reason], n, gotBad)
 		}
+	}
+
+	// The metrics tell the same story.
+	loop := cfg.Loop
+	for _, c := range []struct {
+		what string
+		got  float64
+		want int
+	}{
+		{"received usage", testutil.ToFloat64(metrics.ReceivedEvents.WithLabelValues(loop, "usage")), len(usageMsgs)},
+		{"received plans", testutil.ToFloat64(metrics.ReceivedEvents.WithLabelValues(loop, "plans")), len(planMsgs)},
+		{"sent usage", testutil.ToFloat64(metrics.SentEvents.WithLabelValues(loop, "usage")), 2000},
+		{"sent plans", testutil.ToFloat64(metrics.SentEvents.WithLabelValues(loop, "plans")), 40},
+		{"dead-lettered invalid_json", testutil.ToFloat64(metrics.DeadLettered.WithLabelValues(loop, "usage", "invalid_json")), wantBad[ReasonInvalidJSON]},
+		{"dead-lettered missing_field", testutil.ToFloat64(metrics.DeadLettered.WithLabelValues(loop, "usage", "missing_field")), wantBad[ReasonMissingField]},
+		{"dead-lettered out_of_range", testutil.ToFloat64(metrics.DeadLettered.WithLabelValues(loop, "plans", "out_of_range")), wantBad[ReasonOutOfRange]},
+	} {
+		if int(c.got) != c.want {
+			t.Errorf("metric %s = %v, want %d", c.what, c.got, c.want)
+		}
+	}
+	if n := testutil.CollectAndCount(metrics.Freshness); n != 4 {
+		t.Errorf("freshness has %d series, want event and receive clocks for both streams", n)
 	}
 
 	// Offsets are committed past every message, good and bad.

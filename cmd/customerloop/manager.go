@@ -14,6 +14,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
@@ -74,7 +75,8 @@ func newManager(ctx context.Context, restCfg *rest.Config, o managerOptions) (ct
 	var runner controllers.Runner
 	switch o.runner {
 	case "inprocess":
-		runner = controllers.NewInProcessRunner(o.log.WithName("worker"))
+		// Workers' metrics are served with the manager's, on its metrics endpoint.
+		runner = controllers.NewInProcessRunner(o.log.WithName("worker"), pipeline.NewMetrics(ctrlmetrics.Registry))
 	case "deployment":
 		return nil, fmt.Errorf("--runner=deployment is not available in this version; use --runner=inprocess")
 	default:

@@ -5,7 +5,14 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"customerloop.dev/customerloop/pipeline"
 )
@@ -18,6 +25,7 @@ func runWorker(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	path := fs.String("config", "", "pipeline config file (JSON), as the operator renders it")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	metricsAddr := fs.String("metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint; 0 disables it")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -37,7 +45,19 @@ func runWorker(ctx context.Context, args []string) error {
 		return fmt.Errorf("reading %s: %w", *path, err)
 	}
 	cfg.ClickHouse.Password = os.Getenv(passwordEnv)
-	w, err := pipeline.NewWorker(ctx, cfg, log.WithValues("loop", cfg.Loop))
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := pipeline.NewMetrics(reg)
+	if *metricsAddr != "0" {
+		srv := &http.Server{Addr: *metricsAddr, Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
+		ln, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics endpoint: %w", err)
+		}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+	}
+	w, err := pipeline.NewWorker(ctx, cfg, log.WithValues("loop", cfg.Loop), metrics)
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -119,12 +122,17 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 	if logs == "" {
 		logs = t.TempDir()
 	}
+	metricsAddr := freeAddr(t)
 	start := func(i int) *exec.Cmd {
 		f, err := os.Create(filepath.Join(logs, fmt.Sprintf("worker-%02d.log", i)))
 		if err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(bin, "worker", "--config", cfgPath)
+		addr := "127.0.0.1:0"
+		if i == kills {
+			addr = metricsAddr // the last worker's metrics are scraped
+		}
+		cmd := exec.Command(bin, "worker", "--config", cfgPath, "--metrics-bind-address", addr)
 		cmd.Stdout, cmd.Stderr = f, f
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -163,6 +171,17 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 		time.Sleep(250 * time.Millisecond)
 	}
 	t.Logf("the last worker finished the backlog in %s", time.Since(lastStart).Round(time.Millisecond))
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`customerloop_received_events_total{loop="e2e/crash",stream="usage"}`, "process_resident_memory_bytes"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("the worker's /metrics lacks %s", want)
+		}
+	}
 	_ = last.Process.Signal(syscall.SIGTERM)
 	if err := last.Wait(); err != nil {
 		t.Errorf("the last worker did not stop cleanly on SIGTERM: %v", err)
@@ -216,6 +235,17 @@ func count(t *testing.T, ch driver.Conn, q string) uint64 {
 		t.Fatalf("%s: %v", q, err)
 	}
 	return n
+}
+
+// freeAddr returns a loopback address with a port that was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 // waitForLine waits until a log file contains a line with substr.

@@ -82,7 +82,7 @@ func TestClickHouseOutage(t *testing.T) {
 	}
 	ch.Close()
 
-	w, err := pipeline.NewWorker(ctx, cfg, testr.New(t))
+	w, err := pipeline.NewWorker(ctx, cfg, testr.New(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
