@@ -30,6 +30,9 @@ type Config struct {
 	ClickHouse ClickHouseConfig `json:"clickhouse"`
 	Streams    []StreamConfig   `json:"streams"`
 	Batch      BatchConfig      `json:"batch,omitempty"`
+	// MaxMessageBytes is the largest message value ingested; larger ones are
+	// dead-lettered with reason oversize.
+	MaxMessageBytes int `json:"maxMessageBytes,omitempty"`
 }
 
 // KafkaConfig is the Kafka connection and consumer group.
@@ -86,11 +89,14 @@ type Dimension struct {
 	Nullable bool   `json:"nullable,omitempty"`
 }
 
-// BatchConfig bounds a batch: it is flushed when it holds MaxRows rows or its oldest
-// message has waited MaxWait, whichever comes first.
+// BatchConfig bounds a batch: it is flushed when it holds MaxRows rows or MaxBytes of
+// messages, or its oldest message has waited MaxWait, whichever comes first. A worker
+// holds at most twice MaxBytes of messages read but not yet written: past that it stops
+// fetching until a flush frees room.
 type BatchConfig struct {
-	MaxRows int      `json:"maxRows,omitempty"`
-	MaxWait Duration `json:"maxWait,omitempty"`
+	MaxRows  int      `json:"maxRows,omitempty"`
+	MaxBytes int      `json:"maxBytes,omitempty"`
+	MaxWait  Duration `json:"maxWait,omitempty"`
 }
 
 // Duration is a time.Duration that reads and writes as "1.5s" in JSON.
@@ -115,6 +121,8 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 
 const (
 	defaultMaxRows          = 50_000
+	defaultMaxBytes         = 32 << 20
+	defaultMaxMessageBytes  = 1 << 20
 	defaultMaxWait          = time.Second
 	defaultSessionTimeout   = 10 * time.Second
 	defaultRebalanceTimeout = 60 * time.Second
@@ -124,6 +132,12 @@ const (
 func (c Config) WithDefaults() Config {
 	if c.Batch.MaxRows <= 0 {
 		c.Batch.MaxRows = defaultMaxRows
+	}
+	if c.Batch.MaxBytes <= 0 {
+		c.Batch.MaxBytes = defaultMaxBytes
+	}
+	if c.MaxMessageBytes <= 0 {
+		c.MaxMessageBytes = defaultMaxMessageBytes
 	}
 	if c.Batch.MaxWait.Duration <= 0 {
 		c.Batch.MaxWait.Duration = defaultMaxWait

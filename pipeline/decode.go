@@ -19,6 +19,7 @@ const (
 	ReasonMissingField Reason = "missing_field"
 	ReasonWrongType    Reason = "wrong_type"
 	ReasonOutOfRange   Reason = "out_of_range"
+	ReasonOversize     Reason = "oversize"
 )
 
 // DecodeError says why a message cannot be ingested.

@@ -13,6 +13,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/go-logr/logr"
 	"github.com/segmentio/kafka-go"
+	"golang.org/x/sync/semaphore"
 )
 
 // Worker runs one loop's ingestion: a member of the loop's consumer group that reads its
@@ -131,6 +132,8 @@ type item struct {
 
 func (w *Worker) runGeneration(ctx context.Context, gen *kafka.Generation) {
 	items := make(chan item, 4096)
+	// Bytes read but not yet written; readers wait when it is spent.
+	budget := semaphore.NewWeighted(w.budget())
 	var readers sync.WaitGroup
 	assigned := 0
 	for topic, parts := range gen.Assignments {
@@ -139,17 +142,25 @@ func (w *Worker) runGeneration(ctx context.Context, gen *kafka.Generation) {
 			readers.Add(1)
 			gen.Start(func(gctx context.Context) {
 				defer readers.Done()
-				w.readPartition(ctx, gctx, topic, p.ID, p.Offset, items)
+				w.readPartition(ctx, gctx, topic, p.ID, p.Offset, items, budget)
 			})
 		}
 	}
 	w.log.Info("partitions assigned", "generation", gen.ID, "partitions", assigned)
 	gen.Start(func(gctx context.Context) {
-		w.batchLoop(ctx, gctx, gen, items, &readers)
+		w.batchLoop(ctx, gctx, gen, items, &readers, budget)
 	})
 }
 
-func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partition int, offset int64, out chan<- item) {
+func (w *Worker) budget() int64 { return 2 * int64(w.cfg.Batch.MaxBytes) }
+
+// weight is what a message costs of the budget; capped so that one message larger than
+// the budget still passes.
+func (w *Worker) weight(m kafka.Message) int64 {
+	return min(int64(len(m.Value)+len(m.Key))+64, w.budget())
+}
+
+func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partition int, offset int64, out chan<- item, budget *semaphore.Weighted) {
 	ctx, cancel := mergeDone(ctx, gctx)
 	defer cancel()
 	r := kafka.NewReader(kafka.ReaderConfig{
@@ -157,7 +168,7 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 		Topic:     topic,
 		Partition: partition,
 		MinBytes:  1,
-		MaxBytes:  16 << 20,
+		MaxBytes:  4 << 20,
 		MaxWait:   250 * time.Millisecond,
 	})
 	defer r.Close()
@@ -206,6 +217,8 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 			it.landed = true
 			delete(rp.landed, m.Offset)
 			w.metrics.Discarded.WithLabelValues(loop, stream.Name, "already_landed").Inc()
+		} else if len(m.Value) > w.cfg.MaxMessageBytes {
+			it.err = &DecodeError{Reason: ReasonOversize, Err: fmt.Errorf("message of %d bytes exceeds the limit of %d", len(m.Value), w.cfg.MaxMessageBytes)}
 		} else if row, err := dec.Decode(m.Value, m.Time); err != nil {
 			var de *DecodeError
 			if !errors.As(err, &de) {
@@ -214,6 +227,9 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 			it.err = de
 		} else {
 			it.row = row
+		}
+		if err := budget.Acquire(ctx, w.weight(m)); err != nil {
+			return
 		}
 		select {
 		case out <- it:
@@ -225,6 +241,7 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 
 // batch accumulates rows per stream, dead letters, and each partition's offset span.
 type batch struct {
+	held     int64 // budget taken by the batch's messages
 	rows     map[*StreamConfig][][]any
 	received map[*StreamConfig][]time.Time // the broker's time of each row's message
 	bytes    map[*StreamConfig]int         // message bytes behind the rows
@@ -298,7 +315,7 @@ func deadLetter(it item, now time.Time) kafka.Message {
 
 // batchLoop owns the generation's batch. It flushes on size or age and, when the
 // generation or the worker ends, flushes what it holds and commits before returning.
-func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, items chan item, readers *sync.WaitGroup) {
+func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, items chan item, readers *sync.WaitGroup, budget *semaphore.Weighted) {
 	b := newBatch()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -310,6 +327,7 @@ func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, ite
 			w.log.Error(err, "flush abandoned; the batch will be read again", "messages", b.n)
 			return false
 		}
+		budget.Release(b.held)
 		b = newBatch()
 		return true
 	}
@@ -320,7 +338,8 @@ func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, ite
 				timer.Reset(w.cfg.Batch.MaxWait.Duration)
 			}
 			b.add(it, time.Now())
-			if b.n >= w.cfg.Batch.MaxRows {
+			b.held += w.weight(it.msg)
+			if b.n >= w.cfg.Batch.MaxRows || b.held >= int64(w.cfg.Batch.MaxBytes) {
 				timer.Stop()
 				if !flush(ctx) {
 					return

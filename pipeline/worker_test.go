@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,7 +23,8 @@ func TestWorkerIngestsBothKinds(t *testing.T) {
 	cfg := sampleConfig()
 	cfg.ClickHouse = ClickHouseConfig{Addr: chAddr, Database: uniqueName("test_worker")}
 	cfg.Kafka.Group = uniqueName("group")
-	cfg.Batch = BatchConfig{MaxRows: 500, MaxWait: Duration{100 * time.Millisecond}}
+	cfg.Batch = BatchConfig{MaxRows: 500, MaxBytes: 64 << 10, MaxWait: Duration{100 * time.Millisecond}}
+	cfg.MaxMessageBytes = 4096
 	usage, plans := cfg.Streams[0], cfg.Streams[1]
 	cfg.Kafka.Brokers = startBroker(t, 3, usage.Topic, plans.Topic)
 
@@ -76,6 +78,9 @@ func TestWorkerIngestsBothKinds(t *testing.T) {
 	}
 	planMsgs = append(planMsgs, kafka.Message{Value: []byte(`{"plan_id":"bad","customer":"c","product":"p","period":"2027-01-01","quantity":-1}`)})
 	wantBad[ReasonOutOfRange]++
+	planMsgs = append(planMsgs, kafka.Message{Value: []byte(`{"plan_id":"big","customer":"c","product":"p","period":"2027-01-01","quantity":1,"note":"` +
+		strings.Repeat("x", 5000) + `"}`)})
+	wantBad[ReasonOversize]++
 
 	produce(t, cfg.Kafka.Brokers, usage.Topic, usageMsgs[:1000])
 	produce(t, cfg.Kafka.Brokers, plans.Topic, planMsgs)
@@ -179,6 +184,7 @@ func TestWorkerIngestsBothKinds(t *testing.T) {
 		{"dead-lettered invalid_json", testutil.ToFloat64(metrics.DeadLettered.WithLabelValues(loop, "usage", "invalid_json")), wantBad[ReasonInvalidJSON]},
 		{"dead-lettered missing_field", testutil.ToFloat64(metrics.DeadLettered.WithLabelValues(loop, "usage", "missing_field")), wantBad[ReasonMissingField]},
 		{"dead-lettered out_of_range", testutil.ToFloat64(metrics.DeadLettered.WithLabelValues(loop, "plans", "out_of_range")), wantBad[ReasonOutOfRange]},
+		{"dead-lettered oversize", testutil.ToFloat64(metrics.DeadLettered.WithLabelValues(loop, "plans", "oversize")), wantBad[ReasonOversize]},
 	} {
 		if int(c.got) != c.want {
 			t.Errorf("metric %s = %v, want %d", c.what, c.got, c.want)
