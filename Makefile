@@ -99,6 +99,10 @@ fuzz: ## Fuzz the decoders for longer (FUZZTIME=10m).
 demo: build $(SETUP_ENVTEST) ## Run the whole loop on the local stack with a synthetic workload (ARGS=--keep-running to stay up).
 	$(STACK) $(LOCALBIN)/customerloop dev $(ARGS)
 
+.PHONY: bench
+bench: build ## Measure ingestion against the Kafka engine and the bare client ceilings (BENCH_OUT=bench-results.json).
+	addr=$$(hack/clickhouse.sh); CLICKHOUSE_ADDR=$$addr go run ./test/bench -bin $(LOCALBIN)/customerloop $(ARGS)
+
 .PHONY: clean
 clean: ## Remove build output (the cached control plane and ClickHouse data stay).
 	rm -rf $(LOCALBIN)

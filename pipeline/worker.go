@@ -48,6 +48,13 @@ func NewWorker(ctx context.Context, cfg Config, log logr.Logger, metrics *Metric
 	if w.metrics == nil {
 		w.metrics = NewMetrics(nil)
 	}
+	// Export every stream's counters from the start, at zero.
+	for _, s := range cfg.Streams {
+		w.metrics.ReceivedEvents.WithLabelValues(cfg.Loop, s.Name)
+		w.metrics.ReceivedBytes.WithLabelValues(cfg.Loop, s.Name)
+		w.metrics.SentEvents.WithLabelValues(cfg.Loop, s.Name)
+		w.metrics.SentBytes.WithLabelValues(cfg.Loop, s.Name)
+	}
 	for i := range cfg.Streams {
 		s := &w.cfg.Streams[i]
 		d, err := NewDecoder(*s)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +27,7 @@ func runWorker(ctx context.Context, args []string) error {
 	path := fs.String("config", "", "pipeline config file (JSON), as the operator renders it")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	metricsAddr := fs.String("metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint; 0 disables it")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until the worker stops")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -45,6 +47,16 @@ func runWorker(ctx context.Context, args []string) error {
 		return fmt.Errorf("reading %s: %w", *path, err)
 	}
 	cfg.ClickHouse.Password = os.Getenv(passwordEnv)
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := pipeline.NewMetrics(reg)

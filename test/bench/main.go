@@ -1,0 +1,548 @@
+// Command bench measures CustomerLoop's ingestion on the local stack and, in the same run
+// and on the same data, the ceilings around it: ClickHouse's own Kafka table engine, a
+// bare kafka-go consume loop, and a bare clickhouse-go insert of pre-decoded rows. It
+// prints a markdown table and writes the figures as JSON (BENCH_OUT).
+//
+// Run it with make bench, which provisions ClickHouse and builds the worker binary.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"customerloop.dev/customerloop/pipeline"
+)
+
+type options struct {
+	messages   int
+	partitions int
+	rate       int
+	freshFor   time.Duration
+	bin        string
+	clickhouse string
+	out        string
+	cpuProfile string
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.messages, "messages", 1_000_000, "usage events to produce for the throughput runs")
+	flag.IntVar(&o.partitions, "partitions", 6, "partitions of the topic")
+	flag.IntVar(&o.rate, "rate", 20_000, "events/s of the freshness run")
+	flag.DurationVar(&o.freshFor, "fresh-for", 15*time.Second, "length of the freshness run")
+	flag.StringVar(&o.bin, "bin", "bin/customerloop", "the customerloop binary")
+	flag.StringVar(&o.clickhouse, "clickhouse", os.Getenv("CLICKHOUSE_ADDR"), "ClickHouse native address")
+	flag.StringVar(&o.out, "out", envOr("BENCH_OUT", "bench-results.json"), "where the JSON figures go")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write the throughput run's worker CPU profile here")
+	flag.Parse()
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type figure struct {
+	key, label string
+	value      float64
+}
+
+func run(o options) error {
+	ctx := context.Background()
+	if o.clickhouse == "" {
+		return fmt.Errorf("no ClickHouse: set CLICKHOUSE_ADDR (make bench does)")
+	}
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(),
+		kfake.SeedTopics(int32(o.partitions), "bench.usage", "bench.fresh"))
+	if err != nil {
+		return err
+	}
+	defer cluster.Close()
+	brokers := cluster.ListenAddrs()
+	db := fmt.Sprintf("bench_%d", time.Now().Unix())
+	work, err := os.MkdirTemp("", "customerloop-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+
+	ch, err := pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: o.clickhouse})
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	defer ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(db))
+
+	step("producing %d usage events of about 300 bytes to %d partitions", o.messages, o.partitions)
+	msgs := makeMessages(o.messages)
+	t0 := time.Now()
+	if _, err := produce(ctx, brokers, "bench.usage", msgs, 0); err != nil {
+		return err
+	}
+	produceRate := float64(len(msgs)) / time.Since(t0).Seconds()
+	var bytes int
+	for _, m := range msgs {
+		bytes += len(m)
+	}
+
+	cfg := benchConfig(brokers, o.clickhouse, db, "usage", "bench.usage")
+	stmts, err := pipeline.PlanSchema(cfg)
+	if err != nil {
+		return err
+	}
+	if err := pipeline.ApplySchema(ctx, ch, stmts); err != nil {
+		return err
+	}
+
+	step("CustomerLoop worker draining the topic")
+	cl, err := runWorker(ctx, o, work, cfg, ch, uint64(o.messages))
+	if err != nil {
+		return err
+	}
+
+	step("ClickHouse's Kafka table engine draining the same topic into the same table shape")
+	engineRate, err := kafkaEngine(ctx, ch, brokers, db, cfg.Streams[0], o)
+	if err != nil {
+		return err
+	}
+
+	step("bare kafka-go consume loop")
+	consumeRate, err := bareConsume(ctx, brokers, "bench.usage", o.partitions, o.messages)
+	if err != nil {
+		return err
+	}
+
+	step("bare clickhouse-go insert of pre-decoded rows")
+	insertRate, err := bareInsert(ctx, ch, db, msgs)
+	if err != nil {
+		return err
+	}
+
+	step("freshness at %d events/s for %s", o.rate, o.freshFor)
+	p50, p99, err := freshness(ctx, o, work, brokers, db, ch)
+	if err != nil {
+		return err
+	}
+
+	figs := []figure{
+		{"customerloop_events_per_s", "CustomerLoop end to end (events/s)", cl.rate},
+		{"kafka_engine_events_per_s", "ClickHouse Kafka engine (events/s)", engineRate},
+		{"customerloop_vs_kafka_engine_ratio", "CustomerLoop / Kafka engine", cl.rate / engineRate},
+		{"kafka_go_consume_events_per_s", "bare kafka-go consume (events/s)", consumeRate},
+		{"clickhouse_insert_rows_per_s", "bare clickhouse-go insert, pre-decoded (rows/s)", insertRate},
+		{"worker_cpu_s_per_million", "worker CPU per million events (s)", cl.cpuSeconds / (float64(o.messages) / 1e6)},
+		{"worker_rss_mib", "worker peak RSS with the backlog (MiB)", cl.rssMiB},
+		{"freshness_p50_ms", fmt.Sprintf("freshness p50 at %d events/s (ms)", o.rate), p50},
+		{"freshness_p99_ms", fmt.Sprintf("freshness p99 at %d events/s (ms)", o.rate), p99},
+		{"produce_events_per_s", "producing the topic, franz-go (events/s)", produceRate},
+		{"message_bytes_avg", "average message size (bytes)", float64(bytes) / float64(len(msgs))},
+	}
+	fmt.Printf("\n| figure | value |\n|---|---:|\n")
+	out := map[string]float64{}
+	for _, f := range figs {
+		fmt.Printf("| %s | %s |\n", f.label, format(f.value))
+		out[f.key] = f.value
+	}
+	b, _ := json.MarshalIndent(out, "", "  ")
+	if err := os.WriteFile(o.out, append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	fmt.Printf("\nfigures written to %s\n", o.out)
+	return nil
+}
+
+func format(v float64) string {
+	switch {
+	case v >= 1000:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
+}
+
+func step(format string, args ...any) { fmt.Fprintf(os.Stderr, "==> "+format+"\n", args...) }
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// makeMessages returns usage events of about 300 bytes: 500 customers, 8 products.
+func makeMessages(n int) [][]byte {
+	rng := rand.New(rand.NewPCG(1, 2))
+	regions := []string{"eu-west-1", "us-east-1", "ap-south-1"}
+	base := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC).Unix()
+	out := make([][]byte, n)
+	for i := range out {
+		out[i] = []byte(fmt.Sprintf(`{"event_id":"evt-%012d","customer_id":"customer-%04d","product":"product-%d","ts":%d,"quantity":%d,"region":%q,"note":%q}`,
+			i, rng.IntN(500), rng.IntN(8), base+int64(i/50), 1+rng.IntN(100), regions[rng.IntN(3)],
+			strings.Repeat("x", 130+rng.IntN(40))))
+	}
+	return out
+}
+
+func benchConfig(brokers []string, chAddr, db, stream, topic string) pipeline.Config {
+	return pipeline.Config{
+		Loop:       "bench/" + stream,
+		Kafka:      pipeline.KafkaConfig{Brokers: brokers, Group: "bench-" + stream},
+		ClickHouse: pipeline.ClickHouseConfig{Addr: chAddr, Database: db},
+		Streams: []pipeline.StreamConfig{{
+			Name: stream, Kind: pipeline.KindUsage, Topic: topic, DeadLetterTopic: topic + ".dlq",
+			Mapping: pipeline.Mapping{EventID: "event_id", CustomerID: "customer_id", Product: "product", Timestamp: "ts", Quantity: "quantity"},
+			Dimensions: []pipeline.Dimension{
+				{Name: "region", Field: "region", Type: "String"},
+				{Name: "note", Field: "note", Type: "String"},
+			},
+		}},
+	}
+}
+
+// produce writes the messages with franz-go, keyed round robin, and returns for each
+// partition the time each offset was acknowledged. rate > 0 paces the production.
+func produce(ctx context.Context, brokers []string, topic string, msgs [][]byte, rate int) (map[int32][]time.Time, error) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic(topic),
+		kgo.ProducerLinger(2*time.Millisecond), kgo.RecordPartitioner(kgo.RoundRobinPartitioner()))
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	var (
+		mu    sync.Mutex
+		acks  = map[int32][]time.Time{}
+		first error
+		wg    sync.WaitGroup
+	)
+	tick := time.Duration(0)
+	perTick := len(msgs)
+	if rate > 0 {
+		tick, perTick = 10*time.Millisecond, rate/100
+	}
+	start := time.Now()
+	for i := 0; i < len(msgs); i += perTick {
+		if tick > 0 {
+			time.Sleep(time.Until(start.Add(time.Duration(i/perTick) * tick)))
+		}
+		for _, m := range msgs[i:min(i+perTick, len(msgs))] {
+			wg.Add(1)
+			cl.Produce(ctx, &kgo.Record{Value: m}, func(r *kgo.Record, err error) {
+				defer wg.Done()
+				now := time.Now()
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					if first == nil {
+						first = err
+					}
+					return
+				}
+				a := acks[r.Partition]
+				for int64(len(a)) <= r.Offset {
+					a = append(a, time.Time{})
+				}
+				a[r.Offset] = now
+				acks[r.Partition] = a
+			})
+		}
+	}
+	wg.Wait()
+	return acks, first
+}
+
+type workerRun struct {
+	rate, cpuSeconds, rssMiB float64
+}
+
+// runWorker runs the customerloop worker binary until the ledger covers want messages,
+// then stops it and reads its CPU time and peak RSS from the kernel.
+func runWorker(ctx context.Context, o options, work string, cfg pipeline.Config, ch driver.Conn, want uint64) (workerRun, error) {
+	path := filepath.Join(work, cfg.Streams[0].Name+".json")
+	raw, _ := json.Marshal(cfg)
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
+		return workerRun{}, err
+	}
+	logf, err := os.Create(filepath.Join(work, cfg.Streams[0].Name+".log"))
+	if err != nil {
+		return workerRun{}, err
+	}
+	defer logf.Close()
+	args := []string{"worker", "--config", path, "--metrics-bind-address", "0"}
+	if o.cpuProfile != "" && cfg.Streams[0].Name == "usage" {
+		args = append(args, "--cpuprofile", o.cpuProfile)
+	}
+	cmd := exec.Command(o.bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return workerRun{}, err
+	}
+	deadline := start.Add(10 * time.Minute)
+	q := "SELECT sum(messages) FROM " + pipeline.QualifiedTable(cfg.ClickHouse.Database, pipeline.LedgerTable) + " WHERE topic = ?"
+	for {
+		var n uint64
+		if err := ch.QueryRow(ctx, q, cfg.Streams[0].Topic).Scan(&n); err != nil {
+			return workerRun{}, err
+		}
+		if n >= want {
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			return workerRun{}, fmt.Errorf("the worker did not drain %d messages in 10 minutes (at %d); log: %s", want, n, logf.Name())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	took := time.Since(start)
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		return workerRun{}, fmt.Errorf("worker exit: %w", err)
+	}
+	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return workerRun{
+		rate:       float64(want) / took.Seconds(),
+		cpuSeconds: cpu.Seconds(),
+		rssMiB:     float64(ru.Maxrss) / 1024,
+	}, nil
+}
+
+// kafkaEngine lets ClickHouse's Kafka table engine drain the topic through a materialized
+// view into a table of the same columns as the raw table (without the source columns the
+// engine cannot fill on every version).
+func kafkaEngine(ctx context.Context, ch driver.Conn, brokers []string, db string, s pipeline.StreamConfig, o options) (float64, error) {
+	// A new group of the engine starts at the end of the topic: commit the start first.
+	offsets := map[string][]kafka.OffsetCommit{}
+	for p := range o.partitions {
+		offsets["bench.usage"] = append(offsets["bench.usage"], kafka.OffsetCommit{Partition: p, Offset: 0})
+	}
+	kc := &kafka.Client{Addr: kafka.TCP(brokers...)}
+	if _, err := kc.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: "clickhouse-engine", GenerationID: -1, Topics: offsets}); err != nil {
+		return 0, fmt.Errorf("committing the engine group's start: %w", err)
+	}
+	var cols []string
+	for _, c := range s.Columns() {
+		if !strings.HasPrefix(c.Name, "_") {
+			cols = append(cols, pipeline.QuoteIdent(c.Name)+" "+c.Type)
+		}
+	}
+	target := pipeline.QualifiedTable(db, "engine_raw")
+	queue := pipeline.QualifiedTable(db, "engine_queue")
+	stmts := []string{
+		"CREATE TABLE " + target + " (" + strings.Join(cols, ", ") + ") ENGINE = MergeTree PARTITION BY toYYYYMM(ts) ORDER BY (customer_id, product, ts, event_id)",
+		"CREATE TABLE " + queue + " (" + strings.Join(cols, ", ") + ") ENGINE = Kafka SETTINGS kafka_broker_list = '" + brokers[0] +
+			"', kafka_topic_list = 'bench.usage', kafka_group_name = 'clickhouse-engine', kafka_format = 'JSONEachRow', kafka_num_consumers = 1",
+	}
+	for _, q := range stmts {
+		if err := ch.Exec(ctx, q); err != nil {
+			return 0, fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	start := time.Now()
+	if err := ch.Exec(ctx, "CREATE MATERIALIZED VIEW "+pipeline.QualifiedTable(db, "engine_mv")+" TO "+target+" AS SELECT * FROM "+queue); err != nil {
+		return 0, err
+	}
+	defer ch.Exec(context.Background(), "DROP TABLE IF EXISTS "+pipeline.QualifiedTable(db, "engine_mv"))
+	defer ch.Exec(context.Background(), "DROP TABLE IF EXISTS "+queue)
+	deadline := start.Add(10 * time.Minute)
+	for {
+		var n uint64
+		if err := ch.QueryRow(ctx, "SELECT count() FROM "+target).Scan(&n); err != nil {
+			return 0, err
+		}
+		if n >= uint64(o.messages) {
+			return float64(n) / time.Since(start).Seconds(), nil
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("the Kafka engine stored %d of %d in 10 minutes", n, o.messages)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// bareConsume reads every partition to its end with kafka-go readers and counts.
+func bareConsume(ctx context.Context, brokers []string, topic string, partitions, want int) (float64, error) {
+	var wg sync.WaitGroup
+	counts := make([]int, partitions)
+	errs := make([]error, partitions)
+	start := time.Now()
+	for p := range partitions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := kafka.DialLeader(ctx, "tcp", brokers[0], topic, p)
+			if err != nil {
+				errs[p] = err
+				return
+			}
+			end, err := conn.ReadLastOffset()
+			conn.Close()
+			if err != nil {
+				errs[p] = err
+				return
+			}
+			r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p, MinBytes: 1, MaxBytes: 4 << 20, MaxWait: 250 * time.Millisecond})
+			defer r.Close()
+			for int64(counts[p]) < end {
+				if _, err := r.FetchMessage(ctx); err != nil {
+					errs[p] = err
+					return
+				}
+				counts[p]++
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	total := 0
+	for p := range partitions {
+		if errs[p] != nil {
+			return 0, errs[p]
+		}
+		total += counts[p]
+	}
+	if total != want {
+		return 0, fmt.Errorf("consumed %d of %d", total, want)
+	}
+	return float64(total) / took.Seconds(), nil
+}
+
+// bareInsert decodes the messages first, then times only their insert in batches of 50k.
+func bareInsert(ctx context.Context, ch driver.Conn, db string, msgs [][]byte) (float64, error) {
+	cfg := benchConfig(nil, "", db, "bare", "bench.bare")
+	s := cfg.Streams[0]
+	stmts, err := pipeline.PlanSchema(pipeline.Config{Kafka: pipeline.KafkaConfig{Brokers: []string{"x:1"}, Group: "g"},
+		ClickHouse: pipeline.ClickHouseConfig{Addr: "x:1", Database: db}, Streams: cfg.Streams})
+	if err != nil {
+		return 0, err
+	}
+	if err := pipeline.ApplySchema(ctx, ch, stmts); err != nil {
+		return 0, err
+	}
+	dec, err := pipeline.NewDecoder(s)
+	if err != nil {
+		return 0, err
+	}
+	now := time.Now().UTC().Truncate(time.Second)
+	rows := make([][]any, len(msgs))
+	for i, m := range msgs {
+		r, err := dec.Decode(m, now)
+		if err != nil {
+			return 0, err
+		}
+		rows[i] = append(r, s.Topic, int32(0), int64(i), now)
+	}
+	start := time.Now()
+	for i := 0; i < len(rows); i += 50_000 {
+		b, err := ch.PrepareBatch(ctx, pipeline.InsertSQL(db, s))
+		if err != nil {
+			return 0, err
+		}
+		for _, r := range rows[i:min(i+50_000, len(rows))] {
+			if err := b.Append(r...); err != nil {
+				return 0, err
+			}
+		}
+		if err := b.Send(); err != nil {
+			return 0, err
+		}
+	}
+	return float64(len(rows)) / time.Since(start).Seconds(), nil
+}
+
+// freshness runs a worker on an empty topic, produces at a fixed rate, and measures for
+// every message the time from its acknowledgement by the broker to the moment the ledger
+// says its row is queryable (polled every 20 ms).
+func freshness(ctx context.Context, o options, work string, brokers []string, db string, ch driver.Conn) (p50, p99 float64, err error) {
+	cfg := benchConfig(brokers, o.clickhouse, db, "fresh", "bench.fresh")
+	cfg.Batch = pipeline.BatchConfig{MaxWait: pipeline.Duration{Duration: 200 * time.Millisecond}}
+	stmts, err := pipeline.PlanSchema(cfg)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := pipeline.ApplySchema(ctx, ch, stmts); err != nil {
+		return 0, 0, err
+	}
+	n := o.rate * int(o.freshFor/time.Second)
+	msgs := makeMessages(n)
+	visible := map[int32][]time.Time{}
+	stop := make(chan struct{})
+	polled := make(chan error, 1)
+	go func() {
+		q := "SELECT partition, max(last_offset) FROM " + pipeline.QualifiedTable(db, pipeline.LedgerTable) +
+			" WHERE topic = 'bench.fresh' GROUP BY partition"
+		for {
+			rows, err := ch.Query(ctx, q)
+			if err != nil {
+				polled <- err
+				return
+			}
+			now := time.Now()
+			for rows.Next() {
+				var p int32
+				var last int64
+				if err := rows.Scan(&p, &last); err != nil {
+					polled <- err
+					return
+				}
+				for int64(len(visible[p])) <= last {
+					visible[p] = append(visible[p], now)
+				}
+			}
+			rows.Close()
+			select {
+			case <-stop:
+				polled <- nil
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	workerDone := make(chan error, 1)
+	go func() {
+		_, err := runWorker(ctx, o, work, cfg, ch, uint64(n))
+		workerDone <- err
+	}()
+	time.Sleep(3 * time.Second) // the worker joins its group
+	acks, err := produce(ctx, brokers, "bench.fresh", msgs, o.rate)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := <-workerDone; err != nil {
+		return 0, 0, err
+	}
+	close(stop)
+	if err := <-polled; err != nil {
+		return 0, 0, err
+	}
+	var lat []float64
+	for p, a := range acks {
+		for off, at := range a {
+			if off < len(visible[p]) {
+				lat = append(lat, float64(visible[p][off].Sub(at).Milliseconds()))
+			}
+		}
+	}
+	if len(lat) != n {
+		return 0, 0, fmt.Errorf("saw %d of %d messages become queryable", len(lat), n)
+	}
+	slices.Sort(lat)
+	return lat[len(lat)/2], lat[len(lat)*99/100], nil
+}
