@@ -27,21 +27,7 @@ func TestResumeFromLedgerSkipsUnrecordedRows(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	ch, err := OpenClickHouse(ctx, cfg.ClickHouse)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ch.Close()
-	stmts, err := PlanSchema(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ApplySchema(ctx, ch, stmts); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+QuoteIdent(cfg.ClickHouse.Database))
-	})
+	ch := applySchema(t, cfg)
 
 	// Events spread over two months, so that an insert writes several parts.
 	var msgs []kafka.Message

@@ -36,21 +36,7 @@ func TestWorkersJoinAndLeave(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	ch, err := OpenClickHouse(ctx, cfg.ClickHouse)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ch.Close()
-	stmts, err := PlanSchema(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ApplySchema(ctx, ch, stmts); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+QuoteIdent(cfg.ClickHouse.Database))
-	})
+	ch := applySchema(t, cfg)
 
 	produced := make(chan struct{})
 	wantQty := 0.0

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 )
@@ -113,4 +114,27 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() (b
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Fatalf("timed out after %s waiting for %s; last state: %s", timeout, what, last)
+}
+
+// applySchema creates the config's database and tables on the test server; the database
+// is dropped, and the connection closed, when the test ends.
+func applySchema(t *testing.T, cfg Config) driver.Conn {
+	t.Helper()
+	ctx := context.Background()
+	ch, err := OpenClickHouse(ctx, cfg.ClickHouse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = ch.Exec(ctx, "DROP DATABASE IF EXISTS "+QuoteIdent(cfg.ClickHouse.Database))
+		_ = ch.Close()
+	})
+	stmts, err := PlanSchema(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ApplySchema(ctx, ch, stmts); err != nil {
+		t.Fatal(err)
+	}
+	return ch
 }

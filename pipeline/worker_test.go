@@ -30,21 +30,7 @@ func TestWorkerIngestsBothKinds(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	ch, err := OpenClickHouse(ctx, cfg.ClickHouse)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ch.Close()
-	stmts, err := PlanSchema(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ApplySchema(ctx, ch, stmts); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+QuoteIdent(cfg.ClickHouse.Database))
-	})
+	ch := applySchema(t, cfg)
 
 	// 2000 usage events over 5 customers and 3 products, 12 bad ones mixed in; 40 plans.
 	rng := rand.New(rand.NewPCG(1, 2))

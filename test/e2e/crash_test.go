@@ -65,7 +65,6 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ch.Close()
 	stmts, err := pipeline.PlanSchema(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +73,10 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 	db := pipeline.QuoteIdent(cfg.ClickHouse.Database)
-	t.Cleanup(func() { _ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+db) })
+	t.Cleanup(func() {
+		_ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+db)
+		_ = ch.Close()
+	})
 	// A rollup fed by a materialized view: it counts every insert, so a duplicate insert
 	// would show here even if the raw table were deduplicated later.
 	if err := ch.Exec(ctx, "CREATE MATERIALIZED VIEW "+db+".rollup ENGINE = SummingMergeTree ORDER BY (customer_id, product) "+
