@@ -11,7 +11,9 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,6 +40,8 @@ type options struct {
 	clickhouse string
 	out        string
 	cpuProfile string
+	maxRows    int
+	heapAt     string
 }
 
 func main() {
@@ -50,6 +54,8 @@ func main() {
 	flag.StringVar(&o.clickhouse, "clickhouse", os.Getenv("CLICKHOUSE_ADDR"), "ClickHouse native address")
 	flag.StringVar(&o.out, "out", envOr("BENCH_OUT", "bench-results.json"), "where the JSON figures go")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write the throughput run's worker CPU profile here")
+	flag.StringVar(&o.heapAt, "heapprofile", "", "save the throughput run's worker heap profile, taken halfway, here")
+	flag.IntVar(&o.maxRows, "max-rows", 0, "the workers' batch row limit (0: the pipeline's default)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -101,6 +107,7 @@ func run(o options) error {
 	}
 
 	cfg := benchConfig(brokers, o.clickhouse, db, "usage", "bench.usage")
+	cfg.Batch.MaxRows = o.maxRows
 	stmts, err := pipeline.PlanSchema(cfg)
 	if err != nil {
 		return err
@@ -288,6 +295,10 @@ func runWorker(ctx context.Context, o options, work string, cfg pipeline.Config,
 	if o.cpuProfile != "" && cfg.Streams[0].Name == "usage" {
 		args = append(args, "--cpuprofile", o.cpuProfile)
 	}
+	heapTaken := o.heapAt == "" || cfg.Streams[0].Name != "usage"
+	if !heapTaken {
+		args = append(args, "--pprof-bind-address", "127.0.0.1:16060")
+	}
 	cmd := exec.Command(o.bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	start := time.Now()
@@ -303,6 +314,12 @@ func runWorker(ctx context.Context, o options, work string, cfg pipeline.Config,
 		}
 		if n >= want {
 			break
+		}
+		if !heapTaken && n >= want/2 {
+			heapTaken = true
+			if err := saveURL("http://127.0.0.1:16060/debug/pprof/heap", o.heapAt); err != nil {
+				return workerRun{}, err
+			}
 		}
 		if time.Now().After(deadline) {
 			_ = cmd.Process.Kill()
@@ -545,4 +562,19 @@ func freshness(ctx context.Context, o options, work string, brokers []string, db
 	}
 	slices.Sort(lat)
 	return lat[len(lat)/2], lat[len(lat)*99/100], nil
+}
+
+func saveURL(url, path string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
 }
