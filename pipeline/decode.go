@@ -1,7 +1,6 @@
 package pipeline
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/valyala/fastjson"
 )
 
 // Reason is a machine-readable cause for dead-lettering a message.
@@ -99,27 +100,28 @@ func NewDecoder(s StreamConfig) (*Decoder, error) {
 	return &Decoder{fields: fs}, nil
 }
 
+// parsers are reused across messages: fastjson parses into the parser's own memory, so a
+// warm parser allocates nothing but the strings a row keeps.
+var parsers fastjson.ParserPool
+
 // Decode parses one message. The returned row holds a value per column of the raw table
 // except the trailing source columns, which the caller appends. msgTime is the Kafka
 // message time, used where the mapping lets a role default to it.
 func (d *Decoder) Decode(msg []byte, msgTime time.Time) ([]any, error) {
-	var doc map[string]any
-	dec := json.NewDecoder(bytes.NewReader(msg))
-	dec.UseNumber()
-	if err := dec.Decode(&doc); err != nil {
+	p := parsers.Get()
+	defer parsers.Put(p)
+	doc, err := p.ParseBytes(msg)
+	if err != nil {
 		return nil, &DecodeError{Reason: ReasonInvalidJSON, Err: err}
 	}
-	if dec.More() {
-		return nil, &DecodeError{Reason: ReasonInvalidJSON, Err: errors.New("trailing data after the JSON object")}
-	}
-	if doc == nil {
+	if doc.Type() != fastjson.TypeObject {
 		return nil, &DecodeError{Reason: ReasonInvalidJSON, Err: errors.New("message is not a JSON object")}
 	}
 	row := make([]any, len(d.fields), len(d.fields)+len(sourceColumns))
 	for i, f := range d.fields {
 		var v any
 		if f.path != nil {
-			v = lookup(doc, f.path)
+			v = leaf(doc.Get(f.path...))
 		}
 		if v == nil {
 			if !f.optional {
@@ -142,16 +144,35 @@ func (d *Decoder) Decode(msg []byte, msgTime time.Time) ([]any, error) {
 	return row, nil
 }
 
-func lookup(doc map[string]any, path []string) any {
-	var cur any = doc
-	for _, p := range path {
-		obj, ok := cur.(map[string]any)
-		if !ok {
-			return nil
-		}
-		cur = obj[p]
+// jsonObject and jsonArray stand for a container found where a value was expected.
+type (
+	jsonObject struct{}
+	jsonArray  struct{}
+)
+
+// leaf turns a parsed value into what the converters take: string, json.Number (the
+// number's own text), bool, jsonObject, jsonArray, or nil for null and absent.
+func leaf(v *fastjson.Value) any {
+	if v == nil {
+		return nil
 	}
-	return cur
+	switch v.Type() {
+	case fastjson.TypeString:
+		b, _ := v.StringBytes()
+		return string(b)
+	case fastjson.TypeNumber:
+		return json.Number(v.MarshalTo(nil))
+	case fastjson.TypeTrue:
+		return true
+	case fastjson.TypeFalse:
+		return false
+	case fastjson.TypeObject:
+		return jsonObject{}
+	case fastjson.TypeArray:
+		return jsonArray{}
+	default:
+		return nil
+	}
 }
 
 func wrongType(v any, want string) error {
@@ -170,9 +191,9 @@ func jsonType(v any) string {
 		return "a number"
 	case bool:
 		return "a boolean"
-	case map[string]any:
+	case jsonObject:
 		return "an object"
-	case []any:
+	case jsonArray:
 		return "an array"
 	default:
 		return fmt.Sprintf("%T", v)

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 )
@@ -194,4 +195,19 @@ func equalValue(a, b any) bool {
 		return ok && ta.Equal(tb)
 	}
 	return deref(a) == deref(b)
+}
+
+// BenchmarkDecodeUsage decodes a typical usage event of about 300 bytes.
+func BenchmarkDecodeUsage(b *testing.B) {
+	s := sampleConfig().Streams[0]
+	d := mustDecoder(b, s)
+	msg := []byte(`{"id":"evt-000000123456","customer":{"id":"customer-0042"},"product":"product-3","ts":1793449815,"qty":17,` +
+		`"region":"eu-west-1","bytes":123456,"trial":false,"seats":12,"note":"` + strings.Repeat("x", 150) + `"}`)
+	b.SetBytes(int64(len(msg)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := d.Decode(msg, time.Time{}); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

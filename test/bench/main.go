@@ -317,6 +317,7 @@ func runWorker(ctx context.Context, o options, work string, cfg pipeline.Config,
 		}
 		if !heapTaken && n >= want/2 {
 			heapTaken = true
+			_ = saveURL("http://127.0.0.1:16060/debug/pprof/heap?debug=1", o.heapAt+".txt")
 			if err := saveURL("http://127.0.0.1:16060/debug/pprof/heap", o.heapAt); err != nil {
 				return workerRun{}, err
 			}
