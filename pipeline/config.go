@@ -66,6 +66,9 @@ type StreamConfig struct {
 	DeadLetterTopic string      `json:"deadLetterTopic"`
 	Mapping         Mapping     `json:"mapping"`
 	Dimensions      []Dimension `json:"dimensions,omitempty"`
+	// DedupWindow is how long an ingested id (event_id, plan_id) is remembered, so that a
+	// producer's retry within it is not stored again. Defaults to one minute.
+	DedupWindow Duration `json:"dedupWindow,omitempty"`
 }
 
 // Mapping names the JSON field holding each core role; fields are dotted paths.
@@ -125,6 +128,7 @@ const (
 	defaultMaxMessageBytes  = 1 << 20
 	defaultMaxWait          = time.Second
 	defaultSessionTimeout   = 10 * time.Second
+	defaultDedupWindow      = time.Minute
 	defaultRebalanceTimeout = 60 * time.Second
 )
 
@@ -141,6 +145,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Batch.MaxWait.Duration <= 0 {
 		c.Batch.MaxWait.Duration = defaultMaxWait
+	}
+	c.Streams = append([]StreamConfig(nil), c.Streams...)
+	for i := range c.Streams {
+		if c.Streams[i].DedupWindow.Duration <= 0 {
+			c.Streams[i].DedupWindow.Duration = defaultDedupWindow
+		}
 	}
 	if c.Kafka.SessionTimeout.Duration <= 0 {
 		c.Kafka.SessionTimeout.Duration = defaultSessionTimeout

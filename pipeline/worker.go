@@ -134,7 +134,7 @@ type item struct {
 	msg    kafka.Message
 	row    []any // nil when dead-lettered or landed
 	err    *DecodeError
-	landed bool // already in ClickHouse from a batch the ledger does not record
+	landed bool // already in ClickHouse: from an unrecorded batch, or a producer's duplicate
 }
 
 func (w *Worker) runGeneration(ctx context.Context, gen *kafka.Generation) {
@@ -191,6 +191,14 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 	if rp.offset >= 0 {
 		offset = rp.offset
 	}
+	var seen *dedupWindow
+	if err := w.retry(ctx, StageRecover, fmt.Sprintf("loading the duplicate window of %s/%d", topic, partition), func() error {
+		var err error
+		seen, err = loadDedupWindow(ctx, w.ch, w.cfg.ClickHouse.Database, stream, partition, stream.DedupWindow.Duration, time.Now())
+		return err
+	}); err != nil {
+		return
+	}
 	if len(rp.landed) > 0 {
 		w.log.Info("resuming past rows of an unrecorded batch", "topic", topic, "partition", partition,
 			"from", offset, "alreadyLanded", len(rp.landed))
@@ -232,6 +240,9 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 				de = &DecodeError{Reason: ReasonInvalidJSON, Err: err}
 			}
 			it.err = de
+		} else if seen.duplicate(row[0].(string), time.Now()) {
+			it.landed = true
+			w.metrics.Discarded.WithLabelValues(loop, stream.Name, "duplicate").Inc()
 		} else {
 			it.row = row
 		}

@@ -81,8 +81,11 @@ func TestWorkerIngestsBothKinds(t *testing.T) {
 	wctx, stop := context.WithCancel(ctx)
 	go func() { done <- w.Run(wctx) }()
 
-	// The second half arrives while the worker runs.
+	// The second half arrives while the worker runs, with a producer's retries of 25
+	// events already sent (same key, same id): they must not be stored again.
+	retries := append([]kafka.Message(nil), usageMsgs[100:125]...) // no malformed message among them
 	produce(t, cfg.Kafka.Brokers, usage.Topic, usageMsgs[1000:])
+	produce(t, cfg.Kafka.Brokers, usage.Topic, retries)
 
 	eventually(t, time.Minute, "all valid rows in ClickHouse", func() (bool, string) {
 		u, err1 := StreamStats(ctx, ch, cfg.ClickHouse.Database, usage)
@@ -91,6 +94,10 @@ func TestWorkerIngestsBothKinds(t *testing.T) {
 			return false, fmt.Sprint(err1, err2)
 		}
 		return u.Rows >= 2000 && p.Rows >= 40, fmt.Sprintf("usage %d/2000, plans %d/40", u.Rows, p.Rows)
+	})
+	eventually(t, time.Minute, "the retries to be read", func() (bool, string) {
+		n := testutil.ToFloat64(metrics.Discarded.WithLabelValues(cfg.Loop, "usage", "duplicate"))
+		return n == 25, fmt.Sprintf("%v duplicates", n)
 	})
 	stop()
 	if err := <-done; err != nil {
@@ -163,7 +170,7 @@ func TestWorkerIngestsBothKinds(t *testing.T) {
 		got  float64
 		want int
 	}{
-		{"received usage", testutil.ToFloat64(metrics.ReceivedEvents.WithLabelValues(loop, "usage")), len(usageMsgs)},
+		{"received usage", testutil.ToFloat64(metrics.ReceivedEvents.WithLabelValues(loop, "usage")), len(usageMsgs) + len(retries)},
 		{"received plans", testutil.ToFloat64(metrics.ReceivedEvents.WithLabelValues(loop, "plans")), len(planMsgs)},
 		{"sent usage", testutil.ToFloat64(metrics.SentEvents.WithLabelValues(loop, "usage")), 2000},
 		{"sent plans", testutil.ToFloat64(metrics.SentEvents.WithLabelValues(loop, "plans")), 40},
@@ -181,7 +188,34 @@ func TestWorkerIngestsBothKinds(t *testing.T) {
 	}
 
 	// Offsets are committed past every message, good and bad.
-	assertCommitted(t, cfg, usage.Topic, int64(len(usageMsgs)))
+	assertCommitted(t, cfg, usage.Topic, int64(len(usageMsgs)+len(retries)))
+
+	// A new worker remembers what the last one ingested: more retries of the same events
+	// are still recognised.
+	produce(t, cfg.Kafka.Brokers, usage.Topic, usageMsgs[210:220]) // no malformed message among them
+	again := NewMetrics(prometheus.NewRegistry())
+	w2, err := NewWorker(ctx, cfg, testr.New(t), again)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w2.Close()
+	wctx, stop = context.WithCancel(ctx)
+	go func() { done <- w2.Run(wctx) }()
+	eventually(t, time.Minute, "the new worker to read the retries", func() (bool, string) {
+		n := testutil.ToFloat64(again.Discarded.WithLabelValues(cfg.Loop, "usage", "duplicate"))
+		return n == 10, fmt.Sprintf("%v duplicates", n)
+	})
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueryRow(ctx, "SELECT count(), uniqExact(event_id) FROM "+
+		QualifiedTable(cfg.ClickHouse.Database, usage.Table())).Scan(&rows, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 2000 || distinct != 2000 {
+		t.Errorf("after the retries: %d usage rows, %d distinct event ids; want 2000 and 2000", rows, distinct)
+	}
 	assertCommitted(t, cfg, plans.Topic, int64(len(planMsgs)))
 }
 
