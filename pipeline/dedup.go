@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"fmt"
+	"hash/maphash"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -12,45 +13,60 @@ import (
 // while, so that a producer's retry, the same id sent again, is not stored twice. It holds
 // when a producer's duplicates land in the same partition, which keyed partitioning
 // (by customer) guarantees; duplicates across partitions are not caught.
+//
+// Ids are kept as 128-bit hashes (two seeded maphash values): the structures then hold no
+// pointers, so a window of millions of ids costs the garbage collector nothing to scan,
+// and the chance that two different ids collide is negligible (about n/2^128 per id for
+// a window of n).
 type dedupWindow struct {
 	window time.Duration
-	seen   map[string]time.Time // id -> when it was ingested
-	order  []dedupEntry         // oldest first, for expiry
+	seen   map[idHash]int64 // id -> when it was ingested, unix nanoseconds
+	order  []dedupEntry     // oldest first, for expiry
 	head   int
 }
 
+type idHash struct{ a, b uint64 }
+
 type dedupEntry struct {
-	id string
-	at time.Time
+	id idHash
+	at int64
+}
+
+// The seeds live as long as the process; a window is rebuilt from ClickHouse with them.
+var dedupSeedA, dedupSeedB = maphash.MakeSeed(), maphash.MakeSeed()
+
+func hashID(id string) idHash {
+	return idHash{maphash.String(dedupSeedA, id), maphash.String(dedupSeedB, id)}
 }
 
 func newDedupWindow(window time.Duration) *dedupWindow {
-	return &dedupWindow{window: window, seen: map[string]time.Time{}}
+	return &dedupWindow{window: window, seen: map[idHash]int64{}}
 }
 
 // duplicate reports whether id was ingested within the window before now; if not, it
 // records id as ingested at now.
 func (d *dedupWindow) duplicate(id string, now time.Time) bool {
-	d.expire(now)
-	if _, ok := d.seen[id]; ok {
+	at := now.UnixNano()
+	d.expire(at)
+	h := hashID(id)
+	if _, ok := d.seen[h]; ok {
 		return true
 	}
-	d.add(id, now)
+	d.add(h, at)
 	return false
 }
 
-func (d *dedupWindow) add(id string, at time.Time) {
-	d.seen[id] = at
-	d.order = append(d.order, dedupEntry{id, at})
+func (d *dedupWindow) add(h idHash, at int64) {
+	d.seen[h] = at
+	d.order = append(d.order, dedupEntry{h, at})
 }
 
-func (d *dedupWindow) expire(now time.Time) {
-	for d.head < len(d.order) && now.Sub(d.order[d.head].at) > d.window {
+func (d *dedupWindow) expire(now int64) {
+	for d.head < len(d.order) && now-d.order[d.head].at > int64(d.window) {
 		e := d.order[d.head]
-		if d.seen[e.id].Equal(e.at) {
+		if d.seen[e.id] == e.at {
 			delete(d.seen, e.id)
 		}
-		d.order[d.head] = dedupEntry{}
 		d.head++
 	}
 	if d.head > 1024 && d.head > len(d.order)/2 {
@@ -83,7 +99,7 @@ func loadDedupWindow(ctx context.Context, conn driver.Conn, db string, s *Stream
 		if err := rows.Scan(&id, &at); err != nil {
 			return nil, err
 		}
-		d.add(id, at)
+		d.add(hashID(id), at.UnixNano())
 	}
 	return d, rows.Err()
 }
