@@ -329,6 +329,12 @@ func runWorker(ctx context.Context, o options, work string, cfg pipeline.Config,
 		time.Sleep(50 * time.Millisecond)
 	}
 	took := time.Since(start)
+	// The peak RSS of the worker's own memory. rusage's maxrss is no use here: a child
+	// started from this large process is charged this process's RSS at exec.
+	hwm, err := peakRSS(cmd.Process.Pid)
+	if err != nil {
+		return workerRun{}, err
+	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
 		return workerRun{}, fmt.Errorf("worker exit: %w", err)
@@ -338,7 +344,7 @@ func runWorker(ctx context.Context, o options, work string, cfg pipeline.Config,
 	return workerRun{
 		rate:       float64(want) / took.Seconds(),
 		cpuSeconds: cpu.Seconds(),
-		rssMiB:     float64(ru.Maxrss) / 1024,
+		rssMiB:     hwm,
 	}, nil
 }
 
@@ -578,4 +584,22 @@ func saveURL(url, path string) error {
 	defer f.Close()
 	_, err = io.Copy(f, resp.Body)
 	return err
+}
+
+// peakRSS reads a process's VmHWM (its resident set's high-water mark) in MiB.
+func peakRSS(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb float64
+			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%f kB", &kb); err != nil {
+				return 0, fmt.Errorf("VmHWM %q: %w", rest, err)
+			}
+			return kb / 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
 }
