@@ -16,6 +16,7 @@ import (
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/test/testkit"
 )
 
 var testSeq int
@@ -25,8 +26,7 @@ func newLoop(t *testing.T) *loopsv1alpha1.CustomerLoop {
 	testSeq++
 	name := fmt.Sprintf("loop%d", testSeq)
 	db := fmt.Sprintf("ctrl_test_%d_%d", time.Now().Unix(), testSeq)
-	t.Cleanup(func() { _ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(db)) })
-	return &loopsv1alpha1.CustomerLoop{
+	loop := &loopsv1alpha1.CustomerLoop{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
 		Spec: loopsv1alpha1.CustomerLoopSpec{
 			Kafka:      loopsv1alpha1.KafkaSpec{Brokers: brokers},
@@ -44,6 +44,19 @@ func newLoop(t *testing.T) *loopsv1alpha1.CustomerLoop {
 			},
 		},
 	}
+	// Delete the loop if the test left it, wait until its finalizer ran (so that no
+	// reconcile recreates the schema), then drop its database.
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if err := k8s.Delete(ctx, loop); err == nil {
+			deadline := time.Now().Add(30 * time.Second)
+			for !apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKeyFromObject(loop), &loopsv1alpha1.CustomerLoop{})) && time.Now().Before(deadline) {
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+		_ = ch.Exec(ctx, "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(db))
+	})
+	return loop
 }
 
 func get(t *testing.T, loop *loopsv1alpha1.CustomerLoop) *loopsv1alpha1.CustomerLoop {
@@ -110,7 +123,7 @@ func TestLoopLifecycle(t *testing.T) {
 	produceJSON(t, loop.Spec.Streams[0].Topic, usage)
 	produceJSON(t, loop.Spec.Streams[1].Topic, plans)
 
-	eventually(t, 90*time.Second, "the loop Ready with every row counted", func() (bool, string) {
+	testkit.Eventually(t, 90*time.Second, "the loop Ready with every row counted", func() (bool, string) {
 		l := get(t, loop)
 		state := fmt.Sprintf("Ready=%s SchemaReady=%s WorkersReady=%s rows=%d streams=%+v",
 			condition(l, "Ready"), condition(l, "SchemaReady"), condition(l, "WorkersReady"), l.Status.RowsIngested, l.Status.Streams)
@@ -159,7 +172,7 @@ func TestLoopLifecycle(t *testing.T) {
 	if err := k8s.Delete(ctx, loop); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "the loop to be gone", func() (bool, string) {
+	testkit.Eventually(t, 30*time.Second, "the loop to be gone", func() (bool, string) {
 		err := k8s.Get(ctx, client.ObjectKeyFromObject(loop), &loopsv1alpha1.CustomerLoop{})
 		return apierrors.IsNotFound(err), fmt.Sprint(err)
 	})
@@ -195,8 +208,7 @@ func TestMissingSecretThenCreated(t *testing.T) {
 	if err := k8s.Create(ctx, loop); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = k8s.Delete(context.Background(), loop) })
-	eventually(t, 30*time.Second, "Ready=False naming the missing Secret", func() (bool, string) {
+	testkit.Eventually(t, 30*time.Second, "Ready=False naming the missing Secret", func() (bool, string) {
 		l := get(t, loop)
 		c := meta.FindStatusCondition(l.Status.Conditions, "Ready")
 		if c == nil {
@@ -216,7 +228,7 @@ func TestMissingSecretThenCreated(t *testing.T) {
 	if err := k8s.Create(ctx, secret); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "Ready once the Secret exists", func() (bool, string) {
+	testkit.Eventually(t, 30*time.Second, "Ready once the Secret exists", func() (bool, string) {
 		l := get(t, loop)
 		return condition(l, "Ready") == "True/Succeeded", condition(l, "Ready")
 	})
@@ -237,8 +249,7 @@ func TestPausedLoop(t *testing.T) {
 	if err := k8s.Create(ctx, loop); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = k8s.Delete(context.Background(), loop) })
-	eventually(t, 30*time.Second, "a paused loop to report Paused", func() (bool, string) {
+	testkit.Eventually(t, 30*time.Second, "a paused loop to report Paused", func() (bool, string) {
 		l := get(t, loop)
 		return condition(l, "Ready") == "True/Paused" && condition(l, "WorkersReady") == "False/Paused" &&
 			condition(l, "SchemaReady") == "True/SchemaApplied", fmt.Sprintf("Ready=%s WorkersReady=%s", condition(l, "Ready"), condition(l, "WorkersReady"))
@@ -296,7 +307,6 @@ func TestDatabaseIsImmutable(t *testing.T) {
 	if err := k8s.Create(ctx, loop); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = k8s.Delete(context.Background(), loop) })
 	l := get(t, loop)
 	patch := client.MergeFrom(l.DeepCopy())
 	l.Spec.ClickHouse.Database = "elsewhere"

@@ -121,22 +121,6 @@ func runSuite(m *testing.M) int {
 	return m.Run()
 }
 
-// eventually polls cond until it holds or the timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last string
-	for time.Now().Before(deadline) {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		last = state
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %s waiting for %s; last state: %s", timeout, what, last)
-}
-
 // workerGoroutines counts goroutines running inside a pipeline worker.
 func workerGoroutines() int {
 	buf := make([]byte, 8<<20)

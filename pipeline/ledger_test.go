@@ -8,6 +8,8 @@ import (
 
 	"github.com/go-logr/logr/testr"
 	"github.com/segmentio/kafka-go"
+
+	"customerloop.dev/customerloop/test/testkit"
 )
 
 // TestResumeFromLedgerSkipsUnrecordedRows sets up what a crash leaves behind: a batch
@@ -64,7 +66,7 @@ func TestResumeFromLedgerSkipsUnrecordedRows(t *testing.T) {
 	wctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- w.Run(wctx) }()
-	eventually(t, time.Minute, "the ledger to reach offset 999", func() (bool, string) {
+	testkit.Eventually(t, time.Minute, "the ledger to reach offset 999", func() (bool, string) {
 		var last int64
 		err := ch.QueryRow(ctx, "SELECT max(last_offset) FROM "+QualifiedTable(cfg.ClickHouse.Database, LedgerTable)).Scan(&last)
 		return err == nil && last == 999, fmt.Sprintf("last=%d err=%v", last, err)

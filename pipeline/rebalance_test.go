@@ -10,6 +10,8 @@ import (
 	"github.com/go-logr/logr/testr"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
+
+	"customerloop.dev/customerloop/test/testkit"
 )
 
 // TestWorkersJoinAndLeave runs up to three workers in one consumer group, joining and
@@ -94,7 +96,7 @@ func TestWorkersJoinAndLeave(t *testing.T) {
 	t.Logf("one worker left: %d rows", rows())
 	d := startWorker("d")
 	<-produced
-	eventually(t, 2*time.Minute, "all rows", func() (bool, string) {
+	testkit.Eventually(t, 2*time.Minute, "all rows", func() (bool, string) {
 		n := rows()
 		return n >= total, fmt.Sprintf("%d/%d rows", n, total)
 	})

@@ -13,6 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/segmentio/kafka-go"
+
+	"customerloop.dev/customerloop/test/testkit"
 )
 
 // TestWorkerIngestsBothKinds runs a worker against the real broker and the real ClickHouse:
@@ -87,7 +89,7 @@ func TestWorkerIngestsBothKinds(t *testing.T) {
 	produce(t, cfg.Kafka.Brokers, usage.Topic, usageMsgs[1000:])
 	produce(t, cfg.Kafka.Brokers, usage.Topic, retries)
 
-	eventually(t, time.Minute, "all valid rows in ClickHouse", func() (bool, string) {
+	testkit.Eventually(t, time.Minute, "all valid rows in ClickHouse", func() (bool, string) {
 		u, err1 := StreamStats(ctx, ch, cfg.ClickHouse.Database, usage)
 		p, err2 := StreamStats(ctx, ch, cfg.ClickHouse.Database, plans)
 		if err1 != nil || err2 != nil {
@@ -95,7 +97,7 @@ func TestWorkerIngestsBothKinds(t *testing.T) {
 		}
 		return u.Rows >= 2000 && p.Rows >= 40, fmt.Sprintf("usage %d/2000, plans %d/40", u.Rows, p.Rows)
 	})
-	eventually(t, time.Minute, "the retries to be read", func() (bool, string) {
+	testkit.Eventually(t, time.Minute, "the retries to be read", func() (bool, string) {
 		n := testutil.ToFloat64(metrics.Discarded.WithLabelValues(cfg.Loop, "usage", "duplicate"))
 		return n == 25, fmt.Sprintf("%v duplicates", n)
 	})
@@ -146,7 +148,7 @@ func TestWorkerIngestsBothKinds(t *testing.T) {
 	// Every bad message is in its dead-letter topic with reason and source coordinates.
 	gotBad := map[Reason]int{}
 	for _, topic := range []string{usage.DeadLetterTopic, plans.DeadLetterTopic} {
-		for _, m := range readAll(t, cfg.Kafka.Brokers, topic) {
+		for _, m := range testkit.ReadTopic(t, cfg.Kafka.Brokers, topic) {
 			h := map[string]string{}
 			for _, x := range m.Headers {
 				h[x.Key] = string(x.Value)
@@ -201,7 +203,7 @@ func TestWorkerIngestsBothKinds(t *testing.T) {
 	defer w2.Close()
 	wctx, stop = context.WithCancel(ctx)
 	go func() { done <- w2.Run(wctx) }()
-	eventually(t, time.Minute, "the new worker to read the retries", func() (bool, string) {
+	testkit.Eventually(t, time.Minute, "the new worker to read the retries", func() (bool, string) {
 		n := testutil.ToFloat64(again.Discarded.WithLabelValues(cfg.Loop, "usage", "duplicate"))
 		return n == 10, fmt.Sprintf("%v duplicates", n)
 	})

@@ -22,6 +22,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/test/testkit"
 )
 
 // TestWorkerSurvivesSIGKILL kills the worker process with SIGKILL at random moments,
@@ -213,7 +214,7 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 	// Dead letters may repeat after a crash (the dead-letter topic is at-least-once), but
 	// every malformed message is there, and nothing else.
 	sources := map[string]bool{}
-	for _, m := range readTopic(t, brokers, "crash.usage.dlq") {
+	for _, m := range testkit.ReadTopic(t, brokers, "crash.usage.dlq") {
 		var p, o string
 		for _, h := range m.Headers {
 			switch h.Key {
