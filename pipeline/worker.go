@@ -119,6 +119,10 @@ func (w *Worker) Run(ctx context.Context) error {
 				return nil
 			}
 			return err
+		case errors.Is(err, kafka.RebalanceInProgress):
+			// The ordinary course of a member joining or leaving: rejoin at once.
+			w.log.V(1).Info("consumer group rebalancing")
+			continue
 		case err != nil:
 			w.log.Error(err, "consumer group: waiting for the next generation")
 			sleep(ctx, time.Second)
