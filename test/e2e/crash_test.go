@@ -62,17 +62,7 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	ch, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stmts, err := pipeline.PlanSchema(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pipeline.ApplySchema(ctx, ch, stmts); err != nil {
-		t.Fatal(err)
-	}
+	ch := createSchema(t, cfg)
 	db := pipeline.QuoteIdent(cfg.ClickHouse.Database)
 	t.Cleanup(func() {
 		_ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+db)

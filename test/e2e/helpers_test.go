@@ -1,10 +1,15 @@
 package e2e
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"customerloop.dev/customerloop/pipeline"
 )
 
 func requireStack(t *testing.T) {
@@ -26,4 +31,23 @@ func buildBinary(t *testing.T) string {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// createSchema creates a pipeline config's database and tables and returns the connection
+// it used; the caller closes it.
+func createSchema(t *testing.T, cfg pipeline.Config) driver.Conn {
+	t.Helper()
+	ctx := context.Background()
+	ch, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stmts, err := pipeline.PlanSchema(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pipeline.ApplySchema(ctx, ch, stmts); err != nil {
+		t.Fatal(err)
+	}
+	return ch
 }

@@ -65,17 +65,7 @@ func TestClickHouseOutage(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	ch, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stmts, err := pipeline.PlanSchema(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pipeline.ApplySchema(ctx, ch, stmts); err != nil {
-		t.Fatal(err)
-	}
+	ch := createSchema(t, cfg)
 	if err := ch.Exec(ctx, "CREATE MATERIALIZED VIEW outage.rollup ENGINE = SummingMergeTree ORDER BY customer_id "+
 		"AS SELECT customer_id, sum(quantity) AS qty, count() AS events FROM outage.usage_raw GROUP BY customer_id"); err != nil {
 		t.Fatal(err)
