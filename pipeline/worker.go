@@ -105,14 +105,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("joining consumer group %s: %w", w.cfg.Kafka.Group, err)
 	}
-	defer group.Close()
 	w.log.Info("worker started", "group", w.cfg.Kafka.Group, "topics", topics)
 
 	for {
 		gen, err := group.Next(ctx)
 		switch {
 		case ctx.Err() != nil:
-			// Close ends the generation; its functions flush and commit before it returns.
+			// The loop's only exit. Close ends the generation; its functions flush and
+			// commit before it returns.
 			err := group.Close()
 			w.log.Info("worker stopped")
 			if errors.Is(err, kafka.ErrGroupClosed) {
@@ -519,16 +519,17 @@ func retry(ctx context.Context, log logr.Logger, what string, fn func() error) e
 		if err == nil {
 			return nil
 		}
+		wait := delay
 		if permanentError(err) {
-			log.Error(err, what+" failed and will keep failing until the table or config is fixed; retrying slowly", "attempt", attempt)
-			delay = 30 * time.Second
+			wait = 30 * time.Second
+			log.Error(err, what+" failed and will keep failing until the table or config is fixed; retrying slowly", "attempt", attempt, "in", wait)
 		} else {
-			log.Error(err, what+" failed; retrying", "attempt", attempt, "in", delay)
+			log.Error(err, what+" failed; retrying", "attempt", attempt, "in", wait)
+			delay = min(delay*2, 10*time.Second)
 		}
-		if !sleep(ctx, delay) {
+		if !sleep(ctx, wait) {
 			return fmt.Errorf("%s: %w (gave up: %w)", what, err, ctx.Err())
 		}
-		delay = min(delay*2, 10*time.Second)
 	}
 }
 

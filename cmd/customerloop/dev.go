@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -451,7 +452,7 @@ func topicEnd(brokers []string, topic string) (int64, error) {
 func (d *devStack) kubeconfigPath() string { return filepath.Join(d.o.workdir, "kubeconfig") }
 
 func (d *devStack) printHowTo() {
-	chHost, chPort := d.o.clickhouseAddr[:strings.LastIndex(d.o.clickhouseAddr, ":")], d.o.clickhouseAddr[strings.LastIndex(d.o.clickhouseAddr, ":")+1:]
+	chHost, chPort, _ := net.SplitHostPort(d.o.clickhouseAddr) // checked when the server answered
 	db := d.loop.Spec.ClickHouse.Database
 	fmt.Printf(`
 The stack keeps running until you press Ctrl-C. From another terminal:
