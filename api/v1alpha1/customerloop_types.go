@@ -1,6 +1,7 @@
 package v1alpha1
 
 import (
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -14,6 +15,21 @@ const (
 	// StreamPlan carries plan-ahead data: planned quantities for coming periods.
 	StreamPlan StreamKind = "Plan"
 )
+
+// DeletionPolicy says what happens to a loop's ClickHouse objects when the loop is deleted.
+// +kubebuilder:validation:Enum=Retain;Delete
+type DeletionPolicy string
+
+const (
+	// DeletionRetain keeps the loop's tables and their data.
+	DeletionRetain DeletionPolicy = "Retain"
+	// DeletionDelete drops the loop's tables (not the database, which may hold others').
+	DeletionDelete DeletionPolicy = "Delete"
+)
+
+// SASLMechanism is a Kafka SASL mechanism.
+// +kubebuilder:validation:Enum=PLAIN;SCRAM-SHA-256;SCRAM-SHA-512
+type SASLMechanism string
 
 // DimensionType is the ClickHouse type of a declared dimension.
 // +kubebuilder:validation:Enum=String;Int32;Int64;UInt32;UInt64;Float32;Float64;Bool;Date;DateTime
@@ -40,10 +56,65 @@ type CustomerLoopSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self.all(s, self.exists_one(t, t.topic == s.topic))",message="two streams read the same topic; give each stream its own topic"
 	Streams []StreamSpec `json:"streams"`
 
-	// paused stops ingestion without deleting anything; the loop's consumer group keeps
-	// its position and ingestion resumes where it stopped.
+	// workers run the loop's ingestion.
+	// +optional
+	// +kubebuilder:default={}
+	Workers WorkersSpec `json:"workers,omitempty"`
+
+	// paused stops ingestion without deleting anything (workers scale to zero); the loop's
+	// consumer group keeps its position and ingestion resumes where it stopped.
 	// +optional
 	Paused bool `json:"paused,omitempty"`
+
+	// deletionPolicy says what deleting the loop does to its ClickHouse tables: Retain
+	// (the default) keeps them and their data, Delete drops them.
+	// +optional
+	// +kubebuilder:default=Retain
+	DeletionPolicy DeletionPolicy `json:"deletionPolicy,omitempty"`
+}
+
+// WorkersSpec sizes the loop's workers: pods of "customerloop worker" in one Kafka
+// consumer group, which spreads the streams' partitions over them.
+type WorkersSpec struct {
+	// replicas is the number of worker pods. More replicas than partitions leave the
+	// extra ones idle.
+	// +optional
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=128
+	Replicas *int32 `json:"replicas,omitempty"`
+
+	// resources of each worker container.
+	// +optional
+	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// batch bounds each worker's inserts into ClickHouse.
+	// +optional
+	Batch *BatchSpec `json:"batch,omitempty"`
+}
+
+// BatchSpec bounds a batch: it is inserted when it holds maxRows rows or maxBytes of
+// messages, or when its oldest message has waited maxWait, whichever comes first.
+type BatchSpec struct {
+	// maxRows per insert. Defaults to 50000.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
+	MaxRows int32 `json:"maxRows,omitempty"`
+
+	// maxBytes of messages per batch; a worker holds at most twice this in memory.
+	// Defaults to 32 MiB.
+	// +optional
+	// +kubebuilder:validation:Minimum=65536
+	// +kubebuilder:validation:Maximum=1073741824
+	MaxBytes int64 `json:"maxBytes,omitempty"`
+
+	// maxWait is the longest a message waits for its batch, as a duration ("1s",
+	// "250ms"). Defaults to 1s.
+	// +optional
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10ms') && duration(self) <= duration('5m')",message="maxWait must be a duration between 10ms and 5m, e.g. \"1s\""
+	MaxWait string `json:"maxWait,omitempty"`
 }
 
 // KafkaSpec is the Kafka connection of a loop.
@@ -64,6 +135,60 @@ type KafkaSpec struct {
 	// +kubebuilder:validation:MaxLength=249
 	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9._-]+$`
 	ConsumerGroup string `json:"consumerGroup,omitempty"`
+
+	// tls encrypts the connection to the brokers.
+	// +optional
+	TLS *KafkaTLS `json:"tls,omitempty"`
+
+	// sasl authenticates the workers to the brokers.
+	// +optional
+	SASL *KafkaSASL `json:"sasl,omitempty"`
+}
+
+// KafkaTLS configures TLS to the brokers.
+type KafkaTLS struct {
+	// caSecretRef names a Secret key with the PEM CA bundle that signs the brokers'
+	// certificates. Without it the system's roots are used.
+	// +optional
+	CASecretRef *SecretKeyRef `json:"caSecretRef,omitempty"`
+
+	// serverName overrides the name checked in the brokers' certificates.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`
+	ServerName string `json:"serverName,omitempty"`
+
+	// insecureSkipVerify accepts any broker certificate. For tests only.
+	// +optional
+	InsecureSkipVerify bool `json:"insecureSkipVerify,omitempty"`
+}
+
+// KafkaSASL configures SASL authentication to the brokers.
+type KafkaSASL struct {
+	// mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512. PLAIN sends the password as it
+	// is; use it only with tls.
+	// +required
+	Mechanism SASLMechanism `json:"mechanism"`
+
+	// credentialsSecretRef names the Secret with the SASL user name and password.
+	// +required
+	CredentialsSecretRef CredentialsSecretRef `json:"credentialsSecretRef"`
+}
+
+// SecretKeyRef names one key of a Secret in the loop's namespace.
+type SecretKeyRef struct {
+	// name of the Secret.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
+	Name string `json:"name"`
+
+	// key in the Secret. Defaults to "ca.crt".
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	Key string `json:"key,omitempty"`
 }
 
 // ClickHouseSpec is the ClickHouse connection of a loop.
@@ -159,6 +284,38 @@ type StreamSpec struct {
 	// +listMapKey=name
 	// +kubebuilder:validation:MaxItems=64
 	Dimensions []Dimension `json:"dimensions,omitempty"`
+
+	// dedupWindow is how long an ingested event or plan id is remembered so that a
+	// producer's retry is not stored twice, as a duration ("1m"). Defaults to 1m.
+	// +optional
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('24h')",message="dedupWindow must be a duration between 0s and 24h, e.g. \"5m\""
+	DedupWindow string `json:"dedupWindow,omitempty"`
+
+	// customers restricts which customers the stream accepts; messages of any other
+	// customer are dead-lettered with reason unknown_customer. Without it every customer
+	// is accepted.
+	// +optional
+	Customers *CustomerRestriction `json:"customers,omitempty"`
+}
+
+// CustomerRestriction lists the customers a stream accepts: those named in allowed and
+// those whose id matches pattern.
+// +kubebuilder:validation:XValidation:rule="has(self.allowed) || has(self.pattern)",message="customers needs allowed, pattern or both"
+type CustomerRestriction struct {
+	// allowed customer ids.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=10000
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=256
+	Allowed []string `json:"allowed,omitempty"`
+
+	// pattern is an RE2 regular expression a customer id must match in full.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=1024
+	Pattern string `json:"pattern,omitempty"`
 }
 
 // FieldMapping names, for each core role, the JSON field of a message that holds it.
@@ -262,6 +419,21 @@ type StreamStatus struct {
 	// +optional
 	RowsIngested int64 `json:"rowsIngested"`
 
+	// rowsDeadLettered is the number of messages the ledger records as sent to the
+	// dead-letter topic.
+	// +optional
+	RowsDeadLettered int64 `json:"rowsDeadLettered"`
+
+	// duplicatesDropped is the number of producer retries the ledger records as not
+	// stored again.
+	// +optional
+	DuplicatesDropped int64 `json:"duplicatesDropped,omitempty"`
+
+	// lag is the number of messages in the stream's topic not yet ingested: the
+	// partitions' end offsets minus where the ledger says ingestion stands.
+	// +optional
+	Lag int64 `json:"lag"`
+
 	// lastIngestTime is the newest ingestion time recorded in the raw table.
 	// +optional
 	LastIngestTime *metav1.Time `json:"lastIngestTime,omitempty"`
@@ -292,15 +464,35 @@ type CustomerLoopStatus struct {
 	// streamCount is the number of streams in the spec, for kubectl's printer columns.
 	// +optional
 	StreamCount int32 `json:"streamCount,omitempty"`
+
+	// lag is the sum of the streams' lag.
+	// +optional
+	Lag int64 `json:"lag,omitempty"`
+
+	// replicas is the number of worker pods running, for the scale subresource.
+	// +optional
+	Replicas int32 `json:"replicas,omitempty"`
+
+	// selector is the label selector of the loop's worker pods, for the scale
+	// subresource.
+	// +optional
+	Selector string `json:"selector,omitempty"`
+
+	// objects are the ClickHouse objects the loop manages, database-qualified.
+	// +optional
+	// +listType=atomic
+	Objects []string `json:"objects,omitempty"`
 }
 
 // CustomerLoop streams customers' usage events and plans from Kafka into ClickHouse and
 // feeds the aggregates back to product teams.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
+// +kubebuilder:subresource:scale:specpath=.spec.workers.replicas,statuspath=.status.replicas,selectorpath=.status.selector
 // +kubebuilder:resource:shortName=cloop;cloops,categories=customerloop
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Streams",type=integer,JSONPath=`.status.streamCount`
+// +kubebuilder:printcolumn:name="Lag",type=integer,JSONPath=`.status.lag`
 // +kubebuilder:printcolumn:name="Rows",type=integer,JSONPath=`.status.rowsIngested`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

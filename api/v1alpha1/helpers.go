@@ -51,3 +51,45 @@ func (r *CredentialsSecretRef) GetPasswordKey() string {
 	}
 	return "password"
 }
+
+// GetKey returns the Secret key, "ca.crt" when unset.
+func (r *SecretKeyRef) GetKey() string {
+	if r.Key != "" {
+		return r.Key
+	}
+	return "ca.crt"
+}
+
+// GetReplicas returns the number of worker pods the spec asks for: zero when paused.
+func (l *CustomerLoop) GetReplicas() int32 {
+	if l.Spec.Paused {
+		return 0
+	}
+	if l.Spec.Workers.Replicas == nil {
+		return 1
+	}
+	return *l.Spec.Workers.Replicas
+}
+
+// GetDeletionPolicy returns the loop's deletion policy, Retain when unset.
+func (l *CustomerLoop) GetDeletionPolicy() DeletionPolicy {
+	if l.Spec.DeletionPolicy == "" {
+		return DeletionRetain
+	}
+	return l.Spec.DeletionPolicy
+}
+
+// SecretNames returns the names of every Secret the loop references.
+func (l *CustomerLoop) SecretNames() []string {
+	var names []string
+	if r := l.Spec.ClickHouse.CredentialsSecretRef; r != nil {
+		names = append(names, r.Name)
+	}
+	if t := l.Spec.Kafka.TLS; t != nil && t.CASecretRef != nil {
+		names = append(names, t.CASecretRef.Name)
+	}
+	if s := l.Spec.Kafka.SASL; s != nil {
+		names = append(names, s.CredentialsSecretRef.Name)
+	}
+	return names
+}
