@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"time"
 )
 
@@ -47,6 +48,31 @@ type KafkaConfig struct {
 	// that its partitions never move while it still writes them. A crashed member delays
 	// its group's next rebalance by up to this much.
 	RebalanceTimeout Duration `json:"rebalanceTimeout,omitempty"`
+	// TLS, when set, encrypts the connections to the brokers.
+	TLS *TLSConfig `json:"tls,omitempty"`
+	// SASL, when set, authenticates the worker to the brokers.
+	SASL *SASLConfig `json:"sasl,omitempty"`
+}
+
+// TLSConfig is TLS to the brokers. The CA comes from a file (a mounted Secret in a worker
+// pod) or, in-process, from memory.
+type TLSConfig struct {
+	// CAFile is a PEM bundle of the CAs that sign the brokers' certificates; empty means
+	// the system's roots.
+	CAFile string `json:"caFile,omitempty"`
+	// CAPEM is the same bundle in memory; it wins over CAFile.
+	CAPEM              []byte `json:"-"`
+	ServerName         string `json:"serverName,omitempty"`
+	InsecureSkipVerify bool   `json:"insecureSkipVerify,omitempty"`
+}
+
+// SASLConfig is SASL authentication to the brokers. Like the ClickHouse password, the
+// credentials are never serialised: a worker takes them from its environment.
+type SASLConfig struct {
+	// Mechanism is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+	Mechanism string `json:"mechanism"`
+	Username  string `json:"-"`
+	Password  string `json:"-"`
 }
 
 // ClickHouseConfig is the ClickHouse connection. The password is never serialised: the
@@ -69,6 +95,16 @@ type StreamConfig struct {
 	// DedupWindow is how long an ingested id (event_id, plan_id) is remembered, so that a
 	// producer's retry within it is not stored again. Defaults to one minute.
 	DedupWindow Duration `json:"dedupWindow,omitempty"`
+	// Customers, when set, restricts the customers the stream accepts; others are
+	// dead-lettered with reason unknown_customer.
+	Customers *CustomerFilter `json:"customers,omitempty"`
+}
+
+// CustomerFilter accepts the customers listed in Allowed and those whose id matches
+// Pattern (an RE2 expression matched against the whole id).
+type CustomerFilter struct {
+	Allowed []string `json:"allowed,omitempty"`
+	Pattern string   `json:"pattern,omitempty"`
 }
 
 // Mapping names the JSON field holding each core role; fields are dotted paths.
@@ -174,6 +210,13 @@ func (c Config) Validate() error {
 	if c.Kafka.Group == "" {
 		errs = append(errs, errors.New("kafka.group is required"))
 	}
+	if s := c.Kafka.SASL; s != nil {
+		switch s.Mechanism {
+		case "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
+		default:
+			errs = append(errs, fmt.Errorf("kafka.sasl.mechanism %q: want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", s.Mechanism))
+		}
+	}
 	if c.ClickHouse.Addr == "" {
 		errs = append(errs, errors.New("clickhouse.addr is required"))
 	}
@@ -221,6 +264,16 @@ func (s StreamConfig) validate() error {
 		required["planId"], required["period"], required["quantity"] = m.PlanID, m.Period, m.Quantity
 	default:
 		errs = append(errs, fmt.Errorf("kind %q: want %s or %s", s.Kind, KindUsage, KindPlan))
+	}
+	if f := s.Customers; f != nil {
+		if len(f.Allowed) == 0 && f.Pattern == "" {
+			errs = append(errs, errors.New("customers: needs allowed, pattern or both"))
+		}
+		if f.Pattern != "" {
+			if _, err := regexp.Compile(f.Pattern); err != nil {
+				errs = append(errs, fmt.Errorf("customers.pattern: %w", err))
+			}
+		}
 	}
 	for role, field := range required {
 		if field == "" {
