@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -41,6 +42,21 @@ func (r *CustomerLoopReconciler) pipelineConfig(ctx context.Context, loop *loops
 		},
 		Batch: r.Batch,
 	}
+	if b := spec.Workers.Batch; b != nil {
+		if b.MaxRows > 0 {
+			cfg.Batch.MaxRows = int(b.MaxRows)
+		}
+		if b.MaxBytes > 0 {
+			cfg.Batch.MaxBytes = int(b.MaxBytes)
+		}
+		if b.MaxWait != "" {
+			d, err := time.ParseDuration(b.MaxWait)
+			if err != nil {
+				return cfg, &specError{msg: fmt.Sprintf("workers.batch.maxWait: %v", err)}
+			}
+			cfg.Batch.MaxWait = pipeline.Duration{Duration: d}
+		}
+	}
 	for i := range spec.Streams {
 		s := &spec.Streams[i]
 		m := s.Mapping
@@ -55,6 +71,16 @@ func (r *CustomerLoopReconciler) pipelineConfig(ctx context.Context, loop *loops
 				PlanID: m.PlanID, Period: m.Period, SubmittedAt: m.SubmittedAt, Confidence: m.Confidence,
 			},
 		}
+		if s.DedupWindow != "" {
+			d, err := time.ParseDuration(s.DedupWindow)
+			if err != nil {
+				return cfg, &specError{msg: fmt.Sprintf("streams[%s].dedupWindow: %v", s.Name, err)}
+			}
+			sc.DedupWindow = pipeline.Duration{Duration: d}
+		}
+		if c := s.Customers; c != nil {
+			sc.Customers = &pipeline.CustomerFilter{Allowed: append([]string(nil), c.Allowed...), Pattern: c.Pattern}
+		}
 		for j := range s.Dimensions {
 			d := &s.Dimensions[j]
 			sc.Dimensions = append(sc.Dimensions, pipeline.Dimension{
@@ -67,32 +93,59 @@ func (r *CustomerLoopReconciler) pipelineConfig(ctx context.Context, loop *loops
 		return cfg, &specError{msg: err.Error()}
 	}
 	if ref := spec.ClickHouse.CredentialsSecretRef; ref != nil {
-		user, pass, err := r.credentials(ctx, loop.Namespace, ref)
+		user, pass, err := r.credentials(ctx, loop.Namespace, "clickhouse.credentialsSecretRef", ref)
 		if err != nil {
 			return cfg, err
 		}
 		cfg.ClickHouse.Username, cfg.ClickHouse.Password = user, pass
 	}
+	if t := spec.Kafka.TLS; t != nil {
+		cfg.Kafka.TLS = &pipeline.TLSConfig{ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify}
+		if ref := t.CASecretRef; ref != nil {
+			ca, err := r.secretValue(ctx, loop.Namespace, "kafka.tls.caSecretRef", ref.Name, ref.GetKey())
+			if err != nil {
+				return cfg, err
+			}
+			cfg.Kafka.TLS.CAPEM = ca
+		}
+	}
+	if sa := spec.Kafka.SASL; sa != nil {
+		user, pass, err := r.credentials(ctx, loop.Namespace, "kafka.sasl.credentialsSecretRef", &sa.CredentialsSecretRef)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Kafka.SASL = &pipeline.SASLConfig{Mechanism: string(sa.Mechanism), Username: user, Password: pass}
+	}
 	return cfg, nil
 }
 
-// credentials reads a user and password from a Secret in the loop's namespace. Errors
-// name the Secret and key, never a value.
-func (r *CustomerLoopReconciler) credentials(ctx context.Context, namespace string, ref *loopsv1alpha1.CredentialsSecretRef) (string, string, error) {
+// secretValue reads one key of a Secret in the loop's namespace. Errors name the field,
+// the Secret and the key, never a value.
+func (r *CustomerLoopReconciler) secretValue(ctx context.Context, namespace, field, name, key string) ([]byte, error) {
 	var secret corev1.Secret
-	if err := r.Get(ctx, types.NamespacedName{Namespace: namespace, Name: ref.Name}, &secret); err != nil {
+	if err := r.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, &secret); err != nil {
 		if apierrors.IsNotFound(err) {
-			return "", "", &missingInputError{msg: fmt.Sprintf("Secret %s/%s (clickhouse.credentialsSecretRef) not found", namespace, ref.Name)}
+			return nil, &missingInputError{msg: fmt.Sprintf("Secret %s/%s (%s) not found", namespace, name, field)}
 		}
-		return "", "", fmt.Errorf("reading Secret %s/%s: %w", namespace, ref.Name, err)
+		return nil, fmt.Errorf("reading Secret %s/%s: %w", namespace, name, err)
 	}
-	user, ok := secret.Data[ref.GetUsernameKey()]
+	v, ok := secret.Data[key]
 	if !ok {
-		return "", "", &missingInputError{msg: fmt.Sprintf("Secret %s/%s has no key %q", namespace, ref.Name, ref.GetUsernameKey())}
+		return nil, &missingInputError{msg: fmt.Sprintf("Secret %s/%s (%s) has no key %q", namespace, name, field, key)}
 	}
-	pass, ok := secret.Data[ref.GetPasswordKey()]
-	if !ok {
-		return "", "", &missingInputError{msg: fmt.Sprintf("Secret %s/%s has no key %q", namespace, ref.Name, ref.GetPasswordKey())}
+	return v, nil
+}
+
+// credentials reads a user and password from a Secret in the loop's namespace.
+func (r *CustomerLoopReconciler) credentials(ctx context.Context, namespace, field string, ref *loopsv1alpha1.CredentialsSecretRef) (string, string, error) {
+	user, err := r.secretValue(ctx, namespace, field, ref.Name, ref.GetUsernameKey())
+	if err != nil {
+		return "", "", err
+	}
+	pass, err := r.secretValue(ctx, namespace, field, ref.Name, ref.GetPasswordKey())
+	if err != nil {
+		return "", "", err
 	}
 	return string(user), string(pass), nil
 }
+

@@ -116,7 +116,8 @@ func (r *CustomerLoopReconciler) reconcileWorkers(loop *loopsv1alpha1.CustomerLo
 	obs.workers = r.Runner.Ensure(key, cfg)
 }
 
-// observeStreams reads each stream's ingestion from its raw table, the system of record.
+// observeStreams reads each stream's ingestion from the systems of record: its raw table
+// and the ledger in ClickHouse, and its topic's end offsets in Kafka for the lag.
 func (r *CustomerLoopReconciler) observeStreams(ctx context.Context, cfg pipeline.Config, obs *observation) {
 	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
@@ -124,13 +125,29 @@ func (r *CustomerLoopReconciler) observeStreams(ctx context.Context, cfg pipelin
 		return
 	}
 	defer conn.Close()
+	kc, kerr := pipeline.KafkaClient(cfg.Kafka)
+	db := cfg.ClickHouse.Database
 	for _, s := range cfg.Streams {
-		st, err := pipeline.StreamStats(ctx, conn, cfg.ClickHouse.Database, s)
-		if err != nil {
+		so := streamObservation{stream: s}
+		if so.stats, err = pipeline.StreamStats(ctx, conn, db, s); err != nil {
 			obs.statsErr = err
 			return
 		}
-		obs.streams = append(obs.streams, streamObservation{stream: s, stats: st})
+		if so.ledger, err = pipeline.ReadLedgerTotals(ctx, conn, db, s.Topic); err != nil {
+			obs.statsErr = err
+			return
+		}
+		// Lag needs Kafka; without it the rest of the status is still true.
+		if kerr == nil {
+			var offsets map[int]pipeline.OffsetRange
+			if offsets, kerr = pipeline.TopicOffsets(ctx, kc, s.Topic); kerr == nil {
+				so.lag, so.lagKnown = pipeline.Lag(offsets, so.ledger.Next), true
+			}
+		}
+		obs.streams = append(obs.streams, so)
+	}
+	if kerr != nil {
+		log.FromContext(ctx).Info("consumer lag unknown", "error", kerr.Error())
 	}
 }
 
@@ -168,17 +185,15 @@ func (r *CustomerLoopReconciler) jittered() time.Duration {
 	return d + time.Duration(rand.Int64N(int64(d)/5+1))
 }
 
-const secretRefIndex = ".spec.clickhouse.credentialsSecretRef.name"
+// secretRefIndex indexes loops by every Secret they reference (ClickHouse credentials,
+// Kafka CA and SASL credentials).
+const secretRefIndex = ".spec.secretRefs"
 
 // SetupWithManager registers the reconciler, the Secret index and the runner.
 func (r *CustomerLoopReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &loopsv1alpha1.CustomerLoop{}, secretRefIndex,
 		func(o client.Object) []string {
-			ref := o.(*loopsv1alpha1.CustomerLoop).Spec.ClickHouse.CredentialsSecretRef
-			if ref == nil {
-				return nil
-			}
-			return []string{ref.Name}
+			return o.(*loopsv1alpha1.CustomerLoop).SecretNames()
 		}); err != nil {
 		return err
 	}

@@ -108,6 +108,7 @@ func TestLoopLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	loop.Spec.ClickHouse.CredentialsSecretRef = &loopsv1alpha1.CredentialsSecretRef{Name: secret.Name}
+	loop.Spec.Streams[1].Customers = &loopsv1alpha1.CustomerRestriction{Pattern: "c[0-9]+"}
 	if err := k8s.Create(ctx, loop); err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +120,8 @@ func TestLoopLifecycle(t *testing.T) {
 	for i := range 24 {
 		plans = append(plans, fmt.Sprintf(`{"id":"p%d","customer":"c%d","product":"p%d","period":"2027-0%d-01","qty":%d}`, i, i%4, i%2, 1+i%3, 100+i))
 	}
-	usage = append(usage, `{"id":"bad"`) // dead-lettered, not counted
+	usage = append(usage, `{"id":"bad"`)                                                                    // dead-lettered, not counted
+	plans = append(plans, `{"id":"px","customer":"intruder","product":"p0","period":"2027-01-01","qty":1}`) // unknown customer
 	produceJSON(t, loop.Spec.Streams[0].Topic, usage)
 	produceJSON(t, loop.Spec.Streams[1].Topic, plans)
 
@@ -127,7 +129,12 @@ func TestLoopLifecycle(t *testing.T) {
 		l := get(t, loop)
 		state := fmt.Sprintf("Ready=%s SchemaReady=%s WorkersReady=%s rows=%d streams=%+v",
 			condition(l, "Ready"), condition(l, "SchemaReady"), condition(l, "WorkersReady"), l.Status.RowsIngested, l.Status.Streams)
-		return condition(l, "Ready") == "True/Succeeded" && l.Status.RowsIngested == 324, state
+		dead := map[string]int64{}
+		for _, s := range l.Status.Streams {
+			dead[s.Name] = s.RowsDeadLettered
+		}
+		return condition(l, "Ready") == "True/Succeeded" && l.Status.RowsIngested == 324 &&
+			dead["usage"] == 1 && dead["plans"] == 1 && l.Status.Lag == 0, state
 	})
 
 	l := get(t, loop)
@@ -149,6 +156,9 @@ func TestLoopLifecycle(t *testing.T) {
 	}
 	if byName["usage"].LastIngestTime == nil || byName["usage"].Table != loop.Spec.ClickHouse.Database+".usage_raw" {
 		t.Errorf("usage stream status = %+v", byName["usage"])
+	}
+	if len(l.Status.Objects) != 4 {
+		t.Errorf("status.objects = %v, want the database, the ledger and 2 raw tables", l.Status.Objects)
 	}
 	if l.Status.StreamCount != 2 {
 		t.Errorf("streamCount = %d", l.Status.StreamCount)
@@ -257,7 +267,18 @@ func TestPausedLoop(t *testing.T) {
 	if n := workerGoroutines(); n != 0 {
 		t.Errorf("%d worker goroutines run for a paused loop", n)
 	}
+	// What customers send meanwhile waits in Kafka, and the status says how much.
+	produceJSON(t, loop.Spec.Streams[0].Topic, []string{
+		`{"id":"e1","customer":"c","product":"p","ts":1793449815}`,
+		`{"id":"e2","customer":"c","product":"p","ts":1793449816}`,
+	})
+	testkit.Eventually(t, 30*time.Second, "a paused loop to report its lag", func() (bool, string) {
+		l := get(t, loop)
+		return l.Status.Lag == 2 && l.Status.RowsIngested == 0, fmt.Sprintf("lag=%d rows=%d", l.Status.Lag, l.Status.RowsIngested)
+	})
 }
+
+func ptr[T any](v T) *T { return &v }
 
 // TestInvalidSpecsRefused applies invalid specs to the real API server and checks that
 // each is refused with a message that says what is wrong.
@@ -282,6 +303,19 @@ func TestInvalidSpecsRefused(t *testing.T) {
 		{"broker without a port", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Kafka.Brokers = []string{"kafka"} }, "spec.kafka.brokers[0]"},
 		{"no streams", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams = nil }, "spec.streams"},
 		{"field path with spaces", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Mapping.CustomerID = "customer id" }, "spec.streams[0].mapping.customerId"},
+		{"bad batch duration", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Workers.Batch = &loopsv1alpha1.BatchSpec{MaxWait: "soon"}
+		}, "spec.workers.batch.maxWait"},
+		{"batch wait too long", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Workers.Batch = &loopsv1alpha1.BatchSpec{MaxWait: "1h"}
+		}, "maxWait must be a duration between 10ms and 5m"},
+		{"negative replicas", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Workers.Replicas = ptr(int32(-1)) }, "spec.workers.replicas"},
+		{"unknown deletion policy", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.DeletionPolicy = "Archive" }, "spec.deletionPolicy"},
+		{"unknown SASL mechanism", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Kafka.SASL = &loopsv1alpha1.KafkaSASL{Mechanism: "GSSAPI", CredentialsSecretRef: loopsv1alpha1.CredentialsSecretRef{Name: "kafka"}}
+		}, "spec.kafka.sasl.mechanism"},
+		{"empty customer restriction", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Customers = &loopsv1alpha1.CustomerRestriction{} }, "customers needs allowed, pattern or both"},
+		{"bad dedup window", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].DedupWindow = "48h" }, "dedupWindow must be a duration between 0s and 24h"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -27,8 +27,11 @@ type observation struct {
 }
 
 type streamObservation struct {
-	stream pipeline.StreamConfig
-	stats  pipeline.TableStats
+	stream   pipeline.StreamConfig
+	stats    pipeline.TableStats
+	ledger   pipeline.LedgerTotals
+	lag      int64
+	lagKnown bool
 }
 
 // Condition reasons.
@@ -122,14 +125,28 @@ func (r *CustomerLoopReconciler) patchStatus(ctx context.Context, before, loop *
 			ObservedGeneration: loop.Generation,
 		})
 	}
+	if obs.schemaReady {
+		st.Objects = obs.objects
+	}
 	if obs.statsErr == nil && len(obs.streams) > 0 {
-		st.Streams = st.Streams[:0]
-		st.RowsIngested = 0
+		prev := map[string]loopsv1alpha1.StreamStatus{}
+		for _, ss := range before.Status.Streams {
+			prev[ss.Name] = ss
+		}
+		st.Streams = nil
+		st.RowsIngested, st.Lag = 0, 0
 		for _, so := range obs.streams {
 			ss := loopsv1alpha1.StreamStatus{
-				Name:         so.stream.Name,
-				Table:        loop.Spec.ClickHouse.Database + "." + so.stream.Table(),
-				RowsIngested: so.stats.Rows,
+				Name:              so.stream.Name,
+				Table:             loop.Spec.ClickHouse.Database + "." + so.stream.Table(),
+				RowsIngested:      so.stats.Rows,
+				RowsDeadLettered:  so.ledger.DeadLettered,
+				DuplicatesDropped: so.ledger.Duplicates,
+				Lag:               so.lag,
+			}
+			if !so.lagKnown {
+				// Kafka did not answer: keep the last lag seen rather than report none.
+				ss.Lag = prev[so.stream.Name].Lag
 			}
 			if !so.stats.LastIngested.IsZero() {
 				t := metav1.NewTime(so.stats.LastIngested)
@@ -137,6 +154,7 @@ func (r *CustomerLoopReconciler) patchStatus(ctx context.Context, before, loop *
 			}
 			st.Streams = append(st.Streams, ss)
 			st.RowsIngested += so.stats.Rows
+			st.Lag += ss.Lag
 		}
 	}
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -21,6 +22,9 @@ const (
 	ReasonWrongType    Reason = "wrong_type"
 	ReasonOutOfRange   Reason = "out_of_range"
 	ReasonOversize     Reason = "oversize"
+	// ReasonUnknownCustomer: the stream restricts its customers and this one is not
+	// among them.
+	ReasonUnknownCustomer Reason = "unknown_customer"
 )
 
 // DecodeError says why a message cannot be ingested.
@@ -42,6 +46,30 @@ func (e *DecodeError) Unwrap() error { return e.Err }
 // Decoder turns a stream's JSON messages into raw-table rows.
 type Decoder struct {
 	fields []fieldDecoder // one per column before the source columns
+	// allowed and pattern restrict the customers accepted; both nil accepts all.
+	allowed map[string]struct{}
+	pattern *regexp.Regexp
+	field   string // the customer's JSON field, for errors
+}
+
+// customerColumn is the index of customer_id in a decoded row, for both kinds.
+const customerColumn = 1
+
+// acceptsCustomer reports whether the row's customer passes the stream's restriction.
+func (d *Decoder) acceptsCustomer(row []any) bool {
+	if d.allowed == nil && d.pattern == nil {
+		return true
+	}
+	c, _ := row[customerColumn].(string)
+	if _, ok := d.allowed[c]; ok {
+		return true
+	}
+	return d.pattern != nil && d.pattern.MatchString(c)
+}
+
+func (d *Decoder) unknownCustomer(row []any) *DecodeError {
+	return &DecodeError{Reason: ReasonUnknownCustomer, Field: d.field,
+		Err: fmt.Errorf("customer %q is not among the stream's customers", row[customerColumn])}
 }
 
 type fieldDecoder struct {
@@ -97,7 +125,23 @@ func NewDecoder(s StreamConfig) (*Decoder, error) {
 			req(d.Field, conv)
 		}
 	}
-	return &Decoder{fields: fs}, nil
+	dec := &Decoder{fields: fs, field: m.CustomerID}
+	if f := s.Customers; f != nil {
+		if len(f.Allowed) > 0 {
+			dec.allowed = make(map[string]struct{}, len(f.Allowed))
+			for _, c := range f.Allowed {
+				dec.allowed[c] = struct{}{}
+			}
+		}
+		if f.Pattern != "" {
+			re, err := regexp.Compile("^(?:" + f.Pattern + ")$")
+			if err != nil {
+				return nil, fmt.Errorf("customers.pattern: %w", err)
+			}
+			dec.pattern = re
+		}
+	}
+	return dec, nil
 }
 
 // parsers are reused across messages: fastjson parses into the parser's own memory, so a
@@ -140,6 +184,9 @@ func (d *Decoder) Decode(msg []byte, msgTime time.Time) ([]any, error) {
 			return nil, &DecodeError{Reason: ReasonWrongType, Field: f.field, Err: err}
 		}
 		row[i] = out
+	}
+	if !d.acceptsCustomer(row) {
+		return nil, d.unknownCustomer(row)
 	}
 	return row, nil
 }

@@ -211,3 +211,32 @@ func BenchmarkDecodeUsage(b *testing.B) {
 		}
 	}
 }
+
+// TestDecodeCustomerRestriction checks that a stream restricted to some customers takes
+// those listed or matching its pattern, in full, and dead-letters the others.
+func TestDecodeCustomerRestriction(t *testing.T) {
+	s := sampleConfig().Streams[1]
+	s.Customers = &CustomerFilter{Allowed: []string{"acme", "globex"}, Pattern: `cust-[0-9]+`}
+	d := mustDecoder(t, s)
+	for _, tc := range []struct {
+		customer string
+		ok       bool
+	}{
+		{"acme", true}, {"globex", true}, {"cust-42", true},
+		{"initech", false}, {"acme2", false}, {"xcust-42", false}, {"cust-42x", false}, {"", false},
+	} {
+		msg := `{"plan_id":"p","customer":"` + tc.customer + `","product":"p","period":"2027-01-01","quantity":1}`
+		_, err := d.Decode([]byte(msg), time.Now())
+		var de *DecodeError
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("customer %q refused: %v", tc.customer, err)
+		case !tc.ok && (!errors.As(err, &de) || (de.Reason != ReasonUnknownCustomer && tc.customer != "")):
+			t.Errorf("customer %q: err = %v, want reason %s", tc.customer, err, ReasonUnknownCustomer)
+		}
+	}
+	s.Customers = &CustomerFilter{Pattern: "("}
+	if _, err := NewDecoder(s); err == nil || !strings.Contains(err.Error(), "customers.pattern") {
+		t.Errorf("invalid pattern: err = %v, want one naming customers.pattern", err)
+	}
+}

@@ -33,6 +33,8 @@ func ledgerDDL(db string) string {
     ` + "`first_offset`" + ` Int64,
     ` + "`last_offset`" + ` Int64,
     ` + "`messages`" + ` UInt64,
+    ` + "`dead_lettered`" + ` UInt64,
+    ` + "`duplicates`" + ` UInt64,
     ` + "`batch_id`" + ` String,
     ` + "`worker`" + ` String,
     ` + "`written_at`" + ` DateTime
@@ -44,7 +46,9 @@ ORDER BY (topic, partition, last_offset)`
 // span is the offsets of one partition in a batch.
 type span struct {
 	first, last int64
-	messages    uint64
+	// messages in the span, of which deadLettered went to the dead-letter topic and
+	// duplicates were a producer's retries; the rest are rows of the raw table.
+	messages, deadLettered, duplicates uint64
 }
 
 type topicPartition struct {
@@ -54,12 +58,12 @@ type topicPartition struct {
 
 func writeLedger(ctx context.Context, conn driver.Conn, db, batchID, worker string, spans map[topicPartition]*span, at time.Time) error {
 	b, err := conn.PrepareBatch(ctx, "INSERT INTO "+QualifiedTable(db, LedgerTable)+
-		" (`topic`, `partition`, `first_offset`, `last_offset`, `messages`, `batch_id`, `worker`, `written_at`)")
+		" (`topic`, `partition`, `first_offset`, `last_offset`, `messages`, `dead_lettered`, `duplicates`, `batch_id`, `worker`, `written_at`)")
 	if err != nil {
 		return fmt.Errorf("preparing ledger insert: %w", err)
 	}
 	for tp, s := range spans {
-		if err := b.Append(tp.topic, int32(tp.partition), s.first, s.last, s.messages, batchID, worker, at); err != nil {
+		if err := b.Append(tp.topic, int32(tp.partition), s.first, s.last, s.messages, s.deadLettered, s.duplicates, batchID, worker, at); err != nil {
 			_ = b.Abort()
 			return fmt.Errorf("appending to the ledger: %w", err)
 		}
@@ -190,4 +194,38 @@ func ledgerHas(ctx context.Context, conn driver.Conn, db, batchID string) (bool,
 		return false, fmt.Errorf("checking the ledger for batch %s: %w", batchID, err)
 	}
 	return n > 0, nil
+}
+
+// LedgerTotals is what the ledger records of one topic: where each partition stands and
+// how its messages were disposed of.
+type LedgerTotals struct {
+	// Next is the next offset to ingest per partition.
+	Next                               map[int]int64
+	Messages, DeadLettered, Duplicates int64
+}
+
+// ReadLedgerTotals sums the ledger's entries for a topic.
+func ReadLedgerTotals(ctx context.Context, conn driver.Conn, db, topic string) (LedgerTotals, error) {
+	t := LedgerTotals{Next: map[int]int64{}}
+	rows, err := conn.Query(ctx, "SELECT partition, max(last_offset), sum(messages), sum(dead_lettered), sum(duplicates) FROM "+
+		QualifiedTable(db, LedgerTable)+" WHERE topic = ? GROUP BY partition", topic)
+	if err != nil {
+		return t, fmt.Errorf("reading the ledger for %s: %w", topic, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			p               int32
+			last            int64
+			msgs, dead, dup uint64
+		)
+		if err := rows.Scan(&p, &last, &msgs, &dead, &dup); err != nil {
+			return t, fmt.Errorf("reading the ledger for %s: %w", topic, err)
+		}
+		t.Next[int(p)] = last + 1
+		t.Messages += int64(msgs)
+		t.DeadLettered += int64(dead)
+		t.Duplicates += int64(dup)
+	}
+	return t, rows.Err()
 }

@@ -25,6 +25,7 @@ type Worker struct {
 	decoders map[string]*Decoder      // by topic
 	streams  map[string]*StreamConfig // by topic
 	dlq      *kafka.Writer
+	kafkaSec kafkaSecurity
 	ch       driver.Conn
 	name     string // identifies the worker in the ledger
 	metrics  *Metrics
@@ -63,6 +64,11 @@ func NewWorker(ctx context.Context, cfg Config, log logr.Logger, metrics *Metric
 		}
 		w.decoders[s.Topic], w.streams[s.Topic] = d, s
 	}
+	sec, err := cfg.Kafka.security()
+	if err != nil {
+		return nil, err
+	}
+	w.kafkaSec = sec
 	ch, err := OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
 		return nil, err
@@ -70,6 +76,7 @@ func NewWorker(ctx context.Context, cfg Config, log logr.Logger, metrics *Metric
 	w.ch = ch
 	w.dlq = &kafka.Writer{
 		Addr:         kafka.TCP(cfg.Kafka.Brokers...),
+		Transport:    sec.transport(),
 		Balancer:     &kafka.Hash{},
 		RequiredAcks: kafka.RequireAll,
 		BatchTimeout: 10 * time.Millisecond,
@@ -94,6 +101,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                    w.cfg.Kafka.Group,
 		Brokers:               w.cfg.Kafka.Brokers,
+		Dialer:                w.kafkaSec.dialer(),
 		Topics:                topics,
 		StartOffset:           kafka.FirstOffset,
 		WatchPartitionChanges: true,
@@ -139,6 +147,8 @@ type item struct {
 	row    []any // nil when dead-lettered or landed
 	err    *DecodeError
 	landed bool // already in ClickHouse: from an unrecorded batch, or a producer's duplicate
+	// duplicate marks a landed item as a producer's retry (for the ledger's count).
+	duplicate bool
 }
 
 func (w *Worker) runGeneration(ctx context.Context, gen *kafka.Generation) {
@@ -176,6 +186,7 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 	defer cancel()
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers:   w.cfg.Kafka.Brokers,
+		Dialer:    w.kafkaSec.dialer(),
 		Topic:     topic,
 		Partition: partition,
 		MinBytes:  1,
@@ -245,7 +256,7 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 			}
 			it.err = de
 		} else if seen.duplicate(row[0].(string), time.Now()) {
-			it.landed = true
+			it.landed, it.duplicate = true, true
 			w.metrics.Discarded.WithLabelValues(loop, stream.Name, "duplicate").Inc()
 		} else {
 			it.row = row
@@ -284,17 +295,6 @@ func newBatch() *batch {
 
 func (b *batch) add(it item, now time.Time) {
 	m := it.msg
-	switch {
-	case it.landed:
-	case it.err != nil:
-		b.dead = append(b.dead, deadLetter(it, now))
-		b.reasons = append(b.reasons, it.err.Reason)
-	default:
-		row := append(it.row, m.Topic, int32(m.Partition), m.Offset, now.UTC().Truncate(time.Second))
-		b.rows[it.stream] = append(b.rows[it.stream], row)
-		b.received[it.stream] = append(b.received[it.stream], m.Time)
-		b.bytes[it.stream] += len(m.Value)
-	}
 	tp := topicPartition{m.Topic, m.Partition}
 	sp := b.spans[tp]
 	if sp == nil {
@@ -304,6 +304,21 @@ func (b *batch) add(it item, now time.Time) {
 	sp.last = m.Offset
 	sp.messages++
 	b.n++
+	switch {
+	case it.landed:
+		if it.duplicate {
+			sp.duplicates++
+		}
+	case it.err != nil:
+		b.dead = append(b.dead, deadLetter(it, now))
+		b.reasons = append(b.reasons, it.err.Reason)
+		sp.deadLettered++
+	default:
+		row := append(it.row, m.Topic, int32(m.Partition), m.Offset, now.UTC().Truncate(time.Second))
+		b.rows[it.stream] = append(b.rows[it.stream], row)
+		b.received[it.stream] = append(b.received[it.stream], m.Time)
+		b.bytes[it.stream] += len(m.Value)
+	}
 }
 
 // commitOffsets returns the next offset to read per partition, in kafka-go's shape.

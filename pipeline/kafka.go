@@ -1,0 +1,136 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
+	"github.com/segmentio/kafka-go/sasl/plain"
+	"github.com/segmentio/kafka-go/sasl/scram"
+)
+
+// kafkaSecurity is the TLS and SASL settings every connection of a worker uses: the
+// consumer group, the partition readers, the dead-letter writer and the lag client.
+type kafkaSecurity struct {
+	tls  *tls.Config
+	sasl sasl.Mechanism
+}
+
+func (c KafkaConfig) security() (kafkaSecurity, error) {
+	var sec kafkaSecurity
+	if t := c.TLS; t != nil {
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify} //nolint:gosec // opt-in, documented as for tests
+		pem := t.CAPEM
+		if len(pem) == 0 && t.CAFile != "" {
+			b, err := os.ReadFile(t.CAFile)
+			if err != nil {
+				return sec, fmt.Errorf("kafka.tls.caFile: %w", err)
+			}
+			pem = b
+		}
+		if len(pem) > 0 {
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return sec, errors.New("kafka TLS CA: no PEM certificate found")
+			}
+			cfg.RootCAs = pool
+		}
+		sec.tls = cfg
+	}
+	if s := c.SASL; s != nil {
+		var err error
+		switch s.Mechanism {
+		case "PLAIN":
+			sec.sasl = plain.Mechanism{Username: s.Username, Password: s.Password}
+		case "SCRAM-SHA-256":
+			sec.sasl, err = scram.Mechanism(scram.SHA256, s.Username, s.Password)
+		case "SCRAM-SHA-512":
+			sec.sasl, err = scram.Mechanism(scram.SHA512, s.Username, s.Password)
+		default:
+			err = fmt.Errorf("unknown SASL mechanism %q", s.Mechanism)
+		}
+		if err != nil {
+			// The error of scram.Mechanism concerns the user name's encoding; never the password.
+			return sec, fmt.Errorf("kafka SASL: %w", err)
+		}
+	}
+	return sec, nil
+}
+
+func (s kafkaSecurity) dialer() *kafka.Dialer {
+	return &kafka.Dialer{Timeout: 10 * time.Second, DualStack: true, TLS: s.tls, SASLMechanism: s.sasl}
+}
+
+func (s kafkaSecurity) transport() *kafka.Transport {
+	return &kafka.Transport{DialTimeout: 10 * time.Second, TLS: s.tls, SASL: s.sasl}
+}
+
+// KafkaClient returns a client for admin requests (offsets, group descriptions) with the
+// config's TLS and SASL settings.
+func KafkaClient(c KafkaConfig) (*kafka.Client, error) {
+	sec, err := c.security()
+	if err != nil {
+		return nil, err
+	}
+	return &kafka.Client{Addr: kafka.TCP(c.Brokers...), Transport: sec.transport(), Timeout: 10 * time.Second}, nil
+}
+
+// OffsetRange is the offsets a partition holds: from First up to, not including, End.
+type OffsetRange struct{ First, End int64 }
+
+// TopicOffsets returns each partition's offset range. A topic that does not exist yet has
+// no partitions.
+func TopicOffsets(ctx context.Context, kc *kafka.Client, topic string) (map[int]OffsetRange, error) {
+	meta, err := kc.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return nil, fmt.Errorf("reading metadata of %s: %w", topic, err)
+	}
+	var reqs []kafka.OffsetRequest
+	for _, t := range meta.Topics {
+		if errors.Is(t.Error, kafka.UnknownTopicOrPartition) {
+			return map[int]OffsetRange{}, nil
+		}
+		if t.Error != nil {
+			return nil, fmt.Errorf("topic %s: %w", topic, t.Error)
+		}
+		for _, p := range t.Partitions {
+			reqs = append(reqs, kafka.FirstOffsetOf(p.ID), kafka.LastOffsetOf(p.ID))
+		}
+	}
+	out := map[int]OffsetRange{}
+	if len(reqs) == 0 {
+		return out, nil
+	}
+	resp, err := kc.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	if err != nil {
+		return nil, fmt.Errorf("listing offsets of %s: %w", topic, err)
+	}
+	for _, p := range resp.Topics[topic] {
+		if p.Error != nil {
+			return nil, fmt.Errorf("offsets of %s/%d: %w", topic, p.Partition, p.Error)
+		}
+		out[p.Partition] = OffsetRange{First: p.FirstOffset, End: p.LastOffset}
+	}
+	return out, nil
+}
+
+// Lag is the number of messages of a topic not yet ingested: for each partition, its end
+// offset minus the next offset the ledger expects (or its first offset when the ledger
+// has nothing of it yet).
+func Lag(offsets map[int]OffsetRange, next map[int]int64) int64 {
+	var lag int64
+	for p, r := range offsets {
+		from, ok := next[p]
+		if !ok || from < r.First {
+			from = r.First
+		}
+		lag += max(r.End-from, 0)
+	}
+	return lag
+}
