@@ -148,4 +148,3 @@ func (r *CustomerLoopReconciler) credentials(ctx context.Context, namespace, fie
 	}
 	return string(user), string(pass), nil
 }
-

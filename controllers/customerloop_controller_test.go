@@ -314,7 +314,9 @@ func TestInvalidSpecsRefused(t *testing.T) {
 		{"unknown SASL mechanism", func(l *loopsv1alpha1.CustomerLoop) {
 			l.Spec.Kafka.SASL = &loopsv1alpha1.KafkaSASL{Mechanism: "GSSAPI", CredentialsSecretRef: loopsv1alpha1.CredentialsSecretRef{Name: "kafka"}}
 		}, "spec.kafka.sasl.mechanism"},
-		{"empty customer restriction", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Customers = &loopsv1alpha1.CustomerRestriction{} }, "customers needs allowed, pattern or both"},
+		{"empty customer restriction", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Streams[0].Customers = &loopsv1alpha1.CustomerRestriction{}
+		}, "customers needs allowed, pattern or both"},
 		{"bad dedup window", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].DedupWindow = "48h" }, "dedupWindow must be a duration between 0s and 24h"},
 	}
 	for _, tc := range cases {
