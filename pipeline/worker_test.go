@@ -165,6 +165,16 @@ func TestWorkerIngestsBothKinds(t *testing.T) {
 		}
 	}
 
+	// The ledger accounts for every message: rows, dead letters and duplicates.
+	lt, err := ReadLedgerTotals(ctx, ch, cfg.ClickHouse.Database, usage.Topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	usageBad := int64(wantBad[ReasonInvalidJSON] + wantBad[ReasonMissingField])
+	if lt.Messages != int64(len(usageMsgs)+len(retries)) || lt.DeadLettered != usageBad || lt.Duplicates != 25 {
+		t.Errorf("ledger of %s: %+v, want %d messages, %d dead-lettered, 25 duplicates", usage.Topic, lt, len(usageMsgs)+len(retries), usageBad)
+	}
+
 	// The metrics tell the same story.
 	loop := cfg.Loop
 	for _, c := range []struct {
