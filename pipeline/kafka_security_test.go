@@ -119,8 +119,10 @@ func TestWorkerOverTLSAndSASL(t *testing.T) {
 		t.Errorf("offsets over TLS and SASL: %v, %v", offs, err)
 	}
 	for name, mutate := range map[string]func(*KafkaConfig){
-		"wrong password": func(k *KafkaConfig) { k.SASL = &SASLConfig{Mechanism: "SCRAM-SHA-256", Username: "loop", Password: "guess"} },
-		"unknown CA":     func(k *KafkaConfig) { k.TLS = &TLSConfig{} },
+		"wrong password": func(k *KafkaConfig) {
+			k.SASL = &SASLConfig{Mechanism: "SCRAM-SHA-256", Username: "loop", Password: "guess"}
+		},
+		"unknown CA": func(k *KafkaConfig) { k.TLS = &TLSConfig{} },
 	} {
 		k := cfg.Kafka
 		mutate(&k)
