@@ -9,6 +9,8 @@ CREATE TABLE IF NOT EXISTS `acme`.`customerloop_ledger`
     `first_offset` Int64,
     `last_offset` Int64,
     `messages` UInt64,
+    `dead_lettered` UInt64,
+    `duplicates` UInt64,
     `batch_id` String,
     `worker` String,
     `written_at` DateTime
