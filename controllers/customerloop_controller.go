@@ -48,6 +48,7 @@ func (r *CustomerLoopReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	loop := &loopsv1alpha1.CustomerLoop{}
 	if err := r.Get(ctx, req.NamespacedName, loop); err != nil {
 		if apierrors.IsNotFound(err) {
+			forgetLoopMetrics(req.Namespace, req.Name)
 			r.Runner.Stop(req.NamespacedName)
 			return ctrl.Result{}, nil
 		}

@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/segmentio/kafka-go"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -157,6 +160,12 @@ func TestLoopLifecycle(t *testing.T) {
 	if byName["usage"].LastIngestTime == nil || byName["usage"].Table != loop.Spec.ClickHouse.Database+".usage_raw" {
 		t.Errorf("usage stream status = %+v", byName["usage"])
 	}
+	if got := testutil.ToFloat64(loopStreamRows.WithLabelValues(loop.Namespace, loop.Name, "usage")); got != 300 {
+		t.Errorf("customerloop_loop_stream_rows{stream=usage} = %v, want 300", got)
+	}
+	if got := testutil.ToFloat64(loopCondition.WithLabelValues(loop.Namespace, loop.Name, "Ready", "True")); got != 1 {
+		t.Errorf("customerloop_loop_condition{type=Ready,status=True} = %v, want 1", got)
+	}
 	if len(l.Status.Objects) != 4 {
 		t.Errorf("status.objects = %v, want the database, the ledger and 2 raw tables", l.Status.Objects)
 	}
@@ -189,6 +198,10 @@ func TestLoopLifecycle(t *testing.T) {
 	if n := workerGoroutines(); n != 0 {
 		t.Errorf("%d worker goroutines left after the loop was deleted", n)
 	}
+	testkit.Eventually(t, 10*time.Second, "the loop's metrics to be gone", func() (bool, string) {
+		names := " " + metricNames(t)
+		return !strings.Contains(names, " "+loop.Name+" "), "series of loops:" + names
+	})
 	kc := &kafka.Client{Addr: kafka.TCP(brokers...)}
 	resp, err := kc.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{loop.GetConsumerGroup()}})
 	if err != nil {
@@ -279,6 +292,30 @@ func TestPausedLoop(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// metricNames lists the label values of the loop gauges, to find a loop's series among
+// those of loops other tests left.
+func metricNames(t *testing.T) string {
+	t.Helper()
+	var b strings.Builder
+	for _, c := range []prometheus.Collector{loopStreamRows, loopCondition} {
+		ch := make(chan prometheus.Metric, 1024)
+		c.Collect(ch)
+		close(ch)
+		for m := range ch {
+			var d dto.Metric
+			if err := m.Write(&d); err != nil {
+				t.Fatal(err)
+			}
+			for _, l := range d.GetLabel() {
+				if l.GetName() == "name" {
+					b.WriteString(l.GetValue() + " ")
+				}
+			}
+		}
+	}
+	return b.String()
+}
 
 // TestInvalidSpecsRefused applies invalid specs to the real API server and checks that
 // each is refused with a message that says what is wrong.

@@ -167,6 +167,7 @@ func (r *CustomerLoopReconciler) patchStatus(ctx context.Context, before, loop *
 		}
 		r.Recorder.Eventf(loop, nil, kind, nowReady.Reason, "Reconcile", "%s", nowReady.Message)
 	}
+	recordLoopMetrics(loop)
 	return client.IgnoreNotFound(r.Status().Patch(ctx, loop, client.MergeFrom(before)))
 }
 
