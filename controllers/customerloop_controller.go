@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
@@ -49,8 +50,7 @@ func (r *CustomerLoopReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if err := r.Get(ctx, req.NamespacedName, loop); err != nil {
 		if apierrors.IsNotFound(err) {
 			forgetLoopMetrics(req.Namespace, req.Name)
-			r.Runner.Stop(req.NamespacedName)
-			return ctrl.Result{}, nil
+			return ctrl.Result{}, r.Runner.Stop(ctx, req.NamespacedName)
 		}
 		return ctrl.Result{}, err
 	}
@@ -77,7 +77,9 @@ func (r *CustomerLoopReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if err := r.reconcileSchema(ctx, cfg, obs); err != nil {
 		return r.resultFor(err)
 	}
-	r.reconcileWorkers(loop, cfg, obs)
+	if err := r.reconcileWorkers(ctx, loop, cfg, obs); err != nil {
+		return ctrl.Result{}, err
+	}
 	r.observeStreams(ctx, cfg, obs)
 	return ctrl.Result{RequeueAfter: r.jittered()}, nil
 }
@@ -106,15 +108,16 @@ func (r *CustomerLoopReconciler) reconcileSchema(ctx context.Context, cfg pipeli
 	return nil
 }
 
-// reconcileWorkers runs or stops the loop's workers.
-func (r *CustomerLoopReconciler) reconcileWorkers(loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config, obs *observation) {
-	key := types.NamespacedName{Namespace: loop.Namespace, Name: loop.Name}
-	if loop.Spec.Paused {
-		r.Runner.Stop(key)
-		obs.paused = true
-		return
+// reconcileWorkers runs the loop's workers, as many as it asks for: none when paused.
+func (r *CustomerLoopReconciler) reconcileWorkers(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config, obs *observation) error {
+	obs.paused, obs.scaledToZero = loop.Spec.Paused, loop.GetReplicas() == 0
+	st, err := r.Runner.Ensure(ctx, loop, cfg)
+	if err != nil {
+		obs.workers = WorkerState{Message: err.Error()}
+		return err
 	}
-	obs.workers = r.Runner.Ensure(key, cfg)
+	obs.workers = st
+	return nil
 }
 
 // observeStreams reads each stream's ingestion from the systems of record: its raw table
@@ -157,7 +160,9 @@ func (r *CustomerLoopReconciler) finalize(ctx context.Context, loop *loopsv1alph
 	if !controllerutil.ContainsFinalizer(loop, loopsv1alpha1.Finalizer) {
 		return nil
 	}
-	r.Runner.Stop(types.NamespacedName{Namespace: loop.Namespace, Name: loop.Name})
+	if err := r.Runner.Stop(ctx, types.NamespacedName{Namespace: loop.Namespace, Name: loop.Name}); err != nil {
+		return err
+	}
 	log.FromContext(ctx).Info("workers stopped; releasing the loop")
 	controllerutil.RemoveFinalizer(loop, loopsv1alpha1.Finalizer)
 	return r.Update(ctx, loop)
@@ -203,12 +208,16 @@ func (r *CustomerLoopReconciler) SetupWithManager(ctx context.Context, mgr ctrl.
 			return err
 		}
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		For(&loopsv1alpha1.CustomerLoop{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
-		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.loopsForSecret)).
-		Named("customerloop").
-		Complete(r)
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.loopsForSecret))
+	if _, ok := r.Runner.(*DeploymentRunner); ok {
+		// Worker pods becoming available, or someone editing what the runner applied,
+		// re-reconciles the loop.
+		b = b.Owns(&appsv1.Deployment{}).Owns(&corev1.ConfigMap{})
+	}
+	return b.Named("customerloop").Complete(r)
 }
 
 // loopsForSecret maps a Secret to the loops in its namespace that reference it.

@@ -11,22 +11,25 @@ import (
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/types"
 
+	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
 )
 
 // Runner runs the workers of each loop.
 type Runner interface {
-	// Ensure makes the loop's workers run the given config, restarting them if it changed,
-	// and reports their state.
-	Ensure(key types.NamespacedName, cfg pipeline.Config) WorkerState
+	// Ensure makes the loop's workers run the given config, as many as the loop asks for
+	// (none when paused), restarting them if it changed, and reports their state.
+	Ensure(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config) (WorkerState, error)
 	// Stop stops the loop's workers and returns once they are gone.
-	Stop(key types.NamespacedName)
+	Stop(ctx context.Context, key types.NamespacedName) error
 }
 
 // WorkerState is what a runner knows about a loop's workers.
 type WorkerState struct {
-	Running bool   // started and not failing
-	Message string // why not, for status
+	Running  bool   // as many as asked for run and none is failing
+	Message  string // why not, for status
+	Replicas int32  // workers running, for the scale subresource
+	Selector string // label selector of the worker pods, for the scale subresource
 }
 
 // InProcessRunner runs each loop's worker as goroutines of this process: for single-node
@@ -67,31 +70,49 @@ func (r *InProcessRunner) Start(ctx context.Context) error {
 	}
 	r.mu.Unlock()
 	for _, k := range keys {
-		r.Stop(k)
+		_ = r.Stop(context.Background(), k)
 	}
 	r.stop()
 	return nil
 }
 
-// configHash identifies a config, credentials included, without keeping them.
+// configHash identifies a config, credentials included, without keeping them: a rotated
+// Secret restarts the worker.
 func configHash(cfg pipeline.Config) string {
 	b, _ := json.Marshal(cfg)
 	h := sha256.New()
 	h.Write(b)
-	h.Write([]byte{0})
-	h.Write([]byte(cfg.ClickHouse.Password))
+	for _, v := range []string{cfg.ClickHouse.Username, cfg.ClickHouse.Password} {
+		h.Write([]byte{0})
+		h.Write([]byte(v))
+	}
+	if s := cfg.Kafka.SASL; s != nil {
+		for _, v := range []string{s.Username, s.Password} {
+			h.Write([]byte{0})
+			h.Write([]byte(v))
+		}
+	}
+	if t := cfg.Kafka.TLS; t != nil {
+		h.Write([]byte{0})
+		h.Write(t.CAPEM)
+	}
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// Ensure implements Runner.
-func (r *InProcessRunner) Ensure(key types.NamespacedName, cfg pipeline.Config) WorkerState {
+// Ensure implements Runner. One worker runs per loop whatever its replicas: in-process
+// workers are for single-node and local use.
+func (r *InProcessRunner) Ensure(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config) (WorkerState, error) {
+	key := types.NamespacedName{Namespace: loop.Namespace, Name: loop.Name}
+	if loop.GetReplicas() == 0 {
+		return WorkerState{Message: "no worker runs: replicas is 0"}, r.Stop(ctx, key)
+	}
 	hash := configHash(cfg)
 	r.mu.Lock()
 	cur := r.loops[key]
 	r.mu.Unlock()
 	if cur != nil && cur.hash != hash {
 		r.Log.Info("config changed; restarting worker", "loop", key)
-		r.Stop(key)
+		_ = r.Stop(ctx, key)
 		cur = nil
 	}
 	if cur == nil {
@@ -100,9 +121,9 @@ func (r *InProcessRunner) Ensure(key types.NamespacedName, cfg pipeline.Config) 
 	cur.mu.Lock()
 	defer cur.mu.Unlock()
 	if cur.lastErr != nil {
-		return WorkerState{Message: "worker failing: " + cur.lastErr.Error()}
+		return WorkerState{Message: "worker failing: " + cur.lastErr.Error()}, nil
 	}
-	return WorkerState{Running: true}
+	return WorkerState{Running: true, Replicas: 1}, nil
 }
 
 func (r *InProcessRunner) start(key types.NamespacedName, cfg pipeline.Config, hash string) *inProcessLoop {
@@ -145,15 +166,16 @@ func (l *inProcessLoop) setErr(err error) {
 }
 
 // Stop implements Runner.
-func (r *InProcessRunner) Stop(key types.NamespacedName) {
+func (r *InProcessRunner) Stop(_ context.Context, key types.NamespacedName) error {
 	r.mu.Lock()
 	l := r.loops[key]
 	delete(r.loops, key)
 	r.mu.Unlock()
 	if l == nil {
-		return
+		return nil
 	}
 	l.cancel()
 	<-l.done
 	r.Log.Info("worker stopped", "loop", key)
+	return nil
 }

@@ -21,9 +21,11 @@ type observation struct {
 	schemaReady bool
 	objects     []string
 	paused      bool
-	workers     WorkerState
-	statsErr    error
-	streams     []streamObservation
+	// scaledToZero: the spec asks for no workers (paused, or replicas 0).
+	scaledToZero bool
+	workers      WorkerState
+	statsErr     error
+	streams      []streamObservation
 }
 
 type streamObservation struct {
@@ -45,6 +47,7 @@ const (
 	ReasonWorkersRunning  = "WorkersRunning"
 	ReasonWorkersFailing  = "WorkersFailing"
 	ReasonPaused          = "Paused"
+	ReasonScaledToZero    = "ScaledToZero"
 	ReasonNotReached      = "NotReached"
 )
 
@@ -83,6 +86,8 @@ func computeConditions(obs *observation) map[string]cond {
 		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionFalse, ReasonNotReached, "waiting for the schema"}
 	case obs.paused:
 		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionFalse, ReasonPaused, "spec.paused is true: no workers run"}
+	case obs.scaledToZero:
+		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionFalse, ReasonScaledToZero, "spec.workers.replicas is 0: no workers run"}
 	case obs.workers.Running:
 		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionTrue, ReasonWorkersRunning, "workers are consuming"}
 	default:
@@ -94,9 +99,9 @@ func computeConditions(obs *observation) map[string]cond {
 	case stalled.status == metav1.ConditionTrue:
 		c[loopsv1alpha1.ConditionReady] = cond{metav1.ConditionFalse, stalled.reason, stalled.message}
 		c[loopsv1alpha1.ConditionReconciling] = cond{metav1.ConditionFalse, stalled.reason, ""}
-	case schema.status == metav1.ConditionTrue && obs.paused:
+	case schema.status == metav1.ConditionTrue && (obs.paused || obs.scaledToZero):
 		// A paused loop is as its spec asks: Ready, so GitOps tools do not wait on it.
-		c[loopsv1alpha1.ConditionReady] = cond{metav1.ConditionTrue, ReasonPaused, "schema in place; ingestion paused"}
+		c[loopsv1alpha1.ConditionReady] = cond{metav1.ConditionTrue, workers.reason, "schema in place; " + workers.message}
 		c[loopsv1alpha1.ConditionReconciling] = cond{metav1.ConditionFalse, ReasonSucceeded, ""}
 	case schema.status == metav1.ConditionTrue && workers.status == metav1.ConditionTrue:
 		c[loopsv1alpha1.ConditionReady] = cond{metav1.ConditionTrue, ReasonSucceeded, "schema in place and workers consuming"}
@@ -119,6 +124,7 @@ func (r *CustomerLoopReconciler) patchStatus(ctx context.Context, before, loop *
 	st := &loop.Status
 	st.ObservedGeneration = loop.Generation
 	st.StreamCount = int32(len(loop.Spec.Streams))
+	st.Replicas, st.Selector = obs.workers.Replicas, obs.workers.Selector
 	for t, c := range computeConditions(obs) {
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{
 			Type: t, Status: c.status, Reason: c.reason, Message: truncate(c.message, 1024),

@@ -15,9 +15,13 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/go-logr/logr"
 	"github.com/twmb/franz-go/pkg/kfake"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -27,6 +31,9 @@ import (
 
 // The suite runs the reconciler in a manager against a real kube-apiserver (envtest),
 // a real ClickHouse server and a real Kafka-protocol broker (kfake).
+// deploymentNamespace holds the loops whose workers run as Deployments.
+const deploymentNamespace = "workers"
+
 var (
 	k8s     client.Client
 	brokers []string
@@ -92,8 +99,29 @@ func runSuite(m *testing.M) int {
 		log = logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, nil))
 	}
 	ctrl.SetLogger(log)
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"}})
+	// Two managers, as two installations would be: one runs workers in-process for the
+	// loops of namespace default, the other as Deployments for those of namespace
+	// workers.
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache: cache.Options{DefaultNamespaces: map[string]cache.Config{"default": {}}}})
 	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	depMgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache:      cache.Options{DefaultNamespaces: map[string]cache.Config{deploymentNamespace: {}}},
+		Controller: ctrlconfig.Controller{SkipNameValidation: ptr(true)}})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	depRunner := &DeploymentRunner{Client: depMgr.GetClient(), Image: "customerloop:test"}
+	if err := (&CustomerLoopReconciler{
+		Client:          depMgr.GetClient(),
+		Runner:          depRunner,
+		Recorder:        depMgr.GetEventRecorder("customerloop-controller"),
+		RefreshInterval: time.Second,
+	}).SetupWithManager(ctx, depMgr); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -109,12 +137,17 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	mgrDone := make(chan error, 1)
+	mgrDone := make(chan error, 2)
 	go func() { mgrDone <- mgr.Start(ctx) }()
-	defer func() { cancel(); <-mgrDone }()
+	go func() { mgrDone <- depMgr.Start(ctx) }()
+	defer func() { cancel(); <-mgrDone; <-mgrDone }()
 
 	k8s, err = client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: deploymentNamespace}}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

@@ -25,7 +25,8 @@ import (
 func runManager(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
 	config.RegisterFlags(fs) // --kubeconfig; then KUBECONFIG, in-cluster, ~/.kube/config
-	runner := fs.String("runner", "inprocess", "where workers run: inprocess (goroutines of the manager) or deployment")
+	runner := fs.String("runner", "inprocess", "where workers run: inprocess (goroutines of the manager) or deployment (a Deployment of worker pods per loop)")
+	workerImage := fs.String("worker-image", "customerloop:"+version, "image of the worker pods (with --runner=deployment)")
 	metricsAddr := fs.String("metrics-bind-address", ":8080", "address of the metrics endpoint; 0 disables it")
 	probeAddr := fs.String("health-probe-bind-address", ":8081", "address of the health and readiness probes")
 	leaderElect := fs.Bool("leader-elect", false, "elect a leader so that only one of several replicas reconciles")
@@ -43,7 +44,7 @@ func runManager(ctx context.Context, args []string) error {
 		return fmt.Errorf("finding the cluster: %w", err)
 	}
 	mgr, err := newManager(ctx, restCfg, managerOptions{
-		runner: *runner, metricsAddr: *metricsAddr, probeAddr: *probeAddr, leaderElect: *leaderElect, log: log,
+		runner: *runner, workerImage: *workerImage, metricsAddr: *metricsAddr, probeAddr: *probeAddr, leaderElect: *leaderElect, log: log,
 	})
 	if err != nil {
 		return err
@@ -54,6 +55,7 @@ func runManager(ctx context.Context, args []string) error {
 
 type managerOptions struct {
 	runner      string
+	workerImage string
 	metricsAddr string
 	probeAddr   string
 	leaderElect bool
@@ -78,7 +80,8 @@ func newManager(ctx context.Context, restCfg *rest.Config, o managerOptions) (ct
 		// Workers' metrics are served with the manager's, on its metrics endpoint.
 		runner = controllers.NewInProcessRunner(o.log.WithName("worker"), pipeline.NewMetrics(ctrlmetrics.Registry))
 	case "deployment":
-		return nil, fmt.Errorf("--runner=deployment is not available in this version; use --runner=inprocess")
+		// The client is the manager's, set below once it exists.
+		runner = &controllers.DeploymentRunner{Image: o.workerImage}
 	default:
 		return nil, fmt.Errorf("--runner=%q: want inprocess or deployment", o.runner)
 	}
@@ -100,6 +103,9 @@ func newManager(ctx context.Context, restCfg *rest.Config, o managerOptions) (ct
 		if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
 			return nil, err
 		}
+	}
+	if d, ok := runner.(*controllers.DeploymentRunner); ok {
+		d.Client = mgr.GetClient()
 	}
 	r := &controllers.CustomerLoopReconciler{
 		Client:          mgr.GetClient(),

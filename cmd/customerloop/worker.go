@@ -19,9 +19,14 @@ import (
 	"customerloop.dev/customerloop/pipeline"
 )
 
-// passwordEnv carries the ClickHouse password to a worker, so that it never sits in the
-// config file.
-const passwordEnv = "CUSTOMERLOOP_CLICKHOUSE_PASSWORD"
+// Credentials reach a worker through its environment (from Secrets, in a pod), so that
+// they never sit in the config file.
+const (
+	userEnv         = "CUSTOMERLOOP_CLICKHOUSE_USERNAME"
+	passwordEnv     = "CUSTOMERLOOP_CLICKHOUSE_PASSWORD"
+	saslUserEnv     = "CUSTOMERLOOP_KAFKA_SASL_USERNAME"
+	saslPasswordEnv = "CUSTOMERLOOP_KAFKA_SASL_PASSWORD"
+)
 
 func runWorker(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
@@ -48,7 +53,13 @@ func runWorker(ctx context.Context, args []string) error {
 	if err := json.Unmarshal(raw, &cfg); err != nil {
 		return fmt.Errorf("reading %s: %w", *path, err)
 	}
+	if u := os.Getenv(userEnv); u != "" {
+		cfg.ClickHouse.Username = u
+	}
 	cfg.ClickHouse.Password = os.Getenv(passwordEnv)
+	if cfg.Kafka.SASL != nil {
+		cfg.Kafka.SASL.Username, cfg.Kafka.SASL.Password = os.Getenv(saslUserEnv), os.Getenv(saslPasswordEnv)
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -71,7 +82,12 @@ func runWorker(ctx context.Context, args []string) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := pipeline.NewMetrics(reg)
 	if *metricsAddr != "0" {
-		srv := &http.Server{Addr: *metricsAddr, Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		// The worker is alive while it serves; a failing ClickHouse or Kafka shows in its
+		// metrics and logs, not in restarts that would not help.
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		srv := &http.Server{Addr: *metricsAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		ln, err := net.Listen("tcp", *metricsAddr)
 		if err != nil {
 			return fmt.Errorf("metrics endpoint: %w", err)

@@ -1,0 +1,226 @@
+package controllers
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"path"
+	"sort"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+	"customerloop.dev/customerloop/pipeline"
+)
+
+// What a worker pod is made of. The builders below are pure: they turn a loop and its
+// pipeline config into the ConfigMap and Deployment the Deployment runner applies, so
+// that golden files pin them down without a cluster.
+const (
+	workerConfigDir   = "/etc/customerloop/config"
+	workerConfigFile  = "config.json"
+	workerCADir       = "/etc/customerloop/kafka-ca"
+	workerMetricsPort = 8080
+	workerUID         = 65532
+
+	// ChecksumAnnotation on the pod template changes with the worker config and the
+	// referenced Secrets' data, so that either rolls the pods.
+	ChecksumAnnotation = "customerloop.dev/config-checksum"
+
+	envClickHouseUser = "CUSTOMERLOOP_CLICKHOUSE_USERNAME"
+	envClickHousePass = "CUSTOMERLOOP_CLICKHOUSE_PASSWORD"
+	envSASLUser       = "CUSTOMERLOOP_KAFKA_SASL_USERNAME"
+	envSASLPass       = "CUSTOMERLOOP_KAFKA_SASL_PASSWORD"
+)
+
+// workerName is the name of a loop's worker ConfigMap and Deployment.
+func workerName(loop *loopsv1alpha1.CustomerLoop) string { return loop.Name + "-worker" }
+
+// workerLabels select a loop's worker pods.
+func workerLabels(loop *loopsv1alpha1.CustomerLoop) map[string]string {
+	return map[string]string{
+		"app.kubernetes.io/name":       "customerloop-worker",
+		"app.kubernetes.io/instance":   loop.Name,
+		"app.kubernetes.io/managed-by": "customerloop",
+	}
+}
+
+// workerSelector is workerLabels as a label selector string, for the scale subresource.
+func workerSelector(loop *loopsv1alpha1.CustomerLoop) string {
+	return metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: workerLabels(loop)})
+}
+
+// renderWorkerConfig is the config file of the loop's worker pods: the pipeline config
+// without credentials (they come from the Secrets through the environment) and with the
+// Kafka CA read from its mounted Secret.
+func renderWorkerConfig(loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config) ([]byte, error) {
+	cfg.ClickHouse.Username, cfg.ClickHouse.Password = "", ""
+	if t := cfg.Kafka.TLS; t != nil {
+		tc := *t
+		tc.CAPEM = nil
+		if ref := loop.Spec.Kafka.TLS.CASecretRef; ref != nil {
+			tc.CAFile = path.Join(workerCADir, ref.GetKey())
+		}
+		cfg.Kafka.TLS = &tc
+	}
+	if s := cfg.Kafka.SASL; s != nil {
+		cfg.Kafka.SASL = &pipeline.SASLConfig{Mechanism: s.Mechanism}
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("rendering the worker config: %w", err)
+	}
+	return append(b, '\n'), nil
+}
+
+// workerChecksum identifies a worker config and the data of the Secrets it refers to,
+// without keeping any of it. Secrets are hashed in name order.
+func workerChecksum(config []byte, secrets map[string]map[string][]byte) string {
+	h := sha256.New()
+	h.Write(config)
+	names := make([]string, 0, len(secrets))
+	for n := range secrets {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(h, "\x00secret %s", n)
+		keys := make([]string, 0, len(secrets[n]))
+		for k := range secrets[n] {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			v := sha256.Sum256(secrets[n][k])
+			fmt.Fprintf(h, "\x00%s=%x", k, v)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func ownerRef(loop *loopsv1alpha1.CustomerLoop) metav1.OwnerReference {
+	yes := true
+	return metav1.OwnerReference{
+		APIVersion: loopsv1alpha1.GroupVersion.String(), Kind: "CustomerLoop",
+		Name: loop.Name, UID: loop.UID, Controller: &yes, BlockOwnerDeletion: &yes,
+	}
+}
+
+// buildWorkerConfigMap holds the rendered worker config.
+func buildWorkerConfigMap(loop *loopsv1alpha1.CustomerLoop, config []byte) *corev1.ConfigMap {
+	return &corev1.ConfigMap{
+		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
+		ObjectMeta: metav1.ObjectMeta{
+			Name: workerName(loop), Namespace: loop.Namespace, Labels: workerLabels(loop),
+			OwnerReferences: []metav1.OwnerReference{ownerRef(loop)},
+		},
+		Data: map[string]string{workerConfigFile: string(config)},
+	}
+}
+
+func secretEnv(name, secret, key string) corev1.EnvVar {
+	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+		LocalObjectReference: corev1.LocalObjectReference{Name: secret}, Key: key,
+	}}}
+}
+
+// buildWorkerDeployment runs the loop's workers: "customerloop worker" pods in one
+// consumer group, non-root on a read-only root filesystem, with credentials from the
+// loop's Secrets and metrics on a named port.
+func buildWorkerDeployment(loop *loopsv1alpha1.CustomerLoop, image, checksum string) *appsv1.Deployment {
+	yes, no := true, false
+	uid := int64(workerUID)
+	replicas := loop.GetReplicas()
+	labels := workerLabels(loop)
+
+	var env []corev1.EnvVar
+	if ref := loop.Spec.ClickHouse.CredentialsSecretRef; ref != nil {
+		env = append(env, secretEnv(envClickHouseUser, ref.Name, ref.GetUsernameKey()),
+			secretEnv(envClickHousePass, ref.Name, ref.GetPasswordKey()))
+	}
+	if s := loop.Spec.Kafka.SASL; s != nil {
+		ref := s.CredentialsSecretRef
+		env = append(env, secretEnv(envSASLUser, ref.Name, ref.GetUsernameKey()),
+			secretEnv(envSASLPass, ref.Name, ref.GetPasswordKey()))
+	}
+	// The Go runtime collects harder as the heap nears the container's memory limit,
+	// instead of being killed past it. Without a limit this is the node's memory.
+	env = append(env, corev1.EnvVar{Name: "GOMEMLIMIT", ValueFrom: &corev1.EnvVarSource{
+		ResourceFieldRef: &corev1.ResourceFieldSelector{ContainerName: "worker", Resource: "limits.memory", Divisor: resource.MustParse("1")}}})
+
+	volumes := []corev1.Volume{
+		{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: workerName(loop)}}}},
+		{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+	}
+	mounts := []corev1.VolumeMount{
+		{Name: "config", MountPath: workerConfigDir, ReadOnly: true},
+		{Name: "tmp", MountPath: "/tmp"},
+	}
+	if t := loop.Spec.Kafka.TLS; t != nil && t.CASecretRef != nil {
+		volumes = append(volumes, corev1.Volume{Name: "kafka-ca", VolumeSource: corev1.VolumeSource{
+			Secret: &corev1.SecretVolumeSource{SecretName: t.CASecretRef.Name,
+				Items: []corev1.KeyToPath{{Key: t.CASecretRef.GetKey(), Path: t.CASecretRef.GetKey()}}}}})
+		mounts = append(mounts, corev1.VolumeMount{Name: "kafka-ca", MountPath: workerCADir, ReadOnly: true})
+	}
+	var resources corev1.ResourceRequirements
+	if r := loop.Spec.Workers.Resources; r != nil {
+		resources = *r.DeepCopy()
+	}
+	probe := func(path string) *corev1.Probe {
+		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+			Path: path, Port: intstr.FromString("metrics")}}, PeriodSeconds: 10}
+	}
+
+	return &appsv1.Deployment{
+		TypeMeta: metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
+		ObjectMeta: metav1.ObjectMeta{
+			Name: workerName(loop), Namespace: loop.Namespace, Labels: labels,
+			OwnerReferences: []metav1.OwnerReference{ownerRef(loop)},
+		},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{
+					Labels:      labels,
+					Annotations: map[string]string{ChecksumAnnotation: checksum},
+				},
+				Spec: corev1.PodSpec{
+					AutomountServiceAccountToken: &no,
+					SecurityContext: &corev1.PodSecurityContext{
+						RunAsNonRoot: &yes, RunAsUser: &uid, RunAsGroup: &uid,
+						SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+					},
+					// A worker flushes and commits what it holds before it leaves its group.
+					TerminationGracePeriodSeconds: ptrTo(int64(60)),
+					Containers: []corev1.Container{{
+						Name:  "worker",
+						Image: image,
+						Args: []string{"worker",
+							"--config=" + path.Join(workerConfigDir, workerConfigFile),
+							fmt.Sprintf("--metrics-bind-address=:%d", workerMetricsPort)},
+						Env:            env,
+						Ports:          []corev1.ContainerPort{{Name: "metrics", ContainerPort: workerMetricsPort, Protocol: corev1.ProtocolTCP}},
+						LivenessProbe:  probe("/healthz"),
+						ReadinessProbe: probe("/healthz"),
+						Resources:      resources,
+						VolumeMounts:   mounts,
+						SecurityContext: &corev1.SecurityContext{
+							AllowPrivilegeEscalation: &no, ReadOnlyRootFilesystem: &yes,
+							Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+						},
+					}},
+					Volumes: volumes,
+				},
+			},
+		},
+	}
+}
+
+func ptrTo[T any](v T) *T { return &v }
