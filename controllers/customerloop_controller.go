@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -84,24 +85,26 @@ func (r *CustomerLoopReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	return ctrl.Result{RequeueAfter: r.jittered()}, nil
 }
 
-// reconcileSchema creates the loop's database and raw tables.
+// reconcileSchema creates the loop's database, ledger and raw tables, and adds the
+// columns new dimensions need. A change the tables cannot follow stalls the loop; the
+// workers keep running the config they have.
 func (r *CustomerLoopReconciler) reconcileSchema(ctx context.Context, cfg pipeline.Config, obs *observation) error {
-	stmts, err := pipeline.PlanSchema(cfg)
-	if err != nil {
-		obs.schemaErr = &specError{msg: err.Error()}
-		return obs.schemaErr
-	}
 	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
 		obs.schemaErr = err
 		return err
 	}
 	defer conn.Close()
-	if err := pipeline.ApplySchema(ctx, conn, stmts); err != nil {
+	stmts, err := pipeline.Migrate(ctx, conn, cfg)
+	if err != nil {
 		obs.schemaErr = err
 		return err
 	}
 	for _, s := range stmts {
+		if strings.HasPrefix(s.SQL, "ALTER") {
+			log.FromContext(ctx).Info("schema evolved", "object", s.Object)
+			continue
+		}
 		obs.objects = append(obs.objects, s.Object)
 	}
 	obs.schemaReady = true
@@ -155,7 +158,13 @@ func (r *CustomerLoopReconciler) observeStreams(ctx context.Context, cfg pipelin
 	}
 }
 
-// finalize stops the loop's workers and releases the finalizer. Tables are kept.
+// finalize stops the loop's workers, then honours its deletion policy: Retain keeps the
+// tables, Delete drops them (never the database). Until both are done the finalizer
+// holds the loop; if the operator is gone for good, remove it by hand with
+//
+//	kubectl patch customerloop NAME --type=merge -p '{"metadata":{"finalizers":null}}'
+//
+// which leaves the tables and any worker Deployment for the user to remove.
 func (r *CustomerLoopReconciler) finalize(ctx context.Context, loop *loopsv1alpha1.CustomerLoop) error {
 	if !controllerutil.ContainsFinalizer(loop, loopsv1alpha1.Finalizer) {
 		return nil
@@ -163,9 +172,32 @@ func (r *CustomerLoopReconciler) finalize(ctx context.Context, loop *loopsv1alph
 	if err := r.Runner.Stop(ctx, types.NamespacedName{Namespace: loop.Namespace, Name: loop.Name}); err != nil {
 		return err
 	}
-	log.FromContext(ctx).Info("workers stopped; releasing the loop")
+	if loop.GetDeletionPolicy() == loopsv1alpha1.DeletionDelete {
+		if err := r.dropTables(ctx, loop); err != nil {
+			if r.Recorder != nil {
+				r.Recorder.Eventf(loop, nil, "Warning", "DeleteFailed", "Delete",
+					"dropping the loop's tables (deletionPolicy Delete): %v; retrying", err)
+			}
+			return err
+		}
+	}
+	log.FromContext(ctx).Info("workers stopped; releasing the loop", "deletionPolicy", loop.GetDeletionPolicy())
 	controllerutil.RemoveFinalizer(loop, loopsv1alpha1.Finalizer)
 	return r.Update(ctx, loop)
+}
+
+// dropTables drops the loop's ledger and raw tables.
+func (r *CustomerLoopReconciler) dropTables(ctx context.Context, loop *loopsv1alpha1.CustomerLoop) error {
+	cfg, err := r.pipelineConfig(ctx, loop)
+	if err != nil {
+		return err
+	}
+	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return pipeline.ApplySchema(ctx, conn, pipeline.PlanDrop(cfg))
 }
 
 // resultFor maps an error to the controller's reaction: a spec problem stalls the loop
@@ -173,7 +205,8 @@ func (r *CustomerLoopReconciler) finalize(ctx context.Context, loop *loopsv1alph
 // else is retried with backoff.
 func (r *CustomerLoopReconciler) resultFor(err error) (ctrl.Result, error) {
 	var se *specError
-	if errors.As(err, &se) {
+	var ue *pipeline.UnsafeChangeError
+	if errors.As(err, &se) || errors.As(err, &ue) {
 		return ctrl.Result{}, reconcile.TerminalError(err)
 	}
 	var me *missingInputError

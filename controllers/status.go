@@ -38,17 +38,18 @@ type streamObservation struct {
 
 // Condition reasons.
 const (
-	ReasonSucceeded       = "Succeeded"
-	ReasonProgressing     = "Progressing"
-	ReasonInvalidSpec     = "InvalidSpec"
-	ReasonMissingInput    = "MissingInput"
-	ReasonClickHouseError = "ClickHouseError"
-	ReasonSchemaApplied   = "SchemaApplied"
-	ReasonWorkersRunning  = "WorkersRunning"
-	ReasonWorkersFailing  = "WorkersFailing"
-	ReasonPaused          = "Paused"
-	ReasonScaledToZero    = "ScaledToZero"
-	ReasonNotReached      = "NotReached"
+	ReasonSucceeded          = "Succeeded"
+	ReasonProgressing        = "Progressing"
+	ReasonInvalidSpec        = "InvalidSpec"
+	ReasonMissingInput       = "MissingInput"
+	ReasonClickHouseError    = "ClickHouseError"
+	ReasonSchemaApplied      = "SchemaApplied"
+	ReasonWorkersRunning     = "WorkersRunning"
+	ReasonWorkersFailing     = "WorkersFailing"
+	ReasonPaused             = "Paused"
+	ReasonUnsafeSchemaChange = "UnsafeSchemaChange"
+	ReasonScaledToZero       = "ScaledToZero"
+	ReasonNotReached         = "NotReached"
 )
 
 type cond struct {
@@ -61,6 +62,7 @@ func computeConditions(obs *observation) map[string]cond {
 	c := map[string]cond{}
 	var se *specError
 	var me *missingInputError
+	var ue *pipeline.UnsafeChangeError
 	stalled := cond{metav1.ConditionFalse, ReasonSucceeded, ""}
 
 	switch {
@@ -71,6 +73,9 @@ func computeConditions(obs *observation) map[string]cond {
 		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonMissingInput, me.msg}
 	case obs.configErr != nil:
 		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonProgressing, obs.configErr.Error()}
+	case obs.schemaErr != nil && errors.As(obs.schemaErr, &ue):
+		stalled = cond{metav1.ConditionTrue, ReasonUnsafeSchemaChange, ue.Error()}
+		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonUnsafeSchemaChange, ue.Error()}
 	case obs.schemaErr != nil && errors.As(obs.schemaErr, &se):
 		stalled = cond{metav1.ConditionTrue, ReasonInvalidSpec, se.msg}
 		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonInvalidSpec, se.msg}

@@ -38,7 +38,7 @@ func OpenClickHouse(ctx context.Context, cfg ClickHouseConfig) (driver.Conn, err
 func ApplySchema(ctx context.Context, conn driver.Conn, stmts []Statement) error {
 	for _, s := range stmts {
 		if err := conn.Exec(ctx, s.SQL); err != nil {
-			return fmt.Errorf("creating %s: %w", s.Object, err)
+			return fmt.Errorf("schema of %s: %w", s.Object, err)
 		}
 	}
 	return nil

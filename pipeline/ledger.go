@@ -25,22 +25,22 @@ import (
 // offsets are already there and skips exactly those. Every offset lands once.
 const LedgerTable = "customerloop_ledger"
 
+// ledgerColumns are the ledger's columns; later versions only ever add to them.
+var ledgerColumns = []Column{
+	{"topic", "String"},
+	{"partition", "Int32"},
+	{"first_offset", "Int64"},
+	{"last_offset", "Int64"},
+	{"messages", "UInt64"},
+	{"dead_lettered", "UInt64"},
+	{"duplicates", "UInt64"},
+	{"batch_id", "String"},
+	{"worker", "String"},
+	{"written_at", "DateTime"},
+}
+
 func ledgerDDL(db string) string {
-	return "CREATE TABLE IF NOT EXISTS " + QualifiedTable(db, LedgerTable) + `
-(
-    ` + "`topic`" + ` String,
-    ` + "`partition`" + ` Int32,
-    ` + "`first_offset`" + ` Int64,
-    ` + "`last_offset`" + ` Int64,
-    ` + "`messages`" + ` UInt64,
-    ` + "`dead_lettered`" + ` UInt64,
-    ` + "`duplicates`" + ` UInt64,
-    ` + "`batch_id`" + ` String,
-    ` + "`worker`" + ` String,
-    ` + "`written_at`" + ` DateTime
-)
-ENGINE = MergeTree
-ORDER BY (topic, partition, last_offset)`
+	return createTableDDL(db, LedgerTable, ledgerColumns) + "ENGINE = MergeTree\nORDER BY (topic, partition, last_offset)"
 }
 
 // span is the offsets of one partition in a batch.

@@ -108,10 +108,10 @@ func PlanSchema(cfg Config) ([]Statement, error) {
 	return stmts, nil
 }
 
-func rawTableDDL(db string, s StreamConfig) string {
+// createTableDDL is the head of a CREATE TABLE statement, up to the engine clause.
+func createTableDDL(db, table string, cols []Column) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "CREATE TABLE IF NOT EXISTS %s\n(\n", QualifiedTable(db, s.Table()))
-	cols := s.Columns()
+	fmt.Fprintf(&b, "CREATE TABLE IF NOT EXISTS %s\n(\n", QualifiedTable(db, table))
 	for i, c := range cols {
 		sep := ","
 		if i == len(cols)-1 {
@@ -120,6 +120,12 @@ func rawTableDDL(db string, s StreamConfig) string {
 		fmt.Fprintf(&b, "    %s %s%s\n", QuoteIdent(c.Name), c.Type, sep)
 	}
 	b.WriteString(")\n")
+	return b.String()
+}
+
+func rawTableDDL(db string, s StreamConfig) string {
+	var b strings.Builder
+	b.WriteString(createTableDDL(db, s.Table(), s.Columns()))
 	// Partitions by month of the business time keep late data cheap to find and old data
 	// cheap to drop; the sort key serves per-customer, per-product reads.
 	switch s.Kind {
