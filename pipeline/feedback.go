@@ -1,0 +1,248 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// Grain is the length of the periods plans are made for and compared in.
+type Grain string
+
+const (
+	// GrainWeek periods start on Monday, 00:00 UTC.
+	GrainWeek Grain = "Week"
+	// GrainMonth periods start on the first of the month, 00:00 UTC.
+	GrainMonth Grain = "Month"
+)
+
+// FeedbackConfig names what the plan-against-actual views read.
+type FeedbackConfig struct {
+	Database string `json:"database"`
+	// UsageTable and PlanTable are the raw tables of the loop's usage and plan streams.
+	UsageTable string `json:"usageTable"`
+	PlanTable  string `json:"planTable"`
+	Grain      Grain  `json:"grain"`
+}
+
+// The views the feedback loop hands to product teams, in the loop's database. Every
+// figure is computed when the view is queried, from the raw tables, so late usage
+// events and new plan versions show at once. Periods are in UTC.
+//
+// feedback_actuals — actual usage, one row per (customer_id, product, period):
+//   - period: first day of the week (Monday) or month of the event's ts
+//   - actual: sum(quantity) of the period's usage events
+//   - events: number of usage events
+//   - last_event_at: the latest ts among them
+//
+// feedback_plan_versions — every plan submission, one row per plan_id:
+//   - customer_id, product, quantity, confidence, submitted_at: as submitted
+//   - period: the target period (the submitted period's date, aligned to the grain)
+//   - horizon: periods between the period containing submitted_at and the target:
+//     0 = submitted during the period itself, 1 = in the period before, and so on;
+//     negative when submitted after the period ended
+//   - a plan_id sent more than once (a producer's late retry) counts once: its last
+//     ingested version (highest offset)
+//
+// feedback_gaps — plan against actual, one row per (customer_id, product, period) that
+// has a plan or usage or both:
+//   - planned_latest: quantity of the latest submission for the period (ties in
+//     submitted_at broken by the greater plan_id); NULL without any plan
+//   - planned_at_start: the latest submission made before the period began (horizon
+//     >= 1); NULL if none
+//   - versions: number of submissions for the period
+//   - actual, events: from feedback_actuals (0 without usage)
+//   - gap: actual - planned_latest (NULL without a plan)
+//   - gap_ratio: gap / planned_latest; NULL without a plan or when it is 0
+//   - consumed_share: actual / planned_latest, the share of the plan used so far; NULL
+//     likewise
+//
+// feedback_accuracy — how good plans are, one row per (product, horizon), over
+// completed periods only (the period before the current one and older):
+//   - for every (customer_id, product, period, horizon) with a submission at that
+//     horizon >= 0, the latest such submission is the plan at that horizon and the
+//     period's actual (0 without usage) is what happened
+//   - n: number of such (customer, product, period) points
+//   - planned, actual: their sums
+//   - bias: sum(plan - actual) / sum(actual); above 0 means customers over-plan
+//   - wape: sum(|plan - actual|) / sum(actual), the weighted absolute percentage error
+//   - both NULL when sum(actual) is 0
+const (
+	ViewActuals      = "feedback_actuals"
+	ViewPlanVersions = "feedback_plan_versions"
+	ViewGaps         = "feedback_gaps"
+	ViewAccuracy     = "feedback_accuracy"
+)
+
+// FeedbackViews are the views PlanFeedback manages, in creation order.
+var FeedbackViews = []string{ViewActuals, ViewPlanVersions, ViewGaps, ViewAccuracy}
+
+// periodSQL returns the expressions that align a DateTime (in UTC) or a Date to its
+// period, and number periods so that consecutive periods differ by one.
+func (g Grain) periodSQL(expr string, isDate bool) (start, index string) {
+	tz := ", 'UTC'"
+	if isDate {
+		tz = ""
+	}
+	if g == GrainWeek {
+		return "toMonday(" + expr + tz + ")", "toRelativeWeekNum(" + expr + tz + ")"
+	}
+	return "toStartOfMonth(" + expr + tz + ")", "toRelativeMonthNum(" + expr + tz + ")"
+}
+
+// FeedbackStatement is a view's CREATE statement and the fingerprint that tells whether
+// an existing view was made from the same definition.
+type FeedbackStatement struct {
+	Statement
+	View        string
+	Fingerprint string
+}
+
+// PlanFeedback returns the statements that create the feedback views. Each view carries
+// its definition's fingerprint in an always-true predicate, so that the applier can see
+// in system.tables whether an existing view is current (18.16 has no CREATE OR REPLACE
+// VIEW and no comments on views).
+func PlanFeedback(cfg FeedbackConfig) ([]FeedbackStatement, error) {
+	for _, n := range []string{cfg.Database, cfg.UsageTable, cfg.PlanTable} {
+		if err := ValidIdent(n); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Grain != GrainWeek && cfg.Grain != GrainMonth {
+		return nil, fmt.Errorf("feedback grain %q: want %s or %s", cfg.Grain, GrainWeek, GrainMonth)
+	}
+	db, g := cfg.Database, cfg.Grain
+	usage, plans := QualifiedTable(db, cfg.UsageTable), QualifiedTable(db, cfg.PlanTable)
+	view := func(name string) string { return QualifiedTable(db, name) }
+	eventPeriod, _ := g.periodSQL("ts", false)
+	planPeriod, planIndex := g.periodSQL("p_period", true)
+	_, submittedIndex := g.periodSQL("p_submitted_at", false)
+	current, _ := g.periodSQL("now()", false)
+
+	bodies := map[string]string{
+		ViewActuals: `SELECT customer_id, product, ` + eventPeriod + ` AS period,
+    sum(quantity) AS actual, count() AS events, max(ts) AS last_event_at
+FROM ` + usage + `
+GROUP BY customer_id, product, period`,
+
+		ViewPlanVersions: `SELECT plan_id, p_customer_id AS customer_id, p_product AS product,
+    ` + planPeriod + ` AS period, p_quantity AS quantity, p_submitted_at AS submitted_at,
+    p_confidence AS confidence, ` + planIndex + ` - ` + submittedIndex + ` AS horizon
+FROM
+(
+    SELECT plan_id,
+        argMax(customer_id, _offset) AS p_customer_id, argMax(product, _offset) AS p_product,
+        argMax(period, _offset) AS p_period, argMax(quantity, _offset) AS p_quantity,
+        argMax(submitted_at, _offset) AS p_submitted_at, argMax(confidence, _offset) AS p_confidence
+    FROM ` + plans + `
+    GROUP BY plan_id
+)`,
+
+		ViewGaps: `SELECT customer_id, product, period,
+    if(versions > 0, planned, NULL) AS planned_latest,
+    if(versions_before > 0, planned_before, NULL) AS planned_at_start,
+    versions, actual, events,
+    if(versions > 0, actual - planned, NULL) AS gap,
+    if(versions > 0 AND planned != 0, (actual - planned) / planned, NULL) AS gap_ratio,
+    if(versions > 0 AND planned != 0, actual / planned, NULL) AS consumed_share
+FROM
+(
+    SELECT customer_id, product, period,
+        argMax(quantity, (submitted_at, plan_id)) AS planned, count() AS versions,
+        argMaxIf(quantity, (submitted_at, plan_id), horizon >= 1) AS planned_before,
+        countIf(horizon >= 1) AS versions_before
+    FROM ` + view(ViewPlanVersions) + `
+    GROUP BY customer_id, product, period
+)
+ALL FULL OUTER JOIN
+(
+    SELECT customer_id, product, period, actual, events FROM ` + view(ViewActuals) + `
+) USING (customer_id, product, period)`,
+
+		ViewAccuracy: `SELECT product, horizon, count() AS n, sum(p) AS planned, sum(a) AS actual,
+    if(sum(a) > 0, sum(p - a) / sum(a), NULL) AS bias,
+    if(sum(a) > 0, sum(abs(p - a)) / sum(a), NULL) AS wape
+FROM
+(
+    SELECT customer_id, product, period, horizon, argMax(quantity, (submitted_at, plan_id)) AS p
+    FROM ` + view(ViewPlanVersions) + `
+    WHERE horizon >= 0 AND period < ` + current + `
+    GROUP BY customer_id, product, period, horizon
+)
+ALL LEFT JOIN
+(
+    SELECT customer_id, product, period, actual AS a FROM ` + view(ViewActuals) + `
+) USING (customer_id, product, period)
+GROUP BY product, horizon
+ORDER BY product, horizon`,
+	}
+	var out []FeedbackStatement
+	for _, name := range FeedbackViews {
+		body := bodies[name]
+		sum := sha256.Sum256([]byte(body))
+		fp := "customerloop:" + hex.EncodeToString(sum[:6])
+		sql := "CREATE VIEW IF NOT EXISTS " + view(name) + " AS\n" + withFingerprint(body, fp)
+		out = append(out, FeedbackStatement{Statement: Statement{Object: db + "." + name, SQL: sql}, View: name, Fingerprint: fp})
+	}
+	return out, nil
+}
+
+// withFingerprint adds an always-true predicate naming the definition to the outermost
+// query: before its GROUP BY or ORDER BY, or at the end.
+func withFingerprint(body, fp string) string {
+	pred := "'" + fp + "' != ''"
+	lines := strings.Split(body, "\n")
+	depth := 0
+	for i, l := range lines {
+		depth += strings.Count(l, "(") - strings.Count(l, ")")
+		if depth != 0 {
+			continue
+		}
+		t := strings.TrimSpace(l)
+		switch {
+		case strings.HasPrefix(t, "WHERE "):
+			lines[i] = l + " AND " + pred
+			return strings.Join(lines, "\n")
+		case strings.HasPrefix(t, "GROUP BY") || strings.HasPrefix(t, "ORDER BY"):
+			lines = append(lines[:i], append([]string{"WHERE " + pred}, lines[i:]...)...)
+			return strings.Join(lines, "\n")
+		}
+	}
+	return body + "\nWHERE " + pred
+}
+
+// ApplyFeedback creates the feedback views, replacing those made from another definition
+// (an upgrade of CustomerLoop, another grain). A view is replaced by dropping and
+// creating it: a query running at that moment fails and can be retried; no data is
+// involved.
+func ApplyFeedback(ctx context.Context, conn driver.Conn, db string, stmts []FeedbackStatement) error {
+	existing := map[string]string{}
+	rows, err := conn.Query(ctx, "SELECT name, create_table_query FROM system.tables WHERE database = ?", db)
+	if err != nil {
+		return fmt.Errorf("reading the views of %s: %w", db, err)
+	}
+	for rows.Next() {
+		var name, q string
+		if err := rows.Scan(&name, &q); err != nil {
+			rows.Close()
+			return err
+		}
+		existing[name] = q
+	}
+	rows.Close()
+	for _, s := range stmts {
+		if q, ok := existing[s.View]; ok && !strings.Contains(q, s.Fingerprint) {
+			if err := conn.Exec(ctx, "DROP TABLE IF EXISTS "+QualifiedTable(db, s.View)); err != nil {
+				return fmt.Errorf("replacing view %s: %w", s.Object, err)
+			}
+		}
+		if err := conn.Exec(ctx, s.SQL); err != nil {
+			return fmt.Errorf("creating view %s: %w", s.Object, err)
+		}
+	}
+	return nil
+}
