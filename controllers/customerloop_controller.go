@@ -78,6 +78,9 @@ func (r *CustomerLoopReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if err := r.reconcileSchema(ctx, cfg, obs); err != nil {
 		return r.resultFor(err)
 	}
+	if err := r.reconcileFeedback(ctx, loop, cfg, obs); err != nil {
+		return r.resultFor(err)
+	}
 	if err := r.reconcileWorkers(ctx, loop, cfg, obs); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -109,6 +112,52 @@ func (r *CustomerLoopReconciler) reconcileSchema(ctx context.Context, cfg pipeli
 	}
 	obs.schemaReady = true
 	return nil
+}
+
+// reconcileFeedback creates the plan-against-actual views of a loop with feedback.
+func (r *CustomerLoopReconciler) reconcileFeedback(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config, obs *observation) error {
+	fc := feedbackConfig(loop)
+	if fc == nil {
+		return nil
+	}
+	stmts, err := pipeline.PlanFeedback(*fc)
+	if err != nil {
+		obs.schemaErr, obs.schemaReady = &specError{msg: err.Error()}, false
+		return obs.schemaErr
+	}
+	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	if err != nil {
+		obs.schemaErr, obs.schemaReady = err, false
+		return err
+	}
+	defer conn.Close()
+	if err := pipeline.ApplyFeedback(ctx, conn, fc.Database, stmts); err != nil {
+		obs.schemaErr, obs.schemaReady = err, false
+		return err
+	}
+	for _, s := range stmts {
+		obs.objects = append(obs.objects, s.Object)
+	}
+	return nil
+}
+
+// feedbackConfig returns what the feedback views of the loop read, or nil without
+// feedback.
+func feedbackConfig(loop *loopsv1alpha1.CustomerLoop) *pipeline.FeedbackConfig {
+	f := loop.Spec.Feedback
+	if f == nil {
+		return nil
+	}
+	grain := pipeline.Grain(f.Granularity)
+	if grain == "" {
+		grain = pipeline.GrainMonth
+	}
+	return &pipeline.FeedbackConfig{
+		Database:   loop.Spec.ClickHouse.Database,
+		UsageTable: f.UsageStream + "_raw",
+		PlanTable:  f.PlanStream + "_raw",
+		Grain:      grain,
+	}
 }
 
 // reconcileWorkers runs the loop's workers, as many as it asks for: none when paused.

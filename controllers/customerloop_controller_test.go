@@ -112,6 +112,7 @@ func TestLoopLifecycle(t *testing.T) {
 	}
 	loop.Spec.ClickHouse.CredentialsSecretRef = &loopsv1alpha1.CredentialsSecretRef{Name: secret.Name}
 	loop.Spec.Streams[1].Customers = &loopsv1alpha1.CustomerRestriction{Pattern: "c[0-9]+"}
+	loop.Spec.Feedback = &loopsv1alpha1.FeedbackSpec{UsageStream: "usage", PlanStream: "plans"}
 	if err := k8s.Create(ctx, loop); err != nil {
 		t.Fatal(err)
 	}
@@ -166,8 +167,18 @@ func TestLoopLifecycle(t *testing.T) {
 	if got := testutil.ToFloat64(loopCondition.WithLabelValues(loop.Namespace, loop.Name, "Ready", "True")); got != 1 {
 		t.Errorf("customerloop_loop_condition{type=Ready,status=True} = %v, want 1", got)
 	}
-	if len(l.Status.Objects) != 4 {
-		t.Errorf("status.objects = %v, want the database, the ledger and 2 raw tables", l.Status.Objects)
+	if len(l.Status.Objects) != 8 {
+		t.Errorf("status.objects = %v, want the database, the ledger, 2 raw tables and 4 feedback views", l.Status.Objects)
+	}
+	// The feedback views join the two streams: every (customer, product, period) with a
+	// plan or usage has a row.
+	var gapRows, planned uint64
+	if err := ch.QueryRow(ctx, "SELECT count(), countIf(isNotNull(planned_latest)) FROM "+
+		pipeline.QualifiedTable(loop.Spec.ClickHouse.Database, pipeline.ViewGaps)).Scan(&gapRows, &planned); err != nil {
+		t.Fatal(err)
+	}
+	if planned == 0 || gapRows <= planned {
+		t.Errorf("feedback_gaps: %d rows, %d with a plan; want rows with plans and rows with usage only", gapRows, planned)
 	}
 	if l.Status.StreamCount != 2 {
 		t.Errorf("streamCount = %d", l.Status.StreamCount)
@@ -217,8 +228,8 @@ func TestLoopLifecycle(t *testing.T) {
 	if err := ch.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ?", loop.Spec.ClickHouse.Database).Scan(&tables); err != nil {
 		t.Fatal(err)
 	}
-	if tables != 3 {
-		t.Errorf("%d tables left in %s after deletion, want the 2 raw tables and the ledger kept", tables, loop.Spec.ClickHouse.Database)
+	if tables != 7 {
+		t.Errorf("%d tables left in %s after deletion, want the 2 raw tables, the ledger and 4 views kept", tables, loop.Spec.ClickHouse.Database)
 	}
 }
 
@@ -354,6 +365,12 @@ func TestInvalidSpecsRefused(t *testing.T) {
 		{"empty customer restriction", func(l *loopsv1alpha1.CustomerLoop) {
 			l.Spec.Streams[0].Customers = &loopsv1alpha1.CustomerRestriction{}
 		}, "customers needs allowed, pattern or both"},
+		{"feedback from a Plan stream as usage", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Feedback = &loopsv1alpha1.FeedbackSpec{UsageStream: "plans", PlanStream: "plans"}
+		}, "feedback.usageStream must name a stream of kind Usage"},
+		{"feedback from a missing stream", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Feedback = &loopsv1alpha1.FeedbackSpec{UsageStream: "usage", PlanStream: "forecasts"}
+		}, "feedback.planStream must name a stream of kind Plan"},
 		{"bad dedup window", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].DedupWindow = "48h" }, "dedupWindow must be a duration between 0s and 24h"},
 	}
 	for _, tc := range cases {

@@ -106,18 +106,19 @@ func columnType(t *testing.T, db, table, column string) string {
 }
 
 // TestDeletionPolicyDelete: deleting a loop whose policy is Delete drops its tables and
-// keeps its database (Retain is covered by TestLoopLifecycle).
+// feedback views and keeps its database (Retain is covered by TestLoopLifecycle).
 func TestDeletionPolicyDelete(t *testing.T) {
 	ctx := context.Background()
 	loop := newLoop(t)
 	loop.Spec.DeletionPolicy = loopsv1alpha1.DeletionDelete
+	loop.Spec.Feedback = &loopsv1alpha1.FeedbackSpec{UsageStream: "usage", PlanStream: "plans", Granularity: "Week"}
 	if err := k8s.Create(ctx, loop); err != nil {
 		t.Fatal(err)
 	}
 	db := loop.Spec.ClickHouse.Database
-	testkit.Eventually(t, 30*time.Second, "the tables", func() (bool, string) {
+	testkit.Eventually(t, 30*time.Second, "the tables and feedback views", func() (bool, string) {
 		n := countRows(t, fmt.Sprintf("SELECT count() FROM system.tables WHERE database = '%s'", db))
-		return n == 3, fmt.Sprint(n)
+		return n == 7, fmt.Sprint(n)
 	})
 	if err := k8s.Delete(ctx, loop); err != nil {
 		t.Fatal(err)

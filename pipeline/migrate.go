@@ -119,11 +119,14 @@ func Migrate(ctx context.Context, conn driver.Conn, cfg Config) ([]Statement, er
 	return append(create, alter...), nil
 }
 
-// PlanDrop returns the statements that drop the loop's tables (not its database, which
-// may hold other things).
+// PlanDrop returns the statements that drop the loop's feedback views and tables (not its
+// database, which may hold other things).
 func PlanDrop(cfg Config) []Statement {
 	db := cfg.ClickHouse.Database
 	var stmts []Statement
+	for _, v := range FeedbackViews {
+		stmts = append(stmts, Statement{Object: db + "." + v, SQL: "DROP TABLE IF EXISTS " + QualifiedTable(db, v)})
+	}
 	for _, t := range ManagedTables(cfg) {
 		stmts = append(stmts, Statement{Object: db + "." + t.Name, SQL: "DROP TABLE IF EXISTS " + QualifiedTable(db, t.Name)})
 	}

@@ -38,6 +38,8 @@ type DimensionType string
 // CustomerLoopSpec declares one feedback loop: where customers' usage events and plans
 // arrive (Kafka) and where they are kept and aggregated (ClickHouse).
 // +kubebuilder:validation:XValidation:rule="self.streams.all(s, !has(s.deadLetterTopic) || self.streams.all(t, t.topic != s.deadLetterTopic))",message="a stream's deadLetterTopic must not be the topic of any stream"
+// +kubebuilder:validation:XValidation:rule="!has(self.feedback) || self.streams.exists(s, s.name == self.feedback.usageStream && s.kind == 'Usage')",message="feedback.usageStream must name a stream of kind Usage"
+// +kubebuilder:validation:XValidation:rule="!has(self.feedback) || self.streams.exists(s, s.name == self.feedback.planStream && s.kind == 'Plan')",message="feedback.planStream must name a stream of kind Plan"
 type CustomerLoopSpec struct {
 	// kafka is where the loop's streams are read from.
 	// +required
@@ -56,6 +58,11 @@ type CustomerLoopSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self.all(s, self.exists_one(t, t.topic == s.topic))",message="two streams read the same topic; give each stream its own topic"
 	Streams []StreamSpec `json:"streams"`
 
+	// feedback joins a Plan stream to a Usage stream: plan against actual per customer,
+	// product and period, as views in the loop's database.
+	// +optional
+	Feedback *FeedbackSpec `json:"feedback,omitempty"`
+
 	// workers run the loop's ingestion.
 	// +optional
 	// +kubebuilder:default={}
@@ -71,6 +78,31 @@ type CustomerLoopSpec struct {
 	// +optional
 	// +kubebuilder:default=Retain
 	DeletionPolicy DeletionPolicy `json:"deletionPolicy,omitempty"`
+}
+
+// Granularity is the length of the periods plans are made for.
+// +kubebuilder:validation:Enum=Week;Month
+type Granularity string
+
+// FeedbackSpec says which streams' plans and usage are compared, and per what period.
+type FeedbackSpec struct {
+	// usageStream names the Usage stream whose events are the actuals.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=48
+	UsageStream string `json:"usageStream"`
+
+	// planStream names the Plan stream whose submissions are the plans.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=48
+	PlanStream string `json:"planStream"`
+
+	// granularity of the periods: Week (from Monday) or Month, in UTC. Changing it
+	// recreates the views; no data is involved.
+	// +optional
+	// +kubebuilder:default=Month
+	Granularity Granularity `json:"granularity,omitempty"`
 }
 
 // WorkersSpec sizes the loop's workers: pods of "customerloop worker" in one Kafka
