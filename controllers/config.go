@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
@@ -147,4 +148,10 @@ func (r *CustomerLoopReconciler) credentials(ctx context.Context, namespace, fie
 		return "", "", err
 	}
 	return string(user), string(pass), nil
+}
+
+// LoopConfig renders a loop's pipeline config, credentials included, as the reconciler
+// does: for commands that read a loop's data with the user's own access.
+func LoopConfig(ctx context.Context, c client.Client, loop *loopsv1alpha1.CustomerLoop) (pipeline.Config, error) {
+	return (&CustomerLoopReconciler{Client: c}).pipelineConfig(ctx, loop)
 }

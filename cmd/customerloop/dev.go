@@ -106,6 +106,9 @@ func (d *devStack) run(ctx context.Context) (err error) {
 	if err := d.report(ctx, w); err != nil {
 		return err
 	}
+	if err := d.gapReport(ctx); err != nil {
+		return err
+	}
 	if d.o.keepRunning {
 		d.printHowTo()
 		<-ctx.Done()
@@ -449,6 +452,23 @@ func topicEnd(brokers []string, topic string) (int64, error) {
 	return total, nil
 }
 
+// gapReport prints what product teams get back: plan against actual for the workload,
+// as `customerloop report` shows it.
+func (d *devStack) gapReport(ctx context.Context) error {
+	conn, err := pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: d.o.clickhouseAddr})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	step("Plan against actual, as product teams see it (customerloop report %s):", d.loop.Name)
+	fmt.Println()
+	if err := printReport(ctx, os.Stdout, conn, d.loop.Spec.ClickHouse.Database, reportOptions{format: "table", view: "all"}); err != nil {
+		return err
+	}
+	fmt.Println()
+	return nil
+}
+
 func (d *devStack) kubeconfigPath() string { return filepath.Join(d.o.workdir, "kubeconfig") }
 
 func (d *devStack) printHowTo() {
@@ -465,11 +485,14 @@ The stack keeps running until you press Ctrl-C. From another terminal:
   echo '{"event_id":"e-manual-1","customer_id":"acme-01","product":"compute","ts":"%[2]s","quantity":3,"region":"eu-west"}' \
     | kcat -b %[3]s -t acme.usage -k acme-01 -P
 
+  # plan against actual, per customer, product and month, and plan accuracy by horizon
+  %[7]s report acme --kubeconfig %[1]s --format csv
+
   # read what a product team sees
   clickhouse-client --host %[4]s --port %[5]s --query \
     'SELECT customer_id, product, count() AS events, sum(quantity) AS used FROM %[6]s.usage_raw GROUP BY customer_id, product ORDER BY customer_id, product'
 
-`, d.kubeconfigPath(), time.Now().UTC().Format(time.RFC3339), strings.Join(d.brokers, ","), chHost, chPort, db)
+`, d.kubeconfigPath(), time.Now().UTC().Format(time.RFC3339), strings.Join(d.brokers, ","), chHost, chPort, db, os.Args[0])
 }
 
 // deleteLoop deletes the sample and waits until the finalizer has stopped its worker.

@@ -25,6 +25,7 @@ Usage:
 Commands:
   manager   run the operator: reconcile CustomerLoops into ClickHouse schema and workers
   worker    run one loop's ingestion from a pipeline config file
+  report    print a loop's plan-against-actual gaps and plan accuracy by horizon
   dev       run the whole stack locally (control plane, broker, manager) with a demo workload
   broker    run a local Kafka-protocol broker for development
   version   print the version
@@ -40,6 +41,7 @@ func main() {
 	cmds := map[string]func(context.Context, []string) error{
 		"manager": runManager,
 		"worker":  runWorker,
+		"report":  runReport,
 		"dev":     runDev,
 		"broker":  runBroker,
 		"version": func(context.Context, []string) error { fmt.Println(version); return nil },

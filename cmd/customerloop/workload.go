@@ -25,13 +25,17 @@ type tally struct {
 	plans    int
 }
 
-// newWorkload makes usage events over the last 30 days and two plan revisions for each
-// of the next three months, for every customer and product, plus a few malformed messages.
+// newWorkload makes usage events since the start of last month and two plan revisions for each
+// of four months (last, this and the next two), for every customer and product, plus a
+// few malformed messages.
 // Messages are keyed by customer, as customers should send them.
 func newWorkload(customers, products int, now time.Time, seed uint64) *workload {
 	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
 	w := &workload{expected: map[cell]*tally{}}
 	month := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
+	// Usage from the start of last month to now, so that last month is complete.
+	since := month.AddDate(0, -1, 0)
+	span := now.Sub(since)
 	tiers := []string{"free", "team", "enterprise"}
 	regions := []string{"eu-west", "us-east", "ap-south"}
 	for c := 1; c <= customers; c++ {
@@ -45,7 +49,7 @@ func newWorkload(customers, products int, now time.Time, seed uint64) *workload 
 			w.expected[cell{customer, product}] = t
 			for range 20 + rng.IntN(100) {
 				qty := float64(1 + rng.IntN(40))
-				ts := now.Add(-time.Duration(rng.Int64N(int64(30 * 24 * time.Hour))))
+				ts := since.Add(time.Duration(rng.Int64N(int64(span))))
 				msg := map[string]any{
 					"event_id":    fmt.Sprintf("%s-%s-%d", customer, product, t.events),
 					"customer_id": customer,
@@ -62,17 +66,20 @@ func newWorkload(customers, products int, now time.Time, seed uint64) *workload 
 				t.events++
 				t.quantity += qty
 			}
-			for m := 1; m <= 3; m++ {
+			// Plans for last month, this month and the next two: a first one 20 days
+			// before the month, a revision 3 days into it (or now, if that is later),
+			// around what the customer uses in a month on average.
+			for m := -1; m <= 2; m++ {
 				period := month.AddDate(0, m, 0)
-				base := float64(200 + rng.IntN(800))
-				for rev, ago := range []int{30, 7} {
+				base := t.quantity * float64(30*24*time.Hour) / float64(span) * (0.6 + 0.8*rng.Float64())
+				for rev, at := range []time.Time{period.AddDate(0, 0, -20), minTime(period.AddDate(0, 0, 3), now)} {
 					w.plans = append(w.plans, message(customer, map[string]any{
 						"plan_id":      fmt.Sprintf("%s-%s-%s-r%d", customer, product, period.Format("2006-01"), rev+1),
 						"customer_id":  customer,
 						"product":      product,
 						"period":       period.Format(time.DateOnly),
 						"quantity":     math.Round(base * (1 + 0.1*float64(rev))),
-						"submitted_at": now.AddDate(0, 0, -ago).Format(time.RFC3339),
+						"submitted_at": at.Format(time.RFC3339),
 						"confidence":   0.6 + 0.2*float64(rev),
 					}))
 					t.plans++
@@ -107,4 +114,11 @@ func (w *workload) totals() (events, plans int) {
 		plans += t.plans
 	}
 	return events, plans
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }

@@ -43,8 +43,16 @@ func TestDevDemo(t *testing.T) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
-	// Six customer/product rows in the table, none marked as differing.
-	if n := strings.Count(out.String(), "acme-0"); n != 6 {
+	// Six customer/product rows in the count table, none marked as differing; then the
+	// gap report with the accuracy of last month's plans.
+	counts, gaps, found := strings.Cut(out.String(), "Every count matches what was produced")
+	if !found || !strings.Contains(gaps, "Plan against actual") || !strings.Contains(gaps, "accuracy by horizon") {
+		t.Errorf("no gap report after the counts")
+	}
+	if strings.Contains(gaps, "(no completed period with a plan yet)") {
+		t.Error("the gap report has no accuracy for last month's plans")
+	}
+	if n := strings.Count(counts, "acme-0"); n != 6 {
 		t.Errorf("the table has %d customer rows, want 6", n)
 	}
 	if strings.Contains(out.String(), "differs") {

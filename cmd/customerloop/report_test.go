@@ -1,0 +1,120 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"customerloop.dev/customerloop/pipeline"
+)
+
+// TestPrintReport writes the gap report of a small dataset on the real ClickHouse in
+// each format, with filters, and checks the figures.
+func TestPrintReport(t *testing.T) {
+	addr := os.Getenv("CLICKHOUSE_ADDR")
+	if addr == "" {
+		if os.Getenv("CUSTOMERLOOP_REQUIRE_STACK") != "" {
+			t.Fatal("CLICKHOUSE_ADDR is not set; run the tests with make test")
+		}
+		t.Skip("CLICKHOUSE_ADDR is not set")
+	}
+	ctx := context.Background()
+	db := fmt.Sprintf("report_test_%d", time.Now().UnixNano())
+	cfg := pipeline.Config{
+		Kafka:      pipeline.KafkaConfig{Brokers: []string{"x:1"}, Group: "g"},
+		ClickHouse: pipeline.ClickHouseConfig{Addr: addr, Database: db},
+		Streams: []pipeline.StreamConfig{
+			{Name: "usage", Kind: pipeline.KindUsage, Topic: "u", DeadLetterTopic: "u.dlq",
+				Mapping: pipeline.Mapping{EventID: "id", CustomerID: "c", Product: "p", Timestamp: "ts", Quantity: "q"}},
+			{Name: "plans", Kind: pipeline.KindPlan, Topic: "p", DeadLetterTopic: "p.dlq",
+				Mapping: pipeline.Mapping{PlanID: "id", CustomerID: "c", Product: "p", Period: "period", Quantity: "q"}},
+		},
+	}
+	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	defer conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(db))
+	if _, err := pipeline.Migrate(ctx, conn, cfg); err != nil {
+		t.Fatal(err)
+	}
+	views, err := pipeline.PlanFeedback(pipeline.FeedbackConfig{Database: db, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pipeline.ApplyFeedback(ctx, conn, db, views); err != nil {
+		t.Fatal(err)
+	}
+	// INSERT ... VALUES through Exec hangs on 18.16's native protocol: insert in batches.
+	now := time.Now().UTC().Truncate(time.Second)
+	at := func(s string) time.Time { t, _ := time.Parse(time.DateTime, s); return t }
+	insert := func(sql string, rows ...[]any) {
+		b, err := conn.PrepareBatch(ctx, sql)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			if err := b.Append(r...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.Send(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	insert(pipeline.InsertSQL(db, cfg.Streams[0]),
+		[]any{"e1", "acme", "compute", at("2025-03-05 10:00:00"), 60.0, "u", int32(0), int64(1), now},
+		[]any{"e2", "acme", "compute", at("2025-03-20 10:00:00"), 30.0, "u", int32(0), int64(2), now},
+		[]any{"e3", "globex", "storage", at("2025-03-07 10:00:00"), 5.0, "u", int32(0), int64(3), now})
+	insert(pipeline.InsertSQL(db, cfg.Streams[1]),
+		[]any{"p1", "acme", "compute", at("2025-03-01 00:00:00"), 100.0, at("2025-02-10 00:00:00"), (*float64)(nil), "p", int32(0), int64(1), now},
+		[]any{"p2", "acme", "compute", at("2025-03-01 00:00:00"), 120.0, at("2025-03-02 00:00:00"), (*float64)(nil), "p", int32(0), int64(2), now})
+
+	var out bytes.Buffer
+	if err := printReport(ctx, &out, conn, db, reportOptions{format: "json", view: "all"}); err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Gaps     []pipeline.GapRow
+		Accuracy []pipeline.AccuracyRow
+	}
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("%v:\n%s", err, out.String())
+	}
+	if len(rep.Gaps) != 2 || rep.Gaps[0].Customer != "acme" || *rep.Gaps[0].PlannedLatest != 120 || *rep.Gaps[0].PlannedAtStart != 100 ||
+		rep.Gaps[0].Actual != 90 || *rep.Gaps[0].Gap != -30 || *rep.Gaps[0].GapRatio != -0.25 || rep.Gaps[1].PlannedLatest != nil {
+		t.Errorf("json gaps:\n%s", out.String())
+	}
+	// horizon 1 (p1): plan 100 for an actual of 90; horizon 0 (p2): 120.
+	if len(rep.Accuracy) != 2 || rep.Accuracy[0].Horizon != 0 || *rep.Accuracy[0].WAPE != 30.0/90 || *rep.Accuracy[1].Bias != 10.0/90 {
+		t.Errorf("json accuracy:\n%s", out.String())
+	}
+
+	out.Reset()
+	if err := printReport(ctx, &out, conn, db, reportOptions{format: "csv", view: "all", filter: pipeline.GapFilter{Customer: "globex"}}); err != nil {
+		t.Fatal(err)
+	}
+	records, err := csv.NewReader(&out).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(records) != 2 || records[0][0] != "period" || records[1][1] != "globex" || records[1][3] != "" || records[1][6] != "5" {
+		t.Errorf("csv for customer globex: %v", records)
+	}
+
+	out.Reset()
+	if err := printReport(ctx, &out, conn, db, reportOptions{format: "table", view: "all",
+		filter: pipeline.GapFilter{Product: "compute", From: time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC), To: time.Date(2025, 3, 31, 0, 0, 0, 0, time.UTC)}}); err != nil {
+		t.Fatal(err)
+	}
+	if s := out.String(); !strings.Contains(s, "-25.0%") || strings.Contains(s, "globex") || !strings.Contains(s, "accuracy by horizon") {
+		t.Errorf("table for product compute:\n%s", s)
+	}
+}
