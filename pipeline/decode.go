@@ -1,7 +1,6 @@
 package pipeline
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -9,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/valyala/fastjson"
 )
@@ -56,28 +56,29 @@ type Decoder struct {
 const customerColumn = 1
 
 // acceptsCustomer reports whether the row's customer passes the stream's restriction.
-func (d *Decoder) acceptsCustomer(row []any) bool {
+func (d *Decoder) acceptsCustomer(c []byte) bool {
 	if d.allowed == nil && d.pattern == nil {
 		return true
 	}
-	c, _ := row[customerColumn].(string)
-	if _, ok := d.allowed[c]; ok {
+	if _, ok := d.allowed[string(c)]; ok {
 		return true
 	}
-	return d.pattern != nil && d.pattern.MatchString(c)
+	return d.pattern != nil && d.pattern.Match(c)
 }
 
-func (d *Decoder) unknownCustomer(row []any) *DecodeError {
+func (d *Decoder) unknownCustomer(c string) *DecodeError {
 	return &DecodeError{Reason: ReasonUnknownCustomer, Field: d.field,
-		Err: fmt.Errorf("customer %q is not among the stream's customers", row[customerColumn])}
+		Err: fmt.Errorf("customer %q is not among the stream's customers", c)}
 }
 
 type fieldDecoder struct {
 	path     []string
 	field    string
 	optional bool
-	convert  func(v any) (any, error)
-	missing  func(msgTime time.Time) any // value when optional and absent
+	kind     valKind
+	nullable bool
+	convert  func(v *fastjson.Value, out *value) error
+	missing  func(msgTime time.Time, out *value) // value when optional and absent
 }
 
 // NewDecoder compiles the stream's mapping.
@@ -87,42 +88,41 @@ func NewDecoder(s StreamConfig) (*Decoder, error) {
 	}
 	m := s.Mapping
 	var fs []fieldDecoder
-	req := func(field string, conv func(any) (any, error)) {
-		fs = append(fs, fieldDecoder{path: strings.Split(field, "."), field: field, convert: conv})
+	req := func(field string, kind valKind, conv func(*fastjson.Value, *value) error) {
+		fs = append(fs, fieldDecoder{path: strings.Split(field, "."), field: field, kind: kind, convert: conv})
 	}
-	opt := func(field string, conv func(any) (any, error), missing func(time.Time) any) {
-		if field == "" {
-			fs = append(fs, fieldDecoder{optional: true, missing: missing})
-			return
+	opt := func(field string, kind valKind, nullable bool, conv func(*fastjson.Value, *value) error, missing func(time.Time, *value)) {
+		f := fieldDecoder{field: field, optional: true, kind: kind, nullable: nullable, convert: conv, missing: missing}
+		if field != "" {
+			f.path = strings.Split(field, ".")
 		}
-		fs = append(fs, fieldDecoder{path: strings.Split(field, "."), field: field, optional: true, convert: conv, missing: missing})
+		fs = append(fs, f)
 	}
-	one := func(time.Time) any { return float64(1) }
-	msgTime := func(t time.Time) any { return t.UTC().Truncate(time.Second) }
-	null := func(time.Time) any { return (*float64)(nil) }
+	one := func(_ time.Time, out *value) { out.f = 1 }
+	msgTime := func(t time.Time, out *value) { out.i = t.Unix() }
+	null := func(_ time.Time, out *value) { out.null = true }
 	switch s.Kind {
 	case KindPlan:
-		req(m.PlanID, toID)
-		req(m.CustomerID, toID)
-		req(m.Product, toID)
-		req(m.Period, toDate)
-		req(m.Quantity, toNonNegative)
-		opt(m.SubmittedAt, toDateTime, msgTime)
-		opt(m.Confidence, toConfidence, null)
+		req(m.PlanID, vString, toID)
+		req(m.CustomerID, vString, toID)
+		req(m.Product, vString, toID)
+		req(m.Period, vDate, toDate)
+		req(m.Quantity, vFloat64, toNonNegative)
+		opt(m.SubmittedAt, vDateTime, false, toDateTime, msgTime)
+		opt(m.Confidence, vFloat64, true, toConfidence, null)
 	default:
-		req(m.EventID, toID)
-		req(m.CustomerID, toID)
-		req(m.Product, toID)
-		req(m.Timestamp, toDateTime)
-		opt(m.Quantity, toFloat64, one)
+		req(m.EventID, vString, toID)
+		req(m.CustomerID, vString, toID)
+		req(m.Product, vString, toID)
+		req(m.Timestamp, vDateTime, toDateTime)
+		opt(m.Quantity, vFloat64, false, toFloat64, one)
 	}
 	for _, d := range s.Dimensions {
-		conv := dimensionConverters[d.Type]
+		dc := dimensionConverters[d.Type]
 		if d.Nullable {
-			fs = append(fs, fieldDecoder{path: strings.Split(d.Field, "."), field: d.Field, optional: true,
-				convert: nullable(conv), missing: nullOf(d.Type)})
+			opt(d.Field, dc.kind, true, dc.convert, null)
 		} else {
-			req(d.Field, conv)
+			req(d.Field, dc.kind, dc.convert)
 		}
 	}
 	dec := &Decoder{fields: fs, field: m.CustomerID}
@@ -145,13 +145,29 @@ func NewDecoder(s StreamConfig) (*Decoder, error) {
 }
 
 // parsers are reused across messages: fastjson parses into the parser's own memory, so a
-// warm parser allocates nothing but the strings a row keeps.
+// warm parser allocates nothing.
 var parsers fastjson.ParserPool
 
-// Decode parses one message. The returned row holds a value per column of the raw table
-// except the trailing source columns, which the caller appends. msgTime is the Kafka
-// message time, used where the mapping lets a role default to it.
+// Decode parses one message into a row: a value per column of the raw table except the
+// trailing source columns. It is the row-shaped view of DecodeInto, for callers that
+// handle a few messages; the worker decodes straight into a batch's columns.
 func (d *Decoder) Decode(msg []byte, msgTime time.Time) ([]any, error) {
+	c := newColumns(d, nil)
+	if _, err := d.decodeInto(msg, msgTime, c); err != nil {
+		return nil, err
+	}
+	c.appendDecoded()
+	row := make([]any, len(d.fields))
+	for i := range d.fields {
+		row[i] = c.cols[i].any(0)
+	}
+	return row, nil
+}
+
+// decodeInto parses one message into c's scratch values, which c.appendDecoded then
+// appends to its columns, and returns the message id (event_id or plan_id). Both are
+// valid until the next call.
+func (d *Decoder) decodeInto(msg []byte, msgTime time.Time, c *columns) (id []byte, err error) {
 	p := parsers.Get()
 	defer parsers.Put(p)
 	doc, err := p.ParseBytes(msg)
@@ -161,21 +177,23 @@ func (d *Decoder) Decode(msg []byte, msgTime time.Time) ([]any, error) {
 	if doc.Type() != fastjson.TypeObject {
 		return nil, &DecodeError{Reason: ReasonInvalidJSON, Err: errors.New("message is not a JSON object")}
 	}
-	row := make([]any, len(d.fields), len(d.fields)+len(sourceColumns))
-	for i, f := range d.fields {
-		var v any
+	vals := c.scratch
+	for i := range d.fields {
+		f := &d.fields[i]
+		out := &vals[i]
+		out.null = false
+		var v *fastjson.Value
 		if f.path != nil {
-			v = leaf(doc.Get(f.path...))
+			v = doc.Get(f.path...)
 		}
-		if v == nil {
+		if v == nil || v.Type() == fastjson.TypeNull {
 			if !f.optional {
 				return nil, &DecodeError{Reason: ReasonMissingField, Field: f.field, Err: errors.New("required field is missing or null")}
 			}
-			row[i] = f.missing(msgTime)
+			f.missing(msgTime, out)
 			continue
 		}
-		out, err := f.convert(v)
-		if err != nil {
+		if err := f.convert(v, out); err != nil {
 			var de *DecodeError
 			if errors.As(err, &de) {
 				de.Field = f.field
@@ -183,46 +201,32 @@ func (d *Decoder) Decode(msg []byte, msgTime time.Time) ([]any, error) {
 			}
 			return nil, &DecodeError{Reason: ReasonWrongType, Field: f.field, Err: err}
 		}
-		row[i] = out
 	}
-	if !d.acceptsCustomer(row) {
-		return nil, d.unknownCustomer(row)
+	if !d.acceptsCustomer(vals[customerColumn].str) {
+		return nil, d.unknownCustomer(string(vals[customerColumn].str))
 	}
-	return row, nil
+	return vals[0].str, nil
 }
 
-// jsonObject and jsonArray stand for a container found where a value was expected.
-type (
-	jsonObject struct{}
-	jsonArray  struct{}
-)
-
-// leaf turns a parsed value into what the converters take: string, json.Number (the
-// number's own text), bool, jsonObject, jsonArray, or nil for null and absent.
-func leaf(v *fastjson.Value) any {
-	if v == nil {
-		return nil
-	}
+// jsonType names a JSON value's type for error messages.
+func jsonType(v *fastjson.Value) string {
 	switch v.Type() {
 	case fastjson.TypeString:
-		b, _ := v.StringBytes()
-		return string(b)
+		return "a string"
 	case fastjson.TypeNumber:
-		return json.Number(v.MarshalTo(nil))
-	case fastjson.TypeTrue:
-		return true
-	case fastjson.TypeFalse:
-		return false
+		return "a number"
+	case fastjson.TypeTrue, fastjson.TypeFalse:
+		return "a boolean"
 	case fastjson.TypeObject:
-		return jsonObject{}
+		return "an object"
 	case fastjson.TypeArray:
-		return jsonArray{}
+		return "an array"
 	default:
-		return nil
+		return "null"
 	}
 }
 
-func wrongType(v any, want string) error {
+func wrongType(v *fastjson.Value, want string) error {
 	return &DecodeError{Reason: ReasonWrongType, Err: fmt.Errorf("got %s, want %s", jsonType(v), want)}
 }
 
@@ -230,146 +234,152 @@ func outOfRange(format string, args ...any) error {
 	return &DecodeError{Reason: ReasonOutOfRange, Err: fmt.Errorf(format, args...)}
 }
 
-func jsonType(v any) string {
-	switch v.(type) {
-	case string:
-		return "a string"
-	case json.Number:
-		return "a number"
-	case bool:
-		return "a boolean"
-	case jsonObject:
-		return "an object"
-	case jsonArray:
-		return "an array"
-	default:
-		return fmt.Sprintf("%T", v)
-	}
+// numberText is a JSON number's own text, in the value's scratch buffer.
+func numberText(v *fastjson.Value, out *value) []byte {
+	out.buf = v.MarshalTo(out.buf[:0])
+	return out.buf
 }
+
+// bytesString views b as a string without copying, for parsing; the string must not
+// outlive b's contents.
+func bytesString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // maxIDLength bounds ids, customers and products; longer values are input errors, not data.
 const maxIDLength = 256
 
-func toID(v any) (any, error) {
-	var s string
-	switch t := v.(type) {
-	case string:
-		s = t
-	case json.Number:
-		s = t.String()
+func toID(v *fastjson.Value, out *value) error {
+	switch v.Type() {
+	case fastjson.TypeString:
+		out.str, _ = v.StringBytes()
+	case fastjson.TypeNumber:
+		out.str = numberText(v, out)
 	default:
-		return nil, wrongType(v, "a string or number")
+		return wrongType(v, "a string or number")
 	}
-	if s == "" {
-		return nil, outOfRange("must not be empty")
+	if len(out.str) == 0 {
+		return outOfRange("must not be empty")
 	}
-	if len(s) > maxIDLength {
-		return nil, outOfRange("longer than %d bytes", maxIDLength)
+	if len(out.str) > maxIDLength {
+		return outOfRange("longer than %d bytes", maxIDLength)
 	}
-	return s, nil
+	return nil
 }
 
-func toString(v any) (any, error) {
-	switch t := v.(type) {
-	case string:
-		return t, nil
-	case json.Number:
-		return t.String(), nil
-	case bool:
-		return strconv.FormatBool(t), nil
+var (
+	trueText  = []byte("true")
+	falseText = []byte("false")
+)
+
+func toString(v *fastjson.Value, out *value) error {
+	switch v.Type() {
+	case fastjson.TypeString:
+		out.str, _ = v.StringBytes()
+	case fastjson.TypeNumber:
+		out.str = numberText(v, out)
+	case fastjson.TypeTrue:
+		out.str = trueText
+	case fastjson.TypeFalse:
+		out.str = falseText
+	default:
+		return wrongType(v, "a string")
 	}
-	return nil, wrongType(v, "a string")
+	return nil
 }
 
-func toFloat64(v any) (any, error) {
-	n, ok := v.(json.Number)
-	if !ok {
-		return nil, wrongType(v, "a number")
+func parseNumber(v *fastjson.Value, out *value) (float64, error) {
+	if v.Type() != fastjson.TypeNumber {
+		return 0, wrongType(v, "a number")
 	}
-	f, err := strconv.ParseFloat(string(n), 64)
+	n := numberText(v, out)
+	f, err := strconv.ParseFloat(bytesString(n), 64)
 	if err != nil || math.IsInf(f, 0) {
-		return nil, outOfRange("%s does not fit a 64-bit float", n)
+		return 0, outOfRange("%s does not fit a 64-bit float", n)
 	}
 	return f, nil
 }
 
-func toFloat32(v any) (any, error) {
-	f, err := toFloat64(v)
-	if err != nil {
-		return nil, err
-	}
-	if math.Abs(f.(float64)) > math.MaxFloat32 {
-		return nil, outOfRange("%v does not fit a 32-bit float", f)
-	}
-	return float32(f.(float64)), nil
+func toFloat64(v *fastjson.Value, out *value) error {
+	f, err := parseNumber(v, out)
+	out.f = f
+	return err
 }
 
-func toNonNegative(v any) (any, error) {
-	f, err := toFloat64(v)
+func toFloat32(v *fastjson.Value, out *value) error {
+	f, err := parseNumber(v, out)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if f.(float64) < 0 {
-		return nil, outOfRange("%v is negative", f)
+	if math.Abs(f) > math.MaxFloat32 {
+		return outOfRange("%v does not fit a 32-bit float", f)
 	}
-	return f, nil
+	out.f = f
+	return nil
 }
 
-func toConfidence(v any) (any, error) {
-	f, err := toFloat64(v)
+func toNonNegative(v *fastjson.Value, out *value) error {
+	f, err := parseNumber(v, out)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	c := f.(float64)
+	if f < 0 {
+		return outOfRange("%v is negative", f)
+	}
+	out.f = f
+	return nil
+}
+
+func toConfidence(v *fastjson.Value, out *value) error {
+	c, err := parseNumber(v, out)
+	if err != nil {
+		return err
+	}
 	if c < 0 || c > 1 {
-		return nil, outOfRange("confidence %v is outside 0..1", c)
+		return outOfRange("confidence %v is outside 0..1", c)
 	}
-	return &c, nil
+	out.f = c
+	return nil
 }
 
-func intConverter(bits int, signed bool) func(any) (any, error) {
-	return func(v any) (any, error) {
-		n, ok := v.(json.Number)
-		if !ok {
-			return nil, wrongType(v, "an integer")
+func intConverter(bits int, signed bool) func(*fastjson.Value, *value) error {
+	return func(v *fastjson.Value, out *value) error {
+		if v.Type() != fastjson.TypeNumber {
+			return wrongType(v, "an integer")
 		}
+		n := numberText(v, out)
 		if signed {
-			i, err := strconv.ParseInt(string(n), 10, bits)
+			i, err := strconv.ParseInt(bytesString(n), 10, bits)
 			if err != nil {
-				return nil, intError(n, err)
+				return intError(n, err)
 			}
-			if bits == 32 {
-				return int32(i), nil
-			}
-			return i, nil
+			out.i = i
+			return nil
 		}
-		u, err := strconv.ParseUint(string(n), 10, bits)
+		u, err := strconv.ParseUint(bytesString(n), 10, bits)
 		if err != nil {
-			return nil, intError(n, err)
+			return intError(n, err)
 		}
-		if bits == 32 {
-			return uint32(u), nil
-		}
-		return u, nil
+		out.u = u
+		return nil
 	}
 }
 
-func intError(n json.Number, err error) error {
-	if errors.Is(err, strconv.ErrRange) || strings.HasPrefix(string(n), "-") {
+func intError(n []byte, err error) error {
+	if errors.Is(err, strconv.ErrRange) || (len(n) > 0 && n[0] == '-') {
 		return outOfRange("%s is out of range for the column", n)
 	}
-	return wrongType(n, "an integer")
+	return &DecodeError{Reason: ReasonWrongType, Err: errors.New("got a number, want an integer")}
 }
 
-func toBool(v any) (any, error) {
-	b, ok := v.(bool)
-	if !ok {
-		return nil, wrongType(v, "a boolean")
+func toBool(v *fastjson.Value, out *value) error {
+	switch v.Type() {
+	case fastjson.TypeTrue:
+		out.u = 1
+	case fastjson.TypeFalse:
+		out.u = 0
+	default:
+		return wrongType(v, "a boolean")
 	}
-	if b {
-		return uint8(1), nil
-	}
-	return uint8(0), nil
+	return nil
 }
 
 // DateTime in ClickHouse is seconds since the epoch in a UInt32.
@@ -384,20 +394,23 @@ var (
 // the year 5138, 1e11 milliseconds is 1973.
 const epochMillisThreshold = 1e11
 
-func parseTime(v any) (time.Time, error) {
-	switch t := v.(type) {
-	case string:
+func parseTime(v *fastjson.Value, out *value) (time.Time, error) {
+	switch v.Type() {
+	case fastjson.TypeString:
+		b, _ := v.StringBytes()
+		t := bytesString(b)
 		if ts, err := time.Parse(time.RFC3339Nano, t); err == nil {
 			return ts.UTC(), nil
 		}
 		if ts, err := time.Parse(time.DateOnly, t); err == nil {
 			return ts, nil
 		}
-		return time.Time{}, &DecodeError{Reason: ReasonWrongType, Err: fmt.Errorf("%q is not RFC 3339, a date or epoch seconds/milliseconds", t)}
-	case json.Number:
-		f, err := strconv.ParseFloat(string(t), 64)
+		return time.Time{}, &DecodeError{Reason: ReasonWrongType, Err: fmt.Errorf("%q is not RFC 3339, a date or epoch seconds/milliseconds", b)}
+	case fastjson.TypeNumber:
+		n := numberText(v, out)
+		f, err := strconv.ParseFloat(bytesString(n), 64)
 		if err != nil || math.IsInf(f, 0) {
-			return time.Time{}, outOfRange("%s is not a usable epoch time", t)
+			return time.Time{}, outOfRange("%s is not a usable epoch time", n)
 		}
 		if math.Abs(f) >= epochMillisThreshold {
 			return time.UnixMilli(int64(f)).UTC(), nil
@@ -408,95 +421,45 @@ func parseTime(v any) (time.Time, error) {
 	return time.Time{}, wrongType(v, "a time (RFC 3339 string or epoch number)")
 }
 
-func toDateTime(v any) (any, error) {
-	ts, err := parseTime(v)
+func toDateTime(v *fastjson.Value, out *value) error {
+	ts, err := parseTime(v, out)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if ts.Before(minDateTime) || ts.After(maxDateTime) {
-		return nil, outOfRange("%s is outside ClickHouse DateTime (1970 to 2106)", ts.Format(time.RFC3339))
+		return outOfRange("%s is outside ClickHouse DateTime (1970 to 2106)", ts.Format(time.RFC3339))
 	}
-	return ts.Truncate(time.Second), nil
+	out.i = ts.Unix()
+	return nil
 }
 
-func toDate(v any) (any, error) {
-	ts, err := parseTime(v)
+func toDate(v *fastjson.Value, out *value) error {
+	ts, err := parseTime(v, out)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	d := time.Date(ts.Year(), ts.Month(), ts.Day(), 0, 0, 0, 0, time.UTC)
 	if d.Before(minDateTime) || d.After(maxDate) {
-		return nil, outOfRange("%s is outside ClickHouse Date (1970 to 2149)", d.Format(time.DateOnly))
+		return outOfRange("%s is outside ClickHouse Date (1970 to 2149)", d.Format(time.DateOnly))
 	}
-	return d, nil
+	out.i = d.Unix()
+	return nil
 }
 
-var dimensionConverters = map[string]func(any) (any, error){
-	"String":   toString,
-	"Int32":    intConverter(32, true),
-	"Int64":    intConverter(64, true),
-	"UInt32":   intConverter(32, false),
-	"UInt64":   intConverter(64, false),
-	"Float32":  toFloat32,
-	"Float64":  toFloat64,
-	"Bool":     toBool,
-	"Date":     toDate,
-	"DateTime": toDateTime,
+type dimensionConverter struct {
+	kind    valKind
+	convert func(*fastjson.Value, *value) error
 }
 
-// nullable wraps a converter so that it returns a pointer, the shape clickhouse-go takes
-// for Nullable columns.
-func nullable(conv func(any) (any, error)) func(any) (any, error) {
-	return func(v any) (any, error) {
-		out, err := conv(v)
-		if err != nil {
-			return nil, err
-		}
-		switch t := out.(type) {
-		case string:
-			return &t, nil
-		case int32:
-			return &t, nil
-		case int64:
-			return &t, nil
-		case uint32:
-			return &t, nil
-		case uint64:
-			return &t, nil
-		case float32:
-			return &t, nil
-		case float64:
-			return &t, nil
-		case uint8:
-			return &t, nil
-		case time.Time:
-			return &t, nil
-		}
-		return nil, fmt.Errorf("no nullable form for %T", out)
-	}
-}
-
-func nullOf(typ string) func(time.Time) any {
-	var v any
-	switch typ {
-	case "String":
-		v = (*string)(nil)
-	case "Int32":
-		v = (*int32)(nil)
-	case "Int64":
-		v = (*int64)(nil)
-	case "UInt32":
-		v = (*uint32)(nil)
-	case "UInt64":
-		v = (*uint64)(nil)
-	case "Float32":
-		v = (*float32)(nil)
-	case "Float64":
-		v = (*float64)(nil)
-	case "Bool":
-		v = (*uint8)(nil)
-	default: // Date, DateTime
-		v = (*time.Time)(nil)
-	}
-	return func(time.Time) any { return v }
+var dimensionConverters = map[string]dimensionConverter{
+	"String":   {vString, toString},
+	"Int32":    {vInt32, intConverter(32, true)},
+	"Int64":    {vInt64, intConverter(64, true)},
+	"UInt32":   {vUInt32, intConverter(32, false)},
+	"UInt64":   {vUInt64, intConverter(64, false)},
+	"Float32":  {vFloat32, toFloat32},
+	"Float64":  {vFloat64, toFloat64},
+	"Bool":     {vBool, toBool},
+	"Date":     {vDate, toDate},
+	"DateTime": {vDateTime, toDateTime},
 }

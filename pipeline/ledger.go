@@ -120,30 +120,29 @@ func recoverPartition(ctx context.Context, conn driver.Conn, db string, s *Strea
 	return rp, rows.Err()
 }
 
-// withoutLanded returns the rows whose source offsets are not yet in the stream's raw
-// table. It runs before an insert is retried: the failed attempt may have written some or
-// all of its rows (an error can reach the client after the server committed).
-func withoutLanded(ctx context.Context, conn driver.Conn, db string, s *StreamConfig, rows [][]any) ([][]any, error) {
-	if len(rows) == 0 {
-		return rows, nil
+// withoutLanded drops from c the rows whose source offsets are already in the stream's
+// raw table. It runs before an insert is retried: the failed attempt may have written
+// some or all of its rows (an error can reach the client after the server committed).
+func withoutLanded(ctx context.Context, conn driver.Conn, db string, s *StreamConfig, c *columns) error {
+	if c.n == 0 {
+		return nil
 	}
-	n := len(rows[0])
+	src := c.cols[c.decoded:]
+	parts, offsets, ingested := src[srcPartition].i32, src[srcOffset].i64, src[srcIngestedAt].i64
 	type bounds struct{ lo, hi int64 }
 	spans := map[int32]*bounds{}
-	var since time.Time
-	for i, r := range rows {
-		p, off, at := r[n-3].(int32), r[n-2].(int64), r[n-1].(time.Time)
+	since := ingested[0]
+	for i := range c.n {
+		p, off := parts[i], offsets[i]
 		if b := spans[p]; b == nil {
 			spans[p] = &bounds{off, off}
 		} else {
 			b.lo, b.hi = min(b.lo, off), max(b.hi, off)
 		}
-		if i == 0 || at.Before(since) {
-			since = at
-		}
+		since = min(since, ingested[i])
 	}
 	q := "SELECT _partition, _offset FROM " + QualifiedTable(db, s.Table()) + " WHERE _topic = ? AND _ingested_at >= ? AND ("
-	args := []any{s.Topic, since}
+	args := []any{s.Topic, time.Unix(since, 0).UTC()}
 	first := true
 	for p, b := range spans {
 		if !first {
@@ -156,7 +155,7 @@ func withoutLanded(ctx context.Context, conn driver.Conn, db string, s *StreamCo
 	q += ")"
 	res, err := conn.Query(ctx, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("checking what a failed insert into %s wrote: %w", s.Table(), err)
+		return fmt.Errorf("checking what a failed insert into %s wrote: %w", s.Table(), err)
 	}
 	defer res.Close()
 	type po struct {
@@ -167,23 +166,23 @@ func withoutLanded(ctx context.Context, conn driver.Conn, db string, s *StreamCo
 	for res.Next() {
 		var k po
 		if err := res.Scan(&k.p, &k.off); err != nil {
-			return nil, err
+			return err
 		}
 		landed[k] = struct{}{}
 	}
 	if err := res.Err(); err != nil {
-		return nil, err
+		return err
 	}
 	if len(landed) == 0 {
-		return rows, nil
+		return nil
 	}
-	rest := rows[:0:0]
-	for _, r := range rows {
-		if _, ok := landed[po{r[n-3].(int32), r[n-2].(int64)}]; !ok {
-			rest = append(rest, r)
-		}
+	keep := make([]bool, c.n)
+	for i := range c.n {
+		_, done := landed[po{parts[i], offsets[i]}]
+		keep[i] = !done
 	}
-	return rest, nil
+	c.keep(keep)
+	return nil
 }
 
 // ledgerHas reports whether a batch is recorded, so that a retried ledger write whose

@@ -141,18 +141,17 @@ func (w *Worker) Run(ctx context.Context) error {
 }
 
 // item is one consumed message, decoded into a row or destined for the dead-letter topic.
+// The batch loop decodes it: straight into the batch's columns, with no row in between.
 type item struct {
 	stream *StreamConfig
 	msg    kafka.Message
-	row    []any // nil when dead-lettered or landed
-	err    *DecodeError
-	landed bool // already in ClickHouse: from an unrecorded batch, or a producer's duplicate
-	// duplicate marks a landed item as a producer's retry (for the ledger's count).
-	duplicate bool
+	seen   *dedupWindow // the partition's window of ingested ids
+	err    *DecodeError // set when the message is dead-lettered without decoding (oversize)
+	landed bool         // already in ClickHouse, from a batch that was not recorded
 }
 
 func (w *Worker) runGeneration(ctx context.Context, gen *kafka.Generation) {
-	items := make(chan item, 4096)
+	items := make(chan []item, 4096/chunkItems)
 	// Bytes read but not yet written; readers wait when it is spent.
 	budget := semaphore.NewWeighted(w.budget())
 	var readers sync.WaitGroup
@@ -181,7 +180,22 @@ func (w *Worker) weight(m kafka.Message) int64 {
 	return min(int64(len(m.Value)+len(m.Key))+64, w.budget())
 }
 
-func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partition int, offset int64, out chan<- item, budget *semaphore.Weighted) {
+// A reader hands messages to the batch loop in chunks, so that the channel and the
+// budget are paid for per chunk rather than per message. A chunk goes when it holds
+// chunkItems messages or an eighth of the budget, or chunkLinger after its first message
+// when no more arrive.
+const (
+	chunkItems  = 256
+	chunkLinger = 5 * time.Millisecond
+)
+
+// lingerContext is the context a reader fetches with, and how to end it early.
+type lingerContext struct {
+	context.Context
+	cancel context.CancelFunc
+}
+
+func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partition int, offset int64, out chan<- []item, budget *semaphore.Weighted) {
 	ctx, cancel := mergeDone(ctx, gctx)
 	defer cancel()
 	r := kafka.NewReader(kafka.ReaderConfig{
@@ -194,7 +208,7 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 		MaxWait:   250 * time.Millisecond,
 	})
 	defer r.Close()
-	stream, dec := w.streams[topic], w.decoders[topic]
+	stream := w.streams[topic]
 	var rp resumePoint
 	if err := w.retry(ctx, StageRecover, fmt.Sprintf("recovering %s/%d from the ledger", topic, partition), func() error {
 		var err error
@@ -226,10 +240,53 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 	received, receivedBytes := w.metrics.ReceivedEvents.WithLabelValues(loop, stream.Name), w.metrics.ReceivedBytes.WithLabelValues(loop, stream.Name)
 	lag := w.metrics.Lag.WithLabelValues(loop, topic, part)
 	defer w.metrics.Lag.DeleteLabelValues(loop, topic, part)
+	var (
+		chunk       []item
+		weight      int64
+		fetch       = lingerContext{Context: ctx, cancel: func() {}} // ctx, or ctx until the pending chunk's linger ends
+		chunkWeight = w.budget() / 8
+	)
+	defer func() {
+		fetch.cancel()
+		// Hand what was read to the batch loop, which flushes and commits it on its way
+		// out; if it has already gone, the messages are read again later.
+		if len(chunk) > 0 {
+			select {
+			case out <- chunk:
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+	send := func() bool {
+		fetch.cancel()
+		fetch = lingerContext{Context: ctx, cancel: func() {}}
+		if len(chunk) == 0 {
+			return true
+		}
+		if err := budget.Acquire(ctx, weight); err != nil {
+			return false
+		}
+		select {
+		case out <- chunk:
+		case <-ctx.Done():
+			return false
+		}
+		chunk, weight = nil, 0
+		return true
+	}
 	for {
-		m, err := r.FetchMessage(ctx)
+		m, err := r.FetchMessage(fetch)
 		if err != nil {
 			if ctx.Err() != nil {
+				return
+			}
+			if fetch.Err() != nil { // the linger ended: hand over what arrived
+				if !send() {
+					return
+				}
+				continue
+			}
+			if !send() {
 				return
 			}
 			w.metrics.Errors.WithLabelValues(loop, StageFetch).Inc()
@@ -242,57 +299,58 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 		received.Inc()
 		receivedBytes.Add(float64(len(m.Value)))
 		lag.Set(float64(m.HighWaterMark - m.Offset - 1))
-		it := item{stream: stream, msg: m}
+		it := item{stream: stream, msg: m, seen: seen}
 		if _, ok := rp.landed[m.Offset]; ok {
 			it.landed = true
 			delete(rp.landed, m.Offset)
 			w.metrics.Discarded.WithLabelValues(loop, stream.Name, "already_landed").Inc()
 		} else if len(m.Value) > w.cfg.MaxMessageBytes {
 			it.err = &DecodeError{Reason: ReasonOversize, Err: fmt.Errorf("message of %d bytes exceeds the limit of %d", len(m.Value), w.cfg.MaxMessageBytes)}
-		} else if row, err := dec.Decode(m.Value, m.Time); err != nil {
-			var de *DecodeError
-			if !errors.As(err, &de) {
-				de = &DecodeError{Reason: ReasonInvalidJSON, Err: err}
+		}
+		if len(chunk) == 0 {
+			fetch.Context, fetch.cancel = context.WithTimeout(ctx, chunkLinger)
+			chunk = make([]item, 0, chunkItems)
+		}
+		chunk = append(chunk, it)
+		weight += w.weight(m)
+		if len(chunk) >= chunkItems || weight >= chunkWeight {
+			if !send() {
+				return
 			}
-			it.err = de
-		} else if seen.duplicate(row[0].(string), time.Now()) {
-			it.landed, it.duplicate = true, true
-			w.metrics.Discarded.WithLabelValues(loop, stream.Name, "duplicate").Inc()
-		} else {
-			it.row = row
-		}
-		if err := budget.Acquire(ctx, w.weight(m)); err != nil {
-			return
-		}
-		select {
-		case out <- it:
-		case <-ctx.Done():
-			return
 		}
 	}
 }
 
-// batch accumulates rows per stream, dead letters, and each partition's offset span.
+// batch accumulates each stream's rows as columns, dead letters, and each partition's
+// offset span. The batch loop reuses one batch, and its columns' memory, from flush to
+// flush.
 type batch struct {
-	held     int64 // budget taken by the batch's messages
-	rows     map[*StreamConfig][][]any
-	received map[*StreamConfig][]time.Time // the broker's time of each row's message
-	bytes    map[*StreamConfig]int         // message bytes behind the rows
-	dead     []kafka.Message
-	reasons  []Reason // of each dead letter
-	spans    map[topicPartition]*span
-	n        int
+	w       *Worker
+	held    int64 // budget taken by the batch's messages
+	cols    map[*StreamConfig]*columns
+	bytes   map[*StreamConfig]int // message bytes behind the rows
+	dead    []kafka.Message
+	reasons []Reason // of each dead letter
+	spans   map[topicPartition]*span
+	n       int
 }
 
-func newBatch() *batch {
-	return &batch{
-		rows:     map[*StreamConfig][][]any{},
-		received: map[*StreamConfig][]time.Time{},
-		bytes:    map[*StreamConfig]int{},
-		spans:    map[topicPartition]*span{},
+func newBatch(w *Worker) *batch {
+	return &batch{w: w, cols: map[*StreamConfig]*columns{}, bytes: map[*StreamConfig]int{}, spans: map[topicPartition]*span{}}
+}
+
+// reset empties the batch for the next one, keeping the columns' memory.
+func (b *batch) reset() {
+	for _, c := range b.cols {
+		c.reset()
 	}
+	clear(b.bytes)
+	clear(b.spans)
+	b.held, b.dead, b.reasons, b.n = 0, nil, nil, 0
 }
 
+// add decodes a message into the batch: a row in its stream's columns, a dead letter, or
+// only its offset (a message already landed or a producer's duplicate).
 func (b *batch) add(it item, now time.Time) {
 	m := it.msg
 	tp := topicPartition{m.Topic, m.Partition}
@@ -304,20 +362,44 @@ func (b *batch) add(it item, now time.Time) {
 	sp.last = m.Offset
 	sp.messages++
 	b.n++
-	switch {
-	case it.landed:
-		if it.duplicate {
+	if it.landed {
+		return
+	}
+	c := b.cols[it.stream]
+	if c == nil && it.err == nil {
+		c = newColumns(b.w.decoders[m.Topic], it.stream)
+		b.cols[it.stream] = c
+	}
+	if it.err == nil {
+		id, err := b.w.decoders[m.Topic].decodeInto(m.Value, m.Time, c)
+		switch {
+		case err != nil:
+			var de *DecodeError
+			if !errors.As(err, &de) {
+				de = &DecodeError{Reason: ReasonInvalidJSON, Err: err}
+			}
+			it.err = de
+		case it.seen != nil && it.seen.duplicate(bytesString(id), now):
 			sp.duplicates++
+			b.w.metrics.Discarded.WithLabelValues(b.w.cfg.Loop, it.stream.Name, "duplicate").Inc()
+			return
 		}
-	case it.err != nil:
+	}
+	if it.err != nil {
 		b.dead = append(b.dead, deadLetter(it, now))
 		b.reasons = append(b.reasons, it.err.Reason)
 		sp.deadLettered++
-	default:
-		row := append(it.row, m.Topic, int32(m.Partition), m.Offset, now.UTC().Truncate(time.Second))
-		b.rows[it.stream] = append(b.rows[it.stream], row)
-		b.received[it.stream] = append(b.received[it.stream], m.Time)
-		b.bytes[it.stream] += len(m.Value)
+		return
+	}
+	c.appendDecoded()
+	c.appendSource(m.Topic, m.Partition, m.Offset, now.UTC(), m.Time)
+	b.bytes[it.stream] += len(m.Value)
+}
+
+func (b *batch) addAll(chunk []item, now time.Time) {
+	for _, it := range chunk {
+		b.add(it, now)
+		b.held += b.w.weight(it.msg)
 	}
 }
 
@@ -352,8 +434,8 @@ func deadLetter(it item, now time.Time) kafka.Message {
 
 // batchLoop owns the generation's batch. It flushes on size or age and, when the
 // generation or the worker ends, flushes what it holds and commits before returning.
-func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, items chan item, readers *sync.WaitGroup, budget *semaphore.Weighted) {
-	b := newBatch()
+func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, items chan []item, readers *sync.WaitGroup, budget *semaphore.Weighted) {
+	b := newBatch(w)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	flush := func(fctx context.Context) bool {
@@ -365,21 +447,24 @@ func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, ite
 			return false
 		}
 		budget.Release(b.held)
-		b = newBatch()
+		b.reset()
 		return true
 	}
 	for {
 		select {
-		case it := <-items:
-			if b.n == 0 {
-				timer.Reset(w.cfg.Batch.MaxWait.Duration)
-			}
-			b.add(it, time.Now())
-			b.held += w.weight(it.msg)
-			if b.n >= w.cfg.Batch.MaxRows || b.held >= int64(w.cfg.Batch.MaxBytes) {
-				timer.Stop()
-				if !flush(ctx) {
-					return
+		case chunk := <-items:
+			now := time.Now()
+			for _, it := range chunk {
+				if b.n == 0 {
+					timer.Reset(w.cfg.Batch.MaxWait.Duration)
+				}
+				b.add(it, now)
+				b.held += w.weight(it.msg)
+				if b.n >= w.cfg.Batch.MaxRows || b.held >= int64(w.cfg.Batch.MaxBytes) {
+					timer.Stop()
+					if !flush(ctx) {
+						return
+					}
 				}
 			}
 		case <-timer.C:
@@ -398,21 +483,21 @@ func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, ite
 
 // finish drains what the readers already handed over, then flushes and commits it, so
 // that a revoke or a shutdown leaves nothing decoded and unwritten behind.
-func (w *Worker) finish(gen *kafka.Generation, items chan item, readers *sync.WaitGroup, b *batch) {
+func (w *Worker) finish(gen *kafka.Generation, items chan []item, readers *sync.WaitGroup, b *batch) {
 	done := make(chan struct{})
 	go func() { readers.Wait(); close(done) }()
 	now := time.Now()
 	for waiting := true; waiting; {
 		select {
-		case it := <-items:
-			b.add(it, now)
+		case chunk := <-items:
+			b.addAll(chunk, now)
 		case <-done:
 			waiting = false
 		}
 	}
 	// The readers have returned: nothing is sent any more.
 	for len(items) > 0 {
-		b.add(<-items, now)
+		b.addAll(<-items, now)
 	}
 	if b.n == 0 {
 		return
@@ -431,28 +516,30 @@ func (w *Worker) finish(gen *kafka.Generation, items chan item, readers *sync.Wa
 func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) error {
 	start := time.Now()
 	db, loop := w.cfg.ClickHouse.Database, w.cfg.Loop
-	for s, rows := range b.rows {
-		all, retried := rows, false
+	for s, c := range b.cols {
+		if c.n == 0 {
+			continue
+		}
+		rows, retried := c.n, false
 		var took time.Duration
 		if err := w.retry(ctx, StageInsert, "insert "+s.Table(), func() error {
 			if retried {
-				rest, err := withoutLanded(ctx, w.ch, db, s, rows)
-				if err != nil {
+				if err := withoutLanded(ctx, w.ch, db, s, c); err != nil {
 					return err
 				}
-				if rows = rest; len(rows) == 0 {
+				if c.n == 0 {
 					return nil
 				}
 			}
 			retried = true
 			t0 := time.Now()
-			err := insertRows(ctx, w.ch, db, *s, rows)
+			err := insertColumns(ctx, w.ch, db, *s, c)
 			took = time.Since(t0)
 			return err
 		}); err != nil {
 			return err
 		}
-		w.observeInsert(s, all, b.received[s], b.bytes[s], took)
+		w.observeInsert(s, c, rows, b.bytes[s], took)
 	}
 	if len(b.dead) > 0 {
 		if err := w.retry(ctx, StageDeadLetter, "dead-letter", func() error {
@@ -488,20 +575,19 @@ func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) err
 
 // observeInsert records a successful insert: events and bytes sent, batch size, insert
 // time, and each row's freshness by the event's own clock and by the broker's.
-func (w *Worker) observeInsert(s *StreamConfig, rows [][]any, received []time.Time, bytes int, took time.Duration) {
+func (w *Worker) observeInsert(s *StreamConfig, c *columns, rows, bytes int, took time.Duration) {
 	loop := w.cfg.Loop
-	w.metrics.SentEvents.WithLabelValues(loop, s.Name).Add(float64(len(rows)))
+	w.metrics.SentEvents.WithLabelValues(loop, s.Name).Add(float64(rows))
 	w.metrics.SentBytes.WithLabelValues(loop, s.Name).Add(float64(bytes))
-	w.metrics.BatchRows.WithLabelValues(loop, s.Name).Observe(float64(len(rows)))
+	w.metrics.BatchRows.WithLabelValues(loop, s.Name).Observe(float64(rows))
 	w.metrics.InsertSeconds.WithLabelValues(loop, s.Name).Observe(took.Seconds())
 	now := time.Now()
 	byEvent, byReceive := w.metrics.Freshness.WithLabelValues(loop, s.Name, "event"), w.metrics.Freshness.WithLabelValues(loop, s.Name, "receive")
-	col := eventTimeColumn(s.Kind)
-	for i, r := range rows {
-		if t, ok := r[col].(time.Time); ok {
-			byEvent.Observe(now.Sub(t).Seconds())
-		}
-		byReceive.Observe(now.Sub(received[i]).Seconds())
+	events := c.cols[eventTimeColumn(s.Kind)].i64 // DateTime, Unix seconds
+	nowSec, nowNano := float64(now.Unix()), now.UnixNano()
+	for i := range c.n {
+		byEvent.Observe(nowSec - float64(events[i]))
+		byReceive.Observe(float64(nowNano-c.received[i]) / 1e9)
 	}
 }
 

@@ -42,6 +42,7 @@ type options struct {
 	cpuProfile string
 	maxRows    int
 	heapAt     string
+	only       string
 }
 
 func main() {
@@ -56,6 +57,7 @@ func main() {
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write the throughput run's worker CPU profile here")
 	flag.StringVar(&o.heapAt, "heapprofile", "", "save the throughput run's worker heap profile, taken halfway, here")
 	flag.IntVar(&o.maxRows, "max-rows", 0, "the workers' batch row limit (0: the pipeline's default)")
+	flag.StringVar(&o.only, "only", "", "run only the CustomerLoop drain (\"customerloop\"), for profiling and A/B runs; the report then holds its figures alone")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -120,6 +122,14 @@ func run(o options) error {
 	cl, err := runWorker(ctx, o, work, cfg, ch, uint64(o.messages))
 	if err != nil {
 		return err
+	}
+
+	if o.only == "customerloop" {
+		fmt.Printf("\n| figure | value |\n|---|---:|\n| CustomerLoop end to end (events/s) | %s |\n| worker CPU per million events (s) | %s |\n| worker peak RSS with the backlog (MiB) | %s |\n",
+			format(cl.rate), format(cl.cpuSeconds/(float64(o.messages)/1e6)), format(cl.rssMiB))
+		return nil
+	} else if o.only != "" {
+		return fmt.Errorf("-only takes \"customerloop\" or nothing, not %q", o.only)
 	}
 
 	step("ClickHouse's Kafka table engine draining the same topic into the same table shape")
