@@ -14,14 +14,18 @@ import (
 // when a producer's duplicates land in the same partition, which keyed partitioning
 // (by customer) guarantees; duplicates across partitions are not caught.
 //
-// Ids are kept as 128-bit hashes (two seeded maphash values): the structures then hold no
-// pointers, so a window of millions of ids costs the garbage collector nothing to scan,
-// and the chance that two different ids collide is negligible (about n/2^128 per id for
-// a window of n).
+// Ids are kept as 128-bit hashes (two seeded maphash values), and the chance that two
+// different ids collide is negligible (about n/2^128 per id for a window of n). They sit
+// in a flat open-addressing table with linear probing, at most half full, next to a ring
+// of the same hashes in the order they arrived, for expiry: 48 to 56 bytes per id in two
+// pointer-free slices, which the garbage collector does not scan, and one or two cache
+// misses per lookup. (A Go map of the same ids cost five times the time and allocated
+// 250 bytes per id as it grew: BenchmarkDedupWindowBacklog.)
 type dedupWindow struct {
 	window time.Duration
-	seen   map[idHash]int64 // id -> when it was ingested, unix nanoseconds
-	order  []dedupEntry     // oldest first, for expiry
+	slots  []idHash // a zero idHash marks an empty slot; len is a power of two
+	used   int
+	order  []dedupEntry // oldest first, for expiry
 	head   int
 }
 
@@ -29,18 +33,24 @@ type idHash struct{ a, b uint64 }
 
 type dedupEntry struct {
 	id idHash
-	at int64
+	at int64 // when it was ingested, Unix nanoseconds
 }
 
 // The seeds live as long as the process; a window is rebuilt from ClickHouse with them.
 var dedupSeedA, dedupSeedB = maphash.MakeSeed(), maphash.MakeSeed()
 
 func hashID(id string) idHash {
-	return idHash{maphash.String(dedupSeedA, id), maphash.String(dedupSeedB, id)}
+	h := idHash{maphash.String(dedupSeedA, id), maphash.String(dedupSeedB, id)}
+	if h == (idHash{}) { // the empty slot's marker
+		h.b = 1
+	}
+	return h
 }
 
+const minDedupSlots = 1 << 10
+
 func newDedupWindow(window time.Duration) *dedupWindow {
-	return &dedupWindow{window: window, seen: map[idHash]int64{}}
+	return &dedupWindow{window: window, slots: make([]idHash, minDedupSlots)}
 }
 
 // duplicate reports whether id was ingested within the window before now; if not, it
@@ -48,30 +58,83 @@ func newDedupWindow(window time.Duration) *dedupWindow {
 func (d *dedupWindow) duplicate(id string, now time.Time) bool {
 	at := now.UnixNano()
 	d.expire(at)
-	h := hashID(id)
-	if _, ok := d.seen[h]; ok {
-		return true
-	}
-	d.add(h, at)
-	return false
+	return !d.add(hashID(id), at)
 }
 
-func (d *dedupWindow) add(h idHash, at int64) {
-	d.seen[h] = at
+// len is the number of ids in the window.
+func (d *dedupWindow) len() int { return d.used }
+
+// find returns the slot holding h, or the empty slot where it would go.
+func (d *dedupWindow) find(h idHash) (int, bool) {
+	mask := len(d.slots) - 1
+	for i := int(h.a) & mask; ; i = (i + 1) & mask {
+		switch d.slots[i] {
+		case h:
+			return i, true
+		case idHash{}:
+			return i, false
+		}
+	}
+}
+
+// add records h as ingested at at, unless it is already in the window; it reports
+// whether it added it.
+func (d *dedupWindow) add(h idHash, at int64) bool {
+	i, ok := d.find(h)
+	if ok {
+		return false
+	}
+	d.slots[i] = h
+	d.used++
 	d.order = append(d.order, dedupEntry{h, at})
+	if 2*d.used > len(d.slots) {
+		d.resize(2 * len(d.slots))
+	}
+	return true
+}
+
+func (d *dedupWindow) resize(n int) {
+	old := d.slots
+	d.slots = make([]idHash, n)
+	for _, h := range old {
+		if h != (idHash{}) {
+			i, _ := d.find(h)
+			d.slots[i] = h
+		}
+	}
+}
+
+// remove deletes h, shifting back the entries of its probe run so that lookups stay
+// correct without tombstones.
+func (d *dedupWindow) remove(h idHash) {
+	i, ok := d.find(h)
+	if !ok {
+		return
+	}
+	mask := len(d.slots) - 1
+	for j := (i + 1) & mask; d.slots[j] != (idHash{}); j = (j + 1) & mask {
+		home := int(d.slots[j].a) & mask
+		// The entry at j may move to the hole at i when its home is not in (i, j].
+		if (j > i && (home <= i || home > j)) || (j < i && home <= i && home > j) {
+			d.slots[i] = d.slots[j]
+			i = j
+		}
+	}
+	d.slots[i] = idHash{}
+	d.used--
 }
 
 func (d *dedupWindow) expire(now int64) {
 	for d.head < len(d.order) && now-d.order[d.head].at > int64(d.window) {
-		e := d.order[d.head]
-		if d.seen[e.id] == e.at {
-			delete(d.seen, e.id)
-		}
+		d.remove(d.order[d.head].id)
 		d.head++
 	}
 	if d.head > 1024 && d.head > len(d.order)/2 {
-		d.order = append(d.order[:0:0], d.order[d.head:]...)
+		d.order = d.order[:copy(d.order, d.order[d.head:])]
 		d.head = 0
+	}
+	if len(d.slots) > minDedupSlots && 8*d.used < len(d.slots) {
+		d.resize(len(d.slots) / 2)
 	}
 }
 

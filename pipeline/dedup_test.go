@@ -1,6 +1,8 @@
 package pipeline
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 )
@@ -27,8 +29,8 @@ func TestDedupWindow(t *testing.T) {
 			t.Errorf("step %d: duplicate(%s at +%s) = %v, want %v", i, s.id, s.at, got, s.want)
 		}
 	}
-	if len(d.seen) != 3 {
-		t.Errorf("the window holds %d ids, want 3", len(d.seen))
+	if d.len() != 3 {
+		t.Errorf("the window holds %d ids, want 3", d.len())
 	}
 }
 
@@ -44,5 +46,61 @@ func BenchmarkDedupWindow(b *testing.B) {
 	for b.Loop() {
 		d.duplicate(ids[i&(len(ids)-1)], now.Add(time.Duration(i)*time.Millisecond))
 		i++
+	}
+}
+
+// BenchmarkDedupWindowBacklog is the benchmark backlog's shape: a million distinct ids
+// within one window, every one new.
+func BenchmarkDedupWindowBacklog(b *testing.B) {
+	ids := make([]string, 1_000_000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("evt-%012d", i)
+	}
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		d := newDedupWindow(time.Minute)
+		for i, id := range ids {
+			if d.duplicate(id, now.Add(time.Duration(i)*time.Microsecond)) {
+				b.Fatal("a new id reported as a duplicate")
+			}
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(ids)), "ns/id")
+}
+
+// TestDedupWindowMatchesModel checks the open-addressing table, its growth, shrinking and
+// deletions against a plain map with the same expiry rule, over a random sequence in
+// which ids come back before and after the window.
+func TestDedupWindowMatchesModel(t *testing.T) {
+	const window = time.Second
+	rng := rand.New(rand.NewPCG(7, 11))
+	d := newDedupWindow(window)
+	model := map[string]int64{}
+	now := time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)
+	for step := range 300_000 {
+		// Bursts of traffic with pauses, so that the window fills, grows, drains and shrinks.
+		if step%20_000 < 15_000 {
+			now = now.Add(time.Duration(rng.IntN(200)) * time.Microsecond)
+		} else {
+			now = now.Add(time.Duration(rng.IntN(2000)) * time.Microsecond)
+		}
+		id := fmt.Sprintf("evt-%d", rng.IntN(20_000))
+		at := now.UnixNano()
+		for k, v := range model {
+			if at-v > int64(window) {
+				delete(model, k)
+			}
+		}
+		_, want := model[id]
+		if !want {
+			model[id] = at
+		}
+		if got := d.duplicate(id, now); got != want {
+			t.Fatalf("step %d: duplicate(%s) = %v, want %v", step, id, got, want)
+		}
+		if d.len() != len(model) {
+			t.Fatalf("step %d: the window holds %d ids, want %d", step, d.len(), len(model))
+		}
 	}
 }
