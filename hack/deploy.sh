@@ -39,7 +39,11 @@ delete() {
   # Loops go while the manager still runs, so their finalizers apply deletionPolicy;
   # deleting the CRD first would leave them, and the CRD, stuck terminating.
   if "$kubectl" get crd customerloops.loops.customerloop.dev >/dev/null 2>&1; then
-    "$kubectl" delete customerloops --all --all-namespaces --wait --timeout=5m
+    "$kubectl" delete customerloops --all --all-namespaces --wait --timeout=5m || {
+      echo "undeploy: loops are still terminating; is the manager running? A loop whose" >&2
+      echo "finalizer cannot run can be released by hand (README, 'Running on a cluster')." >&2
+      exit 1
+    }
   fi
   "$kubectl" delete -k "$root/config/default" --ignore-not-found
 }

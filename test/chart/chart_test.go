@@ -56,6 +56,7 @@ var (
 	helmBin    string
 	kubectlBin string
 	restConfig *rest.Config // nil without KUBEBUILDER_ASSETS
+	testEnv    *envtest.Environment
 	required   = os.Getenv("CUSTOMERLOOP_REQUIRE_STACK") != ""
 )
 
@@ -89,7 +90,7 @@ func run(m *testing.M) int {
 			return 1
 		}
 		defer func() { _ = env.Stop() }()
-		restConfig = cfg
+		restConfig, testEnv = cfg, env
 	}
 	return m.Run()
 }
