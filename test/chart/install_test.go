@@ -55,7 +55,10 @@ func TestHelmInstallUpgradeUninstall(t *testing.T) {
 		t.Errorf("installed manager args %v, want --runner=inprocess", args)
 	}
 
-	helm("upgrade", release, chartDir, "--values", valueSets[1].files[0])
+	out = helm("upgrade", release, chartDir, "--values", valueSets[1].files[0])
+	if !strings.Contains(out, "kubectl apply --server-side -f charts/customerloop/crds/") {
+		t.Errorf("upgrade notes do not say how to upgrade the CRD:\n%s", out)
+	}
 	d := manager()
 	if args := d.Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "--runner=deployment") {
 		t.Errorf("upgraded manager args %v, want --runner=deployment", args)
