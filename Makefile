@@ -3,11 +3,29 @@
 ENVTEST_K8S_VERSION    ?= 1.37.2
 CONTROLLER_GEN_VERSION ?= v0.23.0
 SETUP_ENVTEST_VERSION  ?= v0.25.1
+HELM_VERSION           ?= v3.22.0
 FUZZTIME               ?= 10s
 
 LOCALBIN       ?= $(CURDIR)/bin
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_GEN_VERSION)
 SETUP_ENVTEST  ?= $(LOCALBIN)/setup-envtest-$(SETUP_ENVTEST_VERSION)
+HELM           ?= $(LOCALBIN)/helm-$(HELM_VERSION)
+# What helm's release build stamps in: without it helm reports itself as v3.22 and
+# renders for Kubernetes 1.20, older than the chart's kubeVersion. 1.37 is the
+# Kubernetes minor of helm v3.22.0's client-go.
+HELM_LDFLAGS   := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	$(foreach p,pkg/chartutil pkg/lint/rules,-X helm.sh/helm/v3/$(p).k8sVersionMajor=1 -X helm.sh/helm/v3/$(p).k8sVersionMinor=37)
+
+# Tools that take minutes to build are kept outside the repository, keyed by version (as
+# hack/envtest.sh keeps kube-apiserver), so a clean checkout copies them instead.
+TOOLS_CACHE ?= $${CUSTOMERLOOP_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/customerloop}/tools
+# The cluster's own kubectl for deploy/undeploy; the one built for envtest otherwise.
+KUBECTL ?= $(shell command -v kubectl 2>/dev/null || echo "$${CUSTOMERLOOP_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/customerloop}/envtest/k8s-$(ENVTEST_K8S_VERSION)/kubectl")
+
+# The image docker-build builds and deploy runs.
+IMG ?= customerloop:dev
+CONTAINER_TOOL ?= docker
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 # Generated files that `make verify` checks are fresh.
 GENERATED := api/v1alpha1/zz_generated.deepcopy.go config/crd/bases config/rbac/role.yaml \
@@ -87,8 +105,8 @@ build: ## Build bin/customerloop.
 	go build -o $(LOCALBIN)/customerloop ./cmd/customerloop
 
 .PHONY: test
-test: verify lint $(SETUP_ENVTEST) ## Provision the stack and run every test against it.
-	$(STACK) CUSTOMERLOOP_REQUIRE_STACK=1 go test -count=1 ./...
+test: verify lint $(SETUP_ENVTEST) $(HELM) ## Provision the stack and run every test against it.
+	$(STACK) CUSTOMERLOOP_REQUIRE_STACK=1 HELM=$(HELM) go test -count=1 ./...
 	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pipeline
 
 .PHONY: fuzz
@@ -103,15 +121,42 @@ demo: build $(SETUP_ENVTEST) ## Run the whole loop on the local stack with a syn
 bench: build ## Measure ingestion against the Kafka engine and the bare client ceilings (BENCH_OUT=bench-results.json).
 	addr=$$(hack/clickhouse.sh); CLICKHOUSE_ADDR=$$addr go run ./test/bench -bin $(LOCALBIN)/customerloop $(ARGS)
 
+.PHONY: helm-lint
+helm-lint: $(HELM) ## Lint the chart (strict) with its default values and each ci/ values file.
+	$(HELM) lint --strict charts/customerloop
+	for f in charts/customerloop/ci/*-values.yaml; do $(HELM) lint --strict charts/customerloop -f "$$f"; done
+
+.PHONY: docker-build
+docker-build: ## Build the image IMG (default customerloop:dev).
+	$(CONTAINER_TOOL) build --build-arg VERSION=$(VERSION) -t $(IMG) .
+
 .PHONY: clean
 clean: ## Remove build output (the cached control plane and ClickHouse data stay).
 	rm -rf $(LOCALBIN)
+
+##@ Deploy (to the cluster of the current kubectl context)
+
+.PHONY: deploy
+deploy: ## Apply config/default (CRD, RBAC, manager) running IMG.
+	KUBECTL="$(KUBECTL)" IMG="$(IMG)" hack/deploy.sh apply
+
+.PHONY: undeploy
+undeploy: ## Delete every CustomerLoop (their deletionPolicy applies), then what deploy applied.
+	KUBECTL="$(KUBECTL)" hack/deploy.sh delete
 
 ##@ Tools (pinned, installed into bin/)
 
 $(CONTROLLER_GEN):
 	GOBIN=$(LOCALBIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
 	mv $(LOCALBIN)/controller-gen $@
+
+$(HELM):
+	@cache="$(TOOLS_CACHE)/helm-$(HELM_VERSION)"; \
+	if [ ! -x "$$cache/helm" ]; then \
+		echo "building helm $(HELM_VERSION) into $$cache (first run only: ~7 min on 2 cores)"; \
+		GOBIN="$$cache" go install -trimpath -ldflags "$(HELM_LDFLAGS)" helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); \
+	fi; \
+	mkdir -p $(LOCALBIN); cp "$$cache/helm" $@
 
 $(SETUP_ENVTEST):
 	GOBIN=$(LOCALBIN) go install sigs.k8s.io/controller-runtime/tools/setup-envtest@$(SETUP_ENVTEST_VERSION)
