@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -28,6 +29,7 @@ import (
 	"customerloop.dev/customerloop/config/crd"
 	"customerloop.dev/customerloop/config/samples"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/dashboard"
 )
 
 type devOptions struct {
@@ -40,6 +42,7 @@ type devOptions struct {
 	customers      int
 	products       int
 	timeout        time.Duration
+	dashboardAddr  string
 }
 
 func runDev(ctx context.Context, args []string) error {
@@ -54,6 +57,7 @@ func runDev(ctx context.Context, args []string) error {
 	fs.IntVar(&o.customers, "customers", 4, "customers in the synthetic workload")
 	fs.IntVar(&o.products, "products", 3, "products per customer in the synthetic workload")
 	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "how long to wait for the workload to land")
+	fs.StringVar(&o.dashboardAddr, "dashboard-addr", "127.0.0.1:8090", "where to serve the read-only plan-against-actual dashboard (empty: none)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -74,6 +78,8 @@ type devStack struct {
 	stopMgr  context.CancelFunc
 	mgrDone  chan error
 	teardown []func()
+	// dashboardURL is the demo loop's dashboard page; empty when none is served.
+	dashboardURL string
 }
 
 func step(format string, args ...any) { fmt.Printf("==> "+format+"\n", args...) }
@@ -107,6 +113,9 @@ func (d *devStack) run(ctx context.Context) (err error) {
 		return err
 	}
 	if err := d.gapReport(ctx); err != nil {
+		return err
+	}
+	if err := d.serveDashboard(ctx); err != nil {
 		return err
 	}
 	if d.o.keepRunning {
@@ -469,6 +478,37 @@ func (d *devStack) gapReport(ctx context.Context) error {
 	return nil
 }
 
+// serveDashboard serves the read-only dashboard of the demo loop until the demo ends. A
+// busy address is reported and skipped: the dashboard is a convenience of the demo, not
+// what it checks.
+func (d *devStack) serveDashboard(ctx context.Context) error {
+	if d.o.dashboardAddr == "" {
+		return nil
+	}
+	conn, err := pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: d.o.clickhouseAddr})
+	if err != nil {
+		return err
+	}
+	d.teardown = append(d.teardown, func() { _ = conn.Close() })
+	ln, err := net.Listen("tcp", d.o.dashboardAddr)
+	if err != nil {
+		step("No dashboard: %v (pass --dashboard-addr to use another address)", err)
+		return nil
+	}
+	ref := dashboard.LoopRef{Namespace: d.loop.Namespace, Name: d.loop.Name}
+	grain := pipeline.GrainMonth
+	if f := d.loop.Spec.Feedback; f != nil && f.Granularity == loopsv1alpha1.Granularity(pipeline.GrainWeek) {
+		grain = pipeline.GrainWeek
+	}
+	src := dashboard.StaticSource{ref: {Conn: conn, Database: d.loop.Spec.ClickHouse.Database, Grain: grain}}
+	srv := &http.Server{Handler: dashboard.New(src, ctrl.Log.WithName("dashboard")), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	d.teardown = append(d.teardown, func() { _ = srv.Close() })
+	d.dashboardURL = fmt.Sprintf("http://%s/loops/%s/%s", ln.Addr(), ref.Namespace, ref.Name)
+	step("Dashboard of plan against actual: %s", d.dashboardURL)
+	return nil
+}
+
 func (d *devStack) kubeconfigPath() string { return filepath.Join(d.o.workdir, "kubeconfig") }
 
 func (d *devStack) printHowTo() {
@@ -488,11 +528,13 @@ The stack keeps running until you press Ctrl-C. From another terminal:
   # plan against actual, per customer, product and month, and plan accuracy by horizon
   %[7]s report acme --kubeconfig %[1]s --format csv
 
+  # plan against actual in a browser: %[8]s
+
   # read what a product team sees
   clickhouse-client --host %[4]s --port %[5]s --query \
     'SELECT customer_id, product, count() AS events, sum(quantity) AS used FROM %[6]s.usage_raw GROUP BY customer_id, product ORDER BY customer_id, product'
 
-`, d.kubeconfigPath(), time.Now().UTC().Format(time.RFC3339), strings.Join(d.brokers, ","), chHost, chPort, db, os.Args[0])
+`, d.kubeconfigPath(), time.Now().UTC().Format(time.RFC3339), strings.Join(d.brokers, ","), chHost, chPort, db, os.Args[0], dashboardHint(d.dashboardURL))
 }
 
 // deleteLoop deletes the sample and waits until the finalizer has stopped its worker.
@@ -522,6 +564,13 @@ func (d *devStack) deleteLoop() error {
 	}
 	step("Deleted the CustomerLoop; its worker stopped and consumer group %s has no members left", group)
 	return nil
+}
+
+func dashboardHint(url string) string {
+	if url == "" {
+		return "(no dashboard: see --dashboard-addr)"
+	}
+	return url
 }
 
 func envOr(key, def string) string {
