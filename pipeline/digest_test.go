@@ -13,6 +13,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/go-logr/logr/testr"
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
 )
 
 // digestData is a loop's plans and usage generated relative to the current month, with
@@ -252,11 +253,18 @@ func addPtr(p *float64, x float64) *float64 {
 }
 
 // readDigests returns every message of the topic, in offset order per partition.
-func readDigests(t *testing.T, brokers []string, topic string) []kafka.Message {
+func readDigests(t *testing.T, k KafkaConfig, topic string) []kafka.Message {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	kc := &kafka.Client{Addr: kafka.TCP(brokers...)}
+	kc, err := KafkaClient(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec, err := k.security()
+	if err != nil {
+		t.Fatal(err)
+	}
 	offsets, err := TopicOffsets(ctx, kc, topic)
 	if err != nil {
 		t.Fatal(err)
@@ -266,7 +274,7 @@ func readDigests(t *testing.T, brokers []string, topic string) []kafka.Message {
 		if r.End <= r.First {
 			continue
 		}
-		rd := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p, MaxWait: 100 * time.Millisecond})
+		rd := kafka.NewReader(kafka.ReaderConfig{Brokers: k.Brokers, Topic: topic, Partition: p, MaxWait: 100 * time.Millisecond, Dialer: sec.dialer()})
 		if err := rd.SetOffset(r.First); err != nil {
 			t.Fatal(err)
 		}
@@ -371,7 +379,7 @@ func TestDigestPublisher(t *testing.T) {
 	if len(res.Published) != len(want) || res.Unchanged != 0 {
 		t.Fatalf("first round: %d published, %d unchanged; want %d and 0", len(res.Published), res.Unchanged, len(want))
 	}
-	msgs := readDigests(t, brokers, topic)
+	msgs := readDigests(t, dc.Kafka, topic)
 	if len(msgs) != len(want) {
 		t.Fatalf("topic holds %d messages, want %d", len(msgs), len(want))
 	}
@@ -436,7 +444,7 @@ func TestDigestPublisher(t *testing.T) {
 	if len(res.Published) != 0 || res.Unchanged != len(want) {
 		t.Errorf("second round: %d published, %d unchanged; want 0 and %d", len(res.Published), res.Unchanged, len(want))
 	}
-	if n := len(readDigests(t, brokers, topic)); n != len(msgs) {
+	if n := len(readDigests(t, dc.Kafka, topic)); n != len(msgs) {
 		t.Errorf("topic holds %d messages after an idle round, want %d", n, len(msgs))
 	}
 
@@ -456,7 +464,7 @@ func TestDigestPublisher(t *testing.T) {
 			t.Fatalf("%s: %d published, %d unchanged; want 1 and %d", stage, len(res.Published), res.Unchanged, len(want)-1)
 		}
 		total++
-		all := readDigests(t, brokers, topic)
+		all := readDigests(t, dc.Kafka, topic)
 		if len(all) != total {
 			t.Errorf("%s: topic holds %d messages, want %d", stage, len(all), total)
 		}
@@ -566,5 +574,97 @@ func TestPeriodStart(t *testing.T) {
 	}
 	if got := PeriodEnd(GrainMonth, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)); !got.Equal(time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)) {
 		t.Errorf("December ends %v", got)
+	}
+}
+
+// TestDigestPublisherOverTLSAndSASL publishes through a broker that takes only TLS
+// connections authenticated with SCRAM-SHA-512, as the workers do. A round whose sending
+// fails (a wrong password) publishes nothing and loses nothing: the next round sends the
+// digests under a higher version. Run publishes at once and then every interval.
+func TestDigestPublisherOverTLSAndSASL(t *testing.T) {
+	chAddr := clickhouseAddr(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg, fc := feedbackConfig(uniqueName("test_digest_tls"))
+	cfg.ClickHouse.Addr = chAddr
+	ch := applySchema(t, cfg)
+	stmts, err := PlanFeedback(fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ApplyFeedback(ctx, ch, fc.Database, stmts); err != nil {
+		t.Fatal(err)
+	}
+	caPEM, serverTLS := testCA(t)
+	const topic = "acme.feedback"
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.SeedTopics(2, topic),
+		kfake.TLS(serverTLS), kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-512", "loop", "s3cret-pass"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	good := KafkaConfig{Brokers: cluster.ListenAddrs(), TLS: &TLSConfig{CAPEM: caPEM},
+		SASL: &SASLConfig{Mechanism: "SCRAM-SHA-512", Username: "loop", Password: "s3cret-pass"}}
+
+	data := generateDigestData(time.Now().UTC().Truncate(time.Second), 9)
+	data.versions = data.versions[:12]
+	var offset int64
+	data.insertPlans(t, ctx, ch, fc.Database, cfg.Streams[1], &offset)
+	data.insertUsage(t, ctx, ch, fc.Database, cfg.Streams[0], data.usageEvents(rand.New(rand.NewPCG(1, 1)))[:40], &offset)
+	want := data.expected("default/acme", 5, nil)
+
+	bad := good
+	bad.SASL = &SASLConfig{Mechanism: "SCRAM-SHA-512", Username: "loop", Password: "guess"}
+	dc := DigestConfig{Loop: "default/acme", Kafka: bad, Topic: topic, Feedback: fc}
+	failing, err := NewPublisher(dc, ch, testr.New(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer failing.Close()
+	shortCtx, cancelShort := context.WithTimeout(ctx, 15*time.Second)
+	res, err := failing.PublishOnce(shortCtx)
+	cancelShort()
+	if err == nil || len(res.Published) != 0 {
+		t.Fatalf("with a wrong password: %d published, err %v; want an error and none", len(res.Published), err)
+	}
+
+	dc.Kafka = good
+	pub, err := NewPublisher(dc, ch, testr.New(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	results := make(chan PublishResult, 4)
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- pub.Run(rctx, 200*time.Millisecond, func(r PublishResult, err error) {
+			if err != nil {
+				t.Errorf("round failed: %v", err)
+			}
+			results <- r
+		})
+	}()
+	first, second := <-results, <-results
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(first.Published) != len(want) || len(second.Published) != 0 || second.Unchanged != len(want) {
+		t.Fatalf("rounds published %d then %d (%d unchanged); want %d then 0", len(first.Published), len(second.Published), second.Unchanged, len(want))
+	}
+	msgs := readDigests(t, good, topic)
+	if len(msgs) != len(want) {
+		t.Fatalf("topic holds %d messages, want %d", len(msgs), len(want))
+	}
+	for _, m := range msgs {
+		var d Digest
+		if err := json.Unmarshal(m.Value, &d); err != nil {
+			t.Fatal(err)
+		}
+		if d.Version != 2 {
+			t.Errorf("%s %v: version %d, want 2 (1 was reserved by the round that could not send)", d.Product, d.Period, d.Version)
+		}
+		checkDigest(t, "over TLS and SASL", d, want[gapKey{product: d.Product, period: d.Period.Time}])
 	}
 }
