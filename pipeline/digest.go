@@ -463,8 +463,8 @@ type PublishResult struct {
 	// counts the others.
 	Published []Digest
 	Unchanged int
-	// Flagged lists the published digests that are flagged. A flagged digest whose
-	// figures do not change is not published again, so it is reported once.
+	// Flagged lists the published digests that are flagged: each is reported with the
+	// publication that carries it, not again on rounds where its figures do not change.
 	Flagged []Flag
 	// LastPublishedPeriod is the latest period with a published digest and
 	// LastPublishedAt the time of the latest publication, from the digest table (they
