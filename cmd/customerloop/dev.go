@@ -115,6 +115,9 @@ func (d *devStack) run(ctx context.Context) (err error) {
 	if err := d.gapReport(ctx); err != nil {
 		return err
 	}
+	if err := d.publishDigests(ctx); err != nil {
+		return err
+	}
 	if err := d.serveDashboard(ctx); err != nil {
 		return err
 	}
@@ -478,6 +481,73 @@ func (d *devStack) gapReport(ctx context.Context) error {
 	return nil
 }
 
+// digestTopic is where the demo publishes its loop's digests.
+func (d *devStack) digestTopic() string { return d.loop.Name + ".feedback" }
+
+// publishDigests publishes the demo loop's digests twice: the first round sends one per
+// product and period, the second none, since nothing changed. It fails when the topic
+// does not hold exactly what was published.
+func (d *devStack) publishDigests(ctx context.Context) error {
+	conn, err := pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: d.o.clickhouseAddr})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	threshold := 0.25
+	cfg := pipeline.DigestConfig{
+		Loop: d.loop.Namespace + "/" + d.loop.Name, Kafka: pipeline.KafkaConfig{Brokers: d.brokers}, Topic: d.digestTopic(),
+		Feedback:  pipeline.FeedbackConfig{Database: d.loop.Spec.ClickHouse.Database, Grain: d.grain()},
+		Threshold: &threshold, Publisher: "dev",
+	}
+	pub, err := pipeline.NewPublisher(cfg, conn, ctrl.Log.WithName("digests"))
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	first, err := pub.PublishOnce(ctx)
+	if err != nil {
+		return err
+	}
+	second, err := pub.PublishOnce(ctx)
+	if err != nil {
+		return err
+	}
+	step("Published %d digests to %s (flagged above %.0f%% gap: %d); a second round published %d, nothing having changed",
+		len(first.Published), cfg.Topic, threshold*100, len(first.Flagged), len(second.Published))
+	fmt.Println()
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "product\tperiod\tplanned\tactual\tgap %\tcustomers\tWAPE\tflagged\tversion\t")
+	for _, g := range first.Published {
+		var wape *float64
+		if g.Accuracy != nil {
+			wape = g.Accuracy.WAPE
+		}
+		flag := ""
+		if g.Flagged {
+			flag = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t\n", g.Product, g.Period.Format(time.DateOnly), round(g.PlannedLatest),
+			round(&g.Actual), percent(g.GapRatio), g.CustomersWithPlans, percent(wape), flag, g.Version)
+	}
+	_ = tw.Flush()
+	fmt.Println()
+	n, err := topicEnd(d.brokers, cfg.Topic)
+	if err != nil {
+		return err
+	}
+	if n != int64(len(first.Published)) || len(second.Published) != 0 {
+		return fmt.Errorf("%s holds %d digests after publishing %d and then %d", cfg.Topic, n, len(first.Published), len(second.Published))
+	}
+	return nil
+}
+
+func (d *devStack) grain() pipeline.Grain {
+	if f := d.loop.Spec.Feedback; f != nil && f.Granularity == loopsv1alpha1.Granularity(pipeline.GrainWeek) {
+		return pipeline.GrainWeek
+	}
+	return pipeline.GrainMonth
+}
+
 // serveDashboard serves the read-only dashboard of the demo loop until the demo ends. A
 // busy address is reported and skipped: the dashboard is a convenience of the demo, not
 // what it checks.
@@ -496,11 +566,7 @@ func (d *devStack) serveDashboard(ctx context.Context) error {
 		return nil
 	}
 	ref := dashboard.LoopRef{Namespace: d.loop.Namespace, Name: d.loop.Name}
-	grain := pipeline.GrainMonth
-	if f := d.loop.Spec.Feedback; f != nil && f.Granularity == loopsv1alpha1.Granularity(pipeline.GrainWeek) {
-		grain = pipeline.GrainWeek
-	}
-	src := dashboard.StaticSource{ref: {Conn: conn, Database: d.loop.Spec.ClickHouse.Database, Grain: grain}}
+	src := dashboard.StaticSource{ref: {Conn: conn, Database: d.loop.Spec.ClickHouse.Database, Grain: d.grain()}}
 	srv := &http.Server{Handler: dashboard.New(src, ctrl.Log.WithName("dashboard")), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	d.teardown = append(d.teardown, func() { _ = srv.Close() })
@@ -530,11 +596,14 @@ The stack keeps running until you press Ctrl-C. From another terminal:
 
   # plan against actual in a browser: %[8]s
 
+  # the digests product teams receive, one per product and period
+  kcat -b %[3]s -t %[9]s -C -e -f '%%k %%s\n'
+
   # read what a product team sees
   clickhouse-client --host %[4]s --port %[5]s --query \
     'SELECT customer_id, product, count() AS events, sum(quantity) AS used FROM %[6]s.usage_raw GROUP BY customer_id, product ORDER BY customer_id, product'
 
-`, d.kubeconfigPath(), time.Now().UTC().Format(time.RFC3339), strings.Join(d.brokers, ","), chHost, chPort, db, os.Args[0], dashboardHint(d.dashboardURL))
+`, d.kubeconfigPath(), time.Now().UTC().Format(time.RFC3339), strings.Join(d.brokers, ","), chHost, chPort, db, os.Args[0], dashboardHint(d.dashboardURL), d.digestTopic())
 }
 
 // deleteLoop deletes the sample and waits until the finalizer has stopped its worker.
