@@ -282,3 +282,41 @@ func TestNiceStep(t *testing.T) {
 		}
 	}
 }
+
+// TestChartEdgeCases renders charts with one period, without plans and with zeros only:
+// no coordinate may be NaN or fall outside the plot.
+func TestChartEdgeCases(t *testing.T) {
+	day := func(m int) pipeline.Date {
+		return pipeline.Date{Time: time.Date(2026, time.Month(m), 1, 0, 0, 0, 0, time.UTC)}
+	}
+	ten := 10.0
+	for name, s := range map[string]ProductSeries{
+		"one period": {Product: "p", Points: []SeriesPoint{{Period: day(1), PlannedLatest: &ten, Actual: 12}}},
+		"no plans":   {Product: "p", Points: []SeriesPoint{{Period: day(1), Actual: 3}, {Period: day(2), Actual: 4}}},
+		"zeros":      {Product: "p", Points: []SeriesPoint{{Period: day(1)}, {Period: day(2)}}},
+		"many months": {Product: "p", Points: func() []SeriesPoint {
+			var ps []SeriesPoint
+			for m := 1; m <= 12; m++ {
+				ps = append(ps, SeriesPoint{Period: day(m), PlannedLatest: &ten, Actual: float64(m)})
+			}
+			return ps
+		}()},
+	} {
+		c := newChart(s, pipeline.GrainMonth)
+		var b bytes.Buffer
+		if err := pages.ExecuteTemplate(&b, "loop", newLoopPage(&Figures{Products: []ProductSeries{s}})); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if strings.Contains(b.String(), "NaN") || strings.Contains(b.String(), "Inf") {
+			t.Errorf("%s: NaN or Inf in the page", name)
+		}
+		for _, m := range append(c.ActualMarkers, c.PlannedMarkers...) {
+			if m.X < c.Left || m.X > c.Right || m.Y < c.Top || m.Y > c.Bottom {
+				t.Errorf("%s: marker %+v outside the plot", name, m)
+			}
+		}
+		if len(c.ActualMarkers) != len(s.Points) || len(c.XTicks) > 8 {
+			t.Errorf("%s: %d actual markers for %d points, %d period labels", name, len(c.ActualMarkers), len(s.Points), len(c.XTicks))
+		}
+	}
+}
