@@ -493,7 +493,7 @@ func (d *devStack) publishDigests(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close()
-	threshold := 0.25
+	threshold := 0.10
 	cfg := pipeline.DigestConfig{
 		Loop: d.loop.Namespace + "/" + d.loop.Name, Kafka: pipeline.KafkaConfig{Brokers: d.brokers}, Topic: d.digestTopic(),
 		Feedback:  pipeline.FeedbackConfig{Database: d.loop.Spec.ClickHouse.Database, Grain: d.grain()},
