@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -28,6 +29,7 @@ import (
 	"customerloop.dev/customerloop/config/crd"
 	"customerloop.dev/customerloop/config/samples"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/dashboard"
 )
 
 type devOptions struct {
@@ -40,6 +42,7 @@ type devOptions struct {
 	customers      int
 	products       int
 	timeout        time.Duration
+	dashboardAddr  string
 }
 
 func runDev(ctx context.Context, args []string) error {
@@ -54,6 +57,7 @@ func runDev(ctx context.Context, args []string) error {
 	fs.IntVar(&o.customers, "customers", 4, "customers in the synthetic workload")
 	fs.IntVar(&o.products, "products", 3, "products per customer in the synthetic workload")
 	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "how long to wait for the workload to land")
+	fs.StringVar(&o.dashboardAddr, "dashboard-addr", "127.0.0.1:8090", "where to serve the read-only plan-against-actual dashboard (empty: none)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -74,6 +78,8 @@ type devStack struct {
 	stopMgr  context.CancelFunc
 	mgrDone  chan error
 	teardown []func()
+	// dashboardURL is the demo loop's dashboard page; empty when none is served.
+	dashboardURL string
 }
 
 func step(format string, args ...any) { fmt.Printf("==> "+format+"\n", args...) }
@@ -107,6 +113,12 @@ func (d *devStack) run(ctx context.Context) (err error) {
 		return err
 	}
 	if err := d.gapReport(ctx); err != nil {
+		return err
+	}
+	if err := d.publishDigests(ctx); err != nil {
+		return err
+	}
+	if err := d.serveDashboard(ctx); err != nil {
 		return err
 	}
 	if d.o.keepRunning {
@@ -469,6 +481,100 @@ func (d *devStack) gapReport(ctx context.Context) error {
 	return nil
 }
 
+// digestTopic is where the demo publishes its loop's digests.
+func (d *devStack) digestTopic() string { return d.loop.Name + ".feedback" }
+
+// publishDigests publishes the demo loop's digests twice: the first round sends one per
+// product and period, the second none, since nothing changed. It fails when the topic
+// does not hold exactly what was published.
+func (d *devStack) publishDigests(ctx context.Context) error {
+	conn, err := pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: d.o.clickhouseAddr})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	threshold := 0.10
+	cfg := pipeline.DigestConfig{
+		Loop: d.loop.Namespace + "/" + d.loop.Name, Kafka: pipeline.KafkaConfig{Brokers: d.brokers}, Topic: d.digestTopic(),
+		Feedback:  pipeline.FeedbackConfig{Database: d.loop.Spec.ClickHouse.Database, Grain: d.grain()},
+		Threshold: &threshold, Publisher: "dev",
+	}
+	pub, err := pipeline.NewPublisher(cfg, conn, ctrl.Log.WithName("digests"))
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	first, err := pub.PublishOnce(ctx)
+	if err != nil {
+		return err
+	}
+	second, err := pub.PublishOnce(ctx)
+	if err != nil {
+		return err
+	}
+	step("Published %d digests to %s (flagged above %.0f%% gap: %d); a second round published %d, nothing having changed",
+		len(first.Published), cfg.Topic, threshold*100, len(first.Flagged), len(second.Published))
+	fmt.Println()
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "product\tperiod\tplanned\tactual\tgap %\tcustomers\tWAPE\tflagged\tversion\t")
+	for _, g := range first.Published {
+		var wape *float64
+		if g.Accuracy != nil {
+			wape = g.Accuracy.WAPE
+		}
+		flag := ""
+		if g.Flagged {
+			flag = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t\n", g.Product, g.Period.Format(time.DateOnly), round(g.PlannedLatest),
+			round(&g.Actual), percent(g.GapRatio), g.CustomersWithPlans, percent(wape), flag, g.Version)
+	}
+	_ = tw.Flush()
+	fmt.Println()
+	n, err := topicEnd(d.brokers, cfg.Topic)
+	if err != nil {
+		return err
+	}
+	if n != int64(len(first.Published)) || len(second.Published) != 0 {
+		return fmt.Errorf("%s holds %d digests after publishing %d and then %d", cfg.Topic, n, len(first.Published), len(second.Published))
+	}
+	return nil
+}
+
+func (d *devStack) grain() pipeline.Grain {
+	if f := d.loop.Spec.Feedback; f != nil && f.Granularity == loopsv1alpha1.Granularity(pipeline.GrainWeek) {
+		return pipeline.GrainWeek
+	}
+	return pipeline.GrainMonth
+}
+
+// serveDashboard serves the read-only dashboard of the demo loop until the demo ends. A
+// busy address is reported and skipped: the dashboard is a convenience of the demo, not
+// what it checks.
+func (d *devStack) serveDashboard(ctx context.Context) error {
+	if d.o.dashboardAddr == "" {
+		return nil
+	}
+	conn, err := pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: d.o.clickhouseAddr})
+	if err != nil {
+		return err
+	}
+	d.teardown = append(d.teardown, func() { _ = conn.Close() })
+	ln, err := net.Listen("tcp", d.o.dashboardAddr)
+	if err != nil {
+		step("No dashboard: %v (pass --dashboard-addr to use another address)", err)
+		return nil
+	}
+	ref := dashboard.LoopRef{Namespace: d.loop.Namespace, Name: d.loop.Name}
+	src := dashboard.StaticSource{ref: {Conn: conn, Database: d.loop.Spec.ClickHouse.Database, Grain: d.grain()}}
+	srv := &http.Server{Handler: dashboard.New(src, ctrl.Log.WithName("dashboard")), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	d.teardown = append(d.teardown, func() { _ = srv.Close() })
+	d.dashboardURL = fmt.Sprintf("http://%s/loops/%s/%s", ln.Addr(), ref.Namespace, ref.Name)
+	step("Dashboard of plan against actual: %s", d.dashboardURL)
+	return nil
+}
+
 func (d *devStack) kubeconfigPath() string { return filepath.Join(d.o.workdir, "kubeconfig") }
 
 func (d *devStack) printHowTo() {
@@ -488,11 +594,16 @@ The stack keeps running until you press Ctrl-C. From another terminal:
   # plan against actual, per customer, product and month, and plan accuracy by horizon
   %[7]s report acme --kubeconfig %[1]s --format csv
 
+  # plan against actual in a browser: %[8]s
+
+  # the digests product teams receive, one per product and period
+  kcat -b %[3]s -t %[9]s -C -e -f '%%k %%s\n'
+
   # read what a product team sees
   clickhouse-client --host %[4]s --port %[5]s --query \
     'SELECT customer_id, product, count() AS events, sum(quantity) AS used FROM %[6]s.usage_raw GROUP BY customer_id, product ORDER BY customer_id, product'
 
-`, d.kubeconfigPath(), time.Now().UTC().Format(time.RFC3339), strings.Join(d.brokers, ","), chHost, chPort, db, os.Args[0])
+`, d.kubeconfigPath(), time.Now().UTC().Format(time.RFC3339), strings.Join(d.brokers, ","), chHost, chPort, db, os.Args[0], dashboardHint(d.dashboardURL), d.digestTopic())
 }
 
 // deleteLoop deletes the sample and waits until the finalizer has stopped its worker.
@@ -522,6 +633,13 @@ func (d *devStack) deleteLoop() error {
 	}
 	step("Deleted the CustomerLoop; its worker stopped and consumer group %s has no members left", group)
 	return nil
+}
+
+func dashboardHint(url string) string {
+	if url == "" {
+		return "(no dashboard: see --dashboard-addr)"
+	}
+	return url
 }
 
 func envOr(key, def string) string {

@@ -1,0 +1,734 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/go-logr/logr"
+	"github.com/segmentio/kafka-go"
+)
+
+// DigestTable records, per (loop, product, period), every digest version the publisher
+// reserved and every one it sent, in the loop's database. It is what makes versions
+// strictly increasing across restarts and across replicas taking over publication, and
+// what tells whether a digest's content changed since it was last sent.
+//
+// The protocol of one publication round:
+//
+//  1. read the views and build the digests; keep those whose content hash differs from
+//     the last one sent;
+//  2. reserve their versions, max(version) + 1, with rows published = 0;
+//  3. send them to the feedback topic, keyed by product;
+//  4. record the ones the broker acknowledged, with rows published = 1.
+//
+// Publishing comes before recording: a crash between 3 and 4 leaves the content
+// unrecorded, so the next round sends the same content again, under a higher version
+// (the reserved one counts in max(version)). Consumers keep, per (loop, product, period),
+// the message with the highest version; an equal content at a higher version is harmless.
+// A crash between 2 and 3 only skips a version number. One publisher per loop at a time
+// (the manager's leader) is assumed: two at once could reserve the same version.
+const DigestTable = "feedback_digests"
+
+var digestColumns = []Column{
+	{"loop", "String"},
+	{"product", "String"},
+	{"period", "Date"},
+	{"version", "Int64"},
+	{"content_hash", "String"},
+	{"published", "UInt8"},
+	{"publisher", "String"},
+	{"recorded_at", "DateTime"},
+}
+
+// DigestTableStatement returns the statement that creates the digest table; it is
+// idempotent and plain MergeTree, so it works on every supported ClickHouse.
+func DigestTableStatement(db string) (Statement, error) {
+	if err := ValidIdent(db); err != nil {
+		return Statement{}, err
+	}
+	return Statement{Object: db + "." + DigestTable,
+		SQL: createTableDDL(db, DigestTable, digestColumns) + "ENGINE = MergeTree\nORDER BY (loop, product, period, version)"}, nil
+}
+
+// DigestSchema is the version of the digest message format; it changes only when a
+// field changes meaning or goes away (new fields may appear in any version).
+const DigestSchema = 1
+
+const defaultTopCustomers = 5
+
+// DigestConfig is what a digest publisher needs. Like Config it is plain data, built from
+// the loop's spec by the controller.
+type DigestConfig struct {
+	// Loop names the loop as "namespace/name"; it is in every message.
+	Loop string `json:"loop"`
+	// Kafka is the connection (brokers, TLS, SASL) the loop's workers use; Group is unused.
+	Kafka KafkaConfig `json:"kafka"`
+	// Topic is the feedback topic the digests go to.
+	Topic string `json:"topic"`
+	// Feedback names the loop's database and grain; the feedback views must exist.
+	Feedback FeedbackConfig `json:"feedback"`
+	// Threshold flags a digest whose |gap ratio| exceeds it (see Digest.Flagged); nil
+	// flags nothing.
+	Threshold *float64 `json:"threshold,omitempty"`
+	// TopCustomers is how many customers with the largest |gap| a digest lists; 0 means 5.
+	TopCustomers int `json:"topCustomers,omitempty"`
+	// Publisher identifies this replica in the digest table (a pod name, say).
+	Publisher string `json:"publisher,omitempty"`
+}
+
+// Validate checks the config before anything reaches SQL or Kafka.
+func (c DigestConfig) Validate() error {
+	var errs []error
+	if c.Loop == "" {
+		errs = append(errs, errors.New("loop is required"))
+	}
+	if len(c.Kafka.Brokers) == 0 {
+		errs = append(errs, errors.New("kafka.brokers: at least one broker is required"))
+	}
+	if c.Topic == "" {
+		errs = append(errs, errors.New("topic is required"))
+	}
+	if err := ValidIdent(c.Feedback.Database); err != nil {
+		errs = append(errs, fmt.Errorf("feedback.database: %w", err))
+	}
+	if c.Feedback.Grain != GrainWeek && c.Feedback.Grain != GrainMonth {
+		errs = append(errs, fmt.Errorf("feedback.grain %q: want %s or %s", c.Feedback.Grain, GrainWeek, GrainMonth))
+	}
+	if t := c.Threshold; t != nil && (*t < 0 || math.IsNaN(*t) || math.IsInf(*t, 0)) {
+		errs = append(errs, fmt.Errorf("threshold %v: want a finite number >= 0", *t))
+	}
+	if c.TopCustomers < 0 || c.TopCustomers > 1000 {
+		errs = append(errs, fmt.Errorf("topCustomers %d: want 0 (the default, 5) to 1000", c.TopCustomers))
+	}
+	return errors.Join(errs...)
+}
+
+// Date is a calendar day, written in JSON as "2006-01-02".
+type Date struct{ time.Time }
+
+// MarshalJSON writes the date as YYYY-MM-DD.
+func (d Date) MarshalJSON() ([]byte, error) { return json.Marshal(d.Format(time.DateOnly)) }
+
+// UnmarshalJSON reads YYYY-MM-DD.
+func (d *Date) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	t, err := time.Parse(time.DateOnly, s)
+	if err != nil {
+		return err
+	}
+	d.Time = t
+	return nil
+}
+
+// Digest is plan against actual for one product and period, as published to the feedback
+// topic. README.md ("Digests") documents the message field by field.
+type Digest struct {
+	Schema      int    `json:"schema"`
+	Loop        string `json:"loop"`
+	Product     string `json:"product"`
+	Period      Date   `json:"period"`
+	Granularity Grain  `json:"granularity"`
+	// Complete is true once the period has ended (in UTC).
+	Complete bool `json:"complete"`
+	// PlannedLatest sums the customers' latest plans for the period; nil when no
+	// customer planned it. PlannedAtStart sums the plans made before the period began, of
+	// the customers who had one; nil when none had.
+	PlannedLatest  *float64 `json:"plannedLatest"`
+	PlannedAtStart *float64 `json:"plannedAtStart"`
+	// Actual is the usage of the customers who planned the period; UnplannedActual the
+	// usage of those who did not. Their sum is the product's usage in the period.
+	Actual          float64 `json:"actual"`
+	UnplannedActual float64 `json:"unplannedActual"`
+	// Gap = Actual - PlannedLatest and GapRatio = Gap / PlannedLatest; nil without plans
+	// (and the ratio when the plans sum to 0).
+	Gap                *float64 `json:"gap"`
+	GapRatio           *float64 `json:"gapRatio"`
+	CustomersWithPlans uint64   `json:"customersWithPlans"`
+	// Flagged: |GapRatio| exceeds the threshold and the period is complete, or the period
+	// is under way and usage already exceeds the plans by more than the threshold.
+	Flagged   bool     `json:"flagged"`
+	Threshold *float64 `json:"threshold"`
+	// TopGaps are the customers with the largest |gap|, largest first.
+	TopGaps  []CustomerGap    `json:"topGaps"`
+	Accuracy *ProductAccuracy `json:"accuracy"`
+	// Version increases strictly with every publication of this loop, product and period.
+	Version     int64     `json:"version"`
+	PublishedAt time.Time `json:"publishedAt"`
+}
+
+// CustomerGap is one customer's plan against actual in a digest.
+type CustomerGap struct {
+	Customer      string   `json:"customer"`
+	PlannedLatest float64  `json:"plannedLatest"`
+	Actual        float64  `json:"actual"`
+	Gap           float64  `json:"gap"`
+	GapRatio      *float64 `json:"gapRatio"`
+}
+
+// ProductAccuracy is how well a product's plans matched what happened, over completed
+// periods: WAPE and bias over every horizon's points together, and per horizon as in
+// feedback_accuracy.
+type ProductAccuracy struct {
+	WAPE      *float64          `json:"wape"`
+	Bias      *float64          `json:"bias"`
+	Points    uint64            `json:"points"`
+	ByHorizon []HorizonAccuracy `json:"byHorizon"`
+}
+
+// HorizonAccuracy is one row of feedback_accuracy for a product.
+type HorizonAccuracy struct {
+	Horizon int64    `json:"horizon"`
+	N       uint64   `json:"n"`
+	Planned float64  `json:"planned"`
+	Actual  float64  `json:"actual"`
+	Bias    *float64 `json:"bias"`
+	WAPE    *float64 `json:"wape"`
+}
+
+// contentHash fingerprints what a digest says about its period. Version, PublishedAt and
+// the context attached at publication (Accuracy, which moves with every completed period
+// of the product, and Threshold) are left out, so that only a change of the period's own
+// figures republishes it. Figures are rounded to 12 significant digits first: ClickHouse
+// sums floats in an order that may vary from one query to the next.
+func (d Digest) contentHash() string {
+	c := d
+	c.Version, c.PublishedAt, c.Accuracy, c.Threshold = 0, time.Time{}, nil, nil
+	c.PlannedLatest, c.PlannedAtStart = roundPtr(c.PlannedLatest), roundPtr(c.PlannedAtStart)
+	c.Actual, c.UnplannedActual = round12(c.Actual), round12(c.UnplannedActual)
+	c.Gap, c.GapRatio = roundPtr(c.Gap), roundPtr(c.GapRatio)
+	c.TopGaps = append([]CustomerGap(nil), d.TopGaps...)
+	for i := range c.TopGaps {
+		g := &c.TopGaps[i]
+		g.PlannedLatest, g.Actual, g.Gap, g.GapRatio = round12(g.PlannedLatest), round12(g.Actual), round12(g.Gap), roundPtr(g.GapRatio)
+	}
+	b, _ := json.Marshal(c) // plain data: cannot fail
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
+}
+
+func round12(x float64) float64 {
+	r, _ := strconv.ParseFloat(strconv.FormatFloat(x, 'g', 12, 64), 64)
+	return r
+}
+
+func roundPtr(p *float64) *float64 {
+	if p == nil {
+		return nil
+	}
+	r := round12(*p)
+	return &r
+}
+
+// PeriodStart returns the start of the period of the grain that holds t, in UTC.
+func PeriodStart(g Grain, t time.Time) time.Time {
+	t = t.UTC()
+	day := time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+	if g == GrainWeek {
+		return day.AddDate(0, 0, -((int(day.Weekday()) + 6) % 7))
+	}
+	return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
+}
+
+// PeriodEnd returns the start of the period after the one starting at start.
+func PeriodEnd(g Grain, start time.Time) time.Time {
+	if g == GrainWeek {
+		return start.AddDate(0, 0, 7)
+	}
+	return start.AddDate(0, 1, 0)
+}
+
+// ProductPeriod is plan against actual for a product and period, summed over customers.
+type ProductPeriod struct {
+	Product            string
+	Period             time.Time
+	CustomersWithPlans uint64
+	// PlannedLatest and PlannedAtStart are nil when no customer had such a plan.
+	PlannedLatest, PlannedAtStart *float64
+	// Actual is the usage of the customers with plans, UnplannedActual of the others.
+	Actual, UnplannedActual float64
+}
+
+// QueryProductPeriods sums the loop's gap view per product and period, in that order.
+func QueryProductPeriods(ctx context.Context, conn driver.Conn, db string) ([]ProductPeriod, error) {
+	q := `SELECT product, period,
+    countIf(versions > 0) AS planners,
+    sum(ifNull(planned_latest, 0)) AS sum_planned,
+    countIf(planned_at_start IS NOT NULL) AS starters,
+    sum(ifNull(planned_at_start, 0)) AS sum_at_start,
+    sumIf(actual, versions > 0) AS actual_planned,
+    sumIf(actual, versions = 0) AS actual_unplanned
+FROM ` + QualifiedTable(db, ViewGaps) + `
+GROUP BY product, period
+ORDER BY product, period`
+	rows, err := conn.Query(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s.%s: %w", db, ViewGaps, err)
+	}
+	defer rows.Close()
+	var out []ProductPeriod
+	for rows.Next() {
+		var (
+			r                 ProductPeriod
+			starters          uint64
+			planned, atStart  float64
+			actual, unplanned float64
+		)
+		if err := rows.Scan(&r.Product, &r.Period, &r.CustomersWithPlans, &planned, &starters, &atStart, &actual, &unplanned); err != nil {
+			return nil, fmt.Errorf("reading %s.%s: %w", db, ViewGaps, err)
+		}
+		r.Period = r.Period.UTC()
+		if r.CustomersWithPlans > 0 {
+			r.PlannedLatest = &planned
+		}
+		if starters > 0 {
+			r.PlannedAtStart = &atStart
+		}
+		r.Actual, r.UnplannedActual = actual, unplanned
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// QueryTopGaps returns, per product and period, the n customers with a plan whose |gap| is
+// largest (ties by customer id), keyed by product and period start.
+func QueryTopGaps(ctx context.Context, conn driver.Conn, db string, n int) (map[string]map[time.Time][]CustomerGap, error) {
+	q := `SELECT product, period, customer_id, planned_latest, actual, gap, gap_ratio
+FROM ` + QualifiedTable(db, ViewGaps) + `
+WHERE versions > 0
+ORDER BY product, period, abs(gap) DESC, customer_id
+LIMIT ` + strconv.Itoa(n) + ` BY product, period`
+	rows, err := conn.Query(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s.%s: %w", db, ViewGaps, err)
+	}
+	defer rows.Close()
+	out := map[string]map[time.Time][]CustomerGap{}
+	for rows.Next() {
+		var (
+			product      string
+			period       time.Time
+			g            CustomerGap
+			planned, gap *float64
+		)
+		if err := rows.Scan(&product, &period, &g.Customer, &planned, &g.Actual, &gap, &g.GapRatio); err != nil {
+			return nil, fmt.Errorf("reading %s.%s: %w", db, ViewGaps, err)
+		}
+		if planned != nil {
+			g.PlannedLatest = *planned
+		}
+		if gap != nil {
+			g.Gap = *gap
+		}
+		period = period.UTC()
+		if out[product] == nil {
+			out[product] = map[time.Time][]CustomerGap{}
+		}
+		out[product][period] = append(out[product][period], g)
+	}
+	return out, rows.Err()
+}
+
+// QueryLargestGaps returns the n rows of the gap view with the largest |gap|, over all
+// products and periods (ties by period, newest first, then product and customer).
+func QueryLargestGaps(ctx context.Context, conn driver.Conn, db string, n int) ([]GapRow, error) {
+	q := "SELECT customer_id, product, period, planned_latest, planned_at_start, versions, actual, events, gap, gap_ratio, consumed_share FROM " +
+		QualifiedTable(db, ViewGaps) + " WHERE versions > 0 ORDER BY abs(gap) DESC, period DESC, product, customer_id LIMIT " + strconv.Itoa(max(n, 0))
+	rows, err := conn.Query(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s.%s: %w", db, ViewGaps, err)
+	}
+	defer rows.Close()
+	var out []GapRow
+	for rows.Next() {
+		var r GapRow
+		if err := rows.Scan(&r.Customer, &r.Product, &r.Period, &r.PlannedLatest, &r.PlannedAtStart, &r.Versions,
+			&r.Actual, &r.Events, &r.Gap, &r.GapRatio, &r.ConsumedShare); err != nil {
+			return nil, fmt.Errorf("reading %s.%s: %w", db, ViewGaps, err)
+		}
+		r.Period = r.Period.UTC()
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// AccuracyByProduct folds feedback_accuracy rows into one ProductAccuracy per product.
+// A horizon whose actual is 0 contributes its plans as absolute error (every point's
+// actual was 0 there, quantities being non-negative).
+func AccuracyByProduct(rows []AccuracyRow) map[string]*ProductAccuracy {
+	type sums struct{ absErr, signed, actual float64 }
+	out, acc := map[string]*ProductAccuracy{}, map[string]*sums{}
+	for _, r := range rows {
+		pa := out[r.Product]
+		if pa == nil {
+			pa, acc[r.Product] = &ProductAccuracy{}, &sums{}
+			out[r.Product] = pa
+		}
+		s := acc[r.Product]
+		pa.Points += r.N
+		pa.ByHorizon = append(pa.ByHorizon, HorizonAccuracy{Horizon: r.Horizon, N: r.N, Planned: r.Planned, Actual: r.Actual, Bias: r.Bias, WAPE: r.WAPE})
+		absErr := r.Planned
+		if r.WAPE != nil {
+			absErr = *r.WAPE * r.Actual
+		}
+		s.absErr += absErr
+		s.signed += r.Planned - r.Actual
+		s.actual += r.Actual
+	}
+	for p, pa := range out {
+		sort.Slice(pa.ByHorizon, func(i, j int) bool { return pa.ByHorizon[i].Horizon < pa.ByHorizon[j].Horizon })
+		if s := acc[p]; s.actual > 0 {
+			w, b := s.absErr/s.actual, s.signed/s.actual
+			pa.WAPE, pa.Bias = &w, &b
+		}
+	}
+	return out
+}
+
+// BuildDigests reads the loop's feedback views and returns a digest per product and
+// period, without Version and PublishedAt. now decides which periods are complete.
+func BuildDigests(ctx context.Context, conn driver.Conn, cfg DigestConfig, now time.Time) ([]Digest, error) {
+	db, g := cfg.Feedback.Database, cfg.Feedback.Grain
+	top := cfg.TopCustomers
+	if top == 0 {
+		top = defaultTopCustomers
+	}
+	periods, err := QueryProductPeriods(ctx, conn, db)
+	if err != nil {
+		return nil, err
+	}
+	tops, err := QueryTopGaps(ctx, conn, db, top)
+	if err != nil {
+		return nil, err
+	}
+	accRows, err := QueryAccuracy(ctx, conn, db, "")
+	if err != nil {
+		return nil, err
+	}
+	acc := AccuracyByProduct(accRows)
+	out := make([]Digest, 0, len(periods))
+	for _, pp := range periods {
+		d := Digest{
+			Schema: DigestSchema, Loop: cfg.Loop, Product: pp.Product, Period: Date{pp.Period}, Granularity: g,
+			Complete:      !PeriodEnd(g, pp.Period).After(now),
+			PlannedLatest: pp.PlannedLatest, PlannedAtStart: pp.PlannedAtStart,
+			Actual: pp.Actual, UnplannedActual: pp.UnplannedActual,
+			CustomersWithPlans: pp.CustomersWithPlans,
+			Threshold:          cfg.Threshold,
+			TopGaps:            tops[pp.Product][pp.Period],
+			Accuracy:           acc[pp.Product],
+		}
+		if d.TopGaps == nil {
+			d.TopGaps = []CustomerGap{}
+		}
+		if p := pp.PlannedLatest; p != nil {
+			gap := pp.Actual - *p
+			d.Gap = &gap
+			if *p != 0 {
+				r := gap / *p
+				d.GapRatio = &r
+			}
+		}
+		if t, r := cfg.Threshold, d.GapRatio; t != nil && r != nil {
+			underWay := !pp.Period.After(now) && !d.Complete
+			d.Flagged = (d.Complete && math.Abs(*r) > *t) || (underWay && *r > *t)
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// Flag is a digest published with Flagged set: the caller may raise a Warning event.
+type Flag struct {
+	Product  string
+	Period   time.Time
+	GapRatio float64
+	Version  int64
+}
+
+// PublishResult is what a publication round did, and the figures a loop's status shows.
+type PublishResult struct {
+	// Published are the digests sent in this round (their content changed); Unchanged
+	// counts the others.
+	Published []Digest
+	Unchanged int
+	// Flagged lists the published digests that are flagged: each is reported with the
+	// publication that carries it, not again on rounds where its figures do not change.
+	Flagged []Flag
+	// LastPublishedPeriod is the latest period with a published digest and
+	// LastPublishedAt the time of the latest publication, from the digest table (they
+	// survive restarts); zero before the first.
+	LastPublishedPeriod time.Time
+	LastPublishedAt     time.Time
+	// CustomersWithPlans counts the customers with a plan for the current period, over
+	// all products.
+	CustomersWithPlans uint64
+	// WAPE is over all products' completed periods and horizons; ProductWAPE per product.
+	// nil while there is no usage to compare with.
+	WAPE        *float64
+	ProductWAPE map[string]*float64
+}
+
+// Publisher publishes a loop's digests to its feedback topic.
+type Publisher struct {
+	cfg    DigestConfig
+	ch     driver.Conn
+	writer *kafka.Writer
+	log    logr.Logger
+	now    func() time.Time
+	table  bool // the digest table exists
+}
+
+// NewPublisher validates the config and prepares the Kafka writer. conn is the loop's
+// ClickHouse connection; it stays the caller's to close.
+func NewPublisher(cfg DigestConfig, conn driver.Conn, log logr.Logger) (*Publisher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid digest config: %w", err)
+	}
+	sec, err := cfg.Kafka.security()
+	if err != nil {
+		return nil, err
+	}
+	w := &kafka.Writer{
+		Addr:      kafka.TCP(cfg.Kafka.Brokers...),
+		Topic:     cfg.Topic,
+		Transport: sec.transport(),
+		// Keyed by product: a product's digests stay in order in one partition.
+		Balancer:     &kafka.Hash{},
+		RequiredAcks: kafka.RequireAll,
+		BatchTimeout: 10 * time.Millisecond,
+		// The feedback topic is created on demand where the broker allows it.
+		AllowAutoTopicCreation: true,
+	}
+	return &Publisher{cfg: cfg, ch: conn, writer: w, log: log, now: time.Now}, nil
+}
+
+// Close flushes and closes the Kafka writer.
+func (p *Publisher) Close() error { return p.writer.Close() }
+
+type digestState struct {
+	version   int64  // highest version reserved or sent
+	published string // content hash last sent; "" if none
+}
+
+// PublishOnce builds the loop's digests and publishes those whose content changed since
+// they were last published, then records them (see DigestTable).
+func (p *Publisher) PublishOnce(ctx context.Context) (PublishResult, error) {
+	db := p.cfg.Feedback.Database
+	if !p.table {
+		st, _ := DigestTableStatement(db) // validated in NewPublisher
+		if err := p.ch.Exec(ctx, st.SQL); err != nil {
+			return PublishResult{}, fmt.Errorf("creating %s: %w", st.Object, err)
+		}
+		p.table = true
+	}
+	now := p.now().UTC()
+	digests, err := BuildDigests(ctx, p.ch, p.cfg, now)
+	if err != nil {
+		return PublishResult{}, err
+	}
+	state, err := p.readState(ctx)
+	if err != nil {
+		return PublishResult{}, err
+	}
+	var res PublishResult
+	var changed []Digest
+	var hashes []string
+	publishedAt := now.Truncate(time.Millisecond)
+	for _, d := range digests {
+		h := d.contentHash()
+		s := state[digestKey{d.Product, d.Period.Time}]
+		if s.published == h {
+			res.Unchanged++
+			continue
+		}
+		d.Version, d.PublishedAt = s.version+1, publishedAt
+		changed = append(changed, d)
+		hashes = append(hashes, h)
+	}
+	if len(changed) > 0 {
+		if err := p.record(ctx, changed, hashes, nil, 0, now); err != nil {
+			return res, fmt.Errorf("reserving digest versions: %w", err)
+		}
+		msgs := make([]kafka.Message, len(changed))
+		for i, d := range changed {
+			b, err := json.Marshal(d)
+			if err != nil {
+				return res, err
+			}
+			msgs[i] = kafka.Message{Key: []byte(d.Product), Value: b, Time: d.PublishedAt}
+		}
+		sendErr := p.writer.WriteMessages(ctx, msgs...)
+		sent := make([]bool, len(msgs))
+		var we kafka.WriteErrors
+		switch {
+		case sendErr == nil:
+			for i := range sent {
+				sent[i] = true
+			}
+		case errors.As(sendErr, &we) && len(we) == len(msgs):
+			for i := range sent {
+				sent[i] = we[i] == nil
+			}
+		}
+		if err := p.record(ctx, changed, hashes, sent, 1, now); err != nil {
+			// Sent but not recorded: the next round sends them again, under a higher version.
+			return res, errors.Join(sendErr, fmt.Errorf("recording published digests: %w", err))
+		}
+		for i, d := range changed {
+			if !sent[i] {
+				continue
+			}
+			res.Published = append(res.Published, d)
+			if d.Flagged {
+				res.Flagged = append(res.Flagged, Flag{Product: d.Product, Period: d.Period.Time, GapRatio: *d.GapRatio, Version: d.Version})
+			}
+		}
+		if sendErr != nil {
+			return res, fmt.Errorf("publishing digests to %s: %w", p.cfg.Topic, sendErr)
+		}
+	}
+	if err := p.statusFigures(ctx, &res, digests, now); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+type digestKey struct {
+	product string
+	period  time.Time
+}
+
+func (p *Publisher) readState(ctx context.Context) (map[digestKey]digestState, error) {
+	db := p.cfg.Feedback.Database
+	rows, err := p.ch.Query(ctx, "SELECT product, period, max(version), argMaxIf(content_hash, version, published = 1) FROM "+
+		QualifiedTable(db, DigestTable)+" WHERE loop = ? GROUP BY product, period", p.cfg.Loop)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s.%s: %w", db, DigestTable, err)
+	}
+	defer rows.Close()
+	out := map[digestKey]digestState{}
+	for rows.Next() {
+		var k digestKey
+		var s digestState
+		if err := rows.Scan(&k.product, &k.period, &s.version, &s.published); err != nil {
+			return nil, fmt.Errorf("reading %s.%s: %w", db, DigestTable, err)
+		}
+		k.period = k.period.UTC()
+		out[k] = s
+	}
+	return out, rows.Err()
+}
+
+// record writes one row per digest (those with only[i] set, when only is given) in one
+// insert.
+func (p *Publisher) record(ctx context.Context, ds []Digest, hashes []string, only []bool, published uint8, now time.Time) error {
+	db := p.cfg.Feedback.Database
+	b, err := p.ch.PrepareBatch(ctx, "INSERT INTO "+QualifiedTable(db, DigestTable)+
+		" (loop, product, period, version, content_hash, published, publisher, recorded_at)")
+	if err != nil {
+		return err
+	}
+	n := 0
+	for i, d := range ds {
+		if only != nil && !only[i] {
+			continue
+		}
+		if err := b.Append(p.cfg.Loop, d.Product, d.Period.Time, d.Version, hashes[i], published, p.cfg.Publisher, now); err != nil {
+			_ = b.Abort()
+			return err
+		}
+		n++
+	}
+	if n == 0 {
+		_ = b.Abort()
+		return nil
+	}
+	return b.Send()
+}
+
+// statusFigures fills in what a loop's status shows.
+func (p *Publisher) statusFigures(ctx context.Context, res *PublishResult, digests []Digest, now time.Time) error {
+	db := p.cfg.Feedback.Database
+	var n uint64
+	if err := p.ch.QueryRow(ctx, "SELECT count(), max(period), max(recorded_at) FROM "+QualifiedTable(db, DigestTable)+
+		" WHERE loop = ? AND published = 1", p.cfg.Loop).Scan(&n, &res.LastPublishedPeriod, &res.LastPublishedAt); err != nil {
+		return fmt.Errorf("reading %s.%s: %w", db, DigestTable, err)
+	}
+	if n == 0 {
+		res.LastPublishedPeriod, res.LastPublishedAt = time.Time{}, time.Time{}
+	} else {
+		res.LastPublishedPeriod, res.LastPublishedAt = res.LastPublishedPeriod.UTC(), res.LastPublishedAt.UTC()
+	}
+	current := PeriodStart(p.cfg.Feedback.Grain, now)
+	if err := p.ch.QueryRow(ctx, "SELECT uniqExact(customer_id) FROM "+QualifiedTable(db, ViewGaps)+
+		" WHERE versions > 0 AND period = toDate(?)", current.Format(time.DateOnly)).Scan(&res.CustomersWithPlans); err != nil {
+		return fmt.Errorf("reading %s.%s: %w", db, ViewGaps, err)
+	}
+	res.ProductWAPE = map[string]*float64{}
+	var absErr, actual float64
+	for _, d := range digests {
+		a := d.Accuracy
+		if a == nil {
+			continue
+		}
+		if _, seen := res.ProductWAPE[d.Product]; seen {
+			continue
+		}
+		res.ProductWAPE[d.Product] = a.WAPE
+		for _, h := range a.ByHorizon {
+			e := h.Planned
+			if h.WAPE != nil {
+				e = *h.WAPE * h.Actual
+			}
+			absErr += e
+			actual += h.Actual
+		}
+	}
+	if actual > 0 {
+		w := absErr / actual
+		res.WAPE = &w
+	}
+	return nil
+}
+
+// Run publishes every interval until ctx ends, and hands each round's result (or error:
+// a failed round is retried at the next tick) to onResult, which may be nil.
+func (p *Publisher) Run(ctx context.Context, interval time.Duration, onResult func(PublishResult, error)) error {
+	if interval <= 0 {
+		return fmt.Errorf("digest interval %v: want > 0", interval)
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		res, err := p.PublishOnce(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			p.log.Error(err, "publishing digests failed; retrying at the next interval", "loop", p.cfg.Loop, "topic", p.cfg.Topic)
+		} else if len(res.Published) > 0 {
+			p.log.Info("published digests", "loop", p.cfg.Loop, "topic", p.cfg.Topic, "published", len(res.Published),
+				"unchanged", res.Unchanged, "flagged", len(res.Flagged))
+		}
+		if onResult != nil {
+			onResult(res, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
