@@ -159,7 +159,7 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 }
 
 const (
-	defaultMaxRows          = 50_000
+	defaultMaxRows          = 20_000
 	defaultMaxBytes         = 32 << 20
 	defaultMaxMessageBytes  = 1 << 20
 	defaultMaxWait          = time.Second

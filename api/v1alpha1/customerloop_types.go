@@ -128,7 +128,7 @@ type WorkersSpec struct {
 // BatchSpec bounds a batch: it is inserted when it holds maxRows rows or maxBytes of
 // messages, or when its oldest message has waited maxWait, whichever comes first.
 type BatchSpec struct {
-	// maxRows per insert. Defaults to 50000.
+	// maxRows per insert. Defaults to 20000.
 	// +optional
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1000000
