@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -28,6 +29,7 @@ import (
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/config/crd"
 	"customerloop.dev/customerloop/config/samples"
+	"customerloop.dev/customerloop/controllers"
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/dashboard"
 )
@@ -555,22 +557,29 @@ func (d *devStack) serveDashboard(ctx context.Context) error {
 	if d.o.dashboardAddr == "" {
 		return nil
 	}
-	conn, err := pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: d.o.clickhouseAddr})
-	if err != nil {
-		return err
-	}
-	d.teardown = append(d.teardown, func() { _ = conn.Close() })
 	ln, err := net.Listen("tcp", d.o.dashboardAddr)
 	if err != nil {
 		step("No dashboard: %v (pass --dashboard-addr to use another address)", err)
 		return nil
 	}
+	// The manager's own dashboard source: the loops with feedback, read with the
+	// credentials their specs name.
 	ref := dashboard.LoopRef{Namespace: d.loop.Namespace, Name: d.loop.Name}
-	src := dashboard.StaticSource{ref: {Conn: conn, Database: d.loop.Spec.ClickHouse.Database, Grain: d.grain()}}
+	src := controllers.DashboardSource{Client: d.k8s}
 	srv := &http.Server{Handler: dashboard.New(src, ctrl.Log.WithName("dashboard")), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	d.teardown = append(d.teardown, func() { _ = srv.Close() })
 	d.dashboardURL = fmt.Sprintf("http://%s/loops/%s/%s", ln.Addr(), ref.Namespace, ref.Name)
+	// Read it once as a browser would: it must answer with the loop's products.
+	resp, err := http.Get(d.dashboardURL)
+	if err != nil {
+		return fmt.Errorf("reading the dashboard: %w", err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), "compute") {
+		return fmt.Errorf("the dashboard at %s answered %s without the workload's first product", d.dashboardURL, resp.Status)
+	}
 	step("Dashboard of plan against actual: %s", d.dashboardURL)
 	return nil
 }

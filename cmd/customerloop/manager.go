@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"time"
 
@@ -20,6 +23,7 @@ import (
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/controllers"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/dashboard"
 )
 
 func runManager(ctx context.Context, args []string) error {
@@ -31,6 +35,7 @@ func runManager(ctx context.Context, args []string) error {
 	probeAddr := fs.String("health-probe-bind-address", ":8081", "address of the health and readiness probes")
 	leaderElect := fs.Bool("leader-elect", false, "elect a leader so that only one of several replicas reconciles")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	dashboardAddr := fs.String("dashboard-bind-address", ":8082", "address of the read-only plan-against-actual dashboard, served by every replica; 0 disables it")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -45,6 +50,7 @@ func runManager(ctx context.Context, args []string) error {
 	}
 	mgr, err := newManager(ctx, restCfg, managerOptions{
 		runner: *runner, workerImage: *workerImage, metricsAddr: *metricsAddr, probeAddr: *probeAddr, leaderElect: *leaderElect, log: log,
+		dashboardAddr: *dashboardAddr,
 	})
 	if err != nil {
 		return err
@@ -59,9 +65,11 @@ type managerOptions struct {
 	metricsAddr string
 	probeAddr   string
 	leaderElect bool
-	batch       pipeline.BatchConfig
-	refresh     time.Duration
-	log         logr.Logger
+	// dashboardAddr serves the dashboard; "" or "0" does not.
+	dashboardAddr string
+	batch         pipeline.BatchConfig
+	refresh       time.Duration
+	log           logr.Logger
 }
 
 // newManager builds the controller manager with the CustomerLoop reconciler and the
@@ -117,5 +125,40 @@ func newManager(ctx context.Context, restCfg *rest.Config, o managerOptions) (ct
 	if err := r.SetupWithManager(ctx, mgr); err != nil {
 		return nil, fmt.Errorf("setting up the controller: %w", err)
 	}
+	if o.dashboardAddr != "" && o.dashboardAddr != "0" {
+		h := dashboard.New(controllers.DashboardSource{Client: mgr.GetClient()}, o.log.WithName("dashboard"))
+		if err := mgr.Add(&httpRunnable{addr: o.dashboardAddr, handler: h, log: o.log.WithName("dashboard")}); err != nil {
+			return nil, err
+		}
+	}
 	return mgr, nil
+}
+
+// httpRunnable serves a read-only handler for as long as the manager runs, on every
+// replica: it needs no leader.
+type httpRunnable struct {
+	addr    string
+	handler http.Handler
+	log     logr.Logger
+}
+
+func (h *httpRunnable) NeedLeaderElection() bool { return false }
+
+func (h *httpRunnable) Start(ctx context.Context) error {
+	ln, err := net.Listen("tcp", h.addr)
+	if err != nil {
+		return fmt.Errorf("dashboard: %w", err)
+	}
+	srv := &http.Server{Handler: h.handler, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	h.log.Info("serving the dashboard", "address", ln.Addr().String())
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }
