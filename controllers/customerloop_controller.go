@@ -37,6 +37,8 @@ type CustomerLoopReconciler struct {
 	// RefreshInterval is how often status is refreshed from ClickHouse while nothing
 	// changes (jittered by up to 20%).
 	RefreshInterval time.Duration
+
+	digests digestPublishers
 }
 
 // +kubebuilder:rbac:groups=loops.customerloop.dev,resources=customerloops,verbs=get;list;watch;update;patch
@@ -51,6 +53,7 @@ func (r *CustomerLoopReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if err := r.Get(ctx, req.NamespacedName, loop); err != nil {
 		if apierrors.IsNotFound(err) {
 			forgetLoopMetrics(req.Namespace, req.Name)
+			r.digests.stop(req.NamespacedName)
 			return ctrl.Result{}, r.Runner.Stop(ctx, req.NamespacedName)
 		}
 		return ctrl.Result{}, err
@@ -85,7 +88,15 @@ func (r *CustomerLoopReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		return ctrl.Result{}, err
 	}
 	r.observeStreams(ctx, cfg, obs)
-	return ctrl.Result{RequeueAfter: r.jittered()}, nil
+	requeue := r.jittered()
+	next, err := r.reconcileDigests(ctx, loop, cfg, obs)
+	if err != nil {
+		return r.resultFor(err)
+	}
+	if next > 0 && next < requeue {
+		requeue = next
+	}
+	return ctrl.Result{RequeueAfter: requeue}, nil
 }
 
 // reconcileSchema creates the loop's database, ledger and raw tables, and adds the
@@ -218,7 +229,9 @@ func (r *CustomerLoopReconciler) finalize(ctx context.Context, loop *loopsv1alph
 	if !controllerutil.ContainsFinalizer(loop, loopsv1alpha1.Finalizer) {
 		return nil
 	}
-	if err := r.Runner.Stop(ctx, types.NamespacedName{Namespace: loop.Namespace, Name: loop.Name}); err != nil {
+	key := types.NamespacedName{Namespace: loop.Namespace, Name: loop.Name}
+	r.digests.stop(key)
+	if err := r.Runner.Stop(ctx, key); err != nil {
 		return err
 	}
 	if loop.GetDeletionPolicy() == loopsv1alpha1.DeletionDelete {

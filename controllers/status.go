@@ -26,6 +26,8 @@ type observation struct {
 	workers      WorkerState
 	statsErr     error
 	streams      []streamObservation
+	// feedback is what the digest publisher reports; nil when the loop publishes none.
+	feedback *loopsv1alpha1.FeedbackStatus
 }
 
 type streamObservation struct {
@@ -138,6 +140,9 @@ func (r *CustomerLoopReconciler) patchStatus(ctx context.Context, before, loop *
 	}
 	if obs.schemaReady {
 		st.Objects = obs.objects
+	}
+	if obs.feedback != nil || loop.Spec.Feedback == nil || loop.Spec.Feedback.Publish == nil {
+		st.Feedback = obs.feedback
 	}
 	if obs.statsErr == nil && len(obs.streams) > 0 {
 		prev := map[string]loopsv1alpha1.StreamStatus{}

@@ -127,6 +127,7 @@ func PlanDrop(cfg Config) []Statement {
 	for _, v := range FeedbackViews {
 		stmts = append(stmts, Statement{Object: db + "." + v, SQL: "DROP TABLE IF EXISTS " + QualifiedTable(db, v)})
 	}
+	stmts = append(stmts, Statement{Object: db + "." + DigestTable, SQL: "DROP TABLE IF EXISTS " + QualifiedTable(db, DigestTable)})
 	for _, t := range ManagedTables(cfg) {
 		stmts = append(stmts, Statement{Object: db + "." + t.Name, SQL: "DROP TABLE IF EXISTS " + QualifiedTable(db, t.Name)})
 	}

@@ -85,6 +85,7 @@ type CustomerLoopSpec struct {
 type Granularity string
 
 // FeedbackSpec says which streams' plans and usage are compared, and per what period.
+// +kubebuilder:validation:XValidation:rule="!has(self.gapThresholdPercent) || has(self.publish)",message="gapThresholdPercent needs publish: flags are raised with the digests"
 type FeedbackSpec struct {
 	// usageStream names the Usage stream whose events are the actuals.
 	// +required
@@ -103,6 +104,46 @@ type FeedbackSpec struct {
 	// +optional
 	// +kubebuilder:default=Month
 	Granularity Granularity `json:"granularity,omitempty"`
+
+	// publish sends product teams a digest per product and period (planned, actual, gap,
+	// accuracy, the customers with the largest gaps) on a Kafka topic, whenever its
+	// figures change.
+	// +optional
+	Publish *PublishSpec `json:"publish,omitempty"`
+
+	// gapThresholdPercent flags a product and period whose gap between actual and plan
+	// exceeds this share of the plan: a Warning event on the loop, and "flagged" in the
+	// digest. Needs publish.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	GapThresholdPercent *int32 `json:"gapThresholdPercent,omitempty"`
+}
+
+// PublishSpec says where and how often a loop's digests are published.
+type PublishSpec struct {
+	// topic receives the digests as JSON, keyed by product.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=249
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9._-]+$`
+	Topic string `json:"topic"`
+
+	// interval between publication rounds; a round publishes only the digests whose
+	// figures changed. Defaults to 5m.
+	// +optional
+	// +kubebuilder:default="5m"
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10s') && duration(self) <= duration('24h')",message="interval must be a duration between 10s and 24h, e.g. \"5m\""
+	Interval string `json:"interval,omitempty"`
+
+	// topCustomers is how many customers with the largest gaps each digest lists.
+	// Defaults to 5.
+	// +optional
+	// +kubebuilder:default=5
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	TopCustomers *int32 `json:"topCustomers,omitempty"`
 }
 
 // WorkersSpec sizes the loop's workers: pods of "customerloop worker" in one Kafka
@@ -514,6 +555,40 @@ type CustomerLoopStatus struct {
 	// +optional
 	// +listType=atomic
 	Objects []string `json:"objects,omitempty"`
+
+	// feedback reports the digests published for product teams.
+	// +optional
+	Feedback *FeedbackStatus `json:"feedback,omitempty"`
+}
+
+// FeedbackStatus is what the loop has told product teams, from its digest table.
+type FeedbackStatus struct {
+	// lastPublishedPeriod is the start (a date) of the latest period a digest was
+	// published for.
+	// +optional
+	LastPublishedPeriod string `json:"lastPublishedPeriod,omitempty"`
+
+	// lastPublishedTime is when a digest was last published.
+	// +optional
+	LastPublishedTime *metav1.Time `json:"lastPublishedTime,omitempty"`
+
+	// customersWithPlans counts the customers with a plan for the current period.
+	// +optional
+	CustomersWithPlans int64 `json:"customersWithPlans,omitempty"`
+
+	// wape is the plans' weighted absolute percentage error over completed periods, all
+	// products and horizons: sum |plan - actual| / sum actual, as a decimal ("0.153").
+	// Empty while there is no usage to compare with.
+	// +optional
+	WAPE string `json:"wape,omitempty"`
+
+	// digestsPublished counts the digests this loop's publisher sent since it started.
+	// +optional
+	DigestsPublished int64 `json:"digestsPublished,omitempty"`
+
+	// message says why the last publication round failed; empty when it succeeded.
+	// +optional
+	Message string `json:"message,omitempty"`
 }
 
 // CustomerLoop streams customers' usage events and plans from Kafka into ClickHouse and
