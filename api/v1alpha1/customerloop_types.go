@@ -125,7 +125,7 @@ type RollupGranularity string
 type RollupFunction string
 
 // RollupSpec is one aggregate of a stream per period and dimensions.
-// +kubebuilder:validation:XValidation:rule="self.measures.all(m, m.name != 'period' && !(m.name in self.dimensions))",message="a measure is named like a dimension or period; the read view needs distinct column names"
+// +kubebuilder:validation:XValidation:rule="self.measures.all(m, m.name != 'period' && (!has(self.dimensions) || !(m.name in self.dimensions)))",message="a measure is named like a dimension or period; the read view needs distinct column names"
 type RollupSpec struct {
 	// name of the rollup; its read view is "rollup_<name>".
 	// +required
