@@ -466,19 +466,24 @@ func PlanRollupChanges(db string, plans []RollupPlan, e ExistingRollups) (rebuil
 
 // ApplyRollups brings the database's rollups to the plans and returns the names of those
 // it rebuilt. Rollups already in place cost one read of system.tables: quiesce is not
-// called. Before the first rebuild it calls quiesce, which must stop every writer of the
+// called. Before the first rebuild it calls quiesce with the names of the rollups to
+// rebuild; quiesce must stop every writer of the
 // loop's raw tables and report whether none is left; if it reports false, ApplyRollups
 // changes nothing and returns done false, to be called again later. Every step is
 // idempotent, and a crash at any point leaves a version that the read view does not
 // read, which the next call rebuilds.
-func ApplyRollups(ctx context.Context, conn driver.Conn, db string, plans []RollupPlan, quiesce func() (bool, error)) (rebuilt []string, done bool, err error) {
+func ApplyRollups(ctx context.Context, conn driver.Conn, db string, plans []RollupPlan, quiesce func(rebuild []string) (bool, error)) (rebuilt []string, done bool, err error) {
 	existing, err := ReadRollups(ctx, conn, db)
 	if err != nil {
 		return nil, false, err
 	}
 	rebuild, stale := PlanRollupChanges(db, plans, existing)
 	if len(rebuild) > 0 {
-		quiet, err := quiesce()
+		names := make([]string, len(rebuild))
+		for i, p := range rebuild {
+			names[i] = p.Name
+		}
+		quiet, err := quiesce(names)
 		if err != nil || !quiet {
 			return nil, false, err
 		}

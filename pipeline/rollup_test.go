@@ -291,7 +291,7 @@ func TestRollupsOnClickHouse(t *testing.T) {
 		}
 	}
 	stops := 0
-	quiesce := func() (bool, error) { stops++; return true, nil }
+	quiesce := func([]string) (bool, error) { stops++; return true, nil }
 	apply := func(cfg Config) []string {
 		t.Helper()
 		plans, err := PlanRollups(cfg)
@@ -410,7 +410,7 @@ func TestRollupsOnClickHouse(t *testing.T) {
 	cfg.Rollups[1].Granularity = RollupDay
 	plans, _ = PlanRollups(cfg)
 	before = rollupObjects(t, ch, db)
-	rebuilt, done, err := ApplyRollups(ctx, ch, db, plans, func() (bool, error) { return false, nil })
+	rebuilt, done, err := ApplyRollups(ctx, ch, db, plans, func([]string) (bool, error) { return false, nil })
 	if err != nil || done || len(rebuilt) != 0 {
 		t.Errorf("with writers running: rebuilt %v, done %v, err %v; want nothing done", rebuilt, done, err)
 	}
