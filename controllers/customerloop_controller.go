@@ -81,10 +81,11 @@ func (r *CustomerLoopReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if err := r.reconcileFeedback(ctx, loop, cfg, obs); err != nil {
 		return r.resultFor(err)
 	}
-	if built, err := r.reconcileRollups(ctx, loop, cfg, obs); err != nil || !built {
-		if err != nil {
-			return r.resultFor(err)
-		}
+	built, err := r.reconcileRollups(ctx, loop, cfg, obs)
+	if err != nil {
+		return r.resultFor(err)
+	}
+	if !built { // the workers are still stopping; they stay stopped until the rollups are built
 		r.observeStreams(ctx, cfg, obs)
 		return ctrl.Result{RequeueAfter: rollupPoll()}, nil
 	}
