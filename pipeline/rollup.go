@@ -412,8 +412,8 @@ var versionObject = regexp.MustCompile(`^rollup_([a-z][a-z0-9_]*)_v([0-9a-f]{8})
 // PlanRollupChanges compares the plans with what exists. rebuild lists the rollups whose
 // version is not in place (new, changed, or left half-built by a crash): each needs
 // Rebuild with the loop's workers stopped. stale drops what no plan uses: other versions
-// of planned rollups and every object of rollups no longer declared, materialized views
-// first. Dropping them is safe with workers running once no rebuild is pending; with a
+// of planned rollups and every object of rollups no longer declared (read views, then
+// materialized views, then tables). Dropping them is safe with workers running once no rebuild is pending; with a
 // rebuild pending, run them after it, because the read view may still read an old
 // version.
 func PlanRollupChanges(db string, plans []RollupPlan, e ExistingRollups) (rebuild []RollupPlan, stale []Statement) {
