@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -78,9 +79,14 @@ type RollupPlan struct {
 	View, Table, MV string
 	// Columns are the read view's columns, in order.
 	Columns []string
+	// Source is the raw table the rollup reads, unqualified.
+	Source string
 
-	db                                          string
-	createTable, createMV, backfill, createView string
+	db                                string
+	createTable, createMV, createView string
+	// The backfill is INSERT INTO <table> (<columns>) SELECT <exprs> FROM <source>
+	// [WHERE <partition key> = <partition>] GROUP BY <keys>.
+	insertHead, selectHead, groupBy, partitionKey string
 }
 
 // RollupView is the name of a rollup's read view.
@@ -97,17 +103,51 @@ func (p RollupPlan) Objects() []string {
 // the read view. Totals are exact only if nothing inserts into the raw table meanwhile:
 // the caller stops the loop's workers first (ClickHouse 18.16 has no transactions, and a
 // materialized view sees only inserts that begin after it exists).
-func (p RollupPlan) Rebuild() []Statement {
+//
+// partitions are the raw table's partitions (toYYYYMM of its time column): the backfill
+// runs one INSERT per partition, so that no single statement outlasts the client's read
+// timeout on a large table. Without partitions it is one INSERT of the whole table.
+func (p RollupPlan) Rebuild(partitions []uint32) []Statement {
 	view, table, mv := QualifiedTable(p.db, p.View), QualifiedTable(p.db, p.Table), QualifiedTable(p.db, p.MV)
-	return []Statement{
+	stmts := []Statement{
 		{Object: p.db + "." + p.MV, SQL: "DROP TABLE IF EXISTS " + mv},
 		{Object: p.db + "." + p.Table, SQL: "DROP TABLE IF EXISTS " + table},
 		{Object: p.db + "." + p.Table, SQL: p.createTable},
 		{Object: p.db + "." + p.MV, SQL: p.createMV},
-		{Object: p.db + "." + p.Table, SQL: p.backfill},
-		{Object: p.db + "." + p.View, SQL: "DROP TABLE IF EXISTS " + view},
-		{Object: p.db + "." + p.View, SQL: p.createView},
 	}
+	if len(partitions) == 0 {
+		stmts = append(stmts, Statement{Object: p.db + "." + p.Table, SQL: p.insertHead + p.selectHead + p.groupBy})
+	}
+	for _, part := range partitions {
+		stmts = append(stmts, Statement{Object: p.db + "." + p.Table,
+			SQL: fmt.Sprintf("%s%sWHERE %s = %d\n%s", p.insertHead, p.selectHead, p.partitionKey, part, p.groupBy)})
+	}
+	return append(stmts,
+		Statement{Object: p.db + "." + p.View, SQL: "DROP TABLE IF EXISTS " + view},
+		Statement{Object: p.db + "." + p.View, SQL: p.createView})
+}
+
+// sourcePartitions lists the partitions of the plan's raw table.
+func sourcePartitions(ctx context.Context, conn driver.Conn, p RollupPlan) ([]uint32, error) {
+	rows, err := conn.Query(ctx, "SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = ? AND active", p.db, p.Source)
+	if err != nil {
+		return nil, fmt.Errorf("reading the partitions of %s.%s: %w", p.db, p.Source, err)
+	}
+	defer rows.Close()
+	var parts []uint32
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			return nil, err
+		}
+		n, err := strconv.ParseUint(s, 10, 32)
+		if err != nil {
+			return nil, nil // not partitioned by month: backfill the table at once
+		}
+		parts = append(parts, uint32(n))
+	}
+	slices.Sort(parts)
+	return parts, rows.Err()
 }
 
 // rollupColumn is a column of a rollup table and the expression over the raw table that
@@ -292,7 +332,7 @@ func planRollup(db string, streams []StreamConfig, r RollupConfig) (RollupPlan, 
 	}{rollupFormat, s.Table(), keys, states, read}))
 	version := hex.EncodeToString(sum[:4])
 	p := RollupPlan{
-		Name: r.Name, Version: version, db: db, Columns: columns,
+		Name: r.Name, Version: version, db: db, Columns: columns, Source: s.Table(),
 		View: RollupView(r.Name), Table: RollupView(r.Name) + "_v" + version,
 	}
 	p.MV = p.Table + "_mv"
@@ -313,10 +353,15 @@ func planRollup(db string, streams []StreamConfig, r RollupConfig) (RollupPlan, 
 	p.createTable = createTableDDL(db, p.Table, cols) + "ENGINE = AggregatingMergeTree\n" +
 		"PARTITION BY toYYYYMM(" + QuoteIdent(period.Name) + ")\n" +
 		"ORDER BY (" + strings.Join(keyNames, ", ") + ")"
-	selectSQL := "SELECT\n    " + strings.Join(exprs, ",\n    ") + "\nFROM " + source +
-		"\nGROUP BY " + strings.Join(keyNames, ", ")
-	p.createMV = "CREATE MATERIALIZED VIEW IF NOT EXISTS " + QualifiedTable(db, p.MV) + " TO " + table + " AS\n" + selectSQL
-	p.backfill = "INSERT INTO " + table + " (" + strings.Join(names, ", ") + ")\n" + selectSQL
+	p.selectHead = "SELECT\n    " + strings.Join(exprs, ",\n    ") + "\nFROM " + source + "\n"
+	p.groupBy = "GROUP BY " + strings.Join(keyNames, ", ")
+	p.createMV = "CREATE MATERIALIZED VIEW IF NOT EXISTS " + QualifiedTable(db, p.MV) + " TO " + table + " AS\n" + p.selectHead + p.groupBy
+	p.insertHead = "INSERT INTO " + table + " (" + strings.Join(names, ", ") + ")\n"
+	// The raw table's partition key (schema.go), in the server's time zone like it.
+	p.partitionKey = "toYYYYMM(" + QuoteIdent("ts") + ")"
+	if s.Kind == KindPlan {
+		p.partitionKey = "toYYYYMM(" + QuoteIdent("period") + ")"
+	}
 	p.createView = "CREATE VIEW IF NOT EXISTS " + QualifiedTable(db, p.View) + " AS\nSELECT\n    " +
 		strings.Join(read, ",\n    ") + "\nFROM " + table + "\nGROUP BY " + strings.Join(keyNames, ", ")
 	return p, nil
@@ -488,7 +533,11 @@ func ApplyRollups(ctx context.Context, conn driver.Conn, db string, plans []Roll
 			return nil, false, err
 		}
 		for _, p := range rebuild {
-			if err := ApplySchema(ctx, conn, p.Rebuild()); err != nil {
+			parts, err := sourcePartitions(ctx, conn, p)
+			if err != nil {
+				return rebuilt, false, fmt.Errorf("rollup %s: %w", p.Name, err)
+			}
+			if err := ApplySchema(ctx, conn, p.Rebuild(parts)); err != nil {
 				return rebuilt, false, fmt.Errorf("rollup %s: %w", p.Name, err)
 			}
 			rebuilt = append(rebuilt, p.Name)

@@ -51,6 +51,24 @@ SELECT
     uniqState(`customer_id`) AS `_state_customers`,
     quantilesState(0.5, 0.99)(`seats`) AS `_state_seats`
 FROM `acme`.`usage_raw`
+WHERE toYYYYMM(`ts`) = 202610
+GROUP BY `_period`, `customer_id`, `product`, `_value_region`, `_null_region`;
+
+INSERT INTO `acme`.`rollup_daily_usage_v809bfa9c` (`_period`, `customer_id`, `product`, `_value_region`, `_null_region`, `_state_events`, `_state_used`, `_state_smallest`, `_state_largest`, `_state_customers`, `_state_seats`)
+SELECT
+    toDate(`ts`, 'UTC') AS `_period`,
+    `customer_id`,
+    `product`,
+    ifNull(`region`, defaultValueOfArgumentType(assumeNotNull(`region`))) AS `_value_region`,
+    isNull(`region`) AS `_null_region`,
+    countState() AS `_state_events`,
+    sumState(`quantity`) AS `_state_used`,
+    minState(`quantity`) AS `_state_smallest`,
+    maxState(`quantity`) AS `_state_largest`,
+    uniqState(`customer_id`) AS `_state_customers`,
+    quantilesState(0.5, 0.99)(`seats`) AS `_state_seats`
+FROM `acme`.`usage_raw`
+WHERE toYYYYMM(`ts`) = 202611
 GROUP BY `_period`, `customer_id`, `product`, `_value_region`, `_null_region`;
 
 DROP TABLE IF EXISTS `acme`.`rollup_daily_usage`;
