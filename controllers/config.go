@@ -93,6 +93,7 @@ func (r *CustomerLoopReconciler) pipelineConfig(ctx context.Context, loop *loops
 	if err := cfg.Validate(); err != nil {
 		return cfg, &specError{msg: err.Error()}
 	}
+	cfg.Rollups = rollupConfigs(loop)
 	if ref := spec.ClickHouse.CredentialsSecretRef; ref != nil {
 		user, pass, err := r.credentials(ctx, loop.Namespace, "clickhouse.credentialsSecretRef", ref)
 		if err != nil {

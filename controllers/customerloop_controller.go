@@ -84,6 +84,14 @@ func (r *CustomerLoopReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if err := r.reconcileFeedback(ctx, loop, cfg, obs); err != nil {
 		return r.resultFor(err)
 	}
+	built, err := r.reconcileRollups(ctx, loop, cfg, obs)
+	if err != nil {
+		return r.resultFor(err)
+	}
+	if !built { // the workers are still stopping; they stay stopped until the rollups are built
+		r.observeStreams(ctx, cfg, obs)
+		return ctrl.Result{RequeueAfter: rollupPoll()}, nil
+	}
 	if err := r.reconcileWorkers(ctx, loop, cfg, obs); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -174,6 +182,8 @@ func feedbackConfig(loop *loopsv1alpha1.CustomerLoop) *pipeline.FeedbackConfig {
 // reconcileWorkers runs the loop's workers, as many as it asks for: none when paused.
 func (r *CustomerLoopReconciler) reconcileWorkers(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config, obs *observation) error {
 	obs.paused, obs.scaledToZero = loop.Spec.Paused, loop.GetReplicas() == 0
+	// Workers do not use rollups: a rollup change alone must not restart them.
+	cfg.Rollups = nil
 	st, err := r.Runner.Ensure(ctx, loop, cfg)
 	if err != nil {
 		obs.workers = WorkerState{Message: err.Error()}
@@ -248,7 +258,7 @@ func (r *CustomerLoopReconciler) finalize(ctx context.Context, loop *loopsv1alph
 	return r.Update(ctx, loop)
 }
 
-// dropTables drops the loop's ledger and raw tables.
+// dropTables drops the loop's rollups, feedback views, ledger and raw tables.
 func (r *CustomerLoopReconciler) dropTables(ctx context.Context, loop *loopsv1alpha1.CustomerLoop) error {
 	cfg, err := r.pipelineConfig(ctx, loop)
 	if err != nil {
@@ -259,7 +269,10 @@ func (r *CustomerLoopReconciler) dropTables(ctx context.Context, loop *loopsv1al
 		return err
 	}
 	defer conn.Close()
-	return pipeline.ApplySchema(ctx, conn, pipeline.PlanDrop(cfg))
+	if err := pipeline.ApplySchema(ctx, conn, pipeline.PlanDrop(cfg)); err != nil {
+		return err
+	}
+	return dropRollupLeftovers(ctx, conn, cfg.ClickHouse.Database)
 }
 
 // resultFor maps an error to the controller's reaction: a spec problem stalls the loop
@@ -268,7 +281,8 @@ func (r *CustomerLoopReconciler) dropTables(ctx context.Context, loop *loopsv1al
 func (r *CustomerLoopReconciler) resultFor(err error) (ctrl.Result, error) {
 	var se *specError
 	var ue *pipeline.UnsafeChangeError
-	if errors.As(err, &se) || errors.As(err, &ue) {
+	var re *pipeline.RollupError
+	if errors.As(err, &se) || errors.As(err, &ue) || errors.As(err, &re) {
 		return ctrl.Result{}, reconcile.TerminalError(err)
 	}
 	var me *missingInputError

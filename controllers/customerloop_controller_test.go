@@ -304,6 +304,15 @@ func TestPausedLoop(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
+// rollup is a valid rollup of newLoop's usage stream, changed by mutate.
+func rollup(mutate func(*loopsv1alpha1.RollupSpec)) loopsv1alpha1.RollupSpec {
+	r := dailyRollup()
+	if mutate != nil {
+		mutate(&r)
+	}
+	return r
+}
+
 // metricNames lists the label values of the loop gauges, to find a loop's series among
 // those of loops other tests left.
 func metricNames(t *testing.T) string {
@@ -372,6 +381,53 @@ func TestInvalidSpecsRefused(t *testing.T) {
 			l.Spec.Feedback = &loopsv1alpha1.FeedbackSpec{UsageStream: "usage", PlanStream: "forecasts"}
 		}, "feedback.planStream must name a stream of kind Plan"},
 		{"bad dedup window", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].DedupWindow = "48h" }, "dedupWindow must be a duration between 0s and 24h"},
+		{"rollup of a missing stream", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Rollups = []loopsv1alpha1.RollupSpec{rollup(func(r *loopsv1alpha1.RollupSpec) { r.Stream = "forecasts" })}
+		}, "a rollup's stream must name a stream in spec.streams"},
+		{"hourly rollup of plans", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Rollups = []loopsv1alpha1.RollupSpec{rollup(func(r *loopsv1alpha1.RollupSpec) { r.Stream, r.Granularity = "plans", "Hour" })}
+		}, "granularity Hour needs a Usage stream"},
+		{"rollup granularity Year", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Rollups = []loopsv1alpha1.RollupSpec{rollup(func(r *loopsv1alpha1.RollupSpec) { r.Granularity = "Year" })}
+		}, `Unsupported value: "Year"`},
+		{"backtick in a rollup name", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Rollups = []loopsv1alpha1.RollupSpec{rollup(func(r *loopsv1alpha1.RollupSpec) { r.Name = "dai`ly" })}
+		}, "spec.rollups[0].name"},
+		{"quote in a rollup dimension", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Rollups = []loopsv1alpha1.RollupSpec{rollup(func(r *loopsv1alpha1.RollupSpec) { r.Dimensions = []string{"region'"} })}
+		}, "spec.rollups[0].dimensions[0]"},
+		{"duplicate rollup names", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Rollups = []loopsv1alpha1.RollupSpec{rollup(nil), rollup(nil)}
+		}, "Duplicate value"},
+		{"rollup without measures", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Rollups = []loopsv1alpha1.RollupSpec{rollup(func(r *loopsv1alpha1.RollupSpec) { r.Measures = nil })}
+		}, "spec.rollups[0].measures"},
+		{"unknown measure function", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Rollups = []loopsv1alpha1.RollupSpec{rollup(func(r *loopsv1alpha1.RollupSpec) { r.Measures[1].Function = "Avg" })}
+		}, `Unsupported value: "Avg"`},
+		{"Sum without a field", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Rollups = []loopsv1alpha1.RollupSpec{rollup(func(r *loopsv1alpha1.RollupSpec) { r.Measures[1].Field = "" })}
+		}, "field is required for Sum, Min, Max, Uniq and Quantiles"},
+		{"Count with a field", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Rollups = []loopsv1alpha1.RollupSpec{rollup(func(r *loopsv1alpha1.RollupSpec) { r.Measures[0].Field = "quantity" })}
+		}, "Count counts rows and takes no field"},
+		{"Quantiles without quantiles", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Rollups = []loopsv1alpha1.RollupSpec{rollup(func(r *loopsv1alpha1.RollupSpec) { r.Measures[1].Function = "Quantiles" })}
+		}, "quantiles are required for function Quantiles and only allowed with it"},
+		{"quantiles on a Sum", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Rollups = []loopsv1alpha1.RollupSpec{rollup(func(r *loopsv1alpha1.RollupSpec) { r.Measures[1].Quantiles = []string{"0.5"} })}
+		}, "quantiles are required for function Quantiles and only allowed with it"},
+		{"quantile above 1", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Rollups = []loopsv1alpha1.RollupSpec{rollup(func(r *loopsv1alpha1.RollupSpec) {
+				r.Measures[1].Function, r.Measures[1].Quantiles = "Quantiles", []string{"1.5"}
+			})}
+		}, "spec.rollups[0].measures[1].quantiles[0]"},
+		{"measure named like a dimension", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Rollups = []loopsv1alpha1.RollupSpec{rollup(func(r *loopsv1alpha1.RollupSpec) { r.Measures[0].Name = "product" })}
+		}, "a measure is named like a dimension or period"},
+		{"measure named period", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Rollups = []loopsv1alpha1.RollupSpec{rollup(func(r *loopsv1alpha1.RollupSpec) { r.Dimensions, r.Measures[0].Name = nil, "period" })}
+		}, "a measure is named like a dimension or period"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

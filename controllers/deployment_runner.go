@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -30,6 +31,7 @@ type DeploymentRunner struct {
 
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=pods,verbs=list
 
 // Ensure implements Runner.
 func (r *DeploymentRunner) Ensure(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config) (WorkerState, error) {
@@ -108,4 +110,28 @@ func (r *DeploymentRunner) Stop(ctx context.Context, key types.NamespacedName) e
 		}
 	}
 	return nil
+}
+
+// Quiesce implements Runner: it deletes the loop's worker Deployment and reports the
+// worker pods that still exist. A terminating pod still exists: it may be flushing its
+// last batch. The pods are listed from the API server, not from a cache that could lag
+// behind a pod just created: the manager's client reads unstructured objects directly.
+func (r *DeploymentRunner) Quiesce(ctx context.Context, key types.NamespacedName) (string, error) {
+	if err := r.Stop(ctx, key); err != nil {
+		return "", err
+	}
+	pods := &unstructured.UnstructuredList{}
+	pods.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("PodList"))
+	loop := &loopsv1alpha1.CustomerLoop{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
+	if err := r.Client.List(ctx, pods, client.InNamespace(key.Namespace), client.MatchingLabels(workerLabels(loop))); err != nil {
+		return "", fmt.Errorf("listing the worker pods of %s: %w", key, err)
+	}
+	if n := len(pods.Items); n > 0 {
+		names := make([]string, n)
+		for i, p := range pods.Items {
+			names[i] = p.GetName()
+		}
+		return fmt.Sprintf("%d worker pod(s) to stop: %s", n, strings.Join(names, ", ")), nil
+	}
+	return "", nil
 }

@@ -22,6 +22,10 @@ type Runner interface {
 	Ensure(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config) (WorkerState, error)
 	// Stop stops the loop's workers and returns once they are gone.
 	Stop(ctx context.Context, key types.NamespacedName) error
+	// Quiesce stops the loop's workers and reports what is still running: empty once no
+	// worker of the loop can insert anything (each flushed what it held and left), or
+	// what it waits for. Ensure starts them again.
+	Quiesce(ctx context.Context, key types.NamespacedName) (waitingFor string, err error)
 }
 
 // WorkerState is what a runner knows about a loop's workers.
@@ -163,6 +167,11 @@ func (l *inProcessLoop) setErr(err error) {
 	l.mu.Lock()
 	l.lastErr = err
 	l.mu.Unlock()
+}
+
+// Quiesce implements Runner: Stop returns once the worker flushed, committed and left.
+func (r *InProcessRunner) Quiesce(ctx context.Context, key types.NamespacedName) (string, error) {
+	return "", r.Stop(ctx, key)
 }
 
 // Stop implements Runner.

@@ -28,6 +28,8 @@ type observation struct {
 	streams      []streamObservation
 	// feedback is what the digest publisher reports; nil when the loop publishes none.
 	feedback *loopsv1alpha1.FeedbackStatus
+	// rollupWait says what a rollup's backfill waits for while the workers stop.
+	rollupWait string
 }
 
 type streamObservation struct {
@@ -52,6 +54,8 @@ const (
 	ReasonUnsafeSchemaChange = "UnsafeSchemaChange"
 	ReasonScaledToZero       = "ScaledToZero"
 	ReasonNotReached         = "NotReached"
+	ReasonInvalidRollup      = "InvalidRollup"
+	ReasonRollupBackfill     = "RollupBackfill"
 )
 
 type cond struct {
@@ -65,6 +69,7 @@ func computeConditions(obs *observation) map[string]cond {
 	var se *specError
 	var me *missingInputError
 	var ue *pipeline.UnsafeChangeError
+	var re *pipeline.RollupError
 	stalled := cond{metav1.ConditionFalse, ReasonSucceeded, ""}
 
 	switch {
@@ -78,17 +83,24 @@ func computeConditions(obs *observation) map[string]cond {
 	case obs.schemaErr != nil && errors.As(obs.schemaErr, &ue):
 		stalled = cond{metav1.ConditionTrue, ReasonUnsafeSchemaChange, ue.Error()}
 		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonUnsafeSchemaChange, ue.Error()}
+	case obs.schemaErr != nil && errors.As(obs.schemaErr, &re):
+		stalled = cond{metav1.ConditionTrue, ReasonInvalidRollup, re.Error()}
+		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonInvalidRollup, re.Error()}
 	case obs.schemaErr != nil && errors.As(obs.schemaErr, &se):
 		stalled = cond{metav1.ConditionTrue, ReasonInvalidSpec, se.msg}
 		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonInvalidSpec, se.msg}
 	case obs.schemaErr != nil:
 		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonClickHouseError, obs.schemaErr.Error()}
+	case obs.rollupWait != "":
+		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonRollupBackfill, obs.rollupWait}
 	case obs.schemaReady:
 		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionTrue, ReasonSchemaApplied,
 			fmt.Sprintf("%d ClickHouse objects in place", len(obs.objects))}
 	}
 
 	switch {
+	case obs.rollupWait != "":
+		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionFalse, ReasonRollupBackfill, "workers are stopped for a rollup backfill"}
 	case !obs.schemaReady:
 		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionFalse, ReasonNotReached, "waiting for the schema"}
 	case obs.paused:
@@ -119,7 +131,11 @@ func computeConditions(obs *observation) map[string]cond {
 			notReady = workers
 		}
 		c[loopsv1alpha1.ConditionReady] = cond{metav1.ConditionFalse, notReady.reason, notReady.message}
-		c[loopsv1alpha1.ConditionReconciling] = cond{metav1.ConditionTrue, ReasonProgressing, notReady.message}
+		reconciling := ReasonProgressing
+		if obs.rollupWait != "" {
+			reconciling = ReasonRollupBackfill
+		}
+		c[loopsv1alpha1.ConditionReconciling] = cond{metav1.ConditionTrue, reconciling, notReady.message}
 	}
 	c[loopsv1alpha1.ConditionStalled] = stalled
 	return c

@@ -31,6 +31,9 @@ type Config struct {
 	ClickHouse ClickHouseConfig `json:"clickhouse"`
 	Streams    []StreamConfig   `json:"streams"`
 	Batch      BatchConfig      `json:"batch,omitempty"`
+	// Rollups are aggregates of the streams kept by ClickHouse itself (materialized
+	// views); workers do not use them, the schema applier does.
+	Rollups []RollupConfig `json:"rollups,omitempty"`
 	// MaxMessageBytes is the largest message value ingested; larger ones are
 	// dead-lettered with reason oversize.
 	MaxMessageBytes int `json:"maxMessageBytes,omitempty"`

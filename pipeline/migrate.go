@@ -119,11 +119,18 @@ func Migrate(ctx context.Context, conn driver.Conn, cfg Config) ([]Statement, er
 	return append(create, alter...), nil
 }
 
-// PlanDrop returns the statements that drop the loop's feedback views and tables (not its
-// database, which may hold other things).
+// PlanDrop returns the statements that drop the loop's rollups, feedback views and tables
+// (not its database, which may hold other things). Of each rollup it drops the read view
+// and the planned version; versions left by a crash are found by PlanRollupChanges.
 func PlanDrop(cfg Config) []Statement {
 	db := cfg.ClickHouse.Database
 	var stmts []Statement
+	plans, _ := PlanRollups(cfg) // an invalid rollup has no planned version to drop
+	for _, p := range plans {
+		for _, name := range []string{p.View, p.MV, p.Table} {
+			stmts = append(stmts, Statement{Object: db + "." + name, SQL: "DROP TABLE IF EXISTS " + QualifiedTable(db, name)})
+		}
+	}
 	for _, v := range FeedbackViews {
 		stmts = append(stmts, Statement{Object: db + "." + v, SQL: "DROP TABLE IF EXISTS " + QualifiedTable(db, v)})
 	}

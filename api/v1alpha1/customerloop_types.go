@@ -40,6 +40,8 @@ type DimensionType string
 // +kubebuilder:validation:XValidation:rule="self.streams.all(s, !has(s.deadLetterTopic) || self.streams.all(t, t.topic != s.deadLetterTopic))",message="a stream's deadLetterTopic must not be the topic of any stream"
 // +kubebuilder:validation:XValidation:rule="!has(self.feedback) || self.streams.exists(s, s.name == self.feedback.usageStream && s.kind == 'Usage')",message="feedback.usageStream must name a stream of kind Usage"
 // +kubebuilder:validation:XValidation:rule="!has(self.feedback) || self.streams.exists(s, s.name == self.feedback.planStream && s.kind == 'Plan')",message="feedback.planStream must name a stream of kind Plan"
+// +kubebuilder:validation:XValidation:rule="!has(self.rollups) || self.rollups.all(r, self.streams.exists(s, s.name == r.stream))",message="a rollup's stream must name a stream in spec.streams"
+// +kubebuilder:validation:XValidation:rule="!has(self.rollups) || self.rollups.all(r, r.granularity != 'Hour' || self.streams.exists(s, s.name == r.stream && s.kind == 'Usage'))",message="granularity Hour needs a Usage stream: a Plan stream's periods are days"
 type CustomerLoopSpec struct {
 	// kafka is where the loop's streams are read from.
 	// +required
@@ -62,6 +64,15 @@ type CustomerLoopSpec struct {
 	// product and period, as views in the loop's database.
 	// +optional
 	Feedback *FeedbackSpec `json:"feedback,omitempty"`
+
+	// rollups are aggregates of a stream kept up to date as rows arrive: a materialized
+	// view into an AggregatingMergeTree table per rollup, read through the view
+	// "rollup_<name>" with one plain column per dimension and measure.
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=32
+	Rollups []RollupSpec `json:"rollups,omitempty"`
 
 	// workers run the loop's ingestion.
 	// +optional
@@ -144,6 +155,90 @@ type PublishSpec struct {
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=100
 	TopCustomers *int32 `json:"topCustomers,omitempty"`
+}
+
+// RollupGranularity is the length of a rollup's periods, in UTC.
+// +kubebuilder:validation:Enum=Hour;Day;Week;Month
+type RollupGranularity string
+
+// RollupFunction is how a measure aggregates its field.
+// +kubebuilder:validation:Enum=Count;Sum;Min;Max;Uniq;Quantiles
+type RollupFunction string
+
+// RollupSpec is one aggregate of a stream per period and dimensions.
+// +kubebuilder:validation:XValidation:rule="self.measures.all(m, m.name != 'period' && (!has(self.dimensions) || !(m.name in self.dimensions)))",message="a measure is named like a dimension or period; the read view needs distinct column names"
+type RollupSpec struct {
+	// name of the rollup; its read view is "rollup_<name>".
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=48
+	// +kubebuilder:validation:Pattern=`^[a-z][a-z0-9_]*$`
+	Name string `json:"name"`
+
+	// stream names the stream in spec.streams whose raw table the rollup aggregates.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=48
+	Stream string `json:"stream"`
+
+	// dimensions the rollup groups by besides the period: customer_id, product, or
+	// dimensions declared on the stream. Empty means one row per period.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=63
+	// +kubebuilder:validation:items:Pattern=`^[a-z][a-z0-9_]*$`
+	Dimensions []string `json:"dimensions,omitempty"`
+
+	// granularity of the periods, in UTC: Hour, Day, Week (from Monday) or Month. A Usage
+	// stream's periods follow ts; a Plan stream's follow period (the target period).
+	// +required
+	Granularity RollupGranularity `json:"granularity"`
+
+	// measures are the aggregated columns.
+	// +required
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=32
+	Measures []RollupMeasure `json:"measures"`
+}
+
+// RollupMeasure is one aggregated column of a rollup.
+// +kubebuilder:validation:XValidation:rule="self.function == 'Count' || has(self.field)",message="field is required for Sum, Min, Max, Uniq and Quantiles"
+// +kubebuilder:validation:XValidation:rule="self.function != 'Count' || !has(self.field)",message="Count counts rows and takes no field"
+// +kubebuilder:validation:XValidation:rule="(self.function == 'Quantiles') == has(self.quantiles)",message="quantiles are required for function Quantiles and only allowed with it"
+type RollupMeasure struct {
+	// name of the measure's column in the read view (Quantiles: one column
+	// "<name>_p<digits>" per quantile, e.g. latency_p99).
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=48
+	// +kubebuilder:validation:Pattern=`^[a-z][a-z0-9_]*$`
+	Name string `json:"name"`
+
+	// function: Count (rows), Sum, Min, Max (of a numeric column), Uniq (approximate
+	// number of distinct values of any column) or Quantiles (approximate, of a numeric
+	// column).
+	// +required
+	Function RollupFunction `json:"function"`
+
+	// field is the raw table's column the function aggregates: quantity, confidence
+	// (Plan), or a declared dimension; for Uniq also customer_id, product and the ids.
+	// NULLs are skipped.
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z][a-z0-9_]*$`
+	Field string `json:"field,omitempty"`
+
+	// quantiles for function Quantiles, as decimals between 0 and 1 without trailing
+	// zeros: "0.5", "0.99".
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=8
+	// +kubebuilder:validation:items:Pattern=`^0\.[0-9]{0,3}[1-9]$`
+	Quantiles []string `json:"quantiles,omitempty"`
 }
 
 // WorkersSpec sizes the loop's workers: pods of "customerloop worker" in one Kafka

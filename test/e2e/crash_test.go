@@ -68,10 +68,18 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 		_ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+db)
 		_ = ch.Close()
 	})
-	// A rollup fed by a materialized view: it counts every insert, so a duplicate insert
-	// would show here even if the raw table were deduplicated later.
-	if err := ch.Exec(ctx, "CREATE MATERIALIZED VIEW "+db+".rollup ENGINE = SummingMergeTree ORDER BY (customer_id, product) "+
-		"AS SELECT customer_id, product, sum(quantity) AS qty, count() AS events FROM "+db+".usage_raw GROUP BY customer_id, product"); err != nil {
+	// A rollup fed by a materialized view, as spec.rollups makes it: it counts every
+	// insert, so a duplicate insert would show here even if the raw table were
+	// deduplicated later.
+	cfg.Rollups = []pipeline.RollupConfig{{Name: "totals", Stream: "usage", Granularity: pipeline.RollupMonth,
+		Dimensions: []string{"customer_id", "product"}, Measures: []pipeline.MeasureConfig{
+			{Name: "qty", Function: pipeline.FuncSum, Field: "quantity"}, {Name: "events", Function: pipeline.FuncCount}}}}
+	plans, err := pipeline.PlanRollups(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	noWorkerYet := func([]string) (bool, error) { return true, nil }
+	if _, _, err := pipeline.ApplyRollups(ctx, ch, cfg.ClickHouse.Database, plans, noWorkerYet); err != nil {
 		t.Fatal(err)
 	}
 	cfgPath := filepath.Join(t.TempDir(), "worker.json")
@@ -195,7 +203,7 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 	}
 	var qty float64
 	var events uint64
-	if err := ch.QueryRow(ctx, "SELECT sum(qty), sum(events) FROM "+db+".rollup").Scan(&qty, &events); err != nil {
+	if err := ch.QueryRow(ctx, "SELECT sum(qty), sum(events) FROM "+db+".rollup_totals").Scan(&qty, &events); err != nil {
 		t.Fatal(err)
 	}
 	if qty != wantQty || events != good {

@@ -1,0 +1,550 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// RollupGranularity is the length of a rollup's periods, in UTC.
+type RollupGranularity string
+
+const (
+	RollupHour  RollupGranularity = "Hour"
+	RollupDay   RollupGranularity = "Day"
+	RollupWeek  RollupGranularity = "Week"
+	RollupMonth RollupGranularity = "Month"
+)
+
+// RollupFunction is how a measure aggregates its field.
+type RollupFunction string
+
+const (
+	FuncCount     RollupFunction = "Count"
+	FuncSum       RollupFunction = "Sum"
+	FuncMin       RollupFunction = "Min"
+	FuncMax       RollupFunction = "Max"
+	FuncUniq      RollupFunction = "Uniq"
+	FuncQuantiles RollupFunction = "Quantiles"
+)
+
+// RollupConfig declares one aggregate of a stream per period and dimensions.
+type RollupConfig struct {
+	Name        string            `json:"name"`
+	Stream      string            `json:"stream"`
+	Dimensions  []string          `json:"dimensions,omitempty"`
+	Granularity RollupGranularity `json:"granularity"`
+	Measures    []MeasureConfig   `json:"measures"`
+}
+
+// MeasureConfig is one aggregated column of a rollup.
+type MeasureConfig struct {
+	Name      string         `json:"name"`
+	Function  RollupFunction `json:"function"`
+	Field     string         `json:"field,omitempty"`
+	Quantiles []string       `json:"quantiles,omitempty"`
+}
+
+// RollupError is a rollup whose definition does not fit its stream (a field that is not
+// a numeric column, an unknown dimension): no object of it is created or changed.
+type RollupError struct {
+	Rollup string
+	Msg    string
+}
+
+func (e *RollupError) Error() string { return "rollup " + e.Rollup + ": " + e.Msg }
+
+// rollupFormat versions how definitions are rendered into SQL: it is part of every
+// rollup's version hash, so that a change of the rendering rebuilds the rollups.
+const rollupFormat = 1
+
+// RollupPlan is the planned state of one rollup at its definition version: an
+// AggregatingMergeTree table rollup_<name>_v<version>, a materialized view
+// rollup_<name>_v<version>_mv that feeds it from the stream's raw table, and the read
+// view rollup_<name> that merges the states into plain columns.
+type RollupPlan struct {
+	Name    string
+	Version string
+	// View, Table and MV are the objects' unqualified names.
+	View, Table, MV string
+	// Columns are the read view's columns, in order.
+	Columns []string
+	// Source is the raw table the rollup reads, unqualified.
+	Source string
+
+	db                                string
+	createTable, createMV, createView string
+	// The backfill is INSERT INTO <table> (<columns>) SELECT <exprs> FROM <source>
+	// [WHERE <partition key> = <partition>] GROUP BY <keys>.
+	insertHead, selectHead, groupBy, partitionKey string
+}
+
+// RollupView is the name of a rollup's read view.
+func RollupView(name string) string { return "rollup_" + name }
+
+// Objects are the plan's objects, database-qualified, for status.
+func (p RollupPlan) Objects() []string {
+	return []string{p.db + "." + p.View, p.db + "." + p.Table, p.db + "." + p.MV}
+}
+
+// Rebuild returns the statements that build the plan's version from scratch and point
+// the read view at it: drop what a crashed attempt may have left of the version, create
+// its table and materialized view, backfill the table from the raw table, then replace
+// the read view. Totals are exact only if nothing inserts into the raw table meanwhile:
+// the caller stops the loop's workers first (ClickHouse 18.16 has no transactions, and a
+// materialized view sees only inserts that begin after it exists).
+//
+// partitions are the raw table's partitions (toYYYYMM of its time column): the backfill
+// runs one INSERT per partition, so that no single statement outlasts the client's read
+// timeout on a large table. Without partitions it is one INSERT of the whole table.
+func (p RollupPlan) Rebuild(partitions []uint32) []Statement {
+	view, table, mv := QualifiedTable(p.db, p.View), QualifiedTable(p.db, p.Table), QualifiedTable(p.db, p.MV)
+	stmts := []Statement{
+		{Object: p.db + "." + p.MV, SQL: "DROP TABLE IF EXISTS " + mv},
+		{Object: p.db + "." + p.Table, SQL: "DROP TABLE IF EXISTS " + table},
+		{Object: p.db + "." + p.Table, SQL: p.createTable},
+		{Object: p.db + "." + p.MV, SQL: p.createMV},
+	}
+	if len(partitions) == 0 {
+		stmts = append(stmts, Statement{Object: p.db + "." + p.Table, SQL: p.insertHead + p.selectHead + p.groupBy})
+	}
+	for _, part := range partitions {
+		stmts = append(stmts, Statement{Object: p.db + "." + p.Table,
+			SQL: fmt.Sprintf("%s%sWHERE %s = %d\n%s", p.insertHead, p.selectHead, p.partitionKey, part, p.groupBy)})
+	}
+	return append(stmts,
+		Statement{Object: p.db + "." + p.View, SQL: "DROP TABLE IF EXISTS " + view},
+		Statement{Object: p.db + "." + p.View, SQL: p.createView})
+}
+
+// sourcePartitions lists the partitions of the plan's raw table.
+func sourcePartitions(ctx context.Context, conn driver.Conn, p RollupPlan) ([]uint32, error) {
+	rows, err := conn.Query(ctx, "SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = ? AND active", p.db, p.Source)
+	if err != nil {
+		return nil, fmt.Errorf("reading the partitions of %s.%s: %w", p.db, p.Source, err)
+	}
+	defer rows.Close()
+	var parts []uint32
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			return nil, err
+		}
+		n, err := strconv.ParseUint(s, 10, 32)
+		if err != nil {
+			return nil, nil // not partitioned by month: backfill the table at once
+		}
+		parts = append(parts, uint32(n))
+	}
+	slices.Sort(parts)
+	return parts, rows.Err()
+}
+
+// rollupColumn is a column of a rollup table and the expression over the raw table that
+// fills it.
+type rollupColumn struct {
+	Name string `json:"name"`
+	Type string `json:"type"`
+	Expr string `json:"expr"`
+}
+
+var quantilePattern = regexp.MustCompile(`^0\.[0-9]{0,3}[1-9]$`)
+
+// numericTypes are the column types Sum, Min, Max and Quantiles accept (Bool is UInt8).
+var numericTypes = map[string]bool{
+	"Int32": true, "Int64": true, "UInt8": true, "UInt32": true, "UInt64": true, "Float32": true, "Float64": true,
+}
+
+// PlanRollups plans every rollup of the config. It is a pure function of the config;
+// a definition that does not fit its stream is a *RollupError naming the rollup and the
+// field.
+func PlanRollups(cfg Config) ([]RollupPlan, error) {
+	if err := ValidIdent(cfg.ClickHouse.Database); err != nil {
+		return nil, fmt.Errorf("clickhouse.database: %w", err)
+	}
+	seen := map[string]bool{}
+	var plans []RollupPlan
+	for _, r := range cfg.Rollups {
+		if seen[r.Name] {
+			return nil, &RollupError{Rollup: r.Name, Msg: "two rollups have this name"}
+		}
+		seen[r.Name] = true
+		p, err := planRollup(cfg.ClickHouse.Database, cfg.Streams, r)
+		if err != nil {
+			return nil, err
+		}
+		plans = append(plans, p)
+	}
+	return plans, nil
+}
+
+func planRollup(db string, streams []StreamConfig, r RollupConfig) (RollupPlan, error) {
+	fail := func(format string, args ...any) (RollupPlan, error) {
+		return RollupPlan{}, &RollupError{Rollup: r.Name, Msg: fmt.Sprintf(format, args...)}
+	}
+	if err := ValidIdent(r.Name); err != nil || strings.HasPrefix(r.Name, "_") {
+		return fail("name %q is not a plain identifier", r.Name)
+	}
+	i := slices.IndexFunc(streams, func(s StreamConfig) bool { return s.Name == r.Stream })
+	if i < 0 {
+		return fail("stream %q is not a stream of the loop", r.Stream)
+	}
+	s := streams[i]
+	types := map[string]string{}
+	var fields []string
+	for _, c := range s.Columns() {
+		if !strings.HasPrefix(c.Name, "_") {
+			types[c.Name] = c.Type
+			fields = append(fields, c.Name)
+		}
+	}
+
+	period, err := periodExpr(s.Kind, r.Granularity)
+	if err != nil {
+		return fail("%v", err)
+	}
+	keys := []rollupColumn{period}
+	read := []string{QuoteIdent(period.Name) + " AS " + QuoteIdent("period")}
+	columns := []string{"period"}
+	taken := map[string]string{"period": "the period"}
+
+	dims := map[string]bool{"customer_id": true, "product": true}
+	for _, d := range s.Dimensions {
+		dims[d.Name] = true
+	}
+	for _, d := range r.Dimensions {
+		if err := ValidIdent(d); err != nil || !dims[d] {
+			return fail("dimension %q is not customer_id, product or a dimension declared on stream %s", d, s.Name)
+		}
+		if by, ok := taken[d]; ok {
+			return fail("dimension %q is named like %s", d, by)
+		}
+		taken[d] = "a dimension"
+		columns = append(columns, d)
+		q := QuoteIdent(d)
+		if inner, ok := strings.CutPrefix(types[d], "Nullable("); ok {
+			// A sort key cannot hold NULL (18.16): keep the value and whether it was NULL.
+			inner = strings.TrimSuffix(inner, ")")
+			value, isNull := QuoteIdent("_value_"+d), QuoteIdent("_null_"+d)
+			keys = append(keys,
+				rollupColumn{"_value_" + d, inner, "ifNull(" + q + ", defaultValueOfArgumentType(assumeNotNull(" + q + ")))"},
+				rollupColumn{"_null_" + d, "UInt8", "isNull(" + q + ")"})
+			read = append(read, "if("+isNull+" = 1, NULL, "+value+") AS "+q)
+			continue
+		}
+		keys = append(keys, rollupColumn{d, types[d], q})
+		read = append(read, q)
+	}
+
+	var states []rollupColumn
+	for _, m := range r.Measures {
+		at := fmt.Sprintf("measure %q", m.Name)
+		if err := ValidIdent(m.Name); err != nil || strings.HasPrefix(m.Name, "_") {
+			return fail("%s: name is not a plain identifier", at)
+		}
+		state := "_state_" + m.Name
+		out := []string{m.Name}
+		var fieldType string
+		if m.Function != FuncCount {
+			if m.Field == "" {
+				return fail("%s: %s needs a field", at, m.Function)
+			}
+			t, ok := types[m.Field]
+			if !ok {
+				return fail("%s: field %q is not a column of stream %s (columns: %s)", at, m.Field, s.Name, strings.Join(fields, ", "))
+			}
+			fieldType = strings.TrimSuffix(strings.TrimPrefix(t, "Nullable("), ")")
+			if m.Function != FuncUniq && !numericTypes[fieldType] {
+				var numeric []string
+				for _, f := range fields {
+					if numericTypes[strings.TrimSuffix(strings.TrimPrefix(types[f], "Nullable("), ")")] {
+						numeric = append(numeric, f)
+					}
+				}
+				return fail("%s: %s needs a numeric field, and %q is not a numeric column of stream %s (numeric columns: %s)",
+					at, m.Function, m.Field, s.Name, strings.Join(numeric, ", "))
+			}
+		}
+		if m.Function != FuncQuantiles && len(m.Quantiles) > 0 {
+			return fail("%s: quantiles are only for function Quantiles", at)
+		}
+		field := ""
+		if m.Field != "" {
+			field = QuoteIdent(m.Field)
+		}
+		switch m.Function {
+		case FuncCount:
+			if m.Field != "" {
+				return fail("%s: Count counts rows and takes no field", at)
+			}
+			states = append(states, rollupColumn{state, "AggregateFunction(count)", "countState()"})
+			read = append(read, "countMerge("+QuoteIdent(state)+") AS "+QuoteIdent(m.Name))
+		case FuncSum, FuncMin, FuncMax, FuncUniq:
+			fn := strings.ToLower(string(m.Function))
+			states = append(states, rollupColumn{state, "AggregateFunction(" + fn + ", " + fieldType + ")", fn + "State(" + field + ")"})
+			read = append(read, fn+"Merge("+QuoteIdent(state)+") AS "+QuoteIdent(m.Name))
+		case FuncQuantiles:
+			if len(m.Quantiles) == 0 {
+				return fail("%s: Quantiles needs quantiles", at)
+			}
+			out = nil
+			for _, q := range m.Quantiles {
+				if !quantilePattern.MatchString(q) {
+					return fail("%s: quantile %q is not a decimal between 0 and 1 like \"0.99\"", at, q)
+				}
+			}
+			levels := strings.Join(m.Quantiles, ", ")
+			states = append(states, rollupColumn{state, "AggregateFunction(quantiles(" + levels + "), " + fieldType + ")",
+				"quantilesState(" + levels + ")(" + field + ")"})
+			for j, q := range m.Quantiles {
+				name := m.Name + "_p" + quantileSuffix(q)
+				out = append(out, name)
+				read = append(read, fmt.Sprintf("quantilesMerge(%s)(%s)[%d] AS %s", levels, QuoteIdent(state), j+1, QuoteIdent(name)))
+			}
+		default:
+			return fail("%s: unknown function %q", at, m.Function)
+		}
+		for _, c := range out {
+			if by, ok := taken[c]; ok {
+				return fail("%s: column %q is named like %s", at, c, by)
+			}
+			taken[c] = "measure " + m.Name
+			columns = append(columns, c)
+		}
+	}
+
+	source := QualifiedTable(db, s.Table())
+	sum := sha256.Sum256(mustJSON(struct {
+		Format       int
+		Source       string
+		Keys, States []rollupColumn
+		Read         []string
+	}{rollupFormat, s.Table(), keys, states, read}))
+	version := hex.EncodeToString(sum[:4])
+	p := RollupPlan{
+		Name: r.Name, Version: version, db: db, Columns: columns, Source: s.Table(),
+		View: RollupView(r.Name), Table: RollupView(r.Name) + "_v" + version,
+	}
+	p.MV = p.Table + "_mv"
+	table := QualifiedTable(db, p.Table)
+
+	all := append(append([]rollupColumn(nil), keys...), states...)
+	cols := make([]Column, len(all))
+	names, exprs, keyNames := make([]string, len(all)), make([]string, len(all)), make([]string, len(keys))
+	for j, c := range all {
+		cols[j] = Column{c.Name, c.Type}
+		names[j] = QuoteIdent(c.Name)
+		exprs[j] = c.Expr
+		if c.Expr != QuoteIdent(c.Name) {
+			exprs[j] += " AS " + QuoteIdent(c.Name)
+		}
+	}
+	copy(keyNames, names[:len(keys)])
+	p.createTable = createTableDDL(db, p.Table, cols) + "ENGINE = AggregatingMergeTree\n" +
+		"PARTITION BY toYYYYMM(" + QuoteIdent(period.Name) + ")\n" +
+		"ORDER BY (" + strings.Join(keyNames, ", ") + ")"
+	p.selectHead = "SELECT\n    " + strings.Join(exprs, ",\n    ") + "\nFROM " + source + "\n"
+	p.groupBy = "GROUP BY " + strings.Join(keyNames, ", ")
+	p.createMV = "CREATE MATERIALIZED VIEW IF NOT EXISTS " + QualifiedTable(db, p.MV) + " TO " + table + " AS\n" + p.selectHead + p.groupBy
+	p.insertHead = "INSERT INTO " + table + " (" + strings.Join(names, ", ") + ")\n"
+	// The raw table's partition key (schema.go), in the server's time zone like it.
+	p.partitionKey = "toYYYYMM(" + QuoteIdent("ts") + ")"
+	if s.Kind == KindPlan {
+		p.partitionKey = "toYYYYMM(" + QuoteIdent("period") + ")"
+	}
+	p.createView = "CREATE VIEW IF NOT EXISTS " + QualifiedTable(db, p.View) + " AS\nSELECT\n    " +
+		strings.Join(read, ",\n    ") + "\nFROM " + table + "\nGROUP BY " + strings.Join(keyNames, ", ")
+	return p, nil
+}
+
+// periodExpr is the period key of a rollup: a Usage stream's periods follow ts (in
+// UTC), a Plan stream's follow period, the first day of the period planned for.
+func periodExpr(kind Kind, g RollupGranularity) (rollupColumn, error) {
+	src, tz := QuoteIdent("ts"), ", 'UTC'"
+	if kind == KindPlan {
+		src, tz = QuoteIdent("period"), ""
+	}
+	c := rollupColumn{Name: "_period", Type: "Date"}
+	switch g {
+	case RollupHour:
+		if kind == KindPlan {
+			return c, fmt.Errorf("granularity Hour needs a Usage stream: a Plan stream's periods are days")
+		}
+		c.Type, c.Expr = "DateTime", "toStartOfHour("+src+tz+")"
+	case RollupDay:
+		c.Expr = src
+		if kind != KindPlan {
+			c.Expr = "toDate(" + src + tz + ")"
+		}
+	case RollupWeek:
+		c.Expr = "toMonday(" + src + tz + ")"
+	case RollupMonth:
+		c.Expr = "toStartOfMonth(" + src + tz + ")"
+	default:
+		return c, fmt.Errorf("granularity %q: want Hour, Day, Week or Month", g)
+	}
+	return c, nil
+}
+
+// quantileSuffix names a quantile's column: "0.5" is p50, "0.99" p99, "0.999" p999.
+func quantileSuffix(q string) string {
+	d := strings.TrimPrefix(q, "0.")
+	if len(d) < 2 {
+		d += strings.Repeat("0", 2-len(d))
+	}
+	return d
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// ExistingRollups is what the loop's database holds of rollups: the engine of every
+// object named rollup_*, and the query of each view.
+type ExistingRollups struct {
+	engines map[string]string
+	queries map[string]string
+}
+
+// ReadRollups reads the rollup objects of the database.
+func ReadRollups(ctx context.Context, conn driver.Conn, db string) (ExistingRollups, error) {
+	e := ExistingRollups{engines: map[string]string{}, queries: map[string]string{}}
+	rows, err := conn.Query(ctx, "SELECT name, engine, create_table_query FROM system.tables WHERE database = ?", db)
+	if err != nil {
+		return e, fmt.Errorf("reading the rollups of %s: %w", db, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name, engine, q string
+		if err := rows.Scan(&name, &engine, &q); err != nil {
+			return e, fmt.Errorf("reading the rollups of %s: %w", db, err)
+		}
+		if strings.HasPrefix(name, "rollup_") {
+			e.engines[name], e.queries[name] = engine, q
+		}
+	}
+	return e, rows.Err()
+}
+
+// Current reports whether the plan's version is in place and complete: its table and
+// materialized view exist and the read view reads that table. The read view is replaced
+// only after a backfill finished, so a version it does not read may be partial.
+func (e ExistingRollups) Current(p RollupPlan) bool {
+	return e.engines[p.Table] == "AggregatingMergeTree" && e.engines[p.MV] == "MaterializedView" &&
+		e.engines[p.View] == "View" && readsTable(e.queries[p.View], p.Table)
+}
+
+func readsTable(query, table string) bool {
+	return regexp.MustCompile(`(^|[^A-Za-z0-9_])` + regexp.QuoteMeta(table) + `($|[^A-Za-z0-9_])`).MatchString(query)
+}
+
+var versionObject = regexp.MustCompile(`^rollup_([a-z][a-z0-9_]*)_v([0-9a-f]{8})(_mv)?$`)
+
+// PlanRollupChanges compares the plans with what exists. rebuild lists the rollups whose
+// version is not in place (new, changed, or left half-built by a crash): each needs
+// Rebuild with the loop's workers stopped. stale drops what no plan uses: other versions
+// of planned rollups and every object of rollups no longer declared (read views, then
+// materialized views, then tables). Dropping them is safe with workers running once no rebuild is pending; with a
+// rebuild pending, run them after it, because the read view may still read an old
+// version.
+func PlanRollupChanges(db string, plans []RollupPlan, e ExistingRollups) (rebuild []RollupPlan, stale []Statement) {
+	want := map[string]RollupPlan{}
+	for _, p := range plans {
+		want[p.Name] = p
+		if !e.Current(p) {
+			rebuild = append(rebuild, p)
+		}
+	}
+	names := make([]string, 0, len(e.engines))
+	for n := range e.engines {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var mvs, tables, views []Statement
+	drop := func(to *[]Statement, name string) {
+		*to = append(*to, Statement{Object: db + "." + name, SQL: "DROP TABLE IF EXISTS " + QualifiedTable(db, name)})
+	}
+	removed := map[string]bool{}
+	for _, n := range names {
+		m := versionObject.FindStringSubmatch(n)
+		if m == nil {
+			continue
+		}
+		rollup, version, isMV := m[1], m[2], m[3] != ""
+		if isMV != (e.engines[n] == "MaterializedView") || (!isMV && e.engines[n] != "AggregatingMergeTree") {
+			continue // not one of ours
+		}
+		if p, ok := want[rollup]; ok && p.Version == version {
+			continue
+		}
+		if _, ok := want[rollup]; !ok {
+			removed[rollup] = true
+		}
+		if isMV {
+			drop(&mvs, n)
+		} else {
+			drop(&tables, n)
+		}
+	}
+	for _, r := range slices.Sorted(maps.Keys(removed)) {
+		v := RollupView(r)
+		if e.engines[v] == "View" && strings.Contains(e.queries[v], v+"_v") {
+			drop(&views, v)
+		}
+	}
+	return rebuild, append(append(views, mvs...), tables...)
+}
+
+// ApplyRollups brings the database's rollups to the plans and returns the names of those
+// it rebuilt. Rollups already in place cost one read of system.tables: quiesce is not
+// called. Before the first rebuild it calls quiesce with the names of the rollups to
+// rebuild; quiesce must stop every writer of the
+// loop's raw tables and report whether none is left; if it reports false, ApplyRollups
+// changes nothing and returns done false, to be called again later. Every step is
+// idempotent, and a crash at any point leaves a version that the read view does not
+// read, which the next call rebuilds.
+func ApplyRollups(ctx context.Context, conn driver.Conn, db string, plans []RollupPlan, quiesce func(rebuild []string) (bool, error)) (rebuilt []string, done bool, err error) {
+	existing, err := ReadRollups(ctx, conn, db)
+	if err != nil {
+		return nil, false, err
+	}
+	rebuild, stale := PlanRollupChanges(db, plans, existing)
+	if len(rebuild) > 0 {
+		names := make([]string, len(rebuild))
+		for i, p := range rebuild {
+			names[i] = p.Name
+		}
+		quiet, err := quiesce(names)
+		if err != nil || !quiet {
+			return nil, false, err
+		}
+		for _, p := range rebuild {
+			parts, err := sourcePartitions(ctx, conn, p)
+			if err != nil {
+				return rebuilt, false, fmt.Errorf("rollup %s: %w", p.Name, err)
+			}
+			if err := ApplySchema(ctx, conn, p.Rebuild(parts)); err != nil {
+				return rebuilt, false, fmt.Errorf("rollup %s: %w", p.Name, err)
+			}
+			rebuilt = append(rebuilt, p.Name)
+		}
+	}
+	if err := ApplySchema(ctx, conn, stale); err != nil {
+		return rebuilt, false, err
+	}
+	return rebuilt, true, nil
+}
