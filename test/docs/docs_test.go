@@ -214,9 +214,11 @@ func TestMessageExamples(t *testing.T) {
 
 var kcatProduceRe = regexp.MustCompile(`echo '([^']*)'\s*(?:\\\n)?\s*\|\s*kcat ([^\n]*)`)
 var kcatTopicRe = regexp.MustCompile(`(?:^|\s)-t\s+(\S+)`)
+var deadLetteredRe = regexp.MustCompile(`#\s*dead-lettered:\s*([a-z_]+)`)
 
 // Every message the docs and README produce with kcat is accepted by the sample loop
-// that reads its topic: a reader who copies one sees it land, not dead-lettered.
+// that reads its topic: a reader who copies one sees it land, not dead-lettered. One
+// annotated "# dead-lettered: REASON" must be rejected with that reason instead.
 func TestKcatExamples(t *testing.T) {
 	root := repoRoot(t)
 	streams := sampleStreams(t)
@@ -240,7 +242,15 @@ func TestKcatExamples(t *testing.T) {
 				continue
 			}
 			n++
-			if err := decode(t, s, msg); err != nil {
+			err := decode(t, s, msg)
+			if want := deadLetteredRe.FindStringSubmatch(args); want != nil {
+				// A deliberately bad example, annotated "# dead-lettered: REASON".
+				if de, ok := err.(*pipeline.DecodeError); !ok || string(de.Reason) != want[1] {
+					t.Errorf("%s:%d: documented as dead-lettered (%s), decoder says: %v\n%s", f, line, want[1], err, msg)
+				}
+				continue
+			}
+			if err != nil {
 				t.Errorf("%s:%d: the message sent to %s would be dead-lettered: %v\n%s", f, line, tm[1], err, msg)
 			}
 		}
