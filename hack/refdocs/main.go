@@ -248,41 +248,55 @@ func render(p *apiPackage, rootName string) ([]byte, error) {
 	}
 	resourceFacts(&b, root)
 
-	// Breadth-first from the root, so that types appear in the order a reader meets them
-	// and a new type appears as soon as a field uses it.
-	queue := []string{rootName}
+	// The root, then breadth-first under each of its fields in turn (spec, then status),
+	// so that types appear in the order a reader meets them and a new type appears as
+	// soon as a field uses it.
 	seen := map[string]bool{rootName: true}
-	for len(queue) > 0 {
-		t := p.types[queue[0]]
-		queue = queue[1:]
-		fields, refs := p.fields(t, t.name == rootName)
-		fmt.Fprintf(&b, "## %s\n\n", t.name)
-		if t.name != rootName {
-			if d := prose(t.doc); d != "" {
-				b.WriteString(escapeHTML(d) + "\n\n")
-			}
+	rootRefs := p.section(&b, root, true)
+	for _, top := range rootRefs {
+		if seen[top] {
+			continue
 		}
-		if rules := celRules(t.markers); len(rules) > 0 && t.name != rootName {
-			b.WriteString("The API server refuses an object that breaks these rules, with these messages:\n\n")
-			for _, r := range rules {
-				b.WriteString("- " + escapeHTML(r) + "\n")
-			}
-			b.WriteString("\n")
-		}
-		b.WriteString("| Field | Type | Required | Default | Validation | Description |\n")
-		b.WriteString("|---|---|---|---|---|---|\n")
-		for _, f := range fields {
-			fmt.Fprintf(&b, "| `%s` | %s | %s | %s | %s | %s |\n", f.name, f.typ, f.required, cell(f.dflt), cell(f.validation), cell(f.doc))
-		}
-		b.WriteString("\n")
-		for _, r := range refs {
-			if !seen[r] {
-				seen[r] = true
-				queue = append(queue, r)
+		seen[top] = true
+		queue := []string{top}
+		for len(queue) > 0 {
+			t := p.types[queue[0]]
+			queue = queue[1:]
+			for _, r := range p.section(&b, t, false) {
+				if !seen[r] {
+					seen[r] = true
+					queue = append(queue, r)
+				}
 			}
 		}
 	}
 	return b.Bytes(), nil
+}
+
+// section writes one type's heading, description, rules and field table, and returns
+// the package types its fields refer to.
+func (p *apiPackage) section(b *bytes.Buffer, t *typeInfo, isRoot bool) []string {
+	fields, refs := p.fields(t, isRoot)
+	fmt.Fprintf(b, "## %s\n\n", t.name)
+	if !isRoot {
+		if d := prose(t.doc); d != "" {
+			b.WriteString(escapeHTML(d) + "\n\n")
+		}
+	}
+	if rules := celRules(t.markers); len(rules) > 0 && !isRoot {
+		b.WriteString("The API server refuses an object that breaks these rules, with these messages:\n\n")
+		for _, r := range rules {
+			b.WriteString("- " + escapeHTML(r) + "\n")
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("| Field | Type | Required | Default | Validation | Description |\n")
+	b.WriteString("|---|---|---|---|---|---|\n")
+	for _, f := range fields {
+		fmt.Fprintf(b, "| `%s` | %s | %s | %s | %s | %s |\n", f.name, f.typ, f.required, cell(f.dflt), cell(f.validation), cell(f.doc))
+	}
+	b.WriteString("\n")
+	return refs
 }
 
 // resourceFacts lists what the root type's kubebuilder resource markers declare.
