@@ -1,7 +1,8 @@
 // Package docs tests that the documentation says what the code does: the example
 // messages decode (or fail) as documented, the JSON Schemas require what the decoder
-// requires, the API reference is fresh, and every command line in a ```sh or ```console
-// block names real subcommands and flags.
+// requires, the operations page names the real metrics and condition reasons, and every
+// command line in a ```sh or ```console block names real subcommands and flags. That
+// docs/reference.md is fresh is `make verify`'s job.
 package docs
 
 import (
