@@ -55,6 +55,10 @@ manifests: $(CONTROLLER_GEN) ## Generate the CRD and RBAC from the API types and
 generate: $(CONTROLLER_GEN) ## Generate the DeepCopy methods.
 	$(CONTROLLER_GEN) object paths="./api/..."
 
+.PHONY: docs
+docs: ## Generate docs/reference.md from the API types.
+	go run ./hack/refdocs -api api/v1alpha1 -out docs/reference.md
+
 .PHONY: fmt
 fmt: ## Format the code.
 	gofmt -w $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './bin/*')
@@ -72,6 +76,7 @@ lint: vet ## Check formatting and vet.
 verify: $(CONTROLLER_GEN) ## Fail when generated files (CRD, RBAC, deepcopy, chart CRDs) or go.mod/go.sum are stale.
 	hack/verify-generated.sh $(MAKE) --no-print-directory manifests generate -- $(GENERATED)
 	hack/verify-generated.sh go mod tidy -- go.mod go.sum
+	hack/verify-generated.sh $(MAKE) --no-print-directory docs -- docs/reference.md
 
 ##@ Local stack
 
