@@ -125,8 +125,9 @@ func run(o options) error {
 	}
 
 	if o.only == "customerloop" {
-		fmt.Printf("\n| figure | value |\n|---|---:|\n| CustomerLoop end to end (events/s) | %s |\n| worker CPU per million events (s) | %s |\n| worker peak RSS with the backlog (MiB) | %s |\n",
-			format(cl.rate), format(cl.cpuSeconds/(float64(o.messages)/1e6)), format(cl.rssMiB))
+		m := float64(o.messages) / 1e6
+		fmt.Printf("\n| figure | value |\n|---|---:|\n| CustomerLoop end to end (events/s) | %s |\n| worker CPU per million events (s) | %s |\n| of which user / system (s) | %s / %s |\n| worker peak RSS with the backlog (MiB) | %s |\n",
+			format(cl.rate), format(cl.cpuSeconds/m), format(cl.userSeconds/m), format(cl.sysSeconds/m), format(cl.rssMiB))
 		return nil
 	} else if o.only != "" {
 		return fmt.Errorf("-only takes \"customerloop\" or nothing, not %q", o.only)
@@ -163,6 +164,8 @@ func run(o options) error {
 		{"kafka_go_consume_events_per_s", "bare kafka-go consume (events/s)", consumeRate},
 		{"clickhouse_insert_rows_per_s", "bare clickhouse-go insert, pre-decoded (rows/s)", insertRate},
 		{"worker_cpu_s_per_million", "worker CPU per million events (s)", cl.cpuSeconds / (float64(o.messages) / 1e6)},
+		{"worker_user_cpu_s_per_million", "of which user (s)", cl.userSeconds / (float64(o.messages) / 1e6)},
+		{"worker_sys_cpu_s_per_million", "of which system, in the kernel (s)", cl.sysSeconds / (float64(o.messages) / 1e6)},
 		{"worker_rss_mib", "worker peak RSS with the backlog (MiB)", cl.rssMiB},
 		{"freshness_p50_ms", fmt.Sprintf("freshness p50 at %d events/s (ms)", o.rate), p50},
 		{"freshness_p99_ms", fmt.Sprintf("freshness p99 at %d events/s (ms)", o.rate), p99},
@@ -286,6 +289,7 @@ func produce(ctx context.Context, brokers []string, topic string, msgs [][]byte,
 
 type workerRun struct {
 	rate, cpuSeconds, rssMiB float64
+	userSeconds, sysSeconds  float64 // the parts of cpuSeconds
 }
 
 // runWorker runs the customerloop worker binary until the ledger covers want messages,
@@ -352,9 +356,11 @@ func runWorker(ctx context.Context, o options, work string, cfg pipeline.Config,
 	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
 	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	return workerRun{
-		rate:       float64(want) / took.Seconds(),
-		cpuSeconds: cpu.Seconds(),
-		rssMiB:     hwm,
+		rate:        float64(want) / took.Seconds(),
+		cpuSeconds:  cpu.Seconds(),
+		userSeconds: time.Duration(ru.Utime.Nano()).Seconds(),
+		sysSeconds:  time.Duration(ru.Stime.Nano()).Seconds(),
+		rssMiB:      hwm,
 	}, nil
 }
 
