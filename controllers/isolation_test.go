@@ -1,0 +1,131 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+)
+
+// TestSecretRefsHaveNoNamespace: no field anywhere in a loop's spec names a namespace, so
+// a loop can only point at Secrets of its own namespace. A ref type that grew a namespace
+// field would fail here.
+func TestSecretRefsHaveNoNamespace(t *testing.T) {
+	seen := map[reflect.Type]bool{}
+	refs := 0
+	var walk func(ty reflect.Type, path string)
+	walk = func(ty reflect.Type, path string) {
+		for ty.Kind() == reflect.Pointer || ty.Kind() == reflect.Slice || ty.Kind() == reflect.Map {
+			ty = ty.Elem()
+		}
+		if ty.Kind() != reflect.Struct || seen[ty] || ty.PkgPath() != reflect.TypeFor[loopsv1alpha1.CustomerLoopSpec]().PkgPath() {
+			return
+		}
+		seen[ty] = true
+		if strings.Contains(ty.Name(), "Secret") && strings.HasSuffix(ty.Name(), "Ref") {
+			refs++
+		}
+		for i := range ty.NumField() {
+			f := ty.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if strings.Contains(strings.ToLower(name), "namespace") || strings.Contains(strings.ToLower(f.Name), "namespace") {
+				t.Errorf("%s.%s: a spec field names a namespace; Secret refs must stay in the loop's namespace", path, f.Name)
+			}
+			walk(f.Type, path+"."+name)
+		}
+	}
+	walk(reflect.TypeFor[loopsv1alpha1.CustomerLoopSpec](), "spec")
+	if refs < 2 { // SecretKeyRef and CredentialsSecretRef: the walk must reach them
+		t.Fatalf("the walk found %d Secret ref types; it no longer sees the spec's refs", refs)
+	}
+}
+
+// TestWorkerServiceAccountCannotReadSecrets: worker pods run as their namespace's default
+// ServiceAccount without a mounted token, and that account, impersonated against the
+// real API server's RBAC, can get no Secret: neither of its own namespace nor of another.
+// A control account bound to a Role that grants get on Secrets can, so the check is
+// RBAC's answer and not a broken impersonation.
+func TestWorkerServiceAccountCannotReadSecrets(t *testing.T) {
+	ctx := context.Background()
+	loop := newLoop(t)
+	loop.Namespace = deploymentNamespace
+	dep := buildWorkerDeployment(loop, "customerloop:test", "x")
+	pod := dep.Spec.Template.Spec
+	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
+		t.Errorf("worker pods mount a service account token: automountServiceAccountToken = %v", pod.AutomountServiceAccountToken)
+	}
+	sa := pod.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+
+	other := fmt.Sprintf("isolation-%d", testSeq)
+	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: other}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: other}}) })
+	for _, ns := range []string{deploymentNamespace, other} {
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "isolation-probe", Namespace: ns}, Data: map[string][]byte{"password": []byte("x")}}
+		if err := k8s.Create(ctx, s); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+		for _, name := range []string{sa, "reader"} {
+			if err := k8s.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}); err != nil && !apierrors.IsAlreadyExists(err) {
+				t.Fatal(err)
+			}
+		}
+	}
+	// The control: "reader" of namespace workers may get Secrets there.
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "isolation-secret-reader", Namespace: deploymentNamespace},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get"}}}}
+	binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "isolation-secret-reader", Namespace: deploymentNamespace},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "reader", Namespace: deploymentNamespace}}}
+	for _, o := range []client.Object{role, binding} {
+		if err := k8s.Create(ctx, o); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+
+	as := func(ns, name string) client.Client {
+		cfg := rest.CopyConfig(restCfg)
+		cfg.Impersonate = rest.ImpersonationConfig{
+			UserName: "system:serviceaccount:" + ns + ":" + name,
+			Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+		}
+		c, err := client.New(cfg, client.Options{Scheme: k8s.Scheme()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	get := func(c client.Client, ns string) error {
+		return c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "isolation-probe"}, &corev1.Secret{})
+	}
+	worker := as(deploymentNamespace, sa)
+	for _, ns := range []string{deploymentNamespace, other} {
+		if err := get(worker, ns); !apierrors.IsForbidden(err) {
+			t.Errorf("the worker's service account getting a Secret of namespace %s: %v, want Forbidden", ns, err)
+		}
+		if err := worker.List(ctx, &corev1.SecretList{}, client.InNamespace(ns)); !apierrors.IsForbidden(err) {
+			t.Errorf("the worker's service account listing the Secrets of namespace %s: %v, want Forbidden", ns, err)
+		}
+	}
+	reader := as(deploymentNamespace, "reader")
+	if err := get(reader, deploymentNamespace); err != nil {
+		t.Errorf("the control account, granted get on Secrets, could not get one: %v", err)
+	}
+	if err := get(reader, other); !apierrors.IsForbidden(err) {
+		t.Errorf("the control account got a Secret of another namespace: %v, want Forbidden", err)
+	}
+}
