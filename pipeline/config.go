@@ -37,6 +37,9 @@ type Config struct {
 	// MaxMessageBytes is the largest message value ingested; larger ones are
 	// dead-lettered with reason oversize.
 	MaxMessageBytes int `json:"maxMessageBytes,omitempty"`
+	// Consent, when set, is the loop's consent stream; workers withhold the messages of
+	// customers who withdrew.
+	Consent *ConsentConfig `json:"consent,omitempty"`
 }
 
 // KafkaConfig is the Kafka connection and consumer group.

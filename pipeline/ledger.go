@@ -37,6 +37,7 @@ var ledgerColumns = []Column{
 	{"batch_id", "String"},
 	{"worker", "String"},
 	{"written_at", "DateTime"},
+	{"withheld", "UInt64"},
 }
 
 func ledgerDDL(db string) string {
@@ -46,9 +47,10 @@ func ledgerDDL(db string) string {
 // span is the offsets of one partition in a batch.
 type span struct {
 	first, last int64
-	// messages in the span, of which deadLettered went to the dead-letter topic and
-	// duplicates were a producer's retries; the rest are rows of the raw table.
-	messages, deadLettered, duplicates uint64
+	// messages in the span, of which deadLettered went to the dead-letter topic,
+	// duplicates were a producer's retries and withheld came from customers who withdrew
+	// their consent; the rest are rows of the raw table.
+	messages, deadLettered, duplicates, withheld uint64
 }
 
 type topicPartition struct {
@@ -58,12 +60,12 @@ type topicPartition struct {
 
 func writeLedger(ctx context.Context, conn driver.Conn, db, batchID, worker string, spans map[topicPartition]*span, at time.Time) error {
 	b, err := conn.PrepareBatch(ctx, "INSERT INTO "+QualifiedTable(db, LedgerTable)+
-		" (`topic`, `partition`, `first_offset`, `last_offset`, `messages`, `dead_lettered`, `duplicates`, `batch_id`, `worker`, `written_at`)")
+		" (`topic`, `partition`, `first_offset`, `last_offset`, `messages`, `dead_lettered`, `duplicates`, `batch_id`, `worker`, `written_at`, `withheld`)")
 	if err != nil {
 		return fmt.Errorf("preparing ledger insert: %w", err)
 	}
 	for tp, s := range spans {
-		if err := b.Append(tp.topic, int32(tp.partition), s.first, s.last, s.messages, s.deadLettered, s.duplicates, batchID, worker, at); err != nil {
+		if err := b.Append(tp.topic, int32(tp.partition), s.first, s.last, s.messages, s.deadLettered, s.duplicates, batchID, worker, at, s.withheld); err != nil {
 			_ = b.Abort()
 			return fmt.Errorf("appending to the ledger: %w", err)
 		}
@@ -200,13 +202,13 @@ func ledgerHas(ctx context.Context, conn driver.Conn, db, batchID string) (bool,
 type LedgerTotals struct {
 	// Next is the next offset to ingest per partition.
 	Next                               map[int]int64
-	Messages, DeadLettered, Duplicates int64
+	Messages, DeadLettered, Duplicates, Withheld int64
 }
 
 // ReadLedgerTotals sums the ledger's entries for a topic.
 func ReadLedgerTotals(ctx context.Context, conn driver.Conn, db, topic string) (LedgerTotals, error) {
 	t := LedgerTotals{Next: map[int]int64{}}
-	rows, err := conn.Query(ctx, "SELECT partition, max(last_offset), sum(messages), sum(dead_lettered), sum(duplicates) FROM "+
+	rows, err := conn.Query(ctx, "SELECT partition, max(last_offset), sum(messages), sum(dead_lettered), sum(duplicates), sum(withheld) FROM "+
 		QualifiedTable(db, LedgerTable)+" WHERE topic = ? GROUP BY partition", topic)
 	if err != nil {
 		return t, fmt.Errorf("reading the ledger for %s: %w", topic, err)
@@ -216,15 +218,16 @@ func ReadLedgerTotals(ctx context.Context, conn driver.Conn, db, topic string) (
 		var (
 			p               int32
 			last            int64
-			msgs, dead, dup uint64
+			msgs, dead, dup, held uint64
 		)
-		if err := rows.Scan(&p, &last, &msgs, &dead, &dup); err != nil {
+		if err := rows.Scan(&p, &last, &msgs, &dead, &dup, &held); err != nil {
 			return t, fmt.Errorf("reading the ledger for %s: %w", topic, err)
 		}
 		t.Next[int(p)] = last + 1
 		t.Messages += int64(msgs)
 		t.DeadLettered += int64(dead)
 		t.Duplicates += int64(dup)
+		t.Withheld += int64(held)
 	}
 	return t, rows.Err()
 }

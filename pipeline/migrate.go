@@ -17,6 +17,9 @@ type TableSpec struct {
 // ledger and one raw table per stream.
 func ManagedTables(cfg Config) []TableSpec {
 	tables := []TableSpec{{Name: LedgerTable, Columns: ledgerColumns}}
+	if cfg.Consent != nil {
+		tables = append(tables, TableSpec{Name: ConsentTable, Columns: consentColumns}, TableSpec{Name: ConsentAuditTable, Columns: consentAuditColumns})
+	}
 	for _, s := range cfg.Streams {
 		tables = append(tables, TableSpec{Name: s.Table(), Columns: s.Columns()})
 	}

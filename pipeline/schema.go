@@ -99,6 +99,9 @@ func PlanSchema(cfg Config) ([]Statement, error) {
 		SQL:    "CREATE DATABASE IF NOT EXISTS " + QuoteIdent(db),
 	}}
 	stmts = append(stmts, Statement{Object: db + "." + LedgerTable, SQL: ledgerDDL(db)})
+	if cfg.Consent != nil {
+		stmts = append(stmts, consentDDL(db)...)
+	}
 	for _, s := range cfg.Streams {
 		stmts = append(stmts, Statement{
 			Object: db + "." + s.Table(),

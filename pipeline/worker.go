@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -29,6 +30,9 @@ type Worker struct {
 	ch       driver.Conn
 	name     string // identifies the worker in the ledger
 	metrics  *Metrics
+	// consent is the consent state the current generation ingests under; nil without
+	// a consent stream.
+	consent atomic.Pointer[ConsentState]
 }
 
 // NewWorker validates the config and connects to ClickHouse. Metrics may be nil.
@@ -151,6 +155,9 @@ type item struct {
 }
 
 func (w *Worker) runGeneration(ctx context.Context, gen *kafka.Generation) {
+	if !w.loadConsent(ctx) {
+		return
+	}
 	items := make(chan []item, 4096/chunkItems)
 	// Bytes read but not yet written; readers wait when it is spent.
 	budget := semaphore.NewWeighted(w.budget())
@@ -379,6 +386,10 @@ func (b *batch) add(it item, now time.Time) {
 				de = &DecodeError{Reason: ReasonInvalidJSON, Err: err}
 			}
 			it.err = de
+		case b.w.consent.Load().Withheld(it.stream.Name, bytesString(c.scratch[customerColumn].str)):
+			sp.withheld++
+			b.w.metrics.Discarded.WithLabelValues(b.w.cfg.Loop, it.stream.Name, "consent_withdrawn").Inc()
+			return
 		case it.seen != nil && it.seen.duplicate(bytesString(id), now):
 			sp.duplicates++
 			b.w.metrics.Discarded.WithLabelValues(b.w.cfg.Loop, it.stream.Name, "duplicate").Inc()
@@ -651,4 +662,24 @@ func mergeDone(a, b context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(a)
 	stop := context.AfterFunc(b, cancel)
 	return ctx, func() { stop(); cancel() }
+}
+
+// loadConsent reads the consent state before a generation ingests anything, so that
+// every worker of the loop knows each recorded withdrawal before its partitions are
+// read. It reports false if ctx ended first.
+func (w *Worker) loadConsent(ctx context.Context) bool {
+	if w.cfg.Consent == nil {
+		return true
+	}
+	streams := make([]string, len(w.cfg.Streams))
+	for i, s := range w.cfg.Streams {
+		streams[i] = s.Name
+	}
+	return w.retry(ctx, StageRecover, "loading the consent state", func() error {
+		st, err := LoadConsent(ctx, w.ch, w.cfg.ClickHouse.Database, streams)
+		if err == nil {
+			w.consent.Store(st)
+		}
+		return err
+	}) == nil
 }

@@ -1,0 +1,99 @@
+package pipeline
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseConsent(t *testing.T) {
+	streams := []string{"usage", "plans"}
+	for name, tc := range map[string]struct {
+		msg, err string
+		scope    []string
+		at       time.Time
+	}{
+		"withdraw everything, RFC 3339": {msg: `{"id":"w1","customerId":"c1","action":"withdraw","timestamp":"2026-11-29T10:00:00Z"}`,
+			at: time.Date(2026, 11, 29, 10, 0, 0, 0, time.UTC)},
+		"grant one stream, Unix seconds": {msg: `{"id":"g1","customerId":"c1","action":"grant","scope":["usage"],"timestamp":1795946400}`,
+			scope: []string{"usage"}, at: time.Unix(1795946400, 0).UTC()},
+		"unknown action":   {msg: `{"id":"x","customerId":"c1","action":"forget","timestamp":1}`, err: `action "forget"`},
+		"unknown stream":   {msg: `{"id":"x","customerId":"c1","action":"withdraw","scope":["clicks"],"timestamp":1}`, err: `"clicks"`},
+		"no customer":      {msg: `{"id":"x","action":"withdraw","timestamp":1}`, err: "customerId"},
+		"no id":            {msg: `{"customerId":"c1","action":"withdraw","timestamp":1}`, err: "id must be"},
+		"no timestamp":     {msg: `{"id":"x","customerId":"c1","action":"withdraw"}`, err: "timestamp is required"},
+		"unknown field":    {msg: `{"id":"x","customerId":"c1","action":"withdraw","timestamp":1,"customer":"c2"}`, err: "unknown field"},
+		"not JSON":         {msg: `withdraw c1`, err: "not a consent message"},
+		"bad timestamp":    {msg: `{"id":"x","customerId":"c1","action":"grant","timestamp":"yesterday"}`, err: "timestamp"},
+		"negative seconds": {msg: `{"id":"x","customerId":"c1","action":"grant","timestamp":-5}`, err: "timestamp"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ev, err := ParseConsent([]byte(tc.msg), streams)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want one mentioning %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !ev.At.Equal(tc.at) || strings.Join(ev.Scope, ",") != strings.Join(tc.scope, ",") {
+				t.Errorf("got at %v scope %v, want %v %v", ev.At, ev.Scope, tc.at, tc.scope)
+			}
+		})
+	}
+}
+
+// TestResolveConsent: the latest message by timestamp wins, whatever order the messages
+// were consumed in; an unscoped message resets the per-stream ones; invalid messages
+// change nothing.
+func TestResolveConsent(t *testing.T) {
+	at := func(s int) time.Time { return time.Unix(int64(1_800_000_000+s), 0) }
+	streams := []string{"usage", "plans"}
+	for name, tc := range map[string]struct {
+		events []ConsentEvent
+		want   map[string][]string // stream -> withheld customers
+	}{
+		"withdraw all": {[]ConsentEvent{{Customer: "c1", Action: ConsentWithdraw, At: at(1)}},
+			map[string][]string{"usage": {"c1"}, "plans": {"c1"}}},
+		"withdraw one stream": {[]ConsentEvent{{Customer: "c1", Action: ConsentWithdraw, Scope: []string{"plans"}, At: at(1)}},
+			map[string][]string{"plans": {"c1"}}},
+		"a later grant wins even when consumed first": {[]ConsentEvent{
+			{Customer: "c1", Action: ConsentGrant, At: at(2), Offset: 1},
+			{Customer: "c1", Action: ConsentWithdraw, At: at(1), Offset: 2}}, nil},
+		"grant one stream after withdrawing all": {[]ConsentEvent{
+			{Customer: "c1", Action: ConsentWithdraw, At: at(1)},
+			{Customer: "c1", Action: ConsentGrant, Scope: []string{"usage"}, At: at(2)}},
+			map[string][]string{"plans": {"c1"}}},
+		"an unscoped grant resets a scoped withdrawal": {[]ConsentEvent{
+			{Customer: "c1", Action: ConsentWithdraw, Scope: []string{"usage"}, At: at(1)},
+			{Customer: "c1", Action: ConsentGrant, At: at(2)}}, nil},
+		"an invalid message is ignored": {[]ConsentEvent{
+			{Customer: "c1", Action: ConsentWithdraw, At: at(1)},
+			{Customer: "c1", Action: ConsentGrant, At: at(2), Err: "scope names an unknown stream"}},
+			map[string][]string{"usage": {"c1"}, "plans": {"c1"}}},
+		"customers are independent": {[]ConsentEvent{
+			{Customer: "c1", Action: ConsentWithdraw, At: at(1)},
+			{Customer: "c2", Action: ConsentWithdraw, Scope: []string{"usage"}, At: at(1)},
+			{Customer: "c2", Action: ConsentGrant, At: at(0)}},
+			map[string][]string{"usage": {"c1", "c2"}, "plans": {"c1"}}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			st := ResolveConsent(tc.events, streams)
+			for _, s := range streams {
+				if got, want := strings.Join(st.Customers(s), ","), strings.Join(tc.want[s], ","); got != want {
+					t.Errorf("%s: withheld %q, want %q", s, got, want)
+				}
+				for _, c := range tc.want[s] {
+					if !st.Withheld(s, c) {
+						t.Errorf("Withheld(%s, %s) = false", s, c)
+					}
+				}
+			}
+			if st.Withheld("usage", "nobody") || (*ConsentState)(nil).Withheld("usage", "c1") {
+				t.Error("a customer without consent messages, or a loop without consent, is withheld")
+			}
+		})
+	}
+}
