@@ -43,6 +43,9 @@ func (r *CustomerLoopReconciler) pipelineConfig(ctx context.Context, loop *loops
 		},
 		Batch: r.Batch,
 	}
+	if c := spec.Consent; c != nil {
+		cfg.Consent = &pipeline.ConsentConfig{Topic: c.Topic}
+	}
 	if b := spec.Workers.Batch; b != nil {
 		if b.MaxRows > 0 {
 			cfg.Batch.MaxRows = int(b.MaxRows)

@@ -92,6 +92,13 @@ func (r *CustomerLoopReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		r.observeStreams(ctx, cfg, obs)
 		return ctrl.Result{RequeueAfter: rollupPoll()}, nil
 	}
+	if applied, err := r.reconcileConsent(ctx, loop, cfg, obs); err != nil || !applied {
+		r.observeStreams(ctx, cfg, obs)
+		if err != nil {
+			return r.resultFor(err)
+		}
+		return ctrl.Result{RequeueAfter: rollupPoll()}, nil
+	}
 	if err := r.reconcileWorkers(ctx, loop, cfg, obs); err != nil {
 		return ctrl.Result{}, err
 	}

@@ -42,6 +42,7 @@ type DimensionType string
 // +kubebuilder:validation:XValidation:rule="!has(self.feedback) || self.streams.exists(s, s.name == self.feedback.planStream && s.kind == 'Plan')",message="feedback.planStream must name a stream of kind Plan"
 // +kubebuilder:validation:XValidation:rule="!has(self.rollups) || self.rollups.all(r, self.streams.exists(s, s.name == r.stream))",message="a rollup's stream must name a stream in spec.streams"
 // +kubebuilder:validation:XValidation:rule="!has(self.rollups) || self.rollups.all(r, r.granularity != 'Hour' || self.streams.exists(s, s.name == r.stream && s.kind == 'Usage'))",message="granularity Hour needs a Usage stream: a Plan stream's periods are days"
+// +kubebuilder:validation:XValidation:rule="!has(self.consent) || self.streams.all(s, s.topic != self.consent.topic && (!has(s.deadLetterTopic) || s.deadLetterTopic != self.consent.topic))",message="consent.topic must not be the topic or dead-letter topic of a stream"
 type CustomerLoopSpec struct {
 	// kafka is where the loop's streams are read from.
 	// +required
@@ -73,6 +74,11 @@ type CustomerLoopSpec struct {
 	// +listMapKey=name
 	// +kubebuilder:validation:MaxItems=32
 	Rollups []RollupSpec `json:"rollups,omitempty"`
+
+	// consent is the loop's consent stream: customers withdraw or grant consent to the
+	// storage of their data, per stream.
+	// +optional
+	Consent *ConsentSpec `json:"consent,omitempty"`
 
 	// workers run the loop's ingestion.
 	// +optional
@@ -465,6 +471,15 @@ type StreamSpec struct {
 	// is accepted.
 	// +optional
 	Customers *CustomerRestriction `json:"customers,omitempty"`
+
+	// retentionDays is how long the stream's rows are kept, by their time (ts of usage
+	// events, period of plans). On ClickHouse before 19.6, which has no table TTL,
+	// retention is applied per month partition: a month is dropped once all of it is
+	// older than the retention. Without it rows are kept.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=36500
+	RetentionDays *int32 `json:"retentionDays,omitempty"`
 }
 
 // CustomerRestriction lists the customers a stream accepts: those named in allowed and

@@ -1,0 +1,87 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+	"customerloop.dev/customerloop/pipeline"
+)
+
+// ReasonConsent is the reason of the events recording applied consent messages.
+const ReasonConsent = "Consent"
+
+// reconcileConsent consumes the loop's consent topic into ClickHouse and applies what is
+// new. Workers read the consent state only when they start a generation, so a change
+// is applied with the loop's workers stopped: no worker then holds a customer's
+// messages read under the old state, the customer's rows are deleted with nothing
+// inserting behind the mutation, and the rollups are rebuilt from what is left. The
+// workers started afterwards read the new state before they ingest. Consent messages
+// arriving together are applied in one stop. It returns false while the workers are
+// still stopping.
+func (r *CustomerLoopReconciler) reconcileConsent(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config, obs *observation) (bool, error) {
+	if cfg.Consent == nil {
+		return true, nil
+	}
+	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close()
+	if _, err := pipeline.PullConsent(ctx, conn, cfg); err != nil {
+		return false, fmt.Errorf("consent topic %s: %w", cfg.Consent.Topic, err)
+	}
+	db := cfg.ClickHouse.Database
+	pending, err := pipeline.PendingConsent(ctx, conn, db)
+	if err != nil || len(pending) == 0 {
+		return err == nil, err
+	}
+	key := types.NamespacedName{Namespace: loop.Namespace, Name: loop.Name}
+	waiting, err := r.Runner.Quiesce(ctx, key)
+	if err != nil {
+		return false, fmt.Errorf("stopping the workers to apply consent: %w", err)
+	}
+	if waiting != "" {
+		obs.rollupWait, obs.schemaReady = fmt.Sprintf("consent: %d message(s) to apply; workers are stopped until they are, waiting for %s",
+			len(pending), waiting), false
+		return false, nil
+	}
+	plans, err := pipeline.PlanRollups(cfg)
+	if err != nil {
+		return false, err
+	}
+	audits, rebuilt, err := pipeline.ApplyConsent(ctx, conn, cfg, plans, pending)
+	if err != nil {
+		return false, fmt.Errorf("applying consent: %w", err)
+	}
+	for _, a := range audits {
+		e := a.Event
+		l := log.FromContext(ctx).WithValues("id", e.ID, "action", e.Action, "scope", e.Scope)
+		if e.Err != "" {
+			l.Info("consent message refused", "error", e.Err, "partition", e.Partition, "offset", e.Offset)
+			if r.Recorder != nil {
+				r.Recorder.Eventf(loop, nil, "Warning", ReasonConsent, "Consent",
+					"consent message at %s/%d offset %d refused: %s", e.Topic, e.Partition, e.Offset, e.Err)
+			}
+			continue
+		}
+		var deleted []string
+		for i, t := range a.Tables {
+			deleted = append(deleted, fmt.Sprintf("%s: %d", t, a.RowsDeleted[i]))
+		}
+		// Customer ids stay out of events: the audit table holds them.
+		l.Info("consent applied", "rowsDeleted", strings.Join(deleted, ", "), "mutations", a.MutationIDs)
+		if r.Recorder != nil {
+			r.Recorder.Eventf(loop, nil, "Normal", ReasonConsent, "Consent", "consent message %q (%s) applied; rows deleted: %s",
+				e.ID, e.Action, strings.Join(deleted, ", "))
+		}
+	}
+	if len(rebuilt) > 0 {
+		log.FromContext(ctx).Info("rollups rebuilt after a consent withdrawal", "rollups", rebuilt)
+	}
+	return true, nil
+}
