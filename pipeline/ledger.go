@@ -201,7 +201,7 @@ func ledgerHas(ctx context.Context, conn driver.Conn, db, batchID string) (bool,
 // how its messages were disposed of.
 type LedgerTotals struct {
 	// Next is the next offset to ingest per partition.
-	Next                               map[int]int64
+	Next                                         map[int]int64
 	Messages, DeadLettered, Duplicates, Withheld int64
 }
 
@@ -216,8 +216,8 @@ func ReadLedgerTotals(ctx context.Context, conn driver.Conn, db, topic string) (
 	defer rows.Close()
 	for rows.Next() {
 		var (
-			p               int32
-			last            int64
+			p                     int32
+			last                  int64
 			msgs, dead, dup, held uint64
 		)
 		if err := rows.Scan(&p, &last, &msgs, &dead, &dup, &held); err != nil {
