@@ -102,6 +102,9 @@ func (r *CustomerLoopReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if err := r.reconcileWorkers(ctx, loop, cfg, obs); err != nil {
 		return ctrl.Result{}, err
 	}
+	if err := r.reconcileRetention(ctx, loop, cfg); err != nil {
+		return r.resultFor(err)
+	}
 	r.observeStreams(ctx, cfg, obs)
 	requeue := r.jittered()
 	next, err := r.reconcileDigests(ctx, loop, cfg, obs)
