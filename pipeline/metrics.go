@@ -45,7 +45,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		SentBytes:      counter("sent_event_bytes_total", "Bytes of the messages whose rows were inserted.", "loop", "stream"),
 		DeadLettered:   counter("dead_lettered_events_total", "Messages sent to the dead-letter topic, by reason.", "loop", "stream", "reason"),
 		Discarded: counter("discarded_events_total",
-			"Messages not inserted because their rows are already in ClickHouse: after a crash (already_landed) or a producer's retry of an id (duplicate).", "loop", "stream", "reason"),
+			"Messages not inserted: their rows are already in ClickHouse after a crash (already_landed), a producer's retry of an id (duplicate), or the customer withdrew consent (consent_withdrawn).", "loop", "stream", "reason"),
 		Errors: counter("errors_total", "Errors by stage; each is retried.", "loop", "stage"),
 		BatchRows: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "customerloop", Name: "batch_rows", Help: "Rows per insert.",
