@@ -13,7 +13,8 @@ CREATE TABLE IF NOT EXISTS `acme`.`customerloop_ledger`
     `duplicates` UInt64,
     `batch_id` String,
     `worker` String,
-    `written_at` DateTime
+    `written_at` DateTime,
+    `withheld` UInt64
 )
 ENGINE = MergeTree
 ORDER BY (topic, partition, last_offset);
