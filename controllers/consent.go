@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -40,15 +41,18 @@ func (r *CustomerLoopReconciler) reconcileConsent(ctx context.Context, loop *loo
 	if err != nil || len(pending) == 0 {
 		return err == nil, err
 	}
-	key := types.NamespacedName{Namespace: loop.Namespace, Name: loop.Name}
-	waiting, err := r.Runner.Quiesce(ctx, key)
-	if err != nil {
-		return false, fmt.Errorf("stopping the workers to apply consent: %w", err)
-	}
-	if waiting != "" {
-		obs.rollupWait, obs.schemaReady = fmt.Sprintf("consent: %d message(s) to apply; workers are stopped until they are, waiting for %s",
-			len(pending), waiting), false
-		return false, nil
+	// Refused messages change no state: they are audited without stopping anything.
+	if slices.ContainsFunc(pending, func(e pipeline.ConsentEvent) bool { return e.Err == "" }) {
+		key := types.NamespacedName{Namespace: loop.Namespace, Name: loop.Name}
+		waiting, err := r.Runner.Quiesce(ctx, key)
+		if err != nil {
+			return false, fmt.Errorf("stopping the workers to apply consent: %w", err)
+		}
+		if waiting != "" {
+			obs.rollupWait, obs.consentWait, obs.schemaReady = fmt.Sprintf("consent: %d message(s) to apply; workers are stopped until they are, waiting for %s",
+				len(pending), waiting), true, false
+			return false, nil
+		}
 	}
 	plans, err := pipeline.PlanRollups(cfg)
 	if err != nil {

@@ -78,7 +78,7 @@ func TestConsentWithdrawalAndGrant(t *testing.T) {
 		for batch := range 10 {
 			produceJSON(t, topic, usageEvents(400+batch*40, 40, map[dailyKey]dailyTotals{}))
 			if batch == 3 {
-				produceJSON(t, consentTopic, []string{`{"id":"wd-1","customerId":"c1","action":"withdraw","timestamp":"2026-11-29T10:00:00Z"}`})
+				produceJSON(t, consentTopic, []string{`{"id":"bad-1","customerId":"c2","action":"forget","timestamp":1}`, `{"id":"wd-1","customerId":"c1","action":"withdraw","timestamp":"2026-11-29T10:00:00Z"}`})
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -135,7 +135,7 @@ func TestConsentWithdrawalAndGrant(t *testing.T) {
 	}
 
 	// A grant resumes ingestion.
-	produceJSON(t, consentTopic, []string{`{"id":"gr-1","customerId":"c1","action":"grant","scope":["usage"],"timestamp":1795946400}`})
+	produceJSON(t, consentTopic, []string{`{"id":"gr-1","customerId":"c1","action":"grant","scope":["usage"],"timestamp":1795950000}`})
 	audited("gr-1")
 	fresh := map[dailyKey]dailyTotals{}
 	produceJSON(t, topic, usageEvents(1000, 40, fresh))
@@ -149,5 +149,20 @@ func TestConsentWithdrawalAndGrant(t *testing.T) {
 	settled("c1's events stored again after the grant", 1040, after)
 	if n := countRows(t, "SELECT count() FROM "+usage+" WHERE customer_id = 'c1'"); n != 10 {
 		t.Errorf("c1 has %d usage rows after the grant, want its 10 new ones", n)
+	}
+
+	// A withdrawal dated before the grant arrives late: the grant stands, nothing is
+	// deleted. A refused message was audited with its error and changed nothing (c2's
+	// rows are all there).
+	produceJSON(t, consentTopic, []string{`{"id":"wd-late","customerId":"c1","action":"withdraw","timestamp":"2026-11-29T10:30:00Z"}`})
+	audited("wd-late")
+	if n := countRows(t, "SELECT count() FROM "+usage+" WHERE customer_id = 'c1'"); n != 10 {
+		t.Errorf("c1 has %d usage rows after a withdrawal older than its grant, want 10", n)
+	}
+	if n := countRows(t, fmt.Sprintf("SELECT count() FROM %s WHERE id = 'bad-1' AND error LIKE '%%forget%%'", pipeline.QualifiedTable(db, pipeline.ConsentAuditTable))); n != 1 {
+		t.Errorf("the refused message has %d audit rows with its error, want 1", n)
+	}
+	if n := countRows(t, "SELECT count() FROM "+usage+" WHERE customer_id = 'c2'"); n != 260 {
+		t.Errorf("c2 has %d usage rows, want 260", n)
 	}
 }

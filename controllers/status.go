@@ -30,6 +30,9 @@ type observation struct {
 	feedback *loopsv1alpha1.FeedbackStatus
 	// rollupWait says what a rollup's backfill waits for while the workers stop.
 	rollupWait string
+	// consentWait, set instead of rollupWait, says the workers are stopped to apply
+	// consent messages.
+	consentWait bool
 }
 
 type streamObservation struct {
@@ -92,7 +95,7 @@ func computeConditions(obs *observation) map[string]cond {
 	case obs.schemaErr != nil:
 		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonClickHouseError, obs.schemaErr.Error()}
 	case obs.rollupWait != "":
-		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonRollupBackfill, obs.rollupWait}
+		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, obs.waitReason(), obs.rollupWait}
 	case obs.schemaReady:
 		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionTrue, ReasonSchemaApplied,
 			fmt.Sprintf("%d ClickHouse objects in place", len(obs.objects))}
@@ -100,7 +103,7 @@ func computeConditions(obs *observation) map[string]cond {
 
 	switch {
 	case obs.rollupWait != "":
-		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionFalse, ReasonRollupBackfill, "workers are stopped for a rollup backfill"}
+		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionFalse, obs.waitReason(), "workers are stopped for a rollup backfill or to apply consent"}
 	case !obs.schemaReady:
 		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionFalse, ReasonNotReached, "waiting for the schema"}
 	case obs.paused:
@@ -133,7 +136,7 @@ func computeConditions(obs *observation) map[string]cond {
 		c[loopsv1alpha1.ConditionReady] = cond{metav1.ConditionFalse, notReady.reason, notReady.message}
 		reconciling := ReasonProgressing
 		if obs.rollupWait != "" {
-			reconciling = ReasonRollupBackfill
+			reconciling = obs.waitReason()
 		}
 		c[loopsv1alpha1.ConditionReconciling] = cond{metav1.ConditionTrue, reconciling, notReady.message}
 	}
@@ -208,4 +211,13 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n-3] + "..."
+}
+
+// waitReason is the reason of the conditions while the workers are stopped for the
+// schema: a rollup backfill, or consent being applied.
+func (o *observation) waitReason() string {
+	if o.consentWait {
+		return ReasonConsent
+	}
+	return ReasonRollupBackfill
 }

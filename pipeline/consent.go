@@ -539,15 +539,26 @@ func nonNilU(s []uint64) []uint64 {
 // rollup of those tables is rebuilt, and only then is each message audited as complete.
 // A grant needs no change of data: the workers started next ingest the customer again.
 // Every step is idempotent; a crash before the audit applies the messages again.
+//
+// A withdrawal deletes only from the streams the resolved state withholds: a grant with
+// a later timestamp, applied before, wins over it.
 func ApplyConsent(ctx context.Context, conn driver.Conn, cfg Config, plans []RollupPlan, pending []ConsentEvent) ([]ConsentAudit, []string, error) {
 	db := cfg.ClickHouse.Database
+	streams := make([]string, len(cfg.Streams))
+	for i, s := range cfg.Streams {
+		streams[i] = s.Name
+	}
+	state, err := LoadConsent(ctx, conn, db, streams)
+	if err != nil {
+		return nil, nil, err
+	}
 	var audits []ConsentAudit
 	var touched []string
 	for _, e := range pending {
 		a := ConsentAudit{Event: e}
 		if e.Err == "" && e.Action == ConsentWithdraw {
 			for _, s := range cfg.Streams {
-				if len(e.Scope) > 0 && !slices.Contains(e.Scope, s.Name) {
+				if len(e.Scope) > 0 && !slices.Contains(e.Scope, s.Name) || !state.Withheld(s.Name, e.Customer) {
 					continue
 				}
 				n, id, err := DeleteCustomer(ctx, conn, db, s.Table(), e.Customer)

@@ -15,8 +15,8 @@ func TestParseConsent(t *testing.T) {
 	}{
 		"withdraw everything, RFC 3339": {msg: `{"id":"w1","customerId":"c1","action":"withdraw","timestamp":"2026-11-29T10:00:00Z"}`,
 			at: time.Date(2026, 11, 29, 10, 0, 0, 0, time.UTC)},
-		"grant one stream, Unix seconds": {msg: `{"id":"g1","customerId":"c1","action":"grant","scope":["usage"],"timestamp":1795946400}`,
-			scope: []string{"usage"}, at: time.Unix(1795946400, 0).UTC()},
+		"grant one stream, Unix seconds": {msg: `{"id":"g1","customerId":"c1","action":"grant","scope":["usage"],"timestamp":1795950000}`,
+			scope: []string{"usage"}, at: time.Unix(1795950000, 0).UTC()},
 		"unknown action":   {msg: `{"id":"x","customerId":"c1","action":"forget","timestamp":1}`, err: `action "forget"`},
 		"unknown stream":   {msg: `{"id":"x","customerId":"c1","action":"withdraw","scope":["clicks"],"timestamp":1}`, err: `"clicks"`},
 		"no customer":      {msg: `{"id":"x","action":"withdraw","timestamp":1}`, err: "customerId"},
