@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -33,7 +34,10 @@ func TestConsentWithdrawalAndGrant(t *testing.T) {
 	ctx := context.Background()
 	loop := newLoop(t)
 	loop.Spec.Consent = &loopsv1alpha1.ConsentSpec{Topic: loop.Name + ".consent"}
-	loop.Spec.Rollups = []loopsv1alpha1.RollupSpec{dailyRollup()}
+	// rollup_daily groups by customer (its groups of c1 are deleted), rollup_products
+	// does not (it is rebuilt from raw).
+	loop.Spec.Rollups = []loopsv1alpha1.RollupSpec{dailyRollup(), {Name: "products", Stream: "usage", Dimensions: []string{"product"},
+		Granularity: "Month", Measures: []loopsv1alpha1.RollupMeasure{{Name: "events", Function: "Count"}}}}
 	loop.Spec.Feedback = &loopsv1alpha1.FeedbackSpec{UsageStream: "usage", PlanStream: "plans"}
 	if err := k8s.Create(ctx, loop); err != nil {
 		t.Fatal(err)
@@ -61,8 +65,14 @@ func TestConsentWithdrawalAndGrant(t *testing.T) {
 			}
 			diff := diffTotals(got, want)
 			l := get(t, loop)
-			return led.Messages == produced && diff == "" && condition(l, "Ready") == "True/Succeeded",
-				fmt.Sprintf("ledger messages=%d of %d, Ready=%s, rollup: %s", led.Messages, produced, condition(l, "Ready"), diff)
+			var stored, byProduct uint64
+			if err := ch.QueryRow(ctx, "SELECT (SELECT count() FROM "+usage+"), (SELECT sum(events) FROM "+
+				pipeline.QualifiedTable(db, "rollup_products")+")").Scan(&stored, &byProduct); err != nil {
+				return false, err.Error()
+			}
+			return led.Messages == produced && diff == "" && stored == byProduct && condition(l, "Ready") == "True/Succeeded",
+				fmt.Sprintf("ledger messages=%d of %d, Ready=%s, rollup_products counts %d of %d rows, rollup_daily: %s",
+					led.Messages, produced, condition(l, "Ready"), byProduct, stored, diff)
 		})
 	}
 	settled("all 400 events ingested", 400, want)
@@ -129,8 +139,10 @@ func TestConsentWithdrawalAndGrant(t *testing.T) {
 		pipeline.QualifiedTable(db, pipeline.ConsentAuditTable)+" WHERE id = 'wd-1'").Scan(&tables, &deleted, &mutations, &action, &receivedAt); err != nil {
 		t.Fatal(err)
 	}
-	if action != "withdraw" || len(tables) != 2 || len(deleted) != 2 || deleted[0] < 100 || deleted[1] != 2 || len(mutations) != 2 || receivedAt.IsZero() {
-		t.Errorf("audit of wd-1: action %s, tables %v, rows deleted %v, mutations %v, received %v; want both tables, >= 100 usage and 2 plan rows, two mutations",
+	// usage_raw, then rollup_daily's version table (c1's groups), then plans_raw.
+	if action != "withdraw" || len(tables) != 3 || len(deleted) != 3 || tables[0] != "usage_raw" || !strings.HasPrefix(tables[1], "rollup_daily_v") ||
+		tables[2] != "plans_raw" || deleted[0] < 100 || deleted[1] == 0 || deleted[2] != 2 || len(mutations) != 3 || receivedAt.IsZero() {
+		t.Errorf("audit of wd-1: action %s, tables %v, rows deleted %v, mutations %v, received %v; want usage_raw (>= 100 rows), rollup_daily's table and plans_raw (2 rows), three mutations",
 			action, tables, deleted, mutations, receivedAt)
 	}
 

@@ -535,8 +535,10 @@ func nonNilU(s []uint64) []uint64 {
 }
 
 // ApplyConsent applies pending consent messages with the loop's workers stopped: a
-// withdrawal deletes the customer's rows from the raw tables of its scope, then every
-// rollup of those tables is rebuilt, and only then is each message audited as complete.
+// withdrawal deletes the customer's rows from the raw tables of its scope and the
+// customer's groups from the rollups of those tables that group by customer_id; the
+// other rollups of those tables are rebuilt; only then is each message audited as
+// complete.
 // A grant needs no change of data: the workers started next ingest the customer again.
 // Every step is idempotent; a crash before the audit applies the messages again.
 //
@@ -569,14 +571,39 @@ func ApplyConsent(ctx context.Context, conn driver.Conn, cfg Config, plans []Rol
 				if id != "" {
 					a.MutationIDs = append(a.MutationIDs, id)
 				}
-				if n > 0 && !slices.Contains(touched, s.Table()) {
+				if n == 0 {
+					continue
+				}
+				if !slices.Contains(touched, s.Table()) {
 					touched = append(touched, s.Table())
+				}
+				// A rollup grouped by customer holds the customer's rows in groups of
+				// their own: deleting those groups is exact for every function and
+				// keeps the rollup readable. Other rollups of the table are rebuilt.
+				for _, p := range plans {
+					if p.Source != s.Table() || !slices.Contains(p.Columns, "customer_id") {
+						continue
+					}
+					n, id, err := DeleteCustomer(ctx, conn, db, p.Table, e.Customer)
+					if err != nil {
+						return nil, nil, fmt.Errorf("rollup %s: %w", p.Name, err)
+					}
+					a.Tables, a.RowsDeleted = append(a.Tables, p.Table), append(a.RowsDeleted, n)
+					if id != "" {
+						a.MutationIDs = append(a.MutationIDs, id)
+					}
 				}
 			}
 		}
 		audits = append(audits, a)
 	}
-	rebuilt, err := RebuildRollups(ctx, conn, plans, touched)
+	var ungrouped []RollupPlan
+	for _, p := range plans {
+		if !slices.Contains(p.Columns, "customer_id") {
+			ungrouped = append(ungrouped, p)
+		}
+	}
+	rebuilt, err := RebuildRollups(ctx, conn, ungrouped, touched)
 	if err != nil {
 		return nil, rebuilt, err
 	}
