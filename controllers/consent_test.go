@@ -128,6 +128,13 @@ func TestConsentWithdrawalAndGrant(t *testing.T) {
 	if led.Withheld < 50 || led.Withheld > 150 {
 		t.Errorf("ledger: %d messages withheld, want between 50 (c1's after the withdrawal) and 150 (all c1's since it)", led.Withheld)
 	}
+	testkit.Eventually(t, 30*time.Second, "status counting the withheld messages", func() (bool, string) {
+		l := get(t, loop)
+		if len(l.Status.Streams) == 0 {
+			return false, "no stream status"
+		}
+		return l.Status.Streams[0].MessagesWithheld == led.Withheld, fmt.Sprintf("status.streams[0].messagesWithheld = %d, ledger %d", l.Status.Streams[0].MessagesWithheld, led.Withheld)
+	})
 	var (
 		tables     []string
 		deleted    []uint64

@@ -177,6 +177,7 @@ func (r *CustomerLoopReconciler) patchStatus(ctx context.Context, before, loop *
 				RowsIngested:      so.stats.Rows,
 				RowsDeadLettered:  so.ledger.DeadLettered,
 				DuplicatesDropped: so.ledger.Duplicates,
+				MessagesWithheld:  so.ledger.Withheld,
 				Lag:               so.lag,
 			}
 			if !so.lagKnown {

@@ -612,6 +612,11 @@ type StreamStatus struct {
 	// +optional
 	DuplicatesDropped int64 `json:"duplicatesDropped,omitempty"`
 
+	// messagesWithheld counts messages read but not stored because their customer had
+	// withdrawn consent (spec.consent), from the ledger.
+	// +optional
+	MessagesWithheld int64 `json:"messagesWithheld,omitempty"`
+
 	// lag is the number of messages in the stream's topic not yet ingested: the
 	// partitions' end offsets minus where the ledger says ingestion stands.
 	// +optional
