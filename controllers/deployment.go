@@ -132,7 +132,10 @@ func secretEnv(name, secret, key string) corev1.EnvVar {
 // buildWorkerDeployment runs the loop's workers: "customerloop worker" pods in one
 // consumer group, non-root on a read-only root filesystem, with credentials from the
 // loop's Secrets and metrics on a named port.
-func buildWorkerDeployment(loop *loopsv1alpha1.CustomerLoop, image, checksum string) *appsv1.Deployment {
+//
+// defaults are the resources of workers whose loop sets none (the manager's
+// --worker-resources).
+func buildWorkerDeployment(loop *loopsv1alpha1.CustomerLoop, image, checksum string, defaults corev1.ResourceRequirements) *appsv1.Deployment {
 	yes, no := true, false
 	uid := int64(workerUID)
 	replicas := loop.GetReplicas()
@@ -168,7 +171,7 @@ func buildWorkerDeployment(loop *loopsv1alpha1.CustomerLoop, image, checksum str
 				Items: []corev1.KeyToPath{{Key: t.CASecretRef.GetKey(), Path: t.CASecretRef.GetKey()}}}}})
 		mounts = append(mounts, corev1.VolumeMount{Name: "kafka-ca", MountPath: workerCADir, ReadOnly: true})
 	}
-	var resources corev1.ResourceRequirements
+	resources := *defaults.DeepCopy()
 	if r := loop.Spec.Workers.Resources; r != nil {
 		resources = *r.DeepCopy()
 	}

@@ -14,6 +14,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -99,7 +100,7 @@ func TestWorkerObjectsGolden(t *testing.T) {
 		}
 		sum := workerChecksum(config, map[string]map[string][]byte{"clickhouse": {"password": []byte("ch-pass-secret")}})
 		var out []byte
-		for _, obj := range []any{buildWorkerConfigMap(loop, config), buildWorkerDeployment(loop, "customerloop:1.0", sum)} {
+		for _, obj := range []any{buildWorkerConfigMap(loop, config), buildWorkerDeployment(loop, "customerloop:1.0", sum, corev1.ResourceRequirements{})} {
 			b, err := yaml.Marshal(obj)
 			if err != nil {
 				t.Fatal(err)
@@ -277,4 +278,25 @@ func TestDeploymentRunner(t *testing.T) {
 		err2 := k8s.Get(ctx, key, &corev1.ConfigMap{})
 		return apierrors.IsNotFound(err1) && apierrors.IsNotFound(err2), fmt.Sprint(err1, err2)
 	})
+}
+
+// TestWorkerDefaultResources: a loop without spec.workers.resources gets the manager's
+// defaults; one with its own keeps them.
+func TestWorkerDefaultResources(t *testing.T) {
+	defaults := corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m")},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("512Mi")},
+	}
+	loop := goldenLoop(false)
+	loop.Spec.Workers.Resources = nil
+	got := buildWorkerDeployment(loop, "customerloop:1.0", "sum", defaults).Spec.Template.Spec.Containers[0].Resources
+	if !equality.Semantic.DeepEqual(got, defaults) {
+		t.Errorf("resources without spec.workers.resources = %v, want the defaults %v", got, defaults)
+	}
+	own := corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")}}
+	loop.Spec.Workers.Resources = &own
+	got = buildWorkerDeployment(loop, "customerloop:1.0", "sum", defaults).Spec.Template.Spec.Containers[0].Resources
+	if !equality.Semantic.DeepEqual(got, own) {
+		t.Errorf("resources with spec.workers.resources = %v, want the loop's %v", got, own)
+	}
 }
