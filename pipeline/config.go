@@ -37,6 +37,10 @@ type Config struct {
 	// MaxMessageBytes is the largest message value ingested; larger ones are
 	// dead-lettered with reason oversize.
 	MaxMessageBytes int `json:"maxMessageBytes,omitempty"`
+	// MaxDedupIDs bounds each partition's duplicate window, and so its memory (about 56
+	// bytes an id): past it the oldest ids are forgotten before dedupWindow has passed.
+	// 0 takes the default, 2^21 (about 117 MiB).
+	MaxDedupIDs int `json:"maxDedupIDs,omitempty"`
 }
 
 // KafkaConfig is the Kafka connection and consumer group.
@@ -168,6 +172,7 @@ const (
 	defaultMaxWait          = time.Second
 	defaultSessionTimeout   = 10 * time.Second
 	defaultDedupWindow      = time.Minute
+	defaultMaxDedupIDs      = 1 << 21
 	defaultRebalanceTimeout = 60 * time.Second
 )
 
@@ -178,6 +183,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Batch.MaxBytes <= 0 {
 		c.Batch.MaxBytes = defaultMaxBytes
+	}
+	if c.MaxDedupIDs <= 0 {
+		c.MaxDedupIDs = defaultMaxDedupIDs
 	}
 	if c.MaxMessageBytes <= 0 {
 		c.MaxMessageBytes = defaultMaxMessageBytes
