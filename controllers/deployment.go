@@ -36,6 +36,7 @@ const (
 	envClickHousePass = "CUSTOMERLOOP_CLICKHOUSE_PASSWORD"
 	envSASLUser       = "CUSTOMERLOOP_KAFKA_SASL_USERNAME"
 	envSASLPass       = "CUSTOMERLOOP_KAFKA_SASL_PASSWORD"
+	envHMACKey        = "CUSTOMERLOOP_PII_HMAC_KEY"
 )
 
 // workerName is the name of a loop's worker ConfigMap and Deployment.
@@ -150,6 +151,9 @@ func buildWorkerDeployment(loop *loopsv1alpha1.CustomerLoop, image, checksum str
 		ref := s.CredentialsSecretRef
 		env = append(env, secretEnv(envSASLUser, ref.Name, ref.GetUsernameKey()),
 			secretEnv(envSASLPass, ref.Name, ref.GetPasswordKey()))
+	}
+	if p := loop.Spec.Privacy; p != nil {
+		env = append(env, secretEnv(envHMACKey, p.HMACKeySecretRef.Name, p.HMACKeySecretRef.GetKey()))
 	}
 	// The Go runtime collects harder as the heap nears the container's memory limit,
 	// instead of being killed past it. Without a limit this is the node's memory.

@@ -45,8 +45,12 @@ func goldenLoop(paused bool) *loopsv1alpha1.CustomerLoop {
 				CredentialsSecretRef: &loopsv1alpha1.CredentialsSecretRef{Name: "clickhouse"}},
 			Streams: []loopsv1alpha1.StreamSpec{{
 				Name: "usage", Kind: loopsv1alpha1.StreamUsage, Topic: "acme.usage",
-				Mapping: loopsv1alpha1.FieldMapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts"},
+				Mapping:    loopsv1alpha1.FieldMapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts"},
+				PII:        &loopsv1alpha1.StreamPII{CustomerID: "Hash"},
+				Dimensions: []loopsv1alpha1.Dimension{{Name: "email", Type: "String", PII: loopsv1alpha1.PIIHash}},
 			}},
+			Privacy: &loopsv1alpha1.PrivacySpec{HMACKeySecretRef: loopsv1alpha1.HMACKeySecretRef{Name: "pii"}},
+			Limits:  &loopsv1alpha1.MessageLimits{MaxDepth: 16},
 			Workers: loopsv1alpha1.WorkersSpec{Replicas: &replicas, Resources: &corev1.ResourceRequirements{
 				Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("256Mi")},
 				Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("512Mi")},
@@ -66,11 +70,15 @@ func goldenConfig() pipeline.Config {
 			SASL: &pipeline.SASLConfig{Mechanism: "SCRAM-SHA-512", Username: "kafka-user-secret", Password: "kafka-pass-secret"}},
 		ClickHouse: pipeline.ClickHouseConfig{Addr: "clickhouse:9000", Database: "acme", Username: "ch-user-secret", Password: "ch-pass-secret"},
 		Streams: []pipeline.StreamConfig{{Name: "usage", Kind: pipeline.KindUsage, Topic: "acme.usage", DeadLetterTopic: "acme.usage.dlq",
-			Mapping: pipeline.Mapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts"}}},
+			Mapping:    pipeline.Mapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts"},
+			PII:        &pipeline.CorePII{CustomerID: pipeline.PIIHash},
+			Dimensions: []pipeline.Dimension{{Name: "email", Field: "email", Type: "String", PII: pipeline.PIIHash}}}},
+		Limits:  pipeline.Limits{MaxDepth: 16},
+		HMACKey: []byte("hmac-key-secret-0123456789"),
 	}
 }
 
-var secretValues = []string{"ca-secret", "kafka-user-secret", "kafka-pass-secret", "ch-user-secret", "ch-pass-secret"}
+var secretValues = []string{"ca-secret", "kafka-user-secret", "kafka-pass-secret", "ch-user-secret", "ch-pass-secret", "hmac-key-secret"}
 
 func checkGolden(t *testing.T, name string, got []byte) {
 	t.Helper()
