@@ -175,22 +175,28 @@ type macs struct {
 	pool sync.Pool
 }
 
+// mac is a pooled HMAC state with room for its sum, which would escape to the heap if
+// it were a local passed to the hash.Hash interface.
+type mac struct {
+	h   hash.Hash
+	sum []byte
+}
+
 func newMACs(key []byte) *macs {
 	m := &macs{}
-	m.pool.New = func() any { return hmac.New(sha256.New, key) }
+	m.pool.New = func() any { return &mac{h: hmac.New(sha256.New, key), sum: make([]byte, 0, sha256.Size)} }
 	return m
 }
 
 // sum writes the hex HMAC of v onto dst[:0] and returns it. v may alias dst.
 func (m *macs) sum(dst, v []byte) []byte {
-	h := m.pool.Get().(hash.Hash)
-	h.Reset()
-	h.Write(v)
-	var sum [sha256.Size]byte
-	h.Sum(sum[:0])
-	m.pool.Put(h)
+	st := m.pool.Get().(*mac)
+	st.h.Reset()
+	st.h.Write(v)
+	st.sum = st.h.Sum(st.sum[:0])
 	dst = append(dst[:0], make([]byte, hashedHexLen)...)
-	hex.Encode(dst, sum[:])
+	hex.Encode(dst, st.sum)
+	m.pool.Put(st)
 	return dst
 }
 

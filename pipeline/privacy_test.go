@@ -284,3 +284,21 @@ func TestDepthBombRefusedCheaply(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkDecodePII decodes a usage event whose customer, id and email are hashed and
+// phone and age dropped, to compare with BenchmarkDecodeUsage.
+func BenchmarkDecodePII(b *testing.B) {
+	s := piiConfig().Streams[0]
+	d := piiDecoder(b, s)
+	msg := []byte(`{"id":"evt-000000123456","customer":{"id":"customer-0042"},"product":"product-3","ts":1793449815,"qty":17,` +
+		`"region":"eu-west-1","bytes":123456,"trial":false,"seats":12,"contact":{"email":"someone@example.com","phone":"+1 555 0100"},"age":40,"note":"` +
+		strings.Repeat("x", 100) + `"}`)
+	c := newColumns(d, nil)
+	b.SetBytes(int64(len(msg)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := d.decodeInto(msg, time.Time{}, c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
