@@ -115,8 +115,9 @@ test: verify lint $(SETUP_ENVTEST) $(HELM) ## Provision the stack and run every 
 	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pipeline
 
 .PHONY: fuzz
-fuzz: ## Fuzz the decoders for longer (FUZZTIME=10m).
+fuzz: ## Fuzz the decoder and the DDL planners for longer (FUZZTIME=10m each).
 	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(if $(filter 10s,$(FUZZTIME)),5m,$(FUZZTIME)) ./pipeline
+	go test -run '^$$' -fuzz '^FuzzDDLPlanners$$' -fuzztime $(if $(filter 10s,$(FUZZTIME)),5m,$(FUZZTIME)) ./pipeline
 
 .PHONY: demo
 demo: build $(SETUP_ENVTEST) ## Run the whole loop on the local stack with a synthetic workload (ARGS=--keep-running to stay up).

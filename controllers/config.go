@@ -85,10 +85,13 @@ func (r *CustomerLoopReconciler) pipelineConfig(ctx context.Context, loop *loops
 		if c := s.Customers; c != nil {
 			sc.Customers = &pipeline.CustomerFilter{Allowed: append([]string(nil), c.Allowed...), Pattern: c.Pattern}
 		}
+		if p := s.PII; p != nil {
+			sc.PII = &pipeline.CorePII{CustomerID: string(p.CustomerID), ID: string(p.ID)}
+		}
 		for j := range s.Dimensions {
 			d := &s.Dimensions[j]
 			sc.Dimensions = append(sc.Dimensions, pipeline.Dimension{
-				Name: d.Name, Field: d.GetField(), Type: string(d.Type), Nullable: d.Nullable,
+				Name: d.Name, Field: d.GetField(), Type: string(d.Type), Nullable: d.Nullable, PII: string(d.PII),
 			})
 		}
 		cfg.Streams = append(cfg.Streams, sc)
@@ -97,6 +100,20 @@ func (r *CustomerLoopReconciler) pipelineConfig(ctx context.Context, loop *loops
 		return cfg, &specError{msg: err.Error()}
 	}
 	cfg.Rollups = rollupConfigs(loop)
+	if l := spec.Limits; l != nil {
+		cfg.Limits = pipeline.Limits{MaxFields: int(l.MaxFields), MaxStringBytes: int(l.MaxStringBytes), MaxDepth: int(l.MaxDepth)}
+	}
+	if p := spec.Privacy; p != nil {
+		key, err := r.secretValue(ctx, loop.Namespace, "privacy.hmacKeySecretRef", p.HMACKeySecretRef.Name, p.HMACKeySecretRef.GetKey())
+		if err != nil {
+			return cfg, err
+		}
+		if len(key) < pipeline.MinHMACKeyBytes {
+			return cfg, &specError{msg: fmt.Sprintf("Secret %s/%s (privacy.hmacKeySecretRef) key %q holds %d bytes; the HMAC key needs at least %d",
+				loop.Namespace, p.HMACKeySecretRef.Name, p.HMACKeySecretRef.GetKey(), len(key), pipeline.MinHMACKeyBytes)}
+		}
+		cfg.HMACKey = key
+	}
 	if ref := spec.ClickHouse.CredentialsSecretRef; ref != nil {
 		user, pass, err := r.credentials(ctx, loop.Namespace, "clickhouse.credentialsSecretRef", ref)
 		if err != nil {

@@ -428,7 +428,22 @@ func TestInvalidSpecsRefused(t *testing.T) {
 		{"measure named period", func(l *loopsv1alpha1.CustomerLoop) {
 			l.Spec.Rollups = []loopsv1alpha1.RollupSpec{rollup(func(r *loopsv1alpha1.RollupSpec) { r.Dimensions, r.Measures[0].Name = nil, "period" })}
 		}, "a measure is named like a dimension or period"},
+		{"pii Hash on a number", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Privacy = &loopsv1alpha1.PrivacySpec{HMACKeySecretRef: loopsv1alpha1.HMACKeySecretRef{Name: "hmac"}}
+			l.Spec.Streams[0].Dimensions = append(l.Spec.Streams[0].Dimensions, loopsv1alpha1.Dimension{Name: "seats", Type: "Int32", PII: loopsv1alpha1.PIIHash})
+		}, "pii Hash needs type String"},
+		{"pii Hash without a key", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Dimensions[0].PII = loopsv1alpha1.PIIHash }, "pii Hash needs privacy.hmacKeySecretRef"},
+		{"customer hashed without a key", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Streams[1].PII = &loopsv1alpha1.StreamPII{CustomerID: "Hash"}
+		}, "pii Hash needs privacy.hmacKeySecretRef"},
+		{"customer dropped", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Privacy = &loopsv1alpha1.PrivacySpec{HMACKeySecretRef: loopsv1alpha1.HMACKeySecretRef{Name: "hmac"}}
+			l.Spec.Streams[1].PII = &loopsv1alpha1.StreamPII{CustomerID: "Drop"}
+		}, "spec.streams[1].pii.customerId"},
+		{"unknown pii action", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Dimensions[0].PII = "Mask" }, `Unsupported value: "Mask"`},
+		{"message depth limit 1000", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Limits = &loopsv1alpha1.MessageLimits{MaxDepth: 1000} }, "spec.limits.maxDepth"},
 	}
+	cases = append(cases, injectionCases()...)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			loop := newLoop(t)

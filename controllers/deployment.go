@@ -36,6 +36,7 @@ const (
 	envClickHousePass = "CUSTOMERLOOP_CLICKHOUSE_PASSWORD"
 	envSASLUser       = "CUSTOMERLOOP_KAFKA_SASL_USERNAME"
 	envSASLPass       = "CUSTOMERLOOP_KAFKA_SASL_PASSWORD"
+	envHMACKey        = "CUSTOMERLOOP_PII_HMAC_KEY"
 )
 
 // workerName is the name of a loop's worker ConfigMap and Deployment.
@@ -132,7 +133,10 @@ func secretEnv(name, secret, key string) corev1.EnvVar {
 // buildWorkerDeployment runs the loop's workers: "customerloop worker" pods in one
 // consumer group, non-root on a read-only root filesystem, with credentials from the
 // loop's Secrets and metrics on a named port.
-func buildWorkerDeployment(loop *loopsv1alpha1.CustomerLoop, image, checksum string) *appsv1.Deployment {
+//
+// defaults are the resources of workers whose loop sets none (the manager's
+// --worker-resources).
+func buildWorkerDeployment(loop *loopsv1alpha1.CustomerLoop, image, checksum string, defaults corev1.ResourceRequirements) *appsv1.Deployment {
 	yes, no := true, false
 	uid := int64(workerUID)
 	replicas := loop.GetReplicas()
@@ -147,6 +151,9 @@ func buildWorkerDeployment(loop *loopsv1alpha1.CustomerLoop, image, checksum str
 		ref := s.CredentialsSecretRef
 		env = append(env, secretEnv(envSASLUser, ref.Name, ref.GetUsernameKey()),
 			secretEnv(envSASLPass, ref.Name, ref.GetPasswordKey()))
+	}
+	if p := loop.Spec.Privacy; p != nil {
+		env = append(env, secretEnv(envHMACKey, p.HMACKeySecretRef.Name, p.HMACKeySecretRef.GetKey()))
 	}
 	// The Go runtime collects harder as the heap nears the container's memory limit,
 	// instead of being killed past it. Without a limit this is the node's memory.
@@ -168,7 +175,7 @@ func buildWorkerDeployment(loop *loopsv1alpha1.CustomerLoop, image, checksum str
 				Items: []corev1.KeyToPath{{Key: t.CASecretRef.GetKey(), Path: t.CASecretRef.GetKey()}}}}})
 		mounts = append(mounts, corev1.VolumeMount{Name: "kafka-ca", MountPath: workerCADir, ReadOnly: true})
 	}
-	var resources corev1.ResourceRequirements
+	resources := *defaults.DeepCopy()
 	if r := loop.Spec.Workers.Resources; r != nil {
 		resources = *r.DeepCopy()
 	}

@@ -27,6 +27,9 @@ type DeploymentRunner struct {
 	Client client.Client
 	// Image of the worker pods.
 	Image string
+	// DefaultResources are the worker containers' resources when a loop sets none in
+	// spec.workers.resources.
+	DefaultResources corev1.ResourceRequirements
 }
 
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
@@ -50,7 +53,7 @@ func (r *DeploymentRunner) Ensure(ctx context.Context, loop *loopsv1alpha1.Custo
 	if err := r.apply(ctx, buildWorkerConfigMap(loop, config)); err != nil {
 		return WorkerState{}, err
 	}
-	if err := r.apply(ctx, buildWorkerDeployment(loop, r.Image, workerChecksum(config, secrets))); err != nil {
+	if err := r.apply(ctx, buildWorkerDeployment(loop, r.Image, workerChecksum(config, secrets), r.DefaultResources)); err != nil {
 		return WorkerState{}, err
 	}
 	var dep appsv1.Deployment

@@ -14,6 +14,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -44,8 +45,12 @@ func goldenLoop(paused bool) *loopsv1alpha1.CustomerLoop {
 				CredentialsSecretRef: &loopsv1alpha1.CredentialsSecretRef{Name: "clickhouse"}},
 			Streams: []loopsv1alpha1.StreamSpec{{
 				Name: "usage", Kind: loopsv1alpha1.StreamUsage, Topic: "acme.usage",
-				Mapping: loopsv1alpha1.FieldMapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts"},
+				Mapping:    loopsv1alpha1.FieldMapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts"},
+				PII:        &loopsv1alpha1.StreamPII{CustomerID: "Hash"},
+				Dimensions: []loopsv1alpha1.Dimension{{Name: "email", Type: "String", PII: loopsv1alpha1.PIIHash}},
 			}},
+			Privacy: &loopsv1alpha1.PrivacySpec{HMACKeySecretRef: loopsv1alpha1.HMACKeySecretRef{Name: "pii"}},
+			Limits:  &loopsv1alpha1.MessageLimits{MaxDepth: 16},
 			Workers: loopsv1alpha1.WorkersSpec{Replicas: &replicas, Resources: &corev1.ResourceRequirements{
 				Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("256Mi")},
 				Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("512Mi")},
@@ -65,11 +70,15 @@ func goldenConfig() pipeline.Config {
 			SASL: &pipeline.SASLConfig{Mechanism: "SCRAM-SHA-512", Username: "kafka-user-secret", Password: "kafka-pass-secret"}},
 		ClickHouse: pipeline.ClickHouseConfig{Addr: "clickhouse:9000", Database: "acme", Username: "ch-user-secret", Password: "ch-pass-secret"},
 		Streams: []pipeline.StreamConfig{{Name: "usage", Kind: pipeline.KindUsage, Topic: "acme.usage", DeadLetterTopic: "acme.usage.dlq",
-			Mapping: pipeline.Mapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts"}}},
+			Mapping:    pipeline.Mapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts"},
+			PII:        &pipeline.CorePII{CustomerID: pipeline.PIIHash},
+			Dimensions: []pipeline.Dimension{{Name: "email", Field: "email", Type: "String", PII: pipeline.PIIHash}}}},
+		Limits:  pipeline.Limits{MaxDepth: 16},
+		HMACKey: []byte("hmac-key-secret-0123456789"),
 	}
 }
 
-var secretValues = []string{"ca-secret", "kafka-user-secret", "kafka-pass-secret", "ch-user-secret", "ch-pass-secret"}
+var secretValues = []string{"ca-secret", "kafka-user-secret", "kafka-pass-secret", "ch-user-secret", "ch-pass-secret", "hmac-key-secret"}
 
 func checkGolden(t *testing.T, name string, got []byte) {
 	t.Helper()
@@ -99,7 +108,7 @@ func TestWorkerObjectsGolden(t *testing.T) {
 		}
 		sum := workerChecksum(config, map[string]map[string][]byte{"clickhouse": {"password": []byte("ch-pass-secret")}})
 		var out []byte
-		for _, obj := range []any{buildWorkerConfigMap(loop, config), buildWorkerDeployment(loop, "customerloop:1.0", sum)} {
+		for _, obj := range []any{buildWorkerConfigMap(loop, config), buildWorkerDeployment(loop, "customerloop:1.0", sum, corev1.ResourceRequirements{})} {
 			b, err := yaml.Marshal(obj)
 			if err != nil {
 				t.Fatal(err)
@@ -277,4 +286,25 @@ func TestDeploymentRunner(t *testing.T) {
 		err2 := k8s.Get(ctx, key, &corev1.ConfigMap{})
 		return apierrors.IsNotFound(err1) && apierrors.IsNotFound(err2), fmt.Sprint(err1, err2)
 	})
+}
+
+// TestWorkerDefaultResources: a loop without spec.workers.resources gets the manager's
+// defaults; one with its own keeps them.
+func TestWorkerDefaultResources(t *testing.T) {
+	defaults := corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m")},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("512Mi")},
+	}
+	loop := goldenLoop(false)
+	loop.Spec.Workers.Resources = nil
+	got := buildWorkerDeployment(loop, "customerloop:1.0", "sum", defaults).Spec.Template.Spec.Containers[0].Resources
+	if !equality.Semantic.DeepEqual(got, defaults) {
+		t.Errorf("resources without spec.workers.resources = %v, want the defaults %v", got, defaults)
+	}
+	own := corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")}}
+	loop.Spec.Workers.Resources = &own
+	got = buildWorkerDeployment(loop, "customerloop:1.0", "sum", defaults).Spec.Template.Spec.Containers[0].Resources
+	if !equality.Semantic.DeepEqual(got, own) {
+		t.Errorf("resources with spec.workers.resources = %v, want the loop's %v", got, own)
+	}
 }

@@ -59,7 +59,7 @@ func TestWorkerServiceAccountCannotReadSecrets(t *testing.T) {
 	ctx := context.Background()
 	loop := newLoop(t)
 	loop.Namespace = deploymentNamespace
-	dep := buildWorkerDeployment(loop, "customerloop:test", "x")
+	dep := buildWorkerDeployment(loop, "customerloop:test", "x", corev1.ResourceRequirements{})
 	pod := dep.Spec.Template.Spec
 	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
 		t.Errorf("worker pods mount a service account token: automountServiceAccountToken = %v", pod.AutomountServiceAccountToken)

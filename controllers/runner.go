@@ -100,6 +100,8 @@ func configHash(cfg pipeline.Config) string {
 		h.Write([]byte{0})
 		h.Write(t.CAPEM)
 	}
+	h.Write([]byte{0})
+	h.Write(cfg.HMACKey)
 	return hex.EncodeToString(h.Sum(nil))
 }
 

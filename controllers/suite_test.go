@@ -1,7 +1,9 @@
 package controllers
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -9,16 +11,19 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kfake"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -45,7 +50,30 @@ var (
 	runner  *InProcessRunner
 	// restCfg reaches the API server as its admin; tests impersonate others with it.
 	restCfg *rest.Config
+	// suiteLogs holds everything the managers and in-process workers logged at debug
+	// level, for the secret scan.
+	suiteLogs = &syncBuffer{}
+	// workerMetrics is the registry of the in-process workers' metrics.
+	workerMetrics = prometheus.NewRegistry()
 )
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
 
 func TestMain(m *testing.M) {
 	flag.Parse()
@@ -98,11 +126,15 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	log := logr.Discard()
+	// Debug is --log-level=debug, the most verbose level documented. Below it, client-go
+	// dumps API response bodies (Secrets included) at V(8), as kubectl -v=8 does.
+	var h slog.Handler = slog.NewTextHandler(suiteLogs, &slog.HandlerOptions{Level: slog.LevelDebug})
 	if testing.Verbose() {
-		log = logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, nil))
+		h = teeHandler{h, slog.NewTextHandler(os.Stderr, nil)}
 	}
+	log := logr.FromSlogHandler(h)
 	ctrl.SetLogger(log)
+	klog.SetLogger(log)
 	// Two managers, as two installations would be: one runs workers in-process for the
 	// loops of namespace default, the other as Deployments for those of namespace
 	// workers.
@@ -129,7 +161,7 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	runner = NewInProcessRunner(log.WithName("worker"), nil)
+	runner = NewInProcessRunner(log.WithName("worker"), pipeline.NewMetrics(workerMetrics))
 	r := &CustomerLoopReconciler{
 		Client:          mgr.GetClient(),
 		Runner:          runner,
@@ -169,4 +201,29 @@ func workerGoroutines() int {
 		}
 	}
 	return n
+}
+
+// teeHandler sends each record to both handlers, each at its own level.
+type teeHandler struct{ a, b slog.Handler }
+
+func (t teeHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return t.a.Enabled(ctx, l) || t.b.Enabled(ctx, l)
+}
+
+func (t teeHandler) Handle(ctx context.Context, r slog.Record) error {
+	var err error
+	for _, h := range []slog.Handler{t.a, t.b} {
+		if h.Enabled(ctx, r.Level) {
+			err = errors.Join(err, h.Handle(ctx, r.Clone()))
+		}
+	}
+	return err
+}
+
+func (t teeHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return teeHandler{t.a.WithAttrs(as), t.b.WithAttrs(as)}
+}
+
+func (t teeHandler) WithGroup(g string) slog.Handler {
+	return teeHandler{t.a.WithGroup(g), t.b.WithGroup(g)}
 }

@@ -40,6 +40,15 @@ type Config struct {
 	// Consent, when set, is the loop's consent stream; workers withhold the messages of
 	// customers who withdrew.
 	Consent *ConsentConfig `json:"consent,omitempty"`
+	// MaxDedupIDs bounds each partition's duplicate window, and so its memory (about 56
+	// bytes an id): past it the oldest ids are forgotten before dedupWindow has passed.
+	// 0 takes the default, 2^21 (about 117 MiB).
+	MaxDedupIDs int `json:"maxDedupIDs,omitempty"`
+	// Limits bound a message's fields, strings and nesting; see Limits.
+	Limits Limits `json:"limits,omitzero"`
+	// HMACKey keys the hash of the fields marked PII Hash. Like the passwords it is
+	// never serialised: a worker takes it from its environment.
+	HMACKey []byte `json:"-"`
 }
 
 // KafkaConfig is the Kafka connection and consumer group.
@@ -104,6 +113,8 @@ type StreamConfig struct {
 	// Customers, when set, restricts the customers the stream accepts; others are
 	// dead-lettered with reason unknown_customer.
 	Customers *CustomerFilter `json:"customers,omitempty"`
+	// PII marks core roles that hold personal data; see CorePII.
+	PII *CorePII `json:"pii,omitempty"`
 }
 
 // CustomerFilter accepts the customers listed in Allowed and those whose id matches
@@ -132,6 +143,8 @@ type Dimension struct {
 	Field    string `json:"field"`
 	Type     string `json:"type"`
 	Nullable bool   `json:"nullable,omitempty"`
+	// PII is PIIHash, PIIDrop or empty.
+	PII string `json:"pii,omitempty"`
 }
 
 // BatchConfig bounds a batch: it is flushed when it holds MaxRows rows or MaxBytes of
@@ -171,6 +184,7 @@ const (
 	defaultMaxWait          = time.Second
 	defaultSessionTimeout   = 10 * time.Second
 	defaultDedupWindow      = time.Minute
+	defaultMaxDedupIDs      = 1 << 21
 	defaultRebalanceTimeout = 60 * time.Second
 )
 
@@ -182,9 +196,13 @@ func (c Config) WithDefaults() Config {
 	if c.Batch.MaxBytes <= 0 {
 		c.Batch.MaxBytes = defaultMaxBytes
 	}
+	if c.MaxDedupIDs <= 0 {
+		c.MaxDedupIDs = defaultMaxDedupIDs
+	}
 	if c.MaxMessageBytes <= 0 {
 		c.MaxMessageBytes = defaultMaxMessageBytes
 	}
+	c.Limits = c.Limits.withDefaults()
 	if c.Batch.MaxWait.Duration <= 0 {
 		c.Batch.MaxWait.Duration = defaultMaxWait
 	}
@@ -285,6 +303,9 @@ func (s StreamConfig) validate() error {
 		if field == "" {
 			errs = append(errs, fmt.Errorf("mapping.%s is required for %s streams", role, s.Kind))
 		}
+	}
+	if err := s.validatePII(); err != nil {
+		errs = append(errs, err)
 	}
 	core := map[string]bool{}
 	for _, c := range coreColumns(s.Kind) {

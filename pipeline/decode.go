@@ -50,6 +50,12 @@ type Decoder struct {
 	allowed map[string]struct{}
 	pattern *regexp.Regexp
 	field   string // the customer's JSON field, for errors
+
+	limits  Limits
+	pii     bool  // some field is hashed or dropped
+	hashed  []int // indexes of the fields hashed, hashed after the customer check
+	hmacKey []byte
+	macs    *macs
 }
 
 // customerColumn is the index of customer_id in a decoded row, for both kinds.
@@ -67,11 +73,16 @@ func (d *Decoder) acceptsCustomer(c []byte) bool {
 }
 
 func (d *Decoder) unknownCustomer(c string) *DecodeError {
+	if d.fields[customerColumn].pii != "" {
+		return &DecodeError{Reason: ReasonUnknownCustomer, Field: d.field,
+			Err: errors.New("the customer (withheld: pii) is not among the stream's customers")}
+	}
 	return &DecodeError{Reason: ReasonUnknownCustomer, Field: d.field,
 		Err: fmt.Errorf("customer %q is not among the stream's customers", c)}
 }
 
 type fieldDecoder struct {
+	pii      string // PIIHash, PIIDrop or empty
 	path     []string
 	field    string
 	optional bool
@@ -81,8 +92,9 @@ type fieldDecoder struct {
 	missing  func(msgTime time.Time, out *value) // value when optional and absent
 }
 
-// NewDecoder compiles the stream's mapping.
-func NewDecoder(s StreamConfig) (*Decoder, error) {
+// NewDecoder compiles the stream's mapping. A stream that hashes fields needs
+// WithHMACKey.
+func NewDecoder(s StreamConfig, opts ...DecoderOption) (*Decoder, error) {
 	if err := s.validate(); err != nil {
 		return nil, err
 	}
@@ -125,7 +137,13 @@ func NewDecoder(s StreamConfig) (*Decoder, error) {
 			req(d.Field, dc.kind, dc.convert)
 		}
 	}
-	dec := &Decoder{fields: fs, field: m.CustomerID}
+	dec := &Decoder{fields: fs, field: m.CustomerID, limits: Limits{}.withDefaults()}
+	for _, o := range opts {
+		o(dec)
+	}
+	if err := dec.markPII(s); err != nil {
+		return nil, err
+	}
 	if f := s.Customers; f != nil {
 		if len(f.Allowed) > 0 {
 			dec.allowed = make(map[string]struct{}, len(f.Allowed))
@@ -168,6 +186,9 @@ func (d *Decoder) Decode(msg []byte, msgTime time.Time) ([]any, error) {
 // appends to its columns, and returns the message id (event_id or plan_id). Both are
 // valid until the next call.
 func (d *Decoder) decodeInto(msg []byte, msgTime time.Time, c *columns) (id []byte, err error) {
+	if err := d.limits.check(msg); err != nil {
+		return nil, err
+	}
 	p := parsers.Get()
 	defer parsers.Put(p)
 	doc, err := p.ParseBytes(msg)
@@ -182,6 +203,10 @@ func (d *Decoder) decodeInto(msg []byte, msgTime time.Time, c *columns) (id []by
 		f := &d.fields[i]
 		out := &vals[i]
 		out.null = false
+		if f.pii == PIIDrop {
+			*out = value{buf: out.buf, null: f.nullable}
+			continue
+		}
 		var v *fastjson.Value
 		if f.path != nil {
 			v = doc.Get(f.path...)
@@ -204,6 +229,12 @@ func (d *Decoder) decodeInto(msg []byte, msgTime time.Time, c *columns) (id []by
 	}
 	if !d.acceptsCustomer(vals[customerColumn].str) {
 		return nil, d.unknownCustomer(string(vals[customerColumn].str))
+	}
+	for _, i := range d.hashed {
+		if v := &vals[i]; !v.null {
+			v.buf = d.macs.sum(v.buf, v.str)
+			v.str = v.buf
+		}
 	}
 	return vals[0].str, nil
 }

@@ -1,10 +1,13 @@
 package pipeline
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/valyala/fastjson"
 )
 
 func mustDecoder(t testing.TB, s StreamConfig) *Decoder {
@@ -141,10 +144,21 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"id":1,"customer":{"id":2},"product":"p","ts":"2026-10-31T13:30:15Z","qty":1e308,"region":"","bytes":0,"trial":false,"seats":null}`))
 	f.Add([]byte(`{"plan_id":"p","customer":"c","product":"p","period":"2027-01-01","quantity":1}`))
 	f.Add([]byte("\x00\xff{"))
+	f.Add([]byte(`{"id":"e","customer":{"id":"c"},"customer":{"id":"d"},"contact":{"email":"a@b","email":1,"phone":[]},"age":{}}`))
 	usage := mustDecoder(f, sampleConfig().Streams[0])
 	plan := mustDecoder(f, sampleConfig().Streams[1])
+	pii := piiDecoder(f, piiConfig().Streams[0])
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		for _, d := range []*Decoder{usage, plan} {
+		// A dead letter of a stream with PII fields is the placeholder or a JSON object.
+		if body, _, withheld := pii.scrub(msg, 1<<20); withheld == "" {
+			var p fastjson.Parser
+			if v, err := p.ParseBytes(body); err != nil || v.Type() != fastjson.TypeObject {
+				t.Fatalf("rewritten dead letter is not a JSON object (%v): %q", err, body)
+			}
+		} else if !bytes.Equal(body, WithheldBody) {
+			t.Fatalf("withheld (%s) but the body is %q", withheld, body)
+		}
+		for _, d := range []*Decoder{usage, plan, pii} {
 			row, err := d.Decode(msg, time.Unix(1793449815, 0))
 			if err != nil {
 				var de *DecodeError

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // dedupWindow remembers the ids (event_id, plan_id) ingested from one partition for a
@@ -27,6 +28,10 @@ type dedupWindow struct {
 	used   int
 	order  []dedupEntry // oldest first, for expiry
 	head   int
+	// max bounds the ids held, and so the memory: past it the oldest are dropped before
+	// their time and counted in evicted (which may be nil). 0 is no bound.
+	max     int
+	evicted prometheus.Counter
 }
 
 type idHash struct{ a, b uint64 }
@@ -90,6 +95,13 @@ func (d *dedupWindow) add(h idHash, at int64) bool {
 	if 2*d.used > len(d.slots) {
 		d.resize(2 * len(d.slots))
 	}
+	for d.max > 0 && d.used > d.max {
+		d.remove(d.order[d.head].id)
+		d.head++
+		if d.evicted != nil {
+			d.evicted.Inc()
+		}
+	}
 	return true
 }
 
@@ -148,8 +160,11 @@ func idColumn(kind Kind) string {
 
 // loadDedupWindow fills a partition's window with the ids its raw table received within
 // the window, so that the window survives restarts and rebalances.
-func loadDedupWindow(ctx context.Context, conn driver.Conn, db string, s *StreamConfig, partition int, window time.Duration, now time.Time) (*dedupWindow, error) {
+//
+// At most max ids are held (0: no bound); evicted counts those dropped early.
+func loadDedupWindow(ctx context.Context, conn driver.Conn, db string, s *StreamConfig, partition int, window time.Duration, max int, evicted prometheus.Counter, now time.Time) (*dedupWindow, error) {
 	d := newDedupWindow(window)
+	d.max, d.evicted = max, evicted
 	rows, err := conn.Query(ctx, "SELECT "+QuoteIdent(idColumn(s.Kind))+", _ingested_at FROM "+QualifiedTable(db, s.Table())+
 		" WHERE _topic = ? AND _partition = ? AND _ingested_at >= ? ORDER BY _ingested_at", s.Topic, int32(partition), now.Add(-window).Truncate(time.Second))
 	if err != nil {

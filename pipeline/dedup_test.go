@@ -5,6 +5,9 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func TestDedupWindow(t *testing.T) {
@@ -102,5 +105,28 @@ func TestDedupWindowMatchesModel(t *testing.T) {
 		if d.len() != len(model) {
 			t.Fatalf("step %d: the window holds %d ids, want %d", step, d.len(), len(model))
 		}
+	}
+}
+
+// TestDedupWindowBounded: a full window forgets its oldest ids first, counts them, and
+// still recognises the newer ones.
+func TestDedupWindowBounded(t *testing.T) {
+	d := newDedupWindow(time.Hour)
+	evicted := prometheus.NewCounter(prometheus.CounterOpts{Name: "evicted"})
+	d.max, d.evicted = 1000, evicted
+	now := time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)
+	for i := range 1500 {
+		if d.duplicate(fmt.Sprintf("e%d", i), now) {
+			t.Fatalf("new id e%d reported as a duplicate", i)
+		}
+	}
+	if d.len() != 1000 || testutil.ToFloat64(evicted) != 500 {
+		t.Fatalf("window holds %d ids after evicting %v, want 1000 and 500", d.len(), testutil.ToFloat64(evicted))
+	}
+	if !d.duplicate("e1499", now) || !d.duplicate("e500", now) {
+		t.Error("a retained id was not recognised")
+	}
+	if d.duplicate("e0", now) {
+		t.Error("an evicted id was still recognised")
 	}
 }

@@ -15,6 +15,7 @@ type Metrics struct {
 	SentBytes      *prometheus.CounterVec   // loop, stream
 	DeadLettered   *prometheus.CounterVec   // loop, stream, reason
 	Discarded      *prometheus.CounterVec   // loop, stream, reason
+	DedupEvicted   *prometheus.CounterVec   // loop, stream
 	Errors         *prometheus.CounterVec   // loop, stage
 	BatchRows      *prometheus.HistogramVec // loop, stream
 	InsertSeconds  *prometheus.HistogramVec // loop, stream
@@ -46,6 +47,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		DeadLettered:   counter("dead_lettered_events_total", "Messages sent to the dead-letter topic, by reason.", "loop", "stream", "reason"),
 		Discarded: counter("discarded_events_total",
 			"Messages not inserted: their rows are already in ClickHouse after a crash (already_landed), a producer's retry of an id (duplicate), or the customer withdrew consent (consent_withdrawn).", "loop", "stream", "reason"),
+		DedupEvicted: counter("dedup_evicted_ids_total",
+			"Ids dropped from a full duplicate window before their time (see maxDedupIDs): a retry of one of them is no longer recognised.", "loop", "stream"),
 		Errors: counter("errors_total", "Errors by stage; each is retried.", "loop", "stage"),
 		BatchRows: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "customerloop", Name: "batch_rows", Help: "Rows per insert.",
@@ -66,8 +69,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"loop", "stream", "clock"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.ReceivedEvents, m.ReceivedBytes, m.SentEvents, m.SentBytes, m.DeadLettered,
-			m.Discarded, m.Errors, m.BatchRows, m.InsertSeconds, m.Lag, m.Freshness)
+		reg.MustRegister(m.Collectors()...)
 	}
 	return m
+}
+
+// Collectors returns every metric of the set.
+func (m *Metrics) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.ReceivedEvents, m.ReceivedBytes, m.SentEvents, m.SentBytes, m.DeadLettered,
+		m.Discarded, m.DedupEvicted, m.Errors, m.BatchRows, m.InsertSeconds, m.Lag, m.Freshness}
 }

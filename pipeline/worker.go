@@ -62,7 +62,7 @@ func NewWorker(ctx context.Context, cfg Config, log logr.Logger, metrics *Metric
 	}
 	for i := range cfg.Streams {
 		s := &w.cfg.Streams[i]
-		d, err := NewDecoder(*s)
+		d, err := NewDecoder(*s, WithHMACKey(cfg.HMACKey), WithLimits(cfg.Limits))
 		if err != nil {
 			return nil, fmt.Errorf("stream %s: %w", s.Name, err)
 		}
@@ -230,7 +230,8 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 	var seen *dedupWindow
 	if err := w.retry(ctx, StageRecover, fmt.Sprintf("loading the duplicate window of %s/%d", topic, partition), func() error {
 		var err error
-		seen, err = loadDedupWindow(ctx, w.ch, w.cfg.ClickHouse.Database, stream, partition, stream.DedupWindow.Duration, time.Now())
+		seen, err = loadDedupWindow(ctx, w.ch, w.cfg.ClickHouse.Database, stream, partition, stream.DedupWindow.Duration,
+			w.cfg.MaxDedupIDs, w.metrics.DedupEvicted.WithLabelValues(w.cfg.Loop, stream.Name), time.Now())
 		return err
 	}); err != nil {
 		return
@@ -397,7 +398,7 @@ func (b *batch) add(it item, now time.Time) {
 		}
 	}
 	if it.err != nil {
-		b.dead = append(b.dead, deadLetter(it, now))
+		b.dead = append(b.dead, deadLetter(it, b.w.decoders[m.Topic], b.w.cfg.MaxMessageBytes, now))
 		b.reasons = append(b.reasons, it.err.Reason)
 		sp.deadLettered++
 		return
@@ -426,15 +427,25 @@ func (b *batch) commitOffsets() map[string]map[int]int64 {
 	return out
 }
 
-func deadLetter(it item, now time.Time) kafka.Message {
+// deadLetter is the message sent to the stream's dead-letter topic for it. Of a stream
+// with PII fields it carries no clear value of them: see Decoder.scrub and scrubKey.
+func deadLetter(it item, d *Decoder, maxBytes int, now time.Time) kafka.Message {
 	m := it.msg
+	body, pii, withheld := d.scrub(m.Value, maxBytes)
+	headers := append([]kafka.Header(nil), m.Headers...)
+	if pii != "" {
+		headers = append(headers, kafka.Header{Key: HeaderPII, Value: []byte(pii)})
+	}
+	if withheld != "" {
+		headers = append(headers, kafka.Header{Key: HeaderWithheld, Value: []byte(withheld)})
+	}
 	return kafka.Message{
 		Topic: it.stream.DeadLetterTopic,
-		Key:   m.Key,
-		Value: m.Value,
-		Headers: append(m.Headers,
+		Key:   d.scrubKey(m.Key),
+		Value: body,
+		Headers: append(headers,
 			kafka.Header{Key: "customerloop.reason", Value: []byte(it.err.Reason)},
-			kafka.Header{Key: "customerloop.error", Value: []byte(it.err.Error())},
+			kafka.Header{Key: "customerloop.error", Value: []byte(d.scrubError(it.err))},
 			kafka.Header{Key: "customerloop.source.topic", Value: []byte(m.Topic)},
 			kafka.Header{Key: "customerloop.source.partition", Value: []byte(strconv.Itoa(m.Partition))},
 			kafka.Header{Key: "customerloop.source.offset", Value: []byte(strconv.FormatInt(m.Offset, 10))},

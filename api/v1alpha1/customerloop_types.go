@@ -43,6 +43,7 @@ type DimensionType string
 // +kubebuilder:validation:XValidation:rule="!has(self.rollups) || self.rollups.all(r, self.streams.exists(s, s.name == r.stream))",message="a rollup's stream must name a stream in spec.streams"
 // +kubebuilder:validation:XValidation:rule="!has(self.rollups) || self.rollups.all(r, r.granularity != 'Hour' || self.streams.exists(s, s.name == r.stream && s.kind == 'Usage'))",message="granularity Hour needs a Usage stream: a Plan stream's periods are days"
 // +kubebuilder:validation:XValidation:rule="!has(self.consent) || self.streams.all(s, s.topic != self.consent.topic && (!has(s.deadLetterTopic) || s.deadLetterTopic != self.consent.topic))",message="consent.topic must not be the topic or dead-letter topic of a stream"
+// +kubebuilder:validation:XValidation:rule="has(self.privacy) || self.streams.all(s, (!has(s.pii) || (!has(s.pii.customerId) && !has(s.pii.id))) && (!has(s.dimensions) || s.dimensions.all(d, !has(d.pii) || d.pii != 'Hash')))",message="pii Hash needs privacy.hmacKeySecretRef: the key the fields are hashed with"
 type CustomerLoopSpec struct {
 	// kafka is where the loop's streams are read from.
 	// +required
@@ -95,6 +96,14 @@ type CustomerLoopSpec struct {
 	// +optional
 	// +kubebuilder:default=Retain
 	DeletionPolicy DeletionPolicy `json:"deletionPolicy,omitempty"`
+
+	// privacy holds the key that fields marked "pii: Hash" are hashed with.
+	// +optional
+	Privacy *PrivacySpec `json:"privacy,omitempty"`
+
+	// limits bound each message's fields, strings and nesting.
+	// +optional
+	Limits *MessageLimits `json:"limits,omitempty"`
 }
 
 // Granularity is the length of the periods plans are made for.
@@ -480,6 +489,10 @@ type StreamSpec struct {
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=36500
 	RetentionDays *int32 `json:"retentionDays,omitempty"`
+	// pii marks core roles that hold personal data: they are stored, and
+	// dead-lettered, as their keyed hash. Needs spec.privacy.
+	// +optional
+	PII *StreamPII `json:"pii,omitempty"`
 }
 
 // CustomerRestriction lists the customers a stream accepts: those named in allowed and
@@ -564,6 +577,7 @@ type FieldMapping struct {
 }
 
 // Dimension is a declared field kept as its own typed column.
+// +kubebuilder:validation:XValidation:rule="!has(self.pii) || self.pii != 'Hash' || self.type == 'String'",message="pii Hash needs type String: the hash is stored as hex text"
 // +kubebuilder:validation:XValidation:rule="!(self.name in ['event_id','plan_id','customer_id','product','ts','quantity','period','submitted_at','confidence'])",message="dimension name collides with a core column; choose another name"
 type Dimension struct {
 	// name of the column. Names starting with "_" are reserved.
@@ -587,6 +601,12 @@ type Dimension struct {
 	// dead-lettered.
 	// +optional
 	Nullable bool `json:"nullable,omitempty"`
+
+	// pii marks the field as personal data: Hash stores its keyed hash (needs
+	// spec.privacy and type String), Drop never reads it and stores the column's empty
+	// value. Either way, dead letters never carry its clear value.
+	// +optional
+	PII PIIAction `json:"pii,omitempty"`
 }
 
 // StreamStatus is what the systems of record say about one stream.

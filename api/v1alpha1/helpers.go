@@ -91,5 +91,8 @@ func (l *CustomerLoop) SecretNames() []string {
 	if s := l.Spec.Kafka.SASL; s != nil {
 		names = append(names, s.CredentialsSecretRef.Name)
 	}
+	if p := l.Spec.Privacy; p != nil {
+		names = append(names, p.HMACKeySecretRef.Name)
+	}
 	return names
 }

@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -16,6 +18,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/segmentio/kafka-go"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -162,6 +165,11 @@ func (d *devStack) sample() (*loopsv1alpha1.CustomerLoop, error) {
 	loop.Namespace = "default"
 	loop.Spec.Kafka.Brokers = d.brokers
 	loop.Spec.ClickHouse.Address = d.o.clickhouseAddr
+	if f := loop.Spec.Feedback; f != nil && f.Publish != nil {
+		// The shortest interval the API allows, so that the demo sees the digests of its
+		// complete workload soon after it lands.
+		f.Publish.Interval = "10s"
+	}
 	if d.o.database != "" {
 		if err := pipeline.ValidIdent(d.o.database); err != nil {
 			return nil, fmt.Errorf("--database: %w", err)
@@ -431,7 +439,47 @@ func (d *devStack) report(ctx context.Context, w *workload) error {
 	if mismatches > 0 || dead != w.bad {
 		return fmt.Errorf("%d customer/product cells differ and %d of %d malformed messages were dead-lettered", mismatches, dead, w.bad)
 	}
+	if err := d.checkRollups(ctx, conn, w); err != nil {
+		return err
+	}
 	step("Every count matches what was produced")
+	return nil
+}
+
+// checkRollups compares each Count/Sum-of-quantity rollup of the usage stream with the
+// workload's totals: the materialized views counted every event once.
+func (d *devStack) checkRollups(ctx context.Context, conn driver.Conn, w *workload) error {
+	var events int
+	var quantity float64
+	for _, t := range w.expected {
+		events += t.events
+		quantity += t.quantity
+	}
+	db := d.loop.Spec.ClickHouse.Database
+	for _, r := range d.loop.Spec.Rollups {
+		var count, sum string
+		for _, m := range r.Measures {
+			switch {
+			case m.Function == "Count":
+				count = m.Name
+			case m.Function == "Sum" && m.Field == "quantity":
+				sum = m.Name
+			}
+		}
+		if r.Stream != "usage" || count == "" || sum == "" {
+			continue
+		}
+		var n uint64
+		var q float64
+		view := pipeline.QualifiedTable(db, "rollup_"+r.Name)
+		if err := conn.QueryRow(ctx, "SELECT toUInt64(sum("+pipeline.QuoteIdent(count)+")), sum("+pipeline.QuoteIdent(sum)+") FROM "+view).Scan(&n, &q); err != nil {
+			return fmt.Errorf("reading rollup %s: %w", r.Name, err)
+		}
+		step("Rollup %s (read view %s): %d events, quantity %.0f; produced %d events, quantity %.0f", r.Name, view, n, q, events, quantity)
+		if int(n) != events || math.Abs(q-quantity) > 1e-6*math.Max(1, quantity) {
+			return fmt.Errorf("rollup %s holds %d events and quantity %v, want %d and %v", r.Name, n, q, events, quantity)
+		}
+	}
 	return nil
 }
 
@@ -483,43 +531,74 @@ func (d *devStack) gapReport(ctx context.Context) error {
 	return nil
 }
 
-// digestTopic is where the demo publishes its loop's digests.
-func (d *devStack) digestTopic() string { return d.loop.Name + ".feedback" }
+// digestTopic is where the demo loop's digests go: its spec.feedback.publish topic.
+func (d *devStack) digestTopic() string {
+	if f := d.loop.Spec.Feedback; f != nil && f.Publish != nil {
+		return f.Publish.Topic
+	}
+	return ""
+}
 
-// publishDigests publishes the demo loop's digests twice: the first round sends one per
-// product and period, the second none, since nothing changed. It fails when the topic
-// does not hold exactly what was published.
+// publishDigests waits until the manager's digest publisher has published, for every
+// product and period, a digest with the figures the views hold now (its first rounds may
+// have run before every row landed), prints them, and checks the loop's status.
 func (d *devStack) publishDigests(ctx context.Context) error {
+	topic := d.digestTopic()
+	if topic == "" {
+		return nil
+	}
 	conn, err := pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: d.o.clickhouseAddr})
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	threshold := 0.10
-	cfg := pipeline.DigestConfig{
-		Loop: d.loop.Namespace + "/" + d.loop.Name, Kafka: pipeline.KafkaConfig{Brokers: d.brokers}, Topic: d.digestTopic(),
-		Feedback:  pipeline.FeedbackConfig{Database: d.loop.Spec.ClickHouse.Database, Grain: d.grain()},
-		Threshold: &threshold, Publisher: "dev",
-	}
-	pub, err := pipeline.NewPublisher(cfg, conn, ctrl.Log.WithName("digests"))
+	want, err := pipeline.BuildDigests(ctx, conn, pipeline.DigestConfig{
+		Loop: d.loop.Namespace + "/" + d.loop.Name, Kafka: pipeline.KafkaConfig{Brokers: d.brokers}, Topic: topic,
+		Feedback: pipeline.FeedbackConfig{Database: d.loop.Spec.ClickHouse.Database, Grain: d.grain()},
+	}, time.Now())
 	if err != nil {
 		return err
 	}
-	defer pub.Close()
-	first, err := pub.PublishOnce(ctx)
-	if err != nil {
+	key := func(product string, period time.Time) string { return product + "/" + period.Format(time.DateOnly) }
+	ctx, cancel := context.WithTimeout(ctx, d.o.timeout)
+	defer cancel()
+	var latest map[string]pipeline.Digest
+	for {
+		latest, err = readDigests(ctx, d.brokers, topic)
+		if err != nil {
+			return err
+		}
+		missing := 0
+		for _, g := range want {
+			got, ok := latest[key(g.Product, g.Period.Time)]
+			if !ok || !sameFigure(got.PlannedLatest, g.PlannedLatest) || !sameFigure(&got.Actual, &g.Actual) {
+				missing++
+			}
+		}
+		if missing == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s does not hold the current figures of %d of %d products and periods within %s", topic, missing, len(want), d.o.timeout)
+		case <-time.After(time.Second):
+		}
+	}
+	loop := &loopsv1alpha1.CustomerLoop{}
+	if err := d.k8s.Get(ctx, types.NamespacedName{Namespace: d.loop.Namespace, Name: d.loop.Name}, loop); err != nil {
 		return err
 	}
-	second, err := pub.PublishOnce(ctx)
-	if err != nil {
-		return err
+	fs := loop.Status.Feedback
+	if fs == nil || fs.DigestsPublished == 0 {
+		return fmt.Errorf("the loop's status reports no digests published")
 	}
-	step("Published %d digests to %s (flagged above %.0f%% gap: %d); a second round published %d, nothing having changed",
-		len(first.Published), cfg.Topic, threshold*100, len(first.Flagged), len(second.Published))
+	step("The manager published %d digests to %s (every product and period current); status: last period %s, %d customers with plans, WAPE %s",
+		fs.DigestsPublished, topic, fs.LastPublishedPeriod, fs.CustomersWithPlans, fs.WAPE)
 	fmt.Println()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "product\tperiod\tplanned\tactual\tgap %\tcustomers\tWAPE\tflagged\tversion\t")
-	for _, g := range first.Published {
+	for _, w := range want {
+		g := latest[key(w.Product, w.Period.Time)]
 		var wape *float64
 		if g.Accuracy != nil {
 			wape = g.Accuracy.WAPE
@@ -533,14 +612,68 @@ func (d *devStack) publishDigests(ctx context.Context) error {
 	}
 	_ = tw.Flush()
 	fmt.Println()
-	n, err := topicEnd(d.brokers, cfg.Topic)
-	if err != nil {
-		return err
-	}
-	if n != int64(len(first.Published)) || len(second.Published) != 0 {
-		return fmt.Errorf("%s holds %d digests after publishing %d and then %d", cfg.Topic, n, len(first.Published), len(second.Published))
-	}
 	return nil
+}
+
+// readDigests returns the highest version of each product and period on the topic.
+func readDigests(ctx context.Context, brokers []string, topic string) (map[string]pipeline.Digest, error) {
+	out := map[string]pipeline.Digest{}
+	end, err := topicEnd(brokers, topic)
+	if err != nil || end == 0 {
+		return out, err
+	}
+	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	parts, err := conn.ReadPartitions(topic)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range parts {
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p.ID, MaxWait: 100 * time.Millisecond})
+		last, err := partitionEnd(ctx, brokers[0], topic, p.ID)
+		if err != nil {
+			r.Close()
+			return nil, err
+		}
+		for off := int64(0); off < last; off++ {
+			m, err := r.ReadMessage(ctx)
+			if err != nil {
+				r.Close()
+				return nil, err
+			}
+			var g pipeline.Digest
+			if err := json.Unmarshal(m.Value, &g); err != nil {
+				r.Close()
+				return nil, fmt.Errorf("a digest on %s is not JSON: %w", topic, err)
+			}
+			k := g.Product + "/" + g.Period.Format(time.DateOnly)
+			if g.Version > out[k].Version {
+				out[k] = g
+			}
+		}
+		r.Close()
+	}
+	return out, nil
+}
+
+func partitionEnd(ctx context.Context, broker, topic string, partition int) (int64, error) {
+	c, err := kafka.DialLeader(ctx, "tcp", broker, topic, partition)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	return c.ReadLastOffset()
+}
+
+// sameFigure compares two figures as the digest's rounding leaves them.
+func sameFigure(a, b *float64) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return math.Abs(*a-*b) <= 1e-9*math.Max(1, math.Abs(*b))
 }
 
 func (d *devStack) grain() pipeline.Grain {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -35,9 +37,20 @@ func runManager(ctx context.Context, args []string) error {
 	probeAddr := fs.String("health-probe-bind-address", ":8081", "address of the health and readiness probes")
 	leaderElect := fs.Bool("leader-elect", false, "elect a leader so that only one of several replicas reconciles")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	workerResources := fs.String("worker-resources", "", `resources of worker containers whose loop sets no spec.workers.resources (with --runner=deployment), as JSON, e.g. {"requests":{"cpu":"500m","memory":"256Mi"},"limits":{"memory":"512Mi"}}`)
+	var batch pipeline.BatchConfig
+	fs.IntVar(&batch.MaxRows, "worker-batch-max-rows", 0, "rows per insert of loops that set no spec.workers.batch.maxRows (0: the pipeline's default, 20000)")
+	fs.IntVar(&batch.MaxBytes, "worker-batch-max-bytes", 0, "message bytes per insert of loops that set no spec.workers.batch.maxBytes (0: the pipeline's default, 32 MiB)")
+	fs.DurationVar(&batch.MaxWait.Duration, "worker-batch-max-wait", 0, "longest a message waits for its batch in loops that set no spec.workers.batch.maxWait (0: the pipeline's default, 1s)")
 	dashboardAddr := fs.String("dashboard-bind-address", ":8082", "address of the read-only plan-against-actual dashboard, served by every replica; 0 disables it")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	var resources corev1.ResourceRequirements
+	if *workerResources != "" {
+		if err := json.Unmarshal([]byte(*workerResources), &resources); err != nil {
+			return fmt.Errorf("--worker-resources: %w", err)
+		}
 	}
 	log, err := newLogger(os.Stderr, *logLevel)
 	if err != nil {
@@ -50,7 +63,7 @@ func runManager(ctx context.Context, args []string) error {
 	}
 	mgr, err := newManager(ctx, restCfg, managerOptions{
 		runner: *runner, workerImage: *workerImage, metricsAddr: *metricsAddr, probeAddr: *probeAddr, leaderElect: *leaderElect, log: log,
-		dashboardAddr: *dashboardAddr,
+		dashboardAddr: *dashboardAddr, workerResources: resources, batch: batch,
 	})
 	if err != nil {
 		return err
@@ -67,9 +80,11 @@ type managerOptions struct {
 	leaderElect bool
 	// dashboardAddr serves the dashboard; "" or "0" does not.
 	dashboardAddr string
-	batch         pipeline.BatchConfig
-	refresh       time.Duration
-	log           logr.Logger
+	// workerResources are the Deployment runner's default worker resources.
+	workerResources corev1.ResourceRequirements
+	batch           pipeline.BatchConfig
+	refresh         time.Duration
+	log             logr.Logger
 }
 
 // newManager builds the controller manager with the CustomerLoop reconciler and the
@@ -89,7 +104,7 @@ func newManager(ctx context.Context, restCfg *rest.Config, o managerOptions) (ct
 		runner = controllers.NewInProcessRunner(o.log.WithName("worker"), pipeline.NewMetrics(ctrlmetrics.Registry))
 	case "deployment":
 		// The client is the manager's, set below once it exists.
-		runner = &controllers.DeploymentRunner{Image: o.workerImage}
+		runner = &controllers.DeploymentRunner{Image: o.workerImage, DefaultResources: o.workerResources}
 	default:
 		return nil, fmt.Errorf("--runner=%q: want inprocess or deployment", o.runner)
 	}

@@ -26,6 +26,7 @@ const (
 	passwordEnv     = "CUSTOMERLOOP_CLICKHOUSE_PASSWORD"
 	saslUserEnv     = "CUSTOMERLOOP_KAFKA_SASL_USERNAME"
 	saslPasswordEnv = "CUSTOMERLOOP_KAFKA_SASL_PASSWORD"
+	hmacKeyEnv      = "CUSTOMERLOOP_PII_HMAC_KEY"
 )
 
 func runWorker(ctx context.Context, args []string) error {
@@ -59,6 +60,9 @@ func runWorker(ctx context.Context, args []string) error {
 	cfg.ClickHouse.Password = os.Getenv(passwordEnv)
 	if cfg.Kafka.SASL != nil {
 		cfg.Kafka.SASL.Username, cfg.Kafka.SASL.Password = os.Getenv(saslUserEnv), os.Getenv(saslPasswordEnv)
+	}
+	if k := os.Getenv(hmacKeyEnv); k != "" {
+		cfg.HMACKey = []byte(k)
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)

@@ -29,8 +29,7 @@ func codeMetrics(t *testing.T) map[string]bool {
 	names := map[string]bool{}
 	m := pipeline.NewMetrics(nil)
 	ch := make(chan *prometheus.Desc, 64)
-	for _, c := range []prometheus.Collector{m.ReceivedEvents, m.ReceivedBytes, m.SentEvents, m.SentBytes, m.DeadLettered,
-		m.Discarded, m.Errors, m.BatchRows, m.InsertSeconds, m.Lag, m.Freshness} {
+	for _, c := range m.Collectors() {
 		c.Describe(ch)
 	}
 	close(ch)

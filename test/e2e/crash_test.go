@@ -88,7 +88,6 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Produce at a steady pace so that the kills land throughout ingestion.
 	wantQty, wantBad := 0.0, 0
 	var msgs []kafka.Message
 	for i := range total {
@@ -104,17 +103,23 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 			`{"id":"e%d","customer":%q,"product":"p%d","ts":%d,"qty":%d,"note":"padding to make a realistic message of a couple hundred bytes"}`,
 			i, c, i%4, 1793449815+i, qty))})
 	}
-	produced := make(chan error, 1)
+	// A slice of the messages arrives with each worker started, so that every kill lands
+	// while there is fresh data to ingest, however fast the workers drain it.
+	produced, next := make(chan error, 1), make(chan struct{}, kills)
 	go func() {
 		w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: "crash.usage", Balancer: &kafka.Hash{},
 			RequiredAcks: kafka.RequireAll, BatchSize: 500, BatchTimeout: 2 * time.Millisecond}
 		defer w.Close()
-		for i := 0; i < len(msgs); i += 2000 {
-			if err := w.WriteMessages(ctx, msgs[i:min(i+2000, len(msgs))]...); err != nil {
-				produced <- err
-				return
+		per := (len(msgs) + kills - 1) / kills
+		for i := 0; i < len(msgs); i += per {
+			<-next
+			for j := i; j < min(i+per, len(msgs)); j += 2000 {
+				if err := w.WriteMessages(ctx, msgs[j:min(j+2000, i+per, len(msgs))]...); err != nil {
+					produced <- err
+					return
+				}
+				time.Sleep(50 * time.Millisecond)
 			}
-			time.Sleep(150 * time.Millisecond)
 		}
 		produced <- nil
 	}()
@@ -143,6 +148,7 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	for i := range kills {
 		w := start(i)
+		next <- struct{}{}
 		if i%2 == 0 {
 			// Any moment: joining, rebalancing, recovering, reading or writing.
 			time.Sleep(time.Duration(200+rng.IntN(3000)) * time.Millisecond)

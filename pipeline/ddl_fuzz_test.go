@@ -1,0 +1,180 @@
+package pipeline
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+var (
+	fuzzTypes = []string{"String", "Int32", "Int64", "UInt32", "UInt64", "Float32", "Float64", "Bool", "Date", "DateTime"}
+	fuzzFuncs = []RollupFunction{FuncCount, FuncSum, FuncMin, FuncMax, FuncUniq, FuncQuantiles}
+)
+
+// ddlNames are the names a spec gives that reach the DDL planners.
+type ddlNames struct{ db, stream, dim, rollup, measure, field string }
+
+// ddlConfig is a loop with a Usage stream (one dimension), a Plan stream and a rollup of
+// the Usage stream, named by n.
+func ddlConfig(n ddlNames, typ, fn uint8) Config {
+	m := MeasureConfig{Name: n.measure, Function: fuzzFuncs[int(fn)%len(fuzzFuncs)], Field: n.field}
+	switch m.Function {
+	case FuncCount:
+		m.Field = ""
+	case FuncQuantiles:
+		m.Quantiles = []string{"0.5", "0.99"}
+	}
+	return Config{
+		Kafka:      KafkaConfig{Brokers: []string{"127.0.0.1:9092"}, Group: "g"},
+		ClickHouse: ClickHouseConfig{Addr: "127.0.0.1:9000", Database: n.db},
+		Streams: []StreamConfig{
+			{Name: n.stream, Kind: KindUsage, Topic: "t.usage", DeadLetterTopic: "t.usage.dlq",
+				Mapping:    Mapping{EventID: "id", CustomerID: "c", Product: "p", Timestamp: "ts"},
+				Dimensions: []Dimension{{Name: n.dim, Field: "f", Type: fuzzTypes[int(typ)%len(fuzzTypes)]}}},
+			{Name: "plans", Kind: KindPlan, Topic: "t.plans", DeadLetterTopic: "t.plans.dlq",
+				Mapping: Mapping{PlanID: "id", CustomerID: "c", Product: "p", Period: "period", Quantity: "q"}},
+		},
+		Rollups: []RollupConfig{{Name: n.rollup, Stream: n.stream, Dimensions: []string{n.dim}, Granularity: RollupDay, Measures: []MeasureConfig{m}}},
+	}
+}
+
+// plannedSQL runs every DDL planner on cfg: schema, an additive migration from a raw
+// table that has only its first column, rollups (built from scratch, by partition),
+// feedback views and the drop plan.
+func plannedSQL(t *testing.T, cfg Config) []string {
+	t.Helper()
+	var out []string
+	stmts, err := PlanSchema(cfg)
+	if err != nil {
+		t.Fatalf("PlanSchema refused a valid config: %v", err)
+	}
+	for _, s := range stmts {
+		out = append(out, s.SQL)
+	}
+	s := cfg.Streams[0]
+	mig, err := PlanMigration(cfg.ClickHouse.Database, ManagedTables(cfg), map[string][]Column{s.Table(): s.Columns()[:1]})
+	if err != nil {
+		t.Fatalf("PlanMigration: %v", err)
+	}
+	for _, s := range mig {
+		out = append(out, s.SQL)
+	}
+	if plans, err := PlanRollups(cfg); err == nil { // a measure that does not fit its field is refused: fine
+		for _, p := range plans {
+			for _, s := range p.Rebuild([]uint32{202611}) {
+				out = append(out, s.SQL)
+			}
+		}
+	}
+	fb, err := PlanFeedback(FeedbackConfig{Database: cfg.ClickHouse.Database, UsageTable: s.Table(), PlanTable: cfg.Streams[1].Table(), Grain: GrainMonth})
+	if err != nil {
+		t.Fatalf("PlanFeedback: %v", err)
+	}
+	for _, s := range fb {
+		out = append(out, s.SQL)
+	}
+	for _, s := range PlanDrop(cfg) {
+		out = append(out, s.SQL)
+	}
+	return out
+}
+
+// lexSQL splits ClickHouse SQL into bare words and quoted identifiers, skipping string
+// literals, numbers and comments. An unterminated quote is an error: a name broke out.
+func lexSQL(sql string) (words map[string]bool, quoted []string, err error) {
+	words = map[string]bool{}
+	word := func(c byte) bool {
+		return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+	}
+	for i := 0; i < len(sql); {
+		c := sql[i]
+		switch {
+		case c == '\'':
+			j := i + 1
+			for ; j < len(sql) && sql[j] != '\''; j++ {
+				if sql[j] == '\\' {
+					j++
+				}
+			}
+			if j >= len(sql) {
+				return nil, nil, fmt.Errorf("unterminated string literal at %d", i)
+			}
+			i = j + 1
+		case c == '`' || c == '"':
+			j := strings.IndexByte(sql[i+1:], c)
+			if j < 0 {
+				return nil, nil, fmt.Errorf("unterminated quoted identifier at %d", i)
+			}
+			quoted = append(quoted, sql[i+1:i+1+j])
+			i += j + 2
+		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
+			j := strings.IndexByte(sql[i:], '\n')
+			if j < 0 {
+				j = len(sql) - i
+			}
+			i += j
+		case word(c):
+			j := i
+			for j < len(sql) && word(sql[j]) {
+				j++
+			}
+			if c < '0' || c > '9' {
+				words[sql[i:j]] = true
+			}
+			i = j
+		default:
+			i++
+		}
+	}
+	return words, quoted, nil
+}
+
+// FuzzDDLPlanners gives the DDL planners fuzzed names for the database, a stream, a
+// dimension, a rollup, its measure and the measure's field. Whatever passes Validate
+// must plan into SQL that lexes cleanly, whose quoted identifiers are all valid names,
+// and where no fuzzed name appears as a bare word unless the same plan with neutral
+// names has that word too (a keyword or function the planner writes itself, like sum).
+func FuzzDDLPlanners(f *testing.F) {
+	f.Add("acme", "usage", "region", "daily", "events", "region", uint8(0), uint8(0))
+	f.Add("a", "s", "d", "r", "m", "quantity", uint8(3), uint8(1))
+	f.Add("_x", "SELECT", "FROM", "rollup", "sum", "d", uint8(6), uint8(5))
+	f.Add("default", "system", "ts", "period", "customer_id", "customer_id", uint8(9), uint8(4))
+	f.Add("x`y", "a b", "d;DROP", "r'", "m\n", "f\x00", uint8(1), uint8(2))
+	f.Fuzz(func(t *testing.T, db, stream, dim, rollup, measure, field string, typ, fn uint8) {
+		n := ddlNames{db, stream, dim, rollup, measure, field}
+		cfg := ddlConfig(n, typ, fn)
+		if cfg.Validate() != nil {
+			return
+		}
+		neutral := ddlNames{"n_db", "n_stream", "n_dim", "n_rollup", "n_measure", field}
+		if field == dim {
+			neutral.field = neutral.dim
+		}
+		base := map[string]bool{}
+		for _, sql := range plannedSQL(t, ddlConfig(neutral, typ, fn)) {
+			w, _, err := lexSQL(sql)
+			if err != nil {
+				t.Fatalf("%v in the neutral plan:\n%s", err, sql)
+			}
+			for k := range w {
+				base[k] = true
+			}
+		}
+		for _, sql := range plannedSQL(t, cfg) {
+			words, quoted, err := lexSQL(sql)
+			if err != nil {
+				t.Fatalf("%v:\n%s", err, sql)
+			}
+			for _, q := range quoted {
+				if ValidIdent(q) != nil {
+					t.Fatalf("quoted identifier %q is not a valid name:\n%s", q, sql)
+				}
+			}
+			for _, name := range []string{db, stream, dim, rollup, measure, field} {
+				if words[name] && !base[name] {
+					t.Fatalf("name %q appears unquoted:\n%s", name, sql)
+				}
+			}
+		}
+	})
+}
