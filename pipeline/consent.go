@@ -313,6 +313,33 @@ func (s *ConsentState) Withheld(stream, customer string) bool {
 	return ok
 }
 
+// StoredCustomer is the customer_id the stream stores for a customer: its hash under key
+// when the stream hashes customer ids (pii.customerId Hash), else the id itself.
+func (s StreamConfig) StoredCustomer(key []byte, customer string) string {
+	if s.PII != nil && s.PII.CustomerID == PIIHash {
+		return HashPII(key, []byte(customer))
+	}
+	return customer
+}
+
+// stored returns the state with each stream's customers as the stream stores them, so
+// that a worker compares them with decoded (possibly hashed) customer ids.
+func (s *ConsentState) stored(streams []StreamConfig, key []byte) *ConsentState {
+	out := &ConsentState{withheld: map[string]map[string]struct{}{}}
+	for _, st := range streams {
+		set := s.withheld[st.Name]
+		if len(set) == 0 {
+			continue
+		}
+		m := make(map[string]struct{}, len(set))
+		for c := range set {
+			m[st.StoredCustomer(key, c)] = struct{}{}
+		}
+		out.withheld[st.Name] = m
+	}
+	return out
+}
+
 // Customers returns the withheld customers of a stream.
 func (s *ConsentState) Customers(stream string) []string {
 	var out []string
@@ -563,7 +590,8 @@ func ApplyConsent(ctx context.Context, conn driver.Conn, cfg Config, plans []Rol
 				if len(e.Scope) > 0 && !slices.Contains(e.Scope, s.Name) || !state.Withheld(s.Name, e.Customer) {
 					continue
 				}
-				n, id, err := DeleteCustomer(ctx, conn, db, s.Table(), e.Customer)
+				customer := s.StoredCustomer(cfg.HMACKey, e.Customer)
+				n, id, err := DeleteCustomer(ctx, conn, db, s.Table(), customer)
 				if err != nil {
 					return nil, nil, err
 				}
@@ -584,7 +612,7 @@ func ApplyConsent(ctx context.Context, conn driver.Conn, cfg Config, plans []Rol
 					if p.Source != s.Table() || !slices.Contains(p.Columns, "customer_id") {
 						continue
 					}
-					n, id, err := DeleteCustomer(ctx, conn, db, p.Table, e.Customer)
+					n, id, err := DeleteCustomer(ctx, conn, db, p.Table, customer)
 					if err != nil {
 						return nil, nil, fmt.Errorf("rollup %s: %w", p.Name, err)
 					}

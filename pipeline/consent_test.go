@@ -97,3 +97,21 @@ func TestResolveConsent(t *testing.T) {
 		})
 	}
 }
+
+// TestConsentStoredCustomers: a stream that hashes customer ids withholds and deletes
+// by the hash, as its rows store it; other streams by the clear id.
+func TestConsentStoredCustomers(t *testing.T) {
+	key := []byte("0123456789abcdef0123456789abcdef")
+	streams := []StreamConfig{{Name: "usage", PII: &CorePII{CustomerID: PIIHash}}, {Name: "plans"}}
+	st := ResolveConsent([]ConsentEvent{{Customer: "c1", Action: ConsentWithdraw, At: time.Unix(1, 0)}}, []string{"usage", "plans"}).stored(streams, key)
+	hashed := HashPII(key, []byte("c1"))
+	if !st.Withheld("usage", hashed) || st.Withheld("usage", "c1") {
+		t.Errorf("the hashing stream withholds by the clear id, not by its hash %s", hashed)
+	}
+	if !st.Withheld("plans", "c1") || st.Withheld("plans", hashed) {
+		t.Error("the clear stream does not withhold by the clear id")
+	}
+	if streams[0].StoredCustomer(key, "c1") != hashed || streams[1].StoredCustomer(key, "c1") != "c1" {
+		t.Error("StoredCustomer does not follow the stream's pii")
+	}
+}
