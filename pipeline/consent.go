@@ -208,6 +208,9 @@ func PullConsent(ctx context.Context, conn driver.Conn, cfg Config) (int, error)
 			if err != nil {
 				ev.Err = err.Error()
 			}
+			if cfg.consentHashed() && ev.Customer != "" {
+				ev.Customer = HashPII(cfg.HMACKey, []byte(ev.Customer))
+			}
 			ev.Received, ev.Topic, ev.Partition, ev.Offset = now, topic, m.Partition, m.Offset
 			events = append(events, ev)
 		}
@@ -322,18 +325,39 @@ func (s StreamConfig) StoredCustomer(key []byte, customer string) string {
 	return customer
 }
 
+// consentHashed reports whether the consent tables keep customers as their hash: when
+// every stream hashes customer ids, so that the clear id of a customer who withdrew is
+// stored nowhere. A loop that hashes on some streams only keeps the clear id there.
+func (c Config) consentHashed() bool {
+	for _, s := range c.Streams {
+		if s.PII == nil || s.PII.CustomerID != PIIHash {
+			return false
+		}
+	}
+	return len(c.Streams) > 0
+}
+
+// storedCustomer is the customer_id the stream stores for a customer of the consent
+// tables.
+func (c Config) storedCustomer(s StreamConfig, customer string) string {
+	if c.consentHashed() {
+		return customer
+	}
+	return s.StoredCustomer(c.HMACKey, customer)
+}
+
 // stored returns the state with each stream's customers as the stream stores them, so
 // that a worker compares them with decoded (possibly hashed) customer ids.
-func (s *ConsentState) stored(streams []StreamConfig, key []byte) *ConsentState {
+func (s *ConsentState) stored(cfg Config) *ConsentState {
 	out := &ConsentState{withheld: map[string]map[string]struct{}{}}
-	for _, st := range streams {
+	for _, st := range cfg.Streams {
 		set := s.withheld[st.Name]
 		if len(set) == 0 {
 			continue
 		}
 		m := make(map[string]struct{}, len(set))
 		for c := range set {
-			m[st.StoredCustomer(key, c)] = struct{}{}
+			m[cfg.storedCustomer(st, c)] = struct{}{}
 		}
 		out.withheld[st.Name] = m
 	}
@@ -590,7 +614,7 @@ func ApplyConsent(ctx context.Context, conn driver.Conn, cfg Config, plans []Rol
 				if len(e.Scope) > 0 && !slices.Contains(e.Scope, s.Name) || !state.Withheld(s.Name, e.Customer) {
 					continue
 				}
-				customer := s.StoredCustomer(cfg.HMACKey, e.Customer)
+				customer := cfg.storedCustomer(s, e.Customer)
 				n, id, err := DeleteCustomer(ctx, conn, db, s.Table(), customer)
 				if err != nil {
 					return nil, nil, err

@@ -689,7 +689,7 @@ func (w *Worker) loadConsent(ctx context.Context) bool {
 	return w.retry(ctx, StageRecover, "loading the consent state", func() error {
 		st, err := LoadConsent(ctx, w.ch, w.cfg.ClickHouse.Database, streams)
 		if err == nil {
-			w.consent.Store(st.stored(w.cfg.Streams, w.cfg.HMACKey))
+			w.consent.Store(st.stored(w.cfg))
 		}
 		return err
 	}) == nil
