@@ -55,6 +55,13 @@ func TestSchemaEvolution(t *testing.T) {
 		n := countRows(t, fmt.Sprintf("SELECT count() FROM system.columns WHERE database = '%s' AND table = 'usage_raw' AND name = 'plan_tier'", db))
 		return n == 1, fmt.Sprint(n)
 	})
+	// The workers take the new mapping at the end of the reconcile that added the column;
+	// a message read before that stores the column's default, as the README says.
+	testkit.Eventually(t, 30*time.Second, "the new generation observed", func() (bool, string) {
+		l := get(t, loop)
+		return l.Status.ObservedGeneration == l.Generation && condition(l, "Ready") == "True/Succeeded",
+			fmt.Sprintf("observed %d of %d, Ready=%s", l.Status.ObservedGeneration, l.Generation, condition(l, "Ready"))
+	})
 	produceJSON(t, loop.Spec.Streams[0].Topic, []string{`{"id":"e3","customer":"c1","product":"p","ts":1793449817,"region":"eu","tier":"gold"}`})
 	testkit.Eventually(t, 60*time.Second, "the new message in the new column, the old rows kept", func() (bool, string) {
 		n := countRows(t, "SELECT count() FROM "+table)

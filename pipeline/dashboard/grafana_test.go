@@ -164,7 +164,9 @@ func TestGrafanaDashboardQueries(t *testing.T) {
 		messages, dead, duplicates uint64
 		at                         time.Time
 	}{{"u", 100, 3, 2, now.Add(-2 * time.Hour)}, {"u", 50, 0, 0, now.Add(-time.Hour)}, {"p", 20, 1, 0, now.Add(-time.Hour)}}
-	b, err := conn.PrepareBatch(ctx, "INSERT INTO "+pipeline.QualifiedTable(db, pipeline.LedgerTable))
+	// Name the columns: the ledger gains columns over versions.
+	b, err := conn.PrepareBatch(ctx, "INSERT INTO "+pipeline.QualifiedTable(db, pipeline.LedgerTable)+
+		" (topic, partition, first_offset, last_offset, messages, dead_lettered, duplicates, batch_id, worker, written_at)")
 	if err != nil {
 		t.Fatal(err)
 	}
