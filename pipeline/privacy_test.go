@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -299,6 +300,34 @@ func BenchmarkDecodePII(b *testing.B) {
 	for b.Loop() {
 		if _, err := d.decodeInto(msg, time.Time{}, c); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestStringEndMatchesScan checks the quote-to-quote jump against a byte-by-byte scan of
+// escapes, over random strings of letters, backslashes and quotes.
+func TestStringEndMatchesScan(t *testing.T) {
+	scan := func(msg []byte, start int) int {
+		i := start
+		for ; i < len(msg) && msg[i] != '"'; i++ {
+			if msg[i] == '\\' {
+				i++
+			}
+		}
+		return min(i, len(msg))
+	}
+	rng := rand.New(rand.NewPCG(3, 5))
+	for range 100_000 {
+		msg := make([]byte, rng.IntN(12))
+		for i := range msg {
+			msg[i] = "a\\\""[rng.IntN(3)]
+		}
+		start := 0
+		if len(msg) > 0 {
+			start = rng.IntN(len(msg))
+		}
+		if got, want := stringEnd(msg, start), scan(msg, start); got != want {
+			t.Fatalf("stringEnd(%q, %d) = %d, want %d", msg, start, got, want)
 		}
 	}
 }
