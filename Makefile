@@ -112,12 +112,13 @@ build: ## Build bin/customerloop.
 .PHONY: test
 test: verify lint $(SETUP_ENVTEST) $(HELM) ## Provision the stack and run every test against it.
 	$(STACK) CUSTOMERLOOP_REQUIRE_STACK=1 HELM=$(HELM) go test -count=1 ./...
-	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pipeline
+	for f in FuzzDecode FuzzDDLPlanners FuzzParseConsent; do go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./pipeline || exit 1; done
 
 .PHONY: fuzz
-fuzz: ## Fuzz the decoder and the DDL planners for longer (FUZZTIME=10m each).
+fuzz: ## Fuzz the decoders and the DDL planners for longer (FUZZTIME=10m each).
 	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(if $(filter 10s,$(FUZZTIME)),5m,$(FUZZTIME)) ./pipeline
 	go test -run '^$$' -fuzz '^FuzzDDLPlanners$$' -fuzztime $(if $(filter 10s,$(FUZZTIME)),5m,$(FUZZTIME)) ./pipeline
+	go test -run '^$$' -fuzz '^FuzzParseConsent$$' -fuzztime $(if $(filter 10s,$(FUZZTIME)),5m,$(FUZZTIME)) ./pipeline
 
 .PHONY: demo
 demo: build $(SETUP_ENVTEST) ## Run the whole loop on the local stack with a synthetic workload (ARGS=--keep-running to stay up).

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -131,4 +132,34 @@ func TestConsentHashedLoop(t *testing.T) {
 	if !st.Withheld("usage", hashed) || !st.Withheld("plans", hashed) || cfg.storedCustomer(cfg.Streams[0], hashed) != hashed {
 		t.Error("a recorded hash is hashed again before comparing with stored rows")
 	}
+}
+
+// FuzzParseConsent: whatever a customer publishes on the consent topic, parsing never
+// panics, and an accepted message names a customer, a known action, only the loop's
+// streams and a time.
+func FuzzParseConsent(f *testing.F) {
+	for _, s := range []string{
+		`{"id":"w-1","customerId":"acme","action":"withdraw","scope":["usage"],"timestamp":"2026-11-29T12:00:00Z"}`,
+		`{"id":"g-1","customerId":"acme","action":"grant","timestamp":1793449815}`,
+		`{"id":"x","customerId":"","action":"delete","scope":["nope"],"timestamp":null}`,
+		`{"id":"w-2","customerId":"acme","action":"withdraw","extra":1,"timestamp":"2026-11-29"}`,
+		`[`, ``, `null`,
+	} {
+		f.Add([]byte(s))
+	}
+	streams := []string{"usage", "plans"}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		ev, err := ParseConsent(msg, streams)
+		if err != nil {
+			return
+		}
+		if ev.Customer == "" || ev.ID == "" || (ev.Action != ConsentWithdraw && ev.Action != ConsentGrant) || ev.At.IsZero() {
+			t.Fatalf("accepted %q as %+v", msg, ev)
+		}
+		for _, s := range ev.Scope {
+			if !slices.Contains(streams, s) {
+				t.Fatalf("accepted %q with scope %q outside the loop's streams", msg, s)
+			}
+		}
+	})
 }
