@@ -457,21 +457,61 @@ func deadLetter(it item, d *Decoder, maxBytes int, now time.Time) kafka.Message 
 // batchLoop owns the generation's batch. It flushes on size or age and, when the
 // generation or the worker ends, flushes what it holds and commits before returning.
 func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, items chan []item, readers *sync.WaitGroup, budget *semaphore.Weighted) {
-	b := newBatch(w)
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	flush := func(fctx context.Context) bool {
+	// Two batches take turns: the loop decodes into one while a flusher writes the other,
+	// so that decoding goes on during an insert. The flusher writes one batch at a time,
+	// in order, and after a failed one writes nothing more: a later batch recorded in the
+	// ledger before an earlier one would hide the earlier one's offsets.
+	free := make(chan *batch, 2)
+	free <- newBatch(w)
+	free <- newBatch(w)
+	full := make(chan *batch)
+	failed, flusherDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(flusherDone)
+		for fb := range full {
+			if err := w.flush(ctx, gen, fb); err != nil {
+				w.log.Error(err, "flush abandoned; the batch will be read again", "messages", fb.n)
+				close(failed)
+				return
+			}
+			budget.Release(fb.held)
+			fb.reset()
+			free <- fb
+		}
+	}()
+	// stop ends the flusher once it has written what it holds, and reports whether every
+	// batch it was given was written.
+	stop := func() bool {
+		close(full)
+		<-flusherDone
+		select {
+		case <-failed:
+			return false
+		default:
+			return true
+		}
+	}
+	b := <-free
+	// handOver gives the filled batch to the flusher and takes the other one, waiting for
+	// its write to end if need be.
+	handOver := func() bool {
 		if b.n == 0 {
 			return true
 		}
-		if err := w.flush(fctx, gen, b); err != nil {
-			w.log.Error(err, "flush abandoned; the batch will be read again", "messages", b.n)
+		select {
+		case full <- b:
+		case <-failed:
 			return false
 		}
-		budget.Release(b.held)
-		b.reset()
-		return true
+		select {
+		case b = <-free:
+			return true
+		case <-failed:
+			return false
+		}
 	}
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	for {
 		select {
 		case chunk := <-items:
@@ -484,20 +524,29 @@ func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, ite
 				b.held += w.weight(it.msg)
 				if b.n >= w.cfg.Batch.MaxRows || b.held >= int64(w.cfg.Batch.MaxBytes) {
 					timer.Stop()
-					if !flush(ctx) {
+					if !handOver() {
+						stop()
 						return
 					}
 				}
 			}
 		case <-timer.C:
-			if !flush(ctx) {
+			if !handOver() {
+				stop()
 				return
 			}
+		case <-failed:
+			stop()
+			return
 		case <-ctx.Done():
-			w.finish(gen, items, readers, b)
+			if stop() {
+				w.finish(gen, items, readers, b)
+			}
 			return
 		case <-gctx.Done():
-			w.finish(gen, items, readers, b)
+			if stop() {
+				w.finish(gen, items, readers, b)
+			}
 			return
 		}
 	}
