@@ -142,6 +142,7 @@ func run(o options) error {
 		return fmt.Errorf("-only takes \"customerloop\", \"insert\" or nothing, not %q", o.only)
 	}
 
+	settle(ctx, ch)
 	step("ClickHouse's Kafka table engine draining the same topic into the same table shape")
 	engineRate, err := kafkaEngine(ctx, ch, brokers, db, cfg.Streams[0], o)
 	if err != nil {
@@ -154,6 +155,7 @@ func run(o options) error {
 		return err
 	}
 
+	settle(ctx, ch)
 	step("bare clickhouse-go insert of pre-decoded rows")
 	insertRate, err := bareInsert(ctx, ch, db, msgs)
 	if err != nil {
@@ -517,6 +519,17 @@ func bareInsert(ctx context.Context, ch driver.Conn, db string, msgs [][]byte) (
 		}
 	}
 	return float64(len(rows)) / time.Since(start).Seconds(), nil
+}
+
+// settle waits, up to a minute, until the server merges no parts, so that the previous
+// step's background merges do not share the cores with the next measurement.
+func settle(ctx context.Context, ch driver.Conn) {
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		var n uint64
+		if err := ch.QueryRow(ctx, "SELECT count() FROM system.merges").Scan(&n); err != nil || n == 0 {
+			return
+		}
+	}
 }
 
 // columnOf gathers column j of the rows into a typed slice.
