@@ -170,196 +170,103 @@ func (b *colBuf) append(c *columns, v *value) {
 // any returns row i of the column as the value clickhouse-go takes for it: a pointer for a
 // nullable column (nil for NULL), time.Time for dates and times.
 func (b *colBuf) any(i int) any {
-	var v any
 	switch b.kind {
 	case vString:
-		v = b.str[i]
+		return row(b, b.str[i], i)
 	case vFloat64:
-		v = b.f64[i]
+		return row(b, b.f64[i], i)
 	case vFloat32:
-		v = b.f32[i]
+		return row(b, b.f32[i], i)
 	case vInt32:
-		v = b.i32[i]
+		return row(b, b.i32[i], i)
 	case vInt64:
-		v = b.i64[i]
+		return row(b, b.i64[i], i)
 	case vDateTime:
-		v = time.Unix(b.i64[i], 0).UTC()
+		return row(b, time.Unix(b.i64[i], 0).UTC(), i)
 	case vUInt32:
-		v = b.u32[i]
+		return row(b, b.u32[i], i)
 	case vUInt64:
-		v = b.u64[i]
+		return row(b, b.u64[i], i)
 	case vBool:
-		v = b.u8[i]
-	case vDate:
-		v = b.date[i]
+		return row(b, b.u8[i], i)
+	default:
+		return row(b, b.date[i], i)
 	}
+}
+
+// row is v, or for a nullable column a pointer to it (nil when row i is NULL).
+func row[T any](b *colBuf, v T, i int) any {
 	if !b.nullable {
 		return v
 	}
-	null := b.nulls[i]
-	switch t := v.(type) {
-	case string:
-		return nullablePtr(t, null)
-	case float64:
-		return nullablePtr(t, null)
-	case float32:
-		return nullablePtr(t, null)
-	case int32:
-		return nullablePtr(t, null)
-	case int64:
-		return nullablePtr(t, null)
-	case uint32:
-		return nullablePtr(t, null)
-	case uint64:
-		return nullablePtr(t, null)
-	case uint8:
-		return nullablePtr(t, null)
-	case time.Time:
-		return nullablePtr(t, null)
-	}
-	return nil
-}
-
-func nullablePtr[T any](v T, null bool) *T {
-	if null {
-		return nil
+	if b.nulls[i] {
+		return (*T)(nil)
 	}
 	return &v
 }
 
-// slice returns the whole column in a shape clickhouse-go's column Append takes.
+// slice returns the whole column in a shape clickhouse-go's column Append takes: its
+// values, or pointers to them (nil for NULL) for a nullable column.
 func (b *colBuf) slice() any {
-	if b.nullable {
-		n := len(b.nulls)
-		out := make([]any, n)
-		for i := range n {
-			out[i] = b.any(i)
-		}
-		return nullableSlice(b.kind, out)
-	}
 	switch b.kind {
 	case vString:
-		return b.str
+		return orPointers(b, b.str)
 	case vFloat64:
-		return b.f64
+		return orPointers(b, b.f64)
 	case vFloat32:
-		return b.f32
+		return orPointers(b, b.f32)
 	case vInt32:
-		return b.i32
+		return orPointers(b, b.i32)
 	case vInt64, vDateTime:
-		return b.i64
+		return orPointers(b, b.i64)
 	case vUInt32:
-		return b.u32
+		return orPointers(b, b.u32)
 	case vUInt64:
-		return b.u64
+		return orPointers(b, b.u64)
 	case vBool:
-		return b.u8
+		return orPointers(b, b.u8)
 	default:
-		return b.date
+		return orPointers(b, b.date)
 	}
 }
 
-// nullableSlice turns boxed pointers into the typed pointer slice of the kind.
-func nullableSlice(k valKind, vals []any) any {
-	switch k {
-	case vString:
-		return ptrs[string](vals)
-	case vFloat64:
-		return ptrs[float64](vals)
-	case vFloat32:
-		return ptrs[float32](vals)
-	case vInt32:
-		return ptrs[int32](vals)
-	case vInt64:
-		return ptrs[int64](vals)
-	case vUInt32:
-		return ptrs[uint32](vals)
-	case vUInt64:
-		return ptrs[uint64](vals)
-	case vBool:
-		return ptrs[uint8](vals)
-	default:
-		return ptrs[time.Time](vals)
+// orPointers returns vals as they are for a column that is not nullable, and as pointers
+// for one that is.
+func orPointers[T any](b *colBuf, vals []T) any {
+	if !b.nullable {
+		return vals
 	}
-}
-
-func ptrs[T any](vals []any) []*T {
 	out := make([]*T, len(vals))
-	for i, v := range vals {
-		out[i], _ = v.(*T)
+	for i := range vals {
+		if !b.nulls[i] {
+			out[i] = &vals[i]
+		}
 	}
 	return out
 }
 
 // keep drops the rows whose keep[i] is false, in place.
 func (c *columns) keep(keep []bool) {
-	j := 0
-	for i := range c.n {
-		if !keep[i] {
-			continue
-		}
-		for k := range c.cols {
-			c.cols[k].move(j, i)
-		}
-		c.received[j] = c.received[i]
-		j++
-	}
 	for k := range c.cols {
-		c.cols[k].truncate(j)
+		b := &c.cols[k]
+		// Only the slice of the column's kind holds rows; the others are empty.
+		b.str, b.f64, b.f32, b.i32, b.i64 = kept(b.str, keep), kept(b.f64, keep), kept(b.f32, keep), kept(b.i32, keep), kept(b.i64, keep)
+		b.u32, b.u64, b.u8, b.date, b.nulls = kept(b.u32, keep), kept(b.u64, keep), kept(b.u8, keep), kept(b.date, keep), kept(b.nulls, keep)
 	}
-	c.received, c.n = c.received[:j], j
+	c.received = kept(c.received, keep)
+	c.n = len(c.received)
 }
 
-func (b *colBuf) move(to, from int) {
-	if b.nullable {
-		b.nulls[to] = b.nulls[from]
+// kept compacts s to the elements whose keep[i] is true.
+func kept[T any](s []T, keep []bool) []T {
+	j := 0
+	for i, v := range s {
+		if keep[i] {
+			s[j] = v
+			j++
+		}
 	}
-	switch b.kind {
-	case vString:
-		b.str[to] = b.str[from]
-	case vFloat64:
-		b.f64[to] = b.f64[from]
-	case vFloat32:
-		b.f32[to] = b.f32[from]
-	case vInt32:
-		b.i32[to] = b.i32[from]
-	case vInt64, vDateTime:
-		b.i64[to] = b.i64[from]
-	case vUInt32:
-		b.u32[to] = b.u32[from]
-	case vUInt64:
-		b.u64[to] = b.u64[from]
-	case vBool:
-		b.u8[to] = b.u8[from]
-	case vDate:
-		b.date[to] = b.date[from]
-	}
-}
-
-func (b *colBuf) truncate(n int) {
-	if b.nullable {
-		b.nulls = b.nulls[:n]
-	}
-	switch b.kind {
-	case vString:
-		b.str = b.str[:n]
-	case vFloat64:
-		b.f64 = b.f64[:n]
-	case vFloat32:
-		b.f32 = b.f32[:n]
-	case vInt32:
-		b.i32 = b.i32[:n]
-	case vInt64, vDateTime:
-		b.i64 = b.i64[:n]
-	case vUInt32:
-		b.u32 = b.u32[:n]
-	case vUInt64:
-		b.u64 = b.u64[:n]
-	case vBool:
-		b.u8 = b.u8[:n]
-	case vDate:
-		b.date = b.date[:n]
-	}
+	return s[:j]
 }
 
 // presizeString gives a String column of clickhouse-go room for strs before they are

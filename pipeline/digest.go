@@ -343,24 +343,8 @@ LIMIT ` + strconv.Itoa(n) + ` BY product, period`
 // QueryLargestGaps returns the n rows of the gap view with the largest |gap|, over all
 // products and periods (ties by period, newest first, then product and customer).
 func QueryLargestGaps(ctx context.Context, conn driver.Conn, db string, n int) ([]GapRow, error) {
-	q := "SELECT customer_id, product, period, planned_latest, planned_at_start, versions, actual, events, gap, gap_ratio, consumed_share FROM " +
-		QualifiedTable(db, ViewGaps) + " WHERE versions > 0 ORDER BY abs(gap) DESC, period DESC, product, customer_id LIMIT " + strconv.Itoa(max(n, 0))
-	rows, err := conn.Query(ctx, q)
-	if err != nil {
-		return nil, fmt.Errorf("reading %s.%s: %w", db, ViewGaps, err)
-	}
-	defer rows.Close()
-	var out []GapRow
-	for rows.Next() {
-		var r GapRow
-		if err := rows.Scan(&r.Customer, &r.Product, &r.Period, &r.PlannedLatest, &r.PlannedAtStart, &r.Versions,
-			&r.Actual, &r.Events, &r.Gap, &r.GapRatio, &r.ConsumedShare); err != nil {
-			return nil, fmt.Errorf("reading %s.%s: %w", db, ViewGaps, err)
-		}
-		r.Period = r.Period.UTC()
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return queryGapRows(ctx, conn, db, gapRowsSelect+QualifiedTable(db, ViewGaps)+
+		" WHERE versions > 0 ORDER BY abs(gap) DESC, period DESC, product, customer_id LIMIT "+strconv.Itoa(max(n, 0)))
 }
 
 // AccuracyByProduct folds feedback_accuracy rows into one ProductAccuracy per product.

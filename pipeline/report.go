@@ -45,8 +45,7 @@ type GapFilter struct {
 
 // QueryGaps reads the loop's gap view, largest absolute gap first within each period.
 func QueryGaps(ctx context.Context, conn driver.Conn, db string, f GapFilter) ([]GapRow, error) {
-	q := "SELECT customer_id, product, period, planned_latest, planned_at_start, versions, actual, events, gap, gap_ratio, consumed_share FROM " +
-		QualifiedTable(db, ViewGaps) + " WHERE 1 = 1"
+	q := gapRowsSelect + QualifiedTable(db, ViewGaps) + " WHERE 1 = 1"
 	var args []any
 	if f.Product != "" {
 		q += " AND product = ?"
@@ -65,6 +64,14 @@ func QueryGaps(ctx context.Context, conn driver.Conn, db string, f GapFilter) ([
 		args = append(args, f.To.Format(time.DateOnly))
 	}
 	q += " ORDER BY period, product, abs(ifNull(gap, 0)) DESC, customer_id"
+	return queryGapRows(ctx, conn, db, q, args...)
+}
+
+// gapRowsSelect is the start of a query whose rows queryGapRows reads.
+const gapRowsSelect = "SELECT customer_id, product, period, planned_latest, planned_at_start, versions, actual, events, gap, gap_ratio, consumed_share FROM "
+
+// queryGapRows runs a query of the gap view that starts with gapRowsSelect.
+func queryGapRows(ctx context.Context, conn driver.Conn, db, q string, args ...any) ([]GapRow, error) {
 	rows, err := conn.Query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s.%s: %w", db, ViewGaps, err)
