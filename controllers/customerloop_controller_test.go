@@ -62,6 +62,27 @@ func newLoop(t *testing.T) *loopsv1alpha1.CustomerLoop {
 	return loop
 }
 
+// useClickHouseSecret makes the loop read its ClickHouse credentials from a Secret of its
+// namespace, as a user would, and returns the Secret; call it once the loop's namespace
+// is set.
+func useClickHouseSecret(t *testing.T, loop *loopsv1alpha1.CustomerLoop) *corev1.Secret {
+	t.Helper()
+	user := chUser
+	if user == "" {
+		user = "default"
+	}
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: loop.Name + "-clickhouse", Namespace: loop.Namespace},
+		Data:       map[string][]byte{"username": []byte(user), "password": []byte(chPass)},
+	}
+	if err := k8s.Create(context.Background(), secret); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(context.Background(), secret) })
+	loop.Spec.ClickHouse.CredentialsSecretRef = &loopsv1alpha1.CredentialsSecretRef{Name: secret.Name}
+	return secret
+}
+
 func get(t *testing.T, loop *loopsv1alpha1.CustomerLoop) *loopsv1alpha1.CustomerLoop {
 	t.Helper()
 	out := &loopsv1alpha1.CustomerLoop{}
@@ -99,18 +120,7 @@ func produceJSON(t *testing.T, topic string, values []string) {
 func TestLoopLifecycle(t *testing.T) {
 	ctx := context.Background()
 	loop := newLoop(t)
-	user := chUser
-	if user == "" {
-		user = "default"
-	}
-	secret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: loop.Name + "-clickhouse", Namespace: "default"},
-		Data:       map[string][]byte{"username": []byte(user), "password": []byte(chPass)},
-	}
-	if err := k8s.Create(ctx, secret); err != nil {
-		t.Fatal(err)
-	}
-	loop.Spec.ClickHouse.CredentialsSecretRef = &loopsv1alpha1.CredentialsSecretRef{Name: secret.Name}
+	useClickHouseSecret(t, loop)
 	loop.Spec.Streams[1].Customers = &loopsv1alpha1.CustomerRestriction{Pattern: "c[0-9]+"}
 	loop.Spec.Feedback = &loopsv1alpha1.FeedbackSpec{UsageStream: "usage", PlanStream: "plans"}
 	if err := k8s.Create(ctx, loop); err != nil {

@@ -157,18 +157,7 @@ func TestDeploymentRunner(t *testing.T) {
 	ctx := context.Background()
 	loop := newLoop(t)
 	loop.Namespace = deploymentNamespace
-	user := chUser
-	if user == "" {
-		user = "default"
-	}
-	secret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: loop.Name + "-clickhouse", Namespace: deploymentNamespace},
-		Data:       map[string][]byte{"username": []byte(user), "password": []byte(chPass)},
-	}
-	if err := k8s.Create(ctx, secret); err != nil {
-		t.Fatal(err)
-	}
-	loop.Spec.ClickHouse.CredentialsSecretRef = &loopsv1alpha1.CredentialsSecretRef{Name: secret.Name}
+	secret := useClickHouseSecret(t, loop)
 	loop.Spec.Workers.Replicas = ptr(int32(2))
 	if err := k8s.Create(ctx, loop); err != nil {
 		t.Fatal(err)

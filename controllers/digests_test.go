@@ -9,9 +9,7 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
@@ -27,19 +25,7 @@ import (
 func TestFeedbackDigests(t *testing.T) {
 	ctx := context.Background()
 	loop := newLoop(t)
-	user := chUser
-	if user == "" {
-		user = "default"
-	}
-	secret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: loop.Name + "-clickhouse", Namespace: "default"},
-		Data:       map[string][]byte{"username": []byte(user), "password": []byte(chPass)},
-	}
-	if err := k8s.Create(ctx, secret); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = k8s.Delete(context.Background(), secret) })
-	loop.Spec.ClickHouse.CredentialsSecretRef = &loopsv1alpha1.CredentialsSecretRef{Name: secret.Name}
+	useClickHouseSecret(t, loop)
 	loop.Spec.Streams[1].Mapping.SubmittedAt = "submitted"
 	topic := loop.Name + ".feedback"
 	loop.Spec.Feedback = &loopsv1alpha1.FeedbackSpec{

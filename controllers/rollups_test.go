@@ -247,18 +247,7 @@ func TestRollupWaitsForWorkerPods(t *testing.T) {
 	ctx := context.Background()
 	loop := newLoop(t)
 	loop.Namespace = deploymentNamespace
-	user := chUser
-	if user == "" {
-		user = "default"
-	}
-	secret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: loop.Name + "-clickhouse", Namespace: deploymentNamespace},
-		Data:       map[string][]byte{"username": []byte(user), "password": []byte(chPass)},
-	}
-	if err := k8s.Create(ctx, secret); err != nil {
-		t.Fatal(err)
-	}
-	loop.Spec.ClickHouse.CredentialsSecretRef = &loopsv1alpha1.CredentialsSecretRef{Name: secret.Name}
+	useClickHouseSecret(t, loop)
 	loop.Spec.Rollups = []loopsv1alpha1.RollupSpec{dailyRollup()}
 
 	// A worker pod of the loop, still running (envtest has no kubelet: it stays).
