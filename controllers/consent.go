@@ -67,10 +67,7 @@ func (r *CustomerLoopReconciler) reconcileConsent(ctx context.Context, loop *loo
 		l := log.FromContext(ctx).WithValues("id", e.ID, "action", e.Action, "scope", e.Scope)
 		if e.Err != "" {
 			l.Info("consent message refused", "error", e.Err, "partition", e.Partition, "offset", e.Offset)
-			if r.Recorder != nil {
-				r.Recorder.Eventf(loop, nil, "Warning", ReasonConsent, "Consent",
-					"consent message at %s/%d offset %d refused: %s", e.Topic, e.Partition, e.Offset, e.Err)
-			}
+			r.event(loop, "Warning", ReasonConsent, "Consent", "consent message at %s/%d offset %d refused: %s", e.Topic, e.Partition, e.Offset, e.Err)
 			continue
 		}
 		var deleted []string
@@ -79,10 +76,7 @@ func (r *CustomerLoopReconciler) reconcileConsent(ctx context.Context, loop *loo
 		}
 		// Customer ids stay out of events: the audit table holds them.
 		l.Info("consent applied", "rowsDeleted", strings.Join(deleted, ", "), "mutations", a.MutationIDs)
-		if r.Recorder != nil {
-			r.Recorder.Eventf(loop, nil, "Normal", ReasonConsent, "Consent", "consent message %q (%s) applied; rows deleted: %s",
-				e.ID, e.Action, strings.Join(deleted, ", "))
-		}
+		r.event(loop, "Normal", ReasonConsent, "Consent", "consent message %q (%s) applied; rows deleted: %s", e.ID, e.Action, strings.Join(deleted, ", "))
 	}
 	if len(rebuilt) > 0 {
 		log.FromContext(ctx).Info("rollups rebuilt after a consent withdrawal", "rollups", rebuilt)

@@ -3,7 +3,10 @@ package controllers
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"time"
@@ -256,10 +259,7 @@ func (r *CustomerLoopReconciler) finalize(ctx context.Context, loop *loopsv1alph
 	}
 	if loop.GetDeletionPolicy() == loopsv1alpha1.DeletionDelete {
 		if err := r.dropTables(ctx, loop); err != nil {
-			if r.Recorder != nil {
-				r.Recorder.Eventf(loop, nil, "Warning", "DeleteFailed", "Delete",
-					"dropping the loop's tables (deletionPolicy Delete): %v; retrying", err)
-			}
+			r.event(loop, "Warning", "DeleteFailed", "Delete", "dropping the loop's tables (deletionPolicy Delete): %v; retrying", err)
 			return err
 		}
 	}
@@ -357,3 +357,17 @@ func (r *CustomerLoopReconciler) loopsForSecret(ctx context.Context, o client.Ob
 type runnableFunc func(context.Context) error
 
 func (f runnableFunc) Start(ctx context.Context) error { return f(ctx) }
+
+// event records an event on the loop when the reconciler has a recorder. The events API
+// folds events that share type, reason, action and object into one series whatever
+// their notes, so a second, different event of a kind (another flagged product, another
+// refused consent message) would never show: the action carries a short digest of the
+// note, which keeps distinct events apart while a repeated one still counts up its series.
+func (r *CustomerLoopReconciler) event(loop *loopsv1alpha1.CustomerLoop, kind, reason, action, note string, args ...any) {
+	if r.Recorder == nil {
+		return
+	}
+	msg := fmt.Sprintf(note, args...)
+	sum := sha256.Sum256([]byte(msg))
+	r.Recorder.Eventf(loop, nil, kind, reason, action+" "+hex.EncodeToString(sum[:4]), "%s", msg)
+}

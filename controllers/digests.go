@@ -171,11 +171,7 @@ func (r *CustomerLoopReconciler) reconcileDigests(ctx context.Context, loop *loo
 			e.published += int64(len(res.Published))
 			e.status = feedbackStatus(res, e.published)
 			for _, f := range res.Flagged {
-				// Events that share type, reason, action and object merge into one series
-				// whatever their notes say: the action names the product and period, so
-				// that each flagged one shows.
-				action := truncate("Flag "+f.Period.Format(time.DateOnly)+" "+f.Product, 128)
-				r.event(loop, "Warning", ReasonGapThresholdExceeded, action,
+				r.event(loop, "Warning", ReasonGapThresholdExceeded, "Publish",
 					"Product %s, period %s: actual differs from plan by %+.1f%%, beyond %d%% (digest version %d)",
 					f.Product, f.Period.Format(time.DateOnly), 100*f.GapRatio, *loop.Spec.Feedback.GapThresholdPercent, f.Version)
 			}
@@ -203,11 +199,4 @@ func feedbackStatus(res pipeline.PublishResult, published int64) loopsv1alpha1.F
 		st.WAPE = strconv.FormatFloat(*res.WAPE, 'f', 4, 64)
 	}
 	return st
-}
-
-// event records an event on the loop when the reconciler has a recorder.
-func (r *CustomerLoopReconciler) event(loop *loopsv1alpha1.CustomerLoop, kind, reason, action, note string, args ...any) {
-	if r.Recorder != nil {
-		r.Recorder.Eventf(loop, nil, kind, reason, action, note, args...)
-	}
 }

@@ -48,10 +48,7 @@ func (r *CustomerLoopReconciler) reconcileRetention(ctx context.Context, loop *l
 		}
 		if len(dropped) > 0 {
 			log.FromContext(ctx).Info("expired partitions dropped", "stream", s.Name, "retentionDays", d, "partitions", dropped)
-			if r.Recorder != nil {
-				r.Recorder.Eventf(loop, nil, "Normal", ReasonRetention, "Retention",
-					"stream %s: dropped month partition(s) %v, all older than %d days", s.Name, dropped, d)
-			}
+			r.event(loop, "Normal", ReasonRetention, "Retention", "stream %s: dropped month partition(s) %v, all older than %d days", s.Name, dropped, d)
 		}
 	}
 	return nil

@@ -70,10 +70,7 @@ func (r *CustomerLoopReconciler) reconcileRollups(ctx context.Context, loop *loo
 	rebuilt, done, err := pipeline.ApplyRollups(ctx, conn, cfg.ClickHouse.Database, plans, quiesce)
 	for _, name := range rebuilt {
 		log.FromContext(ctx).Info("rollup built and backfilled", "rollup", name)
-		if r.Recorder != nil {
-			r.Recorder.Eventf(loop, nil, "Normal", ReasonRollupBackfill, "Backfill",
-				"rollup %s built from the raw table with the workers stopped; its read view switched", name)
-		}
+		r.event(loop, "Normal", ReasonRollupBackfill, "Backfill", "rollup %s built from the raw table with the workers stopped; its read view switched", name)
 	}
 	if err != nil {
 		obs.schemaErr, obs.schemaReady = err, false

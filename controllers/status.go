@@ -196,12 +196,12 @@ func (r *CustomerLoopReconciler) patchStatus(ctx context.Context, before, loop *
 
 	wasReady := meta.FindStatusCondition(before.Status.Conditions, loopsv1alpha1.ConditionReady)
 	nowReady := meta.FindStatusCondition(st.Conditions, loopsv1alpha1.ConditionReady)
-	if r.Recorder != nil && nowReady != nil && (wasReady == nil || wasReady.Status != nowReady.Status || wasReady.Reason != nowReady.Reason) {
+	if nowReady != nil && (wasReady == nil || wasReady.Status != nowReady.Status || wasReady.Reason != nowReady.Reason) {
 		kind := "Normal"
 		if nowReady.Status != metav1.ConditionTrue {
 			kind = "Warning"
 		}
-		r.Recorder.Eventf(loop, nil, kind, nowReady.Reason, "Reconcile", "%s", nowReady.Message)
+		r.event(loop, kind, nowReady.Reason, "Reconcile", "%s", nowReady.Message)
 	}
 	recordLoopMetrics(loop)
 	return client.IgnoreNotFound(r.Status().Patch(ctx, loop, client.MergeFrom(before)))
