@@ -97,6 +97,11 @@ type ClickHouseConfig struct {
 	Database string `json:"database"`
 	Username string `json:"username,omitempty"`
 	Password string `json:"-"`
+	// Cluster, when set, names a cluster of the server's <remote_servers>: every object is
+	// created ON CLUSTER, tables are Replicated on each shard behind a Distributed table of
+	// the public name, and reads that exactly-once depends on go to a synced replica of
+	// every shard. See cluster.go.
+	Cluster string `json:"cluster,omitempty"`
 }
 
 // StreamConfig is one topic of customer data.
@@ -246,6 +251,11 @@ func (c Config) Validate() error {
 	}
 	if err := ValidIdent(c.ClickHouse.Database); err != nil {
 		errs = append(errs, fmt.Errorf("clickhouse.database: %w", err))
+	}
+	if cl := c.ClickHouse.Cluster; cl != "" {
+		if err := ValidIdent(cl); err != nil {
+			errs = append(errs, fmt.Errorf("clickhouse.cluster: %w", err))
+		}
 	}
 	if len(c.Streams) == 0 {
 		errs = append(errs, errors.New("streams: at least one stream is required"))
