@@ -67,13 +67,11 @@ var consentAuditColumns = []Column{
 	{"_offset", "Int64"},
 }
 
-func consentDDL(db string) []Statement {
-	return []Statement{
-		{Object: db + "." + ConsentTable, SQL: createTableDDL(db, ConsentTable, consentColumns) +
-			"ENGINE = MergeTree\nORDER BY (_topic, _partition, _offset)"},
-		{Object: db + "." + ConsentAuditTable, SQL: createTableDDL(db, ConsentAuditTable, consentAuditColumns) +
-			"ENGINE = MergeTree\nORDER BY (_topic, _partition, _offset)"},
-	}
+func consentDDL(ch ClickHouseConfig) []Statement {
+	db := ch.Database
+	return append(
+		tableStatements(ch, db, ConsentTable, consentColumns, "MergeTree", "ORDER BY (_topic, _partition, _offset)", "cityHash64(_topic, _partition)"),
+		tableStatements(ch, db, ConsentAuditTable, consentAuditColumns, "MergeTree", "ORDER BY (_topic, _partition, _offset)", "cityHash64(_topic, _partition)")...)
 }
 
 // ConsentMessage is one consent message as a customer publishes it:

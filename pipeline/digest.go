@@ -56,7 +56,7 @@ func DigestTableStatement(db string) (Statement, error) {
 		return Statement{}, err
 	}
 	return Statement{Object: db + "." + DigestTable,
-		SQL: createTableDDL(db, DigestTable, digestColumns) + "ENGINE = MergeTree\nORDER BY (loop, product, period, version)"}, nil
+		SQL: createTableDDL(db, DigestTable, digestColumns, "") + "ENGINE = MergeTree\nORDER BY (loop, product, period, version)"}, nil
 }
 
 // DigestSchema is the version of the digest message format; it changes only when a

@@ -40,8 +40,11 @@ var ledgerColumns = []Column{
 	{"withheld", "UInt64"},
 }
 
-func ledgerDDL(db string) string {
-	return createTableDDL(db, LedgerTable, ledgerColumns) + "ENGINE = MergeTree\nORDER BY (topic, partition, last_offset)"
+// ledgerDDL creates the ledger. On a cluster it is sharded by partition, so a partition's
+// entries sit on one shard beside nothing else they need to agree with.
+func ledgerDDL(ch ClickHouseConfig) []Statement {
+	return tableStatements(ch, ch.Database, LedgerTable, ledgerColumns, "MergeTree",
+		"ORDER BY (topic, partition, last_offset)", "cityHash64(topic, partition)")
 }
 
 // span is the offsets of one partition in a batch.

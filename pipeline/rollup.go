@@ -350,7 +350,7 @@ func planRollup(db string, streams []StreamConfig, r RollupConfig) (RollupPlan, 
 		}
 	}
 	copy(keyNames, names[:len(keys)])
-	p.createTable = createTableDDL(db, p.Table, cols) + "ENGINE = AggregatingMergeTree\n" +
+	p.createTable = createTableDDL(db, p.Table, cols, "") + "ENGINE = AggregatingMergeTree\n" +
 		"PARTITION BY toYYYYMM(" + QuoteIdent(period.Name) + ")\n" +
 		"ORDER BY (" + strings.Join(keyNames, ", ") + ")"
 	p.selectHead = "SELECT\n    " + strings.Join(exprs, ",\n    ") + "\nFROM " + source + "\n"

@@ -96,25 +96,22 @@ func PlanSchema(cfg Config) ([]Statement, error) {
 	db := cfg.ClickHouse.Database
 	stmts := []Statement{{
 		Object: db,
-		SQL:    "CREATE DATABASE IF NOT EXISTS " + QuoteIdent(db),
+		SQL:    "CREATE DATABASE IF NOT EXISTS " + QuoteIdent(db) + cfg.ClickHouse.OnCluster(),
 	}}
-	stmts = append(stmts, Statement{Object: db + "." + LedgerTable, SQL: ledgerDDL(db)})
+	stmts = append(stmts, ledgerDDL(cfg.ClickHouse)...)
 	if cfg.Consent != nil {
-		stmts = append(stmts, consentDDL(db)...)
+		stmts = append(stmts, consentDDL(cfg.ClickHouse)...)
 	}
 	for _, s := range cfg.Streams {
-		stmts = append(stmts, Statement{
-			Object: db + "." + s.Table(),
-			SQL:    rawTableDDL(db, s),
-		})
+		stmts = append(stmts, rawTableDDL(cfg.ClickHouse, s)...)
 	}
 	return stmts, nil
 }
 
 // createTableDDL is the head of a CREATE TABLE statement, up to the engine clause.
-func createTableDDL(db, table string, cols []Column) string {
+func createTableDDL(db, table string, cols []Column, onCluster string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "CREATE TABLE IF NOT EXISTS %s\n(\n", QualifiedTable(db, table))
+	fmt.Fprintf(&b, "CREATE TABLE IF NOT EXISTS %s%s\n(\n", QualifiedTable(db, table), onCluster)
 	for i, c := range cols {
 		sep := ","
 		if i == len(cols)-1 {
@@ -126,20 +123,15 @@ func createTableDDL(db, table string, cols []Column) string {
 	return b.String()
 }
 
-func rawTableDDL(db string, s StreamConfig) string {
-	var b strings.Builder
-	b.WriteString(createTableDDL(db, s.Table(), s.Columns()))
+func rawTableDDL(ch ClickHouseConfig, s StreamConfig) []Statement {
 	// Partitions by month of the business time keep late data cheap to find and old data
-	// cheap to drop; the sort key serves per-customer, per-product reads.
-	switch s.Kind {
-	case KindPlan:
-		b.WriteString("ENGINE = MergeTree\nPARTITION BY toYYYYMM(period)\n" +
-			"ORDER BY (customer_id, product, period, submitted_at, plan_id)")
-	default:
-		b.WriteString("ENGINE = MergeTree\nPARTITION BY toYYYYMM(ts)\n" +
-			"ORDER BY (customer_id, product, ts, event_id)")
+	// cheap to drop; the sort key serves per-customer, per-product reads. On a cluster the
+	// customer picks the shard, so a customer's usage, plans, rollups and gaps stay on one.
+	keys := "PARTITION BY toYYYYMM(ts)\nORDER BY (customer_id, product, ts, event_id)"
+	if s.Kind == KindPlan {
+		keys = "PARTITION BY toYYYYMM(period)\nORDER BY (customer_id, product, period, submitted_at, plan_id)"
 	}
-	return b.String()
+	return tableStatements(ch, ch.Database, s.Table(), s.Columns(), "MergeTree", keys, "cityHash64(customer_id)")
 }
 
 // InsertSQL returns the INSERT statement a batch of the stream's rows is prepared with.
