@@ -1,0 +1,91 @@
+package pipeline
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// The three-node cluster the tests use: make test provisions it with
+// hack/clickhouse-cluster.sh (ZooKeeper and three ClickHouse servers: shard 1 has the
+// replicas node1 and node2, shard 2 has node3) and exports its coordinates.
+//
+//	CLICKHOUSE_CLUSTER        the cluster's name in <remote_servers>
+//	CLICKHOUSE_CLUSTER_ADDRS  the nodes' native addresses, node1 first, comma separated
+
+// testCluster returns the cluster's name and node addresses, skipping (or failing under
+// make test) without them.
+func testCluster(t testing.TB) (string, []string) {
+	t.Helper()
+	name, addrs := os.Getenv("CLICKHOUSE_CLUSTER"), os.Getenv("CLICKHOUSE_CLUSTER_ADDRS")
+	if name == "" || addrs == "" {
+		if os.Getenv("CUSTOMERLOOP_REQUIRE_STACK") != "" {
+			t.Fatal("CLICKHOUSE_CLUSTER and CLICKHOUSE_CLUSTER_ADDRS are not set; run the tests with make test")
+		}
+		t.Skip("no ClickHouse cluster; make test provisions one (hack/clickhouse-cluster.sh)")
+	}
+	return name, strings.Split(addrs, ",")
+}
+
+// clusterClickHouse is a loop's ClickHouse config on the test cluster, connected through
+// node (0-based).
+func clusterClickHouse(t testing.TB, db string, node int) ClickHouseConfig {
+	t.Helper()
+	name, addrs := testCluster(t)
+	return ClickHouseConfig{Addr: addrs[node], Database: db, Username: os.Getenv("CLICKHOUSE_USER"),
+		Password: os.Getenv("CLICKHOUSE_PASSWORD"), Cluster: name}
+}
+
+// nodeConns opens one connection to every node of the test cluster, closed at the end.
+func nodeConns(t testing.TB) []driver.Conn {
+	t.Helper()
+	_, addrs := testCluster(t)
+	conns := make([]driver.Conn, len(addrs))
+	for i, a := range addrs {
+		c, err := OpenClickHouse(context.Background(), ClickHouseConfig{Addr: a,
+			Username: os.Getenv("CLICKHOUSE_USER"), Password: os.Getenv("CLICKHOUSE_PASSWORD")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		conns[i] = c
+	}
+	return conns
+}
+
+// clusterNode stops or starts one node (1-based, as the script numbers them) and waits
+// until it is down or answers.
+func clusterNode(t testing.TB, action string, node int) {
+	t.Helper()
+	out, err := exec.Command("../hack/clickhouse-cluster.sh", action+"-node", string(rune('0'+node))).CombinedOutput()
+	if err != nil {
+		t.Fatalf("clickhouse-cluster.sh %s-node %d: %v\n%s", action, node, err, out)
+	}
+}
+
+// applyClusterSchema creates cfg's schema ON CLUSTER and drops the database on every
+// node when the test ends.
+func applyClusterSchema(t testing.TB, cfg Config) driver.Conn {
+	t.Helper()
+	ctx := context.Background()
+	ch, err := OpenClickHouse(ctx, cfg.ClickHouse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = ch.Exec(ctx, "DROP DATABASE IF EXISTS "+QuoteIdent(cfg.ClickHouse.Database)+cfg.ClickHouse.OnCluster())
+		_ = ch.Close()
+	})
+	stmts, err := PlanSchema(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ApplySchema(ctx, ch, stmts); err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
