@@ -91,44 +91,78 @@ type resumePoint struct {
 // partition the other was writing; it only narrows the recovery scan.
 const clockSlack = time.Hour
 
+// ledgerEnd is what the ledger says of one partition: its last recorded offset, when
+// that was written, and how many entries it has.
+type ledgerEnd struct {
+	last    int64
+	written time.Time
+	entries uint64
+}
+
+// merge adds what another shard's ledger says. A shard without entries has nothing to
+// say: its max() of an empty set is a zero, not an offset.
+func (e ledgerEnd) merge(o ledgerEnd) ledgerEnd {
+	switch {
+	case o.entries == 0:
+		return e
+	case e.entries == 0:
+		return o
+	}
+	if o.written.After(e.written) {
+		e.written = o.written
+	}
+	return ledgerEnd{last: max(e.last, o.last), written: e.written, entries: e.entries + o.entries}
+}
+
 // recoverPartition reads the ledger and the raw table to find where a partition resumes.
-func recoverPartition(ctx context.Context, conn driver.Conn, db string, s *StreamConfig, topic string, partition int) (resumePoint, error) {
-	var (
-		last    int64
-		written time.Time
-		entries uint64
-	)
-	if err := conn.QueryRow(ctx, "SELECT max(last_offset), max(written_at), count() FROM "+QualifiedTable(db, LedgerTable)+
-		" WHERE topic = ? AND partition = ?", topic, int32(partition)).Scan(&last, &written, &entries); err != nil {
-		return resumePoint{}, fmt.Errorf("reading the ledger for %s/%d: %w", topic, partition, err)
+// shards come from Worker.readers for the raw table and the ledger.
+func recoverPartition(ctx context.Context, shards []shardReader, db string, s *StreamConfig, topic string, partition int) (resumePoint, error) {
+	var end ledgerEnd
+	for _, sh := range shards {
+		var e ledgerEnd
+		if err := sh.conn.QueryRow(ctx, "SELECT max(last_offset), max(written_at), count() FROM "+sh.table(db, LedgerTable)+
+			" WHERE topic = ? AND partition = ?", topic, int32(partition)).Scan(&e.last, &e.written, &e.entries); err != nil {
+			return resumePoint{}, fmt.Errorf("reading the ledger for %s/%d: %w", topic, partition, err)
+		}
+		end = end.merge(e)
 	}
 	rp := resumePoint{offset: -1, landed: map[int64]struct{}{}}
-	q := "SELECT _offset FROM " + QualifiedTable(db, s.Table()) + " WHERE _topic = ? AND _partition = ?"
-	args := []any{topic, int32(partition)}
-	if entries > 0 {
-		rp.offset = last + 1
-		q += " AND _offset > ? AND _ingested_at >= ?"
-		args = append(args, last, written.Add(-clockSlack))
+	for _, sh := range shards {
+		q := "SELECT _offset FROM " + sh.table(db, s.Table()) + " WHERE _topic = ? AND _partition = ?"
+		args := []any{topic, int32(partition)}
+		if end.entries > 0 {
+			rp.offset = end.last + 1
+			q += " AND _offset > ? AND _ingested_at >= ?"
+			args = append(args, end.last, end.written.Add(-clockSlack))
+		}
+		if err := readLanded(ctx, sh.conn, q, args, rp.landed); err != nil {
+			return resumePoint{}, fmt.Errorf("reading offsets past the ledger in %s: %w", s.Table(), err)
+		}
 	}
+	return rp, nil
+}
+
+func readLanded(ctx context.Context, conn driver.Conn, q string, args []any, landed map[int64]struct{}) error {
 	rows, err := conn.Query(ctx, q, args...)
 	if err != nil {
-		return resumePoint{}, fmt.Errorf("reading offsets past the ledger in %s: %w", s.Table(), err)
+		return err
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var off int64
 		if err := rows.Scan(&off); err != nil {
-			return resumePoint{}, err
+			return err
 		}
-		rp.landed[off] = struct{}{}
+		landed[off] = struct{}{}
 	}
-	return rp, rows.Err()
+	return rows.Err()
 }
 
 // withoutLanded drops from c the rows whose source offsets are already in the stream's
 // raw table. It runs before an insert is retried: the failed attempt may have written
 // some or all of its rows (an error can reach the client after the server committed).
-func withoutLanded(ctx context.Context, conn driver.Conn, db string, s *StreamConfig, c *columns) error {
+// shards come from Worker.readers for the raw table.
+func withoutLanded(ctx context.Context, shards []shardReader, db string, s *StreamConfig, c *columns) error {
 	if c.n == 0 {
 		return nil
 	}
@@ -146,37 +180,41 @@ func withoutLanded(ctx context.Context, conn driver.Conn, db string, s *StreamCo
 		}
 		since = min(since, ingested[i])
 	}
-	q := "SELECT _partition, _offset FROM " + QualifiedTable(db, s.Table()) + " WHERE _topic = ? AND _ingested_at >= ? AND ("
+	cond := " WHERE _topic = ? AND _ingested_at >= ? AND ("
 	args := []any{s.Topic, time.Unix(since, 0).UTC()}
 	first := true
 	for p, b := range spans {
 		if !first {
-			q += " OR "
+			cond += " OR "
 		}
 		first = false
-		q += "(_partition = ? AND _offset BETWEEN ? AND ?)"
+		cond += "(_partition = ? AND _offset BETWEEN ? AND ?)"
 		args = append(args, p, b.lo, b.hi)
 	}
-	q += ")"
-	res, err := conn.Query(ctx, q, args...)
-	if err != nil {
-		return fmt.Errorf("checking what a failed insert into %s wrote: %w", s.Table(), err)
-	}
-	defer res.Close()
+	cond += ")"
 	type po struct {
 		p   int32
 		off int64
 	}
 	landed := map[po]struct{}{}
-	for res.Next() {
-		var k po
-		if err := res.Scan(&k.p, &k.off); err != nil {
-			return err
+	for _, sh := range shards {
+		if err := func() error {
+			res, err := sh.conn.Query(ctx, "SELECT _partition, _offset FROM "+sh.table(db, s.Table())+cond, args...)
+			if err != nil {
+				return err
+			}
+			defer res.Close()
+			for res.Next() {
+				var k po
+				if err := res.Scan(&k.p, &k.off); err != nil {
+					return err
+				}
+				landed[k] = struct{}{}
+			}
+			return res.Err()
+		}(); err != nil {
+			return fmt.Errorf("checking what a failed insert into %s wrote: %w", s.Table(), err)
 		}
-		landed[k] = struct{}{}
-	}
-	if err := res.Err(); err != nil {
-		return err
 	}
 	if len(landed) == 0 {
 		return nil
@@ -191,13 +229,19 @@ func withoutLanded(ctx context.Context, conn driver.Conn, db string, s *StreamCo
 }
 
 // ledgerHas reports whether a batch is recorded, so that a retried ledger write whose
-// first attempt did reach the server is not recorded twice.
-func ledgerHas(ctx context.Context, conn driver.Conn, db, batchID string) (bool, error) {
-	var n uint64
-	if err := conn.QueryRow(ctx, "SELECT count() FROM "+QualifiedTable(db, LedgerTable)+" WHERE batch_id = ?", batchID).Scan(&n); err != nil {
-		return false, fmt.Errorf("checking the ledger for batch %s: %w", batchID, err)
+// first attempt did reach the server is not recorded twice. shards come from
+// Worker.readers for the ledger.
+func ledgerHas(ctx context.Context, shards []shardReader, db, batchID string) (bool, error) {
+	for _, sh := range shards {
+		var n uint64
+		if err := sh.conn.QueryRow(ctx, "SELECT count() FROM "+sh.table(db, LedgerTable)+" WHERE batch_id = ?", batchID).Scan(&n); err != nil {
+			return false, fmt.Errorf("checking the ledger for batch %s: %w", batchID, err)
+		}
+		if n > 0 {
+			return true, nil
+		}
 	}
-	return n > 0, nil
+	return false, nil
 }
 
 // LedgerTotals is what the ledger records of one topic: where each partition stands and

@@ -31,6 +31,9 @@ const (
 	StageDeadLetter = "dead_letter"
 	StageLedger     = "ledger"
 	StageCommit     = "commit"
+	// StageReplicaSync: no replica of some shard could be synced for a read exactly-once
+	// depends on (see replicas.go); the partition or batch waits.
+	StageReplicaSync = "replica_sync"
 )
 
 // NewMetrics creates the instruments and registers them with reg; with a nil reg they

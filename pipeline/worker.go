@@ -30,6 +30,10 @@ type Worker struct {
 	ch       driver.Conn
 	name     string // identifies the worker in the ledger
 	metrics  *Metrics
+	// replicas reaches every replica for the reads exactly-once depends on; nil without a
+	// cluster. features is read from the server at the first insert on a cluster.
+	replicas *replicaSet
+	features atomic.Pointer[serverFeatures]
 	// consent is the consent state the current generation ingests under; nil without
 	// a consent stream.
 	consent atomic.Pointer[ConsentState]
@@ -78,6 +82,9 @@ func NewWorker(ctx context.Context, cfg Config, log logr.Logger, metrics *Metric
 		return nil, err
 	}
 	w.ch = ch
+	if cfg.ClickHouse.Clustered() {
+		w.replicas = newReplicaSet(cfg.ClickHouse, ch)
+	}
 	w.dlq = &kafka.Writer{
 		Addr:         kafka.TCP(cfg.Kafka.Brokers...),
 		Transport:    sec.transport(),
@@ -92,7 +99,11 @@ func NewWorker(ctx context.Context, cfg Config, log logr.Logger, metrics *Metric
 
 // Close releases the worker's connections.
 func (w *Worker) Close() error {
-	return errors.Join(w.dlq.Close(), w.ch.Close())
+	errs := []error{w.dlq.Close(), w.ch.Close()}
+	if w.replicas != nil {
+		errs = append(errs, w.replicas.close())
+	}
+	return errors.Join(errs...)
 }
 
 // Run consumes until ctx is cancelled, then flushes what it holds, commits and leaves the
@@ -218,8 +229,11 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 	stream := w.streams[topic]
 	var rp resumePoint
 	if err := w.retry(ctx, StageRecover, fmt.Sprintf("recovering %s/%d from the ledger", topic, partition), func() error {
-		var err error
-		rp, err = recoverPartition(ctx, w.ch, w.cfg.ClickHouse.Database, stream, topic, partition)
+		shards, err := w.readers(ctx, stream.Table(), LedgerTable)
+		if err != nil {
+			return err
+		}
+		rp, err = recoverPartition(ctx, shards, w.cfg.ClickHouse.Database, stream, topic, partition)
 		return err
 	}); err != nil {
 		return
@@ -587,6 +601,7 @@ func (w *Worker) finish(gen *kafka.Generation, items chan []item, readers *sync.
 func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) error {
 	start := time.Now()
 	db, loop := w.cfg.ClickHouse.Database, w.cfg.Loop
+	batchID := fmt.Sprintf("%016x", rand.Uint64())
 	for s, c := range b.cols {
 		if c.n == 0 {
 			continue
@@ -595,7 +610,11 @@ func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) err
 		var took time.Duration
 		if err := w.retry(ctx, StageInsert, "insert "+s.Table(), func() error {
 			if retried {
-				if err := withoutLanded(ctx, w.ch, db, s, c); err != nil {
+				shards, err := w.readers(ctx, s.Table())
+				if err != nil {
+					return err
+				}
+				if err := withoutLanded(ctx, shards, db, s, c); err != nil {
 					return err
 				}
 				if c.n == 0 {
@@ -603,8 +622,12 @@ func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) err
 				}
 			}
 			retried = true
+			ictx, err := w.insertContext(ctx, batchID, s.Table(), c.n)
+			if err != nil {
+				return err
+			}
 			t0 := time.Now()
-			err := insertColumns(ctx, w.ch, db, *s, c)
+			err = insertColumns(ictx, w.ch, db, *s, c)
 			took = time.Since(t0)
 			return err
 		}); err != nil {
@@ -622,16 +645,23 @@ func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) err
 			w.metrics.DeadLettered.WithLabelValues(loop, w.streams[sourceTopic(m)].Name, string(b.reasons[i])).Inc()
 		}
 	}
-	batchID := fmt.Sprintf("%016x", rand.Uint64())
 	retried := false
 	if err := w.retry(ctx, StageLedger, "ledger", func() error {
 		if retried {
-			if done, err := ledgerHas(ctx, w.ch, db, batchID); err != nil || done {
+			shards, err := w.readers(ctx, LedgerTable)
+			if err != nil {
+				return err
+			}
+			if done, err := ledgerHas(ctx, shards, db, batchID); err != nil || done {
 				return err
 			}
 		}
 		retried = true
-		return writeLedger(ctx, w.ch, db, batchID, w.name, b.spans, time.Now().UTC().Truncate(time.Second))
+		ictx, err := w.insertContext(ctx, batchID, LedgerTable, len(b.spans))
+		if err != nil {
+			return err
+		}
+		return writeLedger(ictx, w.ch, db, batchID, w.name, b.spans, time.Now().UTC().Truncate(time.Second))
 	}); err != nil {
 		return err
 	}
@@ -677,7 +707,9 @@ func sourceTopic(m kafka.Message) string {
 func (w *Worker) retry(ctx context.Context, stage, what string, fn func() error) error {
 	return retry(ctx, w.log, what, func() error {
 		err := fn()
-		if err != nil {
+		if unsynced := (*UnsyncedShardError)(nil); errors.As(err, &unsynced) {
+			w.metrics.Errors.WithLabelValues(w.cfg.Loop, StageReplicaSync).Inc()
+		} else if err != nil {
 			w.metrics.Errors.WithLabelValues(w.cfg.Loop, stage).Inc()
 		}
 		return err

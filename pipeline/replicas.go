@@ -1,0 +1,294 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// Exactly-once on a cluster.
+//
+// Writes go through the Distributed tables with insert_distributed_sync, so that an
+// acknowledged insert is on one replica of every shard it touches (and in ZooKeeper's
+// replication log), never in a spool waiting to be sent. Replication to the shard's other
+// replicas is asynchronous, and a read through a Distributed table may be served by a
+// replica that has not fetched an acknowledged part yet: a recovery read there would miss
+// rows or ledger entries and write them again. So the reads the ledger protocol decides
+// on (recoverPartition, withoutLanded, ledgerHas) go, per shard, to one replica that has
+// first run SYSTEM SYNC REPLICA on the tables read: it pulls the replication log, which
+// holds every acknowledged part, and returns once its queue is empty. If no replica of a
+// shard syncs in time the read fails and the partition waits: stalling beats duplicating.
+//
+// Replicated tables deduplicate identical insert blocks by default, and newer servers
+// take a deduplication token from the client; the worker sets one where the server has
+// it (insertContext), but does not depend on either: the same rows split into different
+// blocks (a retry after withoutLanded, a batch re-read after a crash) are not deduplicated,
+// only the last replicated_deduplication_window blocks are remembered, and 18.16 has no
+// control over whether a deduplicated block still reaches materialized views (newer
+// servers added deduplicate_blocks_in_dependent_materialized_views).
+
+// shardReader is where one shard's part of a consistent read goes: the loop's connection
+// and the public table names on a single server; a synced replica and the local tables on
+// a cluster.
+type shardReader struct {
+	conn  driver.Conn
+	local bool
+}
+
+// table is the name to read a table of the loop under.
+func (r shardReader) table(db, name string) string {
+	if r.local {
+		name = LocalTable(name)
+	}
+	return QualifiedTable(db, name)
+}
+
+// replica is one node of the cluster as system.clusters lists it.
+type replica struct {
+	shard, num int
+	addr       string
+	local      bool // the node the loop's connection reaches
+}
+
+// shardsOf groups replicas by shard, in shard order; within a shard the loop's own node
+// comes first, then replica order.
+func shardsOf(rs []replica) [][]replica {
+	var out [][]replica
+	for _, r := range rs {
+		if len(out) == 0 || out[len(out)-1][0].shard != r.shard {
+			out = append(out, nil)
+		}
+		out[len(out)-1] = append(out[len(out)-1], r)
+	}
+	for _, sh := range out {
+		for i, r := range sh {
+			if r.local && i > 0 {
+				copy(sh[1:i+1], sh[:i])
+				sh[0] = r
+				break
+			}
+		}
+	}
+	return out
+}
+
+// UnsyncedShardError says that no replica of a shard could be brought up to date with
+// what the shard acknowledged, so a read that must see it cannot be made.
+type UnsyncedShardError struct {
+	Shard int
+	Err   error // each replica's failure, joined
+}
+
+func (e *UnsyncedShardError) Error() string {
+	return fmt.Sprintf("no replica of shard %d could be synced (%v); the read waits rather than risk writing acknowledged rows again", e.Shard, e.Err)
+}
+
+func (e *UnsyncedShardError) Unwrap() error { return e.Err }
+
+// defaultSyncTimeout bounds SYSTEM SYNC REPLICA on one replica. A replica that cannot
+// fetch a part (the only replica holding it is down) waits this long before the next
+// replica of its shard is tried.
+const defaultSyncTimeout = 20 * time.Second
+
+// replicaSet reaches every replica of the loop's cluster, with the loop's credentials.
+// Connections are opened on first use and kept until close.
+type replicaSet struct {
+	ch          ClickHouseConfig
+	loop        driver.Conn // reads system.clusters
+	syncTimeout time.Duration
+
+	mu    sync.Mutex
+	conns map[string]driver.Conn // by address
+}
+
+func newReplicaSet(ch ClickHouseConfig, loop driver.Conn) *replicaSet {
+	return &replicaSet{ch: ch, loop: loop, syncTimeout: defaultSyncTimeout, conns: map[string]driver.Conn{}}
+}
+
+// topology reads the cluster's replicas. It is read for each consistent read, so that a
+// changed <remote_servers> is followed without a restart.
+func (s *replicaSet) topology(ctx context.Context) ([][]replica, error) {
+	rows, err := s.loop.Query(ctx, "SELECT shard_num, replica_num, host_name, port, is_local FROM system.clusters"+
+		" WHERE cluster = ? ORDER BY shard_num, replica_num", s.ch.Cluster)
+	if err != nil {
+		return nil, fmt.Errorf("reading the replicas of cluster %s: %w", s.ch.Cluster, err)
+	}
+	defer rows.Close()
+	var rs []replica
+	for rows.Next() {
+		var (
+			shard, num uint32
+			host       string
+			port       uint16
+			local      uint8
+		)
+		if err := rows.Scan(&shard, &num, &host, &port, &local); err != nil {
+			return nil, fmt.Errorf("reading the replicas of cluster %s: %w", s.ch.Cluster, err)
+		}
+		rs = append(rs, replica{shard: int(shard), num: int(num), addr: net.JoinHostPort(host, strconv.Itoa(int(port))), local: local == 1})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading the replicas of cluster %s: %w", s.ch.Cluster, err)
+	}
+	if len(rs) == 0 {
+		return nil, fmt.Errorf("the server knows no cluster %s", s.ch.Cluster)
+	}
+	return shardsOf(rs), nil
+}
+
+func (s *replicaSet) conn(ctx context.Context, addr string) (driver.Conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.conns[addr]; c != nil {
+		return c, nil
+	}
+	cfg := s.ch
+	cfg.Addr = addr
+	c, err := OpenClickHouse(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.conns[addr] = c
+	return c, nil
+}
+
+// synced returns, for every shard, a reader on a replica that holds every part of the
+// given tables acknowledged before the call.
+func (s *replicaSet) synced(ctx context.Context, tables ...string) ([]shardReader, error) {
+	shards, err := s.topology(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]shardReader, len(shards))
+	errs := make([]error, len(shards))
+	var wg sync.WaitGroup
+	for i, sh := range shards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i], errs[i] = s.syncShard(ctx, sh, tables)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// syncShard syncs the tables on the shard's replicas in turn until one succeeds.
+func (s *replicaSet) syncShard(ctx context.Context, sh []replica, tables []string) (shardReader, error) {
+	var errs []error
+	for _, r := range sh {
+		c, err := s.syncReplica(ctx, r.addr, tables)
+		if err == nil {
+			return shardReader{conn: c, local: true}, nil
+		}
+		if ctx.Err() != nil {
+			return shardReader{}, ctx.Err()
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", r.addr, err))
+	}
+	return shardReader{}, &UnsyncedShardError{Shard: sh[0].shard, Err: errors.Join(errs...)}
+}
+
+// syncReplica runs SYSTEM SYNC REPLICA on each table's local table of one replica. The
+// server gives up after receive_timeout (Code 159); the context bounds the connection
+// too, in case the server does not answer at all.
+func (s *replicaSet) syncReplica(ctx context.Context, addr string, tables []string) (driver.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.syncTimeout+5*time.Second)
+	defer cancel()
+	c, err := s.conn(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	sctx := clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
+		"receive_timeout": int(max(s.syncTimeout/time.Second, 1)),
+	}))
+	for _, t := range tables {
+		if err := c.Exec(sctx, "SYSTEM SYNC REPLICA "+QualifiedTable(s.ch.Database, LocalTable(t))); err != nil {
+			return nil, fmt.Errorf("SYSTEM SYNC REPLICA %s: %w", LocalTable(t), err)
+		}
+	}
+	return c, nil
+}
+
+// readers returns where a read that must see every acknowledged write to tables goes:
+// the loop's connection on a single server, a synced replica of every shard on a cluster.
+func (w *Worker) readers(ctx context.Context, tables ...string) ([]shardReader, error) {
+	if w.replicas == nil {
+		return []shardReader{{conn: w.ch}}, nil
+	}
+	return w.replicas.synced(ctx, tables...)
+}
+
+// insertContext carries the settings of one insert attempt of rows of a batch into a
+// table; on a single server it is ctx.
+func (w *Worker) insertContext(ctx context.Context, batchID, table string, rows int) (context.Context, error) {
+	if w.replicas == nil {
+		return ctx, nil
+	}
+	f := w.features.Load()
+	if f == nil {
+		read, err := readServerFeatures(ctx, w.ch)
+		if err != nil {
+			return nil, err
+		}
+		f = &read
+		w.features.Store(f)
+	}
+	return clickhouse.Context(ctx, clickhouse.WithSettings(clusterInsertSettings(*f, insertToken(batchID, table, rows)))), nil
+}
+
+func (s *replicaSet) close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for addr, c := range s.conns {
+		errs = append(errs, c.Close())
+		delete(s.conns, addr)
+	}
+	return errors.Join(errs...)
+}
+
+// serverFeatures is what the loop's server supports beyond 18.16.
+type serverFeatures struct {
+	// dedupToken: the insert_deduplication_token setting (servers from 22.2 on).
+	dedupToken bool
+}
+
+// readServerFeatures asks the server which of the settings CustomerLoop may use it knows,
+// rather than inferring that from its version.
+func readServerFeatures(ctx context.Context, conn driver.Conn) (serverFeatures, error) {
+	var n uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM system.settings WHERE name = 'insert_deduplication_token'").Scan(&n); err != nil {
+		return serverFeatures{}, fmt.Errorf("reading the server's settings: %w", err)
+	}
+	return serverFeatures{dedupToken: n > 0}, nil
+}
+
+// clusterInsertSettings are the settings of an insert into a Distributed table. 18.16
+// takes settings from the client only as ints and bools; the token, a string, goes only to
+// servers that have it.
+func clusterInsertSettings(f serverFeatures, token string) clickhouse.Settings {
+	s := clickhouse.Settings{"insert_distributed_sync": 1}
+	if f.dedupToken && token != "" {
+		s["insert_deduplication_token"] = token
+	}
+	return s
+}
+
+// insertToken names the rows of one insert attempt for the server's deduplication. It
+// must change whenever the rows do: a retry after withoutLanded sends fewer rows, and under
+// the same token its blocks would be taken for the first attempt's and dropped. Rows only
+// ever leave a batch's insert, so their count tells its attempts apart.
+func insertToken(batchID, table string, rows int) string {
+	return batchID + "/" + table + "/" + strconv.Itoa(rows)
+}
