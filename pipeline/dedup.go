@@ -1,12 +1,13 @@
 package pipeline
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"hash/maphash"
+	"slices"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -159,25 +160,43 @@ func idColumn(kind Kind) string {
 }
 
 // loadDedupWindow fills a partition's window with the ids its raw table received within
-// the window, so that the window survives restarts and rebalances.
+// the window, so that the window survives restarts and rebalances. shards come from
+// Worker.readers for the raw table; on a cluster each shard's ids are read from a synced
+// replica and put in ingestion order together.
 //
 // At most max ids are held (0: no bound); evicted counts those dropped early.
-func loadDedupWindow(ctx context.Context, conn driver.Conn, db string, s *StreamConfig, partition int, window time.Duration, max int, evicted prometheus.Counter, now time.Time) (*dedupWindow, error) {
+func loadDedupWindow(ctx context.Context, shards []shardReader, db string, s *StreamConfig, partition int, window time.Duration, max int, evicted prometheus.Counter, now time.Time) (*dedupWindow, error) {
 	d := newDedupWindow(window)
 	d.max, d.evicted = max, evicted
-	rows, err := conn.Query(ctx, "SELECT "+QuoteIdent(idColumn(s.Kind))+", _ingested_at FROM "+QualifiedTable(db, s.Table())+
-		" WHERE _topic = ? AND _partition = ? AND _ingested_at >= ? ORDER BY _ingested_at", s.Topic, int32(partition), now.Add(-window).Truncate(time.Second))
-	if err != nil {
-		return nil, fmt.Errorf("loading the duplicate window of %s/%d: %w", s.Topic, partition, err)
+	add := func(h idHash, at int64) { d.add(h, at) }
+	var merged []dedupEntry
+	if len(shards) > 1 {
+		add = func(h idHash, at int64) { merged = append(merged, dedupEntry{h, at}) }
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var id string
-		var at time.Time
-		if err := rows.Scan(&id, &at); err != nil {
-			return nil, err
+	for _, sh := range shards {
+		if err := func() error {
+			rows, err := sh.conn.Query(ctx, "SELECT "+QuoteIdent(idColumn(s.Kind))+", _ingested_at FROM "+sh.table(db, s.Table())+
+				" WHERE _topic = ? AND _partition = ? AND _ingested_at >= ? ORDER BY _ingested_at", s.Topic, int32(partition), now.Add(-window).Truncate(time.Second))
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			for rows.Next() {
+				var id string
+				var at time.Time
+				if err := rows.Scan(&id, &at); err != nil {
+					return err
+				}
+				add(hashID(id), at.UnixNano())
+			}
+			return rows.Err()
+		}(); err != nil {
+			return nil, fmt.Errorf("loading the duplicate window of %s/%d: %w", s.Topic, partition, err)
 		}
-		d.add(hashID(id), at.UnixNano())
 	}
-	return d, rows.Err()
+	slices.SortStableFunc(merged, func(a, b dedupEntry) int { return cmp.Compare(a.at, b.at) })
+	for _, e := range merged {
+		d.add(e.id, e.at)
+	}
+	return d, nil
 }

@@ -243,8 +243,11 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 	}
 	var seen *dedupWindow
 	if err := w.retry(ctx, StageRecover, fmt.Sprintf("loading the duplicate window of %s/%d", topic, partition), func() error {
-		var err error
-		seen, err = loadDedupWindow(ctx, w.ch, w.cfg.ClickHouse.Database, stream, partition, stream.DedupWindow.Duration,
+		shards, err := w.readers(ctx, stream.Table())
+		if err != nil {
+			return err
+		}
+		seen, err = loadDedupWindow(ctx, shards, w.cfg.ClickHouse.Database, stream, partition, stream.DedupWindow.Duration,
 			w.cfg.MaxDedupIDs, w.metrics.DedupEvicted.WithLabelValues(w.cfg.Loop, stream.Name), time.Now())
 		return err
 	}); err != nil {
