@@ -274,8 +274,8 @@ func TestClusterRecoveryReadsASyncedReplica(t *testing.T) {
 
 // TestClusterRecoveryWaitsForAnUnsyncableShard leaves the crashed batch's shard-1 part
 // only on node1, stops node1 and lets node2 try to fetch it: no replica of shard 1 can be
-// synced, so recovery must fail (SYSTEM SYNC REPLICA times out on node2, node1 does not
-// answer) and the worker must not resume the partition until node1 is back.
+// synced, so recovery must fail (node2 cannot fetch the part, node1 does not answer) and
+// the worker must not resume the partition until node1 is back.
 func TestClusterRecoveryWaitsForAnUnsyncableShard(t *testing.T) {
 	cfg := clusterLedgerConfig(t, 1, 1)
 	s := cfg.Streams[0]
@@ -309,10 +309,6 @@ func TestClusterRecoveryWaitsForAnUnsyncableShard(t *testing.T) {
 	var unsynced *UnsyncedShardError
 	if !errors.As(err, &unsynced) || unsynced.Shard != 1 {
 		t.Fatalf("syncing with shard 1's part only on a stopped replica: %v, want an UnsyncedShardError of shard 1", err)
-	}
-	var ex *clickhouse.Exception
-	if !errors.As(err, &ex) || ex.Code != 159 { // TIMEOUT_EXCEEDED, from node2
-		t.Errorf("node2's SYSTEM SYNC REPLICA ended with %v, want its timeout (Code 159)", err)
 	}
 	t.Logf("recovery error: %v", err)
 

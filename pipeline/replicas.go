@@ -92,9 +92,15 @@ func (e *UnsyncedShardError) Error() string {
 
 func (e *UnsyncedShardError) Unwrap() error { return e.Err }
 
-// defaultSyncTimeout bounds SYSTEM SYNC REPLICA on one replica. A replica that cannot
-// fetch a part (the only replica holding it is down) waits this long before the next
+// defaultSyncTimeout bounds SYSTEM SYNC REPLICA on one replica, after which the next
 // replica of its shard is tried.
+//
+// On 18.16 SYSTEM SYNC REPLICA waits until the replica's queue is empty, however long:
+// it ignores receive_timeout and KILL QUERY. A replica that cannot fetch a part (the only
+// replica holding it is down, or its fetches are stopped) would hold the query until it
+// can. So a replica whose queue shows a fetch already failing is passed over without
+// being asked; the timeout only frees the worker from one that starts failing while it
+// waits (the server's query then ends when the replica catches up).
 const defaultSyncTimeout = 20 * time.Second
 
 // replicaSet reaches every replica of the loop's cluster, with the loop's credentials.
@@ -199,22 +205,33 @@ func (s *replicaSet) syncShard(ctx context.Context, sh []replica, tables []strin
 	return shardReader{}, &UnsyncedShardError{Shard: sh[0].shard, Err: errors.Join(errs...)}
 }
 
-// syncReplica runs SYSTEM SYNC REPLICA on each table's local table of one replica. The
-// server gives up after receive_timeout (Code 159); the context bounds the connection
-// too, in case the server does not answer at all.
+// syncReplica runs SYSTEM SYNC REPLICA on each table's local table of one replica, within
+// syncTimeout (newer servers stop at receive_timeout themselves).
 func (s *replicaSet) syncReplica(ctx context.Context, addr string, tables []string) (driver.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.syncTimeout+5*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, s.syncTimeout)
 	defer cancel()
 	c, err := s.conn(ctx, addr)
 	if err != nil {
 		return nil, err
 	}
-	sctx := clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
-		"receive_timeout": int(max(s.syncTimeout/time.Second, 1)),
-	}))
 	for _, t := range tables {
-		if err := c.Exec(sctx, "SYSTEM SYNC REPLICA "+QualifiedTable(s.ch.Database, LocalTable(t))); err != nil {
-			return nil, fmt.Errorf("SYSTEM SYNC REPLICA %s: %w", LocalTable(t), err)
+		local := LocalTable(t)
+		var (
+			failing uint64
+			last    string
+		)
+		if err := c.QueryRow(ctx, "SELECT count(), any(last_exception) FROM system.replication_queue"+
+			" WHERE database = ? AND table = ? AND type = 'GET_PART' AND num_tries > 1", s.ch.Database, local).Scan(&failing, &last); err != nil {
+			return nil, fmt.Errorf("reading the replication queue of %s: %w", local, err)
+		}
+		if failing > 0 {
+			return nil, fmt.Errorf("%s cannot fetch %d part(s) now: %s", local, failing, last)
+		}
+		sctx := clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
+			"receive_timeout": int(max(s.syncTimeout/time.Second, 1)),
+		}))
+		if err := c.Exec(sctx, "SYSTEM SYNC REPLICA "+QualifiedTable(s.ch.Database, local)); err != nil {
+			return nil, fmt.Errorf("SYSTEM SYNC REPLICA %s: %w", local, err)
 		}
 	}
 	return c, nil
