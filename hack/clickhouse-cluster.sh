@@ -19,7 +19,8 @@
 # directory; a later run reuses what is running and restarts what is not (after a kill -9
 # too).
 #
-# Environment: CLUSTER_ZK_PORT (default 12181), CLICKHOUSE_DEV_PASSWORD (default
+# Environment: CLUSTER_ZK_PORT (default 12181), CLUSTER_PORT_OFFSET (default 0, added to every
+# node port: a second cluster beside the first), CLICKHOUSE_DEV_PASSWORD (default
 # customerloop-dev), CUSTOMERLOOP_STATE (default ${XDG_STATE_HOME:-$HOME/.local/state}/customerloop).
 set -euo pipefail
 
@@ -28,13 +29,15 @@ log() { printf 'clickhouse-cluster: %s\n' "$*" >&2; }
 cluster=customerloop
 zk_port=${CLUSTER_ZK_PORT:-12181}
 state=${CUSTOMERLOOP_STATE:-${XDG_STATE_HOME:-$HOME/.local/state}/customerloop}
+offset=${CLUSTER_PORT_OFFSET:-0}
 root="$state/clickhouse-cluster"
+[ "$offset" = 0 ] || root="$root-$offset"
 zkdir="$root/zookeeper"
 nodes=(1 2 3)
 
-tcp_port() { echo $((19100 + $1)); }
-http_port() { echo $((18200 + $1)); }
-interserver_port() { echo $((19200 + $1)); }
+tcp_port() { echo $((19100 + offset + $1)); }
+http_port() { echo $((18200 + offset + $1)); }
+interserver_port() { echo $((19200 + offset + $1)); }
 shard_of() { if [ "$1" = 3 ]; then echo 02; else echo 01; fi; }
 node_dir() { echo "$root/node$1"; }
 
@@ -242,10 +245,13 @@ query() { # n sql
   clickhouse-client --host 127.0.0.1 --port "$(tcp_port "$1")" --query "$2" 2>/dev/null
 }
 
-# node_ready n: the node answers, knows the whole cluster and talks to ZooKeeper.
+# node_ready n: the node answers, knows the whole cluster, talks to ZooKeeper, and none of
+# its Replicated tables is read-only (as they are until a node renews a ZooKeeper session
+# lost when ZooKeeper restarted).
 node_ready() {
   [ "$(query "$1" "SELECT count() FROM system.clusters WHERE cluster='$cluster'")" = 3 ] &&
-    [ "$(query "$1" "SELECT count() > 0 FROM system.zookeeper WHERE path='/'")" = 1 ]
+    [ "$(query "$1" "SELECT count() > 0 FROM system.zookeeper WHERE path='/'")" = 1 ] &&
+    [ "$(query "$1" "SELECT count() FROM system.replicas WHERE is_readonly OR is_session_expired")" = 0 ]
 }
 
 # spawn_node n: start node n unless it answers or is still starting.
@@ -264,11 +270,20 @@ spawn_node() {
   echo $! >"$dir/server.pid"
 }
 
+# wait_node n: wait until node n is ready. 18.16 sometimes aborts while it loads its tables
+# right after ZooKeeper itself restarted ("Caught exception while loading metadata ...
+# Invalid argument"); a second start succeeds, so a node that died is started again.
 wait_node() { # n
-  local n=$1 dir
+  local n=$1 dir tries=0
   dir=$(node_dir "$n")
   for _ in $(seq 1 240); do
     node_ready "$n" && return 0
+    if ! ours "$dir/server.pid" "$dir/config.xml" >/dev/null && ! query "$n" 'SELECT 1' >/dev/null; then
+      tries=$((tries + 1))
+      [ "$tries" -le 2 ] || break
+      log "node$n exited while starting; starting it again"
+      spawn_node "$n"
+    fi
     sleep 0.25
   done
   log "node$n is not ready after 60 s; see $dir/log/"
