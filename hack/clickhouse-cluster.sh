@@ -300,8 +300,9 @@ check_node_arg() {
 
 stop_node() { stop_process "node$1" "$(node_dir "$1")/server.pid" "$(node_dir "$1")/config.xml"; }
 stop_all() {
-  local n
-  for n in "${nodes[@]}"; do stop_node "$n"; done
+  local n pids=()
+  for n in "${nodes[@]}"; do stop_node "$n" & pids+=($!); done
+  for n in "${pids[@]}"; do wait "$n"; done
   stop_process ZooKeeper "$zkdir/zookeeper.pid" "$zkdir/zoo.cfg"
 }
 
