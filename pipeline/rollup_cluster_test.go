@@ -175,3 +175,146 @@ func TestRollupsOnCluster(t *testing.T) {
 		}
 	}
 }
+
+// feedbackRows generates usage and plans over a few months: several plan revisions per
+// customer, product and period, some periods with usage only or plans only.
+func feedbackRows(rng *rand.Rand) (usage, plans [][]any) {
+	now := time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC)
+	month := func(m int) time.Time { return time.Date(2026, time.Month(6+m), 1, 0, 0, 0, 0, time.UTC) }
+	var offset int64
+	for range 2000 {
+		offset++
+		ts := month(rng.IntN(4)).Add(time.Duration(rng.IntN(28*24*3600)) * time.Second)
+		usage = append(usage, []any{fmt.Sprintf("e%d", offset), fmt.Sprintf("c%d", rng.IntN(12)), fmt.Sprintf("p%d", rng.IntN(3)),
+			ts, float64(rng.IntN(80)) / 4, "u", int32(0), offset, now})
+	}
+	for i := range 300 {
+		offset++
+		period := month(1 + rng.IntN(4))
+		submitted := period.AddDate(0, -rng.IntN(3), rng.IntN(40)-10)
+		var conf *float64
+		plans = append(plans, []any{fmt.Sprintf("plan%d", i%250), fmt.Sprintf("c%d", rng.IntN(12)), fmt.Sprintf("p%d", rng.IntN(3)),
+			period, float64(rng.IntN(400)) / 4, submitted, conf, "p", int32(0), offset, now})
+	}
+	return usage, plans
+}
+
+// gapRows reads a feedback view, every row rendered, sorted.
+func gapRows(t *testing.T, conn driver.Conn, db, view string) []string {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), "SELECT customer_id, product, toString(period), toString(planned_latest), toString(planned_at_start), "+
+		"versions, actual, events, toString(gap), toString(round(gap_ratio, 9)), toString(round(consumed_share, 9)) FROM "+QualifiedTable(db, view))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var c, p, period, latest, start, gap, ratio, share string
+		var versions, events uint64
+		var actual float64
+		if err := rows.Scan(&c, &p, &period, &latest, &start, &versions, &actual, &events, &gap, &ratio, &share); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, fmt.Sprint(c, p, period, latest, start, versions, actual, events, gap, ratio, share))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestFeedbackOnCluster: the feedback views on the cluster read the Distributed tables,
+// and their gaps are the single server's for the same data, through every node. A view
+// made from another definition on one node only (node3) is replaced there too.
+func TestFeedbackOnCluster(t *testing.T) {
+	single := clickhouseAddr(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	db := uniqueName("test_feedback_cluster")
+	cfg, fc := feedbackConfig(db)
+	cfg.ClickHouse = clusterClickHouse(t, db, 0)
+	fc.Cluster = cfg.ClickHouse.Cluster
+	ch := applyClusterSchema(t, cfg)
+	nodes := nodeConns(t)
+
+	scfg, sfc := feedbackConfig(uniqueName("test_feedback_single"))
+	scfg.ClickHouse.Addr = single
+	sch := applySchema(t, scfg)
+
+	usage, plans := feedbackRows(rand.New(rand.NewPCG(13, 17)))
+	for _, x := range []struct {
+		conn driver.Conn
+		db   string
+	}{{ch, db}, {sch, sfc.Database}} {
+		if err := insertRows(syncInserts(ctx), x.conn, x.db, cfg.Streams[0], usage); err != nil {
+			t.Fatal(err)
+		}
+		if err := insertRows(syncInserts(ctx), x.conn, x.db, cfg.Streams[1], plans); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sstmts, err := PlanFeedback(sfc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ApplyFeedback(ctx, sch, sfc.Database, sstmts); err != nil {
+		t.Fatal(err)
+	}
+
+	// node3 alone has an outdated feedback_actuals (another definition).
+	if err := nodes[2].Exec(ctx, "CREATE VIEW "+QualifiedTable(db, ViewActuals)+" AS SELECT customer_id, product, toStartOfMonth(ts) AS period, "+
+		"sum(quantity) AS actual, toUInt64(0) AS events, max(ts) AS last_event_at FROM "+QualifiedTable(db, "usage_raw")+" GROUP BY customer_id, product, period"); err != nil {
+		t.Fatal(err)
+	}
+	stmts, err := PlanFeedback(fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster, err := ClusterNodes(ctx, cfg.ClickHouse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, c := range cluster {
+			_ = c.Close()
+		}
+	}()
+	if len(cluster) != 3 {
+		t.Fatalf("ClusterNodes found %d nodes, want 3", len(cluster))
+	}
+	if err := ApplyFeedbackNodes(ctx, ch, cluster, db, stmts); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range nodes {
+		views, err := nodeViews(ctx, n, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range stmts {
+			if !strings.Contains(views[s.View], s.Fingerprint) {
+				t.Errorf("node%d: %s is not the current definition: %s", i+1, s.View, views[s.View])
+			}
+		}
+	}
+
+	syncReplicas(t, nodes, db, "usage_raw", "plans_raw")
+	want := gapRows(t, sch, sfc.Database, ViewGaps)
+	if len(want) < 100 {
+		t.Fatalf("only %d gap rows on the single server", len(want))
+	}
+	for i, n := range nodes {
+		got := gapRows(t, n, db, ViewGaps)
+		if !slices.Equal(got, want) {
+			t.Errorf("node%d: %d gap rows differ from the single server's %d", i+1, len(got), len(want))
+			for j := 0; j < min(len(got), len(want)); j++ {
+				if got[j] != want[j] {
+					t.Errorf("first difference: %q, single server %q", got[j], want[j])
+					break
+				}
+			}
+		}
+	}
+	t.Logf("%d gap rows, equal through every node and on the single server", len(want))
+}
