@@ -456,7 +456,7 @@ func clusterFigures(o options, runs []clusterRun) []clusterFigure {
 		per("clickhouse_cpu_s_per_million", "ClickHouse nodes' CPU per million events (s)", haveCH, func(r clusterRun) float64 { return r.clickhouseCPU / m }),
 		per("zookeeper_cpu_s_per_million", "ZooKeeper's CPU per million events (s)", haveZK, func(r clusterRun) float64 { return r.zkCPU / m }),
 		per("kfake_bench_cpu_s_per_million", "kfake and the bench's polling, CPU per million events (s)", nil, func(r clusterRun) float64 { return r.benchCPU / m }),
-		per("cpu_busy_of_2_cores", "all of the above, cores busy during the drain (of the machine's)", nil, func(r clusterRun) float64 {
+		per("cores_busy", "all of the above: cores busy during the drain", nil, func(r clusterRun) float64 {
 			return (r.workerCPU + r.clickhouseCPU + r.zkCPU + r.benchCPU) / (float64(o.clusterMessages) / r.rate)
 		}),
 		per("workers_writing", "workers that flushed a batch", nil, func(r clusterRun) float64 { return float64(r.writers) }),
