@@ -70,8 +70,8 @@ var consentAuditColumns = []Column{
 func consentDDL(ch ClickHouseConfig) []Statement {
 	db := ch.Database
 	return append(
-		tableStatements(ch, db, ConsentTable, consentColumns, "MergeTree", "ORDER BY (_topic, _partition, _offset)", "cityHash64(_topic, _partition)"),
-		tableStatements(ch, db, ConsentAuditTable, consentAuditColumns, "MergeTree", "ORDER BY (_topic, _partition, _offset)", "cityHash64(_topic, _partition)")...)
+		tableStatements(ch, db, ConsentTable, consentColumns, "MergeTree", "ORDER BY (_topic, _partition, _offset)", consentShardKey),
+		tableStatements(ch, db, ConsentAuditTable, consentAuditColumns, "MergeTree", "ORDER BY (_topic, _partition, _offset)", consentShardKey)...)
 }
 
 // ConsentMessage is one consent message as a customer publishes it:

@@ -52,7 +52,7 @@ func plannedSQL(t *testing.T, cfg Config) []string {
 		out = append(out, s.SQL)
 	}
 	s := cfg.Streams[0]
-	mig, err := PlanMigration(cfg.ClickHouse.Database, ManagedTables(cfg), map[string][]Column{s.Table(): s.Columns()[:1]})
+	mig, err := PlanMigration(cfg.ClickHouse, ManagedTables(cfg), map[string][]Column{s.Table(): s.Columns()[:1]})
 	if err != nil {
 		t.Fatalf("PlanMigration: %v", err)
 	}
