@@ -130,6 +130,10 @@ func (r *CustomerLoopReconciler) reconcileSchema(ctx context.Context, cfg pipeli
 		return err
 	}
 	defer conn.Close()
+	if err := pipeline.CheckCluster(ctx, conn, cfg.ClickHouse); err != nil {
+		obs.schemaErr = err
+		return err
+	}
 	stmts, err := pipeline.Migrate(ctx, conn, cfg)
 	if err != nil {
 		obs.schemaErr = err
