@@ -145,7 +145,7 @@ func runDDL(ctx context.Context, conn driver.Conn, s Statement, timeout int, arg
 		}
 		return nil, nil
 	}
-	qctx := clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"distributed_ddl_task_timeout": timeout}))
+	qctx := clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"distributed_ddl_task_timeout": signedSetting(conn, timeout)}))
 	done := map[string]bool{}
 	var failed []error
 	rows, err := conn.Query(qctx, s.SQL, args...)
@@ -268,3 +268,16 @@ func connectNodes(ctx context.Context, conn driver.Conn, ch ClickHouseConfig) (n
 	}
 	return nodes, closeAll, nil
 }
+
+// signedSetting is the value to send for a signed (Int64) query setting. Servers older
+// than settings-as-strings (protocol revision 54429; 18.16 is one) read a signed setting
+// as a zigzag varint, while the client writes every number as a plain varint: sent as is,
+// a timeout of 15 arrives as -8, which means "wait forever".
+func signedSetting(conn driver.Conn, v int) int {
+	if sv, err := conn.ServerVersion(); err == nil && sv.Revision <= settingsAsStringsRevision {
+		return v << 1
+	}
+	return v
+}
+
+const settingsAsStringsRevision = 54429
