@@ -53,7 +53,7 @@ func clusterUsageRows(n int, ts time.Time, extra ...any) [][]any {
 }
 
 // syncReplicas waits until every node has fetched what its shard's other replicas have.
-func syncReplicas(t *testing.T, nodes []driver.Conn, db, table string) {
+func syncLocalReplicas(t *testing.T, nodes []driver.Conn, db, table string) {
 	t.Helper()
 	for i, n := range nodes {
 		if err := n.Exec(context.Background(), "SYSTEM SYNC REPLICA "+QualifiedTable(db, table)); err != nil {
@@ -127,7 +127,7 @@ func TestClusterSchemaLifecycle(t *testing.T) {
 	if err := insertRows(syncInsert(), ch, db, usage, clusterUsageRows(40, month, "eu")); err != nil {
 		t.Fatal(err)
 	}
-	syncReplicas(t, nodes, db, local)
+	syncLocalReplicas(t, nodes, db, local)
 	shard1, replica, shard2 := customersOn(t, nodes[0], db, local), customersOn(t, nodes[1], db, local), customersOn(t, nodes[2], db, local)
 	if len(shard1) == 0 || len(shard2) == 0 || len(shard1)+len(shard2) != 40 || !slices.Equal(shard1, replica) {
 		t.Fatalf("customers by node: %v / %v / %v; want 40 split between the shards, node1 = node2", shard1, replica, shard2)
@@ -157,7 +157,7 @@ func TestClusterSchemaLifecycle(t *testing.T) {
 	if err := insertRows(syncInsert(), ch, db, evolved.Streams[0], clusterUsageRows(10, month.Add(time.Minute), "eu", "gold")); err != nil {
 		t.Fatalf("inserting with the new column: %v", err)
 	}
-	syncReplicas(t, nodes, db, local)
+	syncLocalReplicas(t, nodes, db, local)
 	for i, n := range nodes {
 		if c := countOn(t, n, "SELECT count() FROM "+QualifiedTable(db, usage.Table())+" WHERE tier = 'gold'"); c != 10 {
 			t.Errorf("node%d reads %d rows of the new tier, want 10", i+1, c)
@@ -183,7 +183,7 @@ func TestClusterSchemaLifecycle(t *testing.T) {
 	if err != nil || !slices.Contains(dropped, 202001) {
 		t.Fatalf("retention dropped %v (%v), want 202001 among them", dropped, err)
 	}
-	syncReplicas(t, nodes, db, local)
+	syncLocalReplicas(t, nodes, db, local)
 	for i, n := range nodes {
 		if c := countOn(t, n, "SELECT count() FROM "+QualifiedTable(db, local)+" WHERE toYYYYMM(ts) = 202001"); c != 0 {
 			t.Errorf("node%d still has %d rows of 2020-01", i+1, c)

@@ -570,12 +570,8 @@ func RebuildRollups(ctx context.Context, conn driver.Conn, plans []RollupPlan, t
 		if !slices.Contains(tables, p.Source) {
 			continue
 		}
-		parts, err := sourcePartitions(ctx, conn, p)
-		if err != nil {
-			return rebuilt, fmt.Errorf("rollup %s: %w", p.Name, err)
-		}
-		if err := ApplySchema(ctx, conn, p.Rebuild(parts)); err != nil {
-			return rebuilt, fmt.Errorf("rollup %s: %w", p.Name, err)
+		if err := RebuildRollup(ctx, conn, p); err != nil {
+			return rebuilt, err
 		}
 		rebuilt = append(rebuilt, p.Name)
 	}

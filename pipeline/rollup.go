@@ -5,9 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
-	"net"
 	"regexp"
 	"slices"
 	"sort"
@@ -650,8 +650,10 @@ func PlanRollupChanges(db string, plans []RollupPlan, e ExistingRollups) (rebuil
 // loop's raw tables and report whether none is left; if it reports false, ApplyRollups
 // changes nothing and returns done false, to be called again later. Every step is
 // idempotent, and a crash at any point leaves a version that the read view does not
-// read, which the next call rebuilds.
+// read, which the next call rebuilds. On a cluster with a host down it completes on the
+// hosts that answer and returns done with an error matching ErrDDLPending.
 func ApplyRollups(ctx context.Context, conn driver.Conn, db string, plans []RollupPlan, quiesce func(rebuild []string) (bool, error)) (rebuilt []string, done bool, err error) {
+	var pending error
 	existing, err := ReadRollups(ctx, conn, db)
 	if err != nil {
 		return nil, false, err
@@ -667,61 +669,49 @@ func ApplyRollups(ctx context.Context, conn driver.Conn, db string, plans []Roll
 			return nil, false, err
 		}
 		for _, p := range rebuild {
-			if err := RebuildRollup(ctx, conn, p); err != nil {
+			if err := RebuildRollup(ctx, conn, p); pendingOnly(err, &pending) != nil {
 				return rebuilt, false, err
 			}
 			rebuilt = append(rebuilt, p.Name)
 		}
 	}
-	if err := ApplySchema(ctx, conn, stale); err != nil {
+	if err := ApplySchema(ctx, conn, stale); pendingOnly(err, &pending) != nil {
 		return rebuilt, false, err
 	}
-	return rebuilt, true, nil
+	// Done on every host that answered; a host that is down runs the same statements
+	// from the DDL queue and fetches the backfilled parts from its replica when back.
+	return rebuilt, true, pending
+}
+
+// pendingOnly returns err unless it only says that some hosts have ON CLUSTER
+// statements still queued (ErrDDLPending), which it adds to pending instead.
+func pendingOnly(err error, pending *error) error {
+	if errors.Is(err, ErrDDLPending) {
+		*pending = errors.Join(*pending, err)
+		return nil
+	}
+	return err
 }
 
 // ClusterNodes opens a connection, with the loop's credentials, to every node of the
 // loop's cluster as system.clusters lists it (host_name and native port), for reads that
 // must see each node's own objects: a Distributed read or the cluster() table function
-// reaches one replica per shard only. The caller closes the connections.
+// reaches one replica per shard only. A node that does not answer is left out while
+// another replica of its shard answers (the cluster's DDL queue brings it in line when it
+// is back). The caller closes the connections.
 func ClusterNodes(ctx context.Context, ch ClickHouseConfig) ([]driver.Conn, error) {
 	conn, err := OpenClickHouse(ctx, ch)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
-	rows, err := conn.Query(ctx, "SELECT host_name, port FROM system.clusters WHERE cluster = ? ORDER BY shard_num, replica_num", ch.Cluster)
+	nodes, _, err := connectNodes(ctx, conn, ch)
 	if err != nil {
-		return nil, fmt.Errorf("reading the nodes of cluster %s: %w", ch.Cluster, err)
-	}
-	var addrs []string
-	for rows.Next() {
-		var host string
-		var port uint16
-		if err := rows.Scan(&host, &port); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("reading the nodes of cluster %s: %w", ch.Cluster, err)
-		}
-		addrs = append(addrs, net.JoinHostPort(host, strconv.Itoa(int(port))))
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	if len(addrs) == 0 {
-		return nil, fmt.Errorf("cluster %s: no nodes in system.clusters of %s", ch.Cluster, ch.Addr)
+	out := make([]driver.Conn, len(nodes))
+	for i, n := range nodes {
+		out[i] = n.conn
 	}
-	var nodes []driver.Conn
-	for _, a := range addrs {
-		node := ch
-		node.Addr = a
-		c, err := OpenClickHouse(ctx, node)
-		if err != nil {
-			for _, n := range nodes {
-				_ = n.Close()
-			}
-			return nil, fmt.Errorf("cluster %s: node %s: %w", ch.Cluster, a, err)
-		}
-		nodes = append(nodes, c)
-	}
-	return nodes, nil
+	return out, nil
 }
