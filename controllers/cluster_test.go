@@ -54,7 +54,9 @@ func TestClusterLoop(t *testing.T) {
 	loop.Spec.Rollups = []loopsv1alpha1.RollupSpec{dailyRollup()}
 	loop.Spec.Feedback = &loopsv1alpha1.FeedbackSpec{UsageStream: "usage", PlanStream: "plans"}
 	db, topic := loop.Spec.ClickHouse.Database, loop.Spec.Streams[0].Topic
-	t.Cleanup(func() { _ = nodes[0].Exec(context.Background(), "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(db)+" ON CLUSTER "+pipeline.QuoteIdent(cluster)) })
+	t.Cleanup(func() {
+		_ = nodes[0].Exec(context.Background(), "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(db)+" ON CLUSTER "+pipeline.QuoteIdent(cluster))
+	})
 	if err := k8s.Create(ctx, loop); err != nil {
 		t.Fatal(err)
 	}
