@@ -88,6 +88,14 @@ clickhouse: ## Start (or reuse) the local ClickHouse server.
 clickhouse-stop: ## Stop the local ClickHouse server.
 	hack/clickhouse.sh stop
 
+.PHONY: cluster
+cluster: ## Start (or reuse) the local three-node ClickHouse cluster with ZooKeeper.
+	hack/clickhouse-cluster.sh
+
+.PHONY: cluster-stop
+cluster-stop: ## Stop the local ClickHouse cluster and its ZooKeeper.
+	hack/clickhouse-cluster.sh stop
+
 .PHONY: control-plane
 control-plane: $(SETUP_ENVTEST) ## Provide etcd and kube-apiserver for envtest (built once, then cached).
 	SETUP_ENVTEST=$(SETUP_ENVTEST) ENVTEST_K8S_VERSION=$(ENVTEST_K8S_VERSION) hack/envtest.sh
@@ -95,11 +103,16 @@ control-plane: $(SETUP_ENVTEST) ## Provide etcd and kube-apiserver for envtest (
 # Provisions the stack and exports its coordinates for the command that follows. The
 # private server's "customerloop" user has a password, so the tests exercise credentials
 # from a Secret; with CLICKHOUSE_ADDR given, set CLICKHOUSE_USER/CLICKHOUSE_PASSWORD too.
+# The three-node cluster (same users) backs the tests of the cluster planners.
+CLUSTER_ENV = \
+	cluster_addrs=$$(hack/clickhouse-cluster.sh); \
+	export CLICKHOUSE_CLUSTER=customerloop CLICKHOUSE_CLUSTER_ADDRS=$$cluster_addrs;
 STACK = \
 	if [ -z "$${CLICKHOUSE_ADDR:-}" ]; then \
 		export CLICKHOUSE_USER=customerloop CLICKHOUSE_PASSWORD="$${CLICKHOUSE_DEV_PASSWORD:-customerloop-dev}"; \
 	fi; \
 	addr=$$(hack/clickhouse.sh); export CLICKHOUSE_ADDR=$$addr; \
+	$(CLUSTER_ENV) \
 	assets=$$(SETUP_ENVTEST=$(SETUP_ENVTEST) ENVTEST_K8S_VERSION=$(ENVTEST_K8S_VERSION) hack/envtest.sh); \
 	export KUBEBUILDER_ASSETS=$$assets;
 
@@ -126,7 +139,7 @@ demo: build $(SETUP_ENVTEST) ## Run the whole loop on the local stack with a syn
 
 .PHONY: bench
 bench: build ## Measure ingestion against the Kafka engine and the bare client ceilings (BENCH_OUT=bench-results.json).
-	addr=$$(hack/clickhouse.sh); CLICKHOUSE_ADDR=$$addr go run ./test/bench -bin $(LOCALBIN)/customerloop $(ARGS)
+	addr=$$(hack/clickhouse.sh); $(CLUSTER_ENV) CLICKHOUSE_ADDR=$$addr go run ./test/bench -bin $(LOCALBIN)/customerloop $(ARGS)
 
 .PHONY: helm-lint
 helm-lint: $(HELM) ## Lint the chart (strict) with its default values and each ci/ values file.

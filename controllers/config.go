@@ -40,6 +40,7 @@ func (r *CustomerLoopReconciler) pipelineConfig(ctx context.Context, loop *loops
 		ClickHouse: pipeline.ClickHouseConfig{
 			Addr:     spec.ClickHouse.Address,
 			Database: spec.ClickHouse.Database,
+			Cluster:  spec.ClickHouse.Cluster,
 		},
 		Batch: r.Batch,
 	}

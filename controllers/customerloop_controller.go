@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -81,7 +83,7 @@ func (r *CustomerLoopReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		obs.configErr = err
 		return r.resultFor(err)
 	}
-	if err := r.reconcileSchema(ctx, cfg, obs); err != nil {
+	if err := r.reconcileSchema(ctx, loop, cfg, obs); err != nil {
 		return r.resultFor(err)
 	}
 	if err := r.reconcileFeedback(ctx, loop, cfg, obs); err != nil {
@@ -123,15 +125,19 @@ func (r *CustomerLoopReconciler) Reconcile(ctx context.Context, req ctrl.Request
 // reconcileSchema creates the loop's database, ledger and raw tables, and adds the
 // columns new dimensions need. A change the tables cannot follow stalls the loop; the
 // workers keep running the config they have.
-func (r *CustomerLoopReconciler) reconcileSchema(ctx context.Context, cfg pipeline.Config, obs *observation) error {
+func (r *CustomerLoopReconciler) reconcileSchema(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config, obs *observation) error {
 	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
 		obs.schemaErr = err
 		return err
 	}
 	defer conn.Close()
+	if err := pipeline.CheckCluster(ctx, conn, cfg.ClickHouse); err != nil {
+		obs.schemaErr = err
+		return err
+	}
 	stmts, err := pipeline.Migrate(ctx, conn, cfg)
-	if err != nil {
+	if err = r.ddlPending(ctx, loop, err); err != nil {
 		obs.schemaErr = err
 		return err
 	}
@@ -163,13 +169,38 @@ func (r *CustomerLoopReconciler) reconcileFeedback(ctx context.Context, loop *lo
 		return err
 	}
 	defer conn.Close()
-	if err := pipeline.ApplyFeedback(ctx, conn, fc.Database, stmts); err != nil {
+	if fc.Cluster == "" {
+		err = pipeline.ApplyFeedback(ctx, conn, fc.Database, stmts)
+	} else {
+		// Each node's views are checked: a Distributed read reaches one replica per shard.
+		var nodes []driver.Conn
+		if nodes, err = pipeline.ClusterNodes(ctx, cfg.ClickHouse); err == nil {
+			err = pipeline.ApplyFeedbackNodes(ctx, conn, nodes, fc.Database, stmts)
+			for _, n := range nodes {
+				_ = n.Close()
+			}
+		}
+	}
+	if err = r.ddlPending(ctx, loop, err); err != nil {
 		obs.schemaErr, obs.schemaReady = err, false
 		return err
 	}
 	for _, s := range stmts {
 		obs.objects = append(obs.objects, s.Object)
 	}
+	return nil
+}
+
+// ddlPending passes err on, except when ON CLUSTER statements ran on every host that
+// answered and wait in the cluster's DDL queue for the others (a replica that is down):
+// that is a warning, not a failure. The hosts that are up have the schema, ingestion goes
+// on through them, and the others catch up from the queue when they are back.
+func (r *CustomerLoopReconciler) ddlPending(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, err error) error {
+	if !errors.Is(err, pipeline.ErrDDLPending) {
+		return err
+	}
+	log.FromContext(ctx).Info("schema applied on the hosts that answered; the others run it from the DDL queue", "pending", err.Error())
+	r.event(loop, "Warning", "DDLPending", "Schema", "%v", err)
 	return nil
 }
 
@@ -186,6 +217,7 @@ func feedbackConfig(loop *loopsv1alpha1.CustomerLoop) *pipeline.FeedbackConfig {
 	}
 	return &pipeline.FeedbackConfig{
 		Database:   loop.Spec.ClickHouse.Database,
+		Cluster:    loop.Spec.ClickHouse.Cluster,
 		UsageTable: f.UsageStream + "_raw",
 		PlanTable:  f.PlanStream + "_raw",
 		Grain:      grain,

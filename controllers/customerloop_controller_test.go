@@ -356,6 +356,7 @@ func TestInvalidSpecsRefused(t *testing.T) {
 		want   string
 	}{
 		{"SQL injection in the database name", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.ClickHouse.Database = "x`; DROP DATABASE system; --" }, "spec.clickhouse.database"},
+		{"SQL in the cluster name", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.ClickHouse.Cluster = "c' ; DROP DATABASE system; --" }, "spec.clickhouse.cluster"},
 		{"backtick in a stream name", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Name = "us`age" }, "spec.streams[0].name"},
 		{"newline in a dimension name", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Dimensions[0].Name = "region\nx" }, "spec.streams[0].dimensions[0].name"},
 		{"dimension named like a core column", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Dimensions[0].Name = "customer_id" }, "collides with a core column"},
@@ -484,5 +485,32 @@ func TestDatabaseIsImmutable(t *testing.T) {
 	err := k8s.Patch(ctx, l, patch)
 	if err == nil || !strings.Contains(err.Error(), "database is immutable") {
 		t.Fatalf("update of the database: err = %v, want it refused as immutable", err)
+	}
+}
+
+// TestClusterIsImmutable: a loop's tables are either plain or Replicated pairs; setting,
+// changing or removing the cluster afterwards would leave them behind.
+func TestClusterIsImmutable(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct{ name, from, to string }{
+		{"set", "", "analytics"},
+		{"changed", "analytics", "other"},
+		{"removed", "analytics", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			loop := newLoop(t)
+			loop.Spec.Paused = true
+			loop.Spec.ClickHouse.Cluster = tc.from
+			if err := k8s.Create(ctx, loop); err != nil {
+				t.Fatal(err)
+			}
+			l := get(t, loop)
+			patch := client.MergeFrom(l.DeepCopy())
+			l.Spec.ClickHouse.Cluster = tc.to
+			err := k8s.Patch(ctx, l, patch)
+			if err == nil || !strings.Contains(err.Error(), "cluster is immutable") {
+				t.Fatalf("cluster %q -> %q: err = %v, want it refused as immutable", tc.from, tc.to, err)
+			}
+		})
 	}
 }

@@ -95,6 +95,7 @@ func digestConfig(loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config) (*pipel
 		Topic:     f.Publish.Topic,
 		Feedback:  *feedbackConfig(loop),
 		Publisher: publisherName(),
+		Cluster:   cfg.ClickHouse.Cluster,
 	}
 	if f.Publish.TopCustomers != nil {
 		dc.TopCustomers = int(*f.Publish.TopCustomers)

@@ -42,7 +42,7 @@ func (r *CustomerLoopReconciler) reconcileRetention(ctx context.Context, loop *l
 		if !ok {
 			continue
 		}
-		dropped, err := pipeline.ApplyRetention(ctx, conn, v, cfg.ClickHouse.Database, s, d, now)
+		dropped, err := pipeline.ApplyRetention(ctx, conn, v, cfg.ClickHouse, s, d, now)
 		if err != nil {
 			return fmt.Errorf("retention of stream %s: %w", s.Name, err)
 		}

@@ -68,6 +68,7 @@ func (r *CustomerLoopReconciler) reconcileRollups(ctx context.Context, loop *loo
 		return w == "", nil
 	}
 	rebuilt, done, err := pipeline.ApplyRollups(ctx, conn, cfg.ClickHouse.Database, plans, quiesce)
+	err = r.ddlPending(ctx, loop, err)
 	for _, name := range rebuilt {
 		log.FromContext(ctx).Info("rollup built and backfilled", "rollup", name)
 		r.event(loop, "Normal", ReasonRollupBackfill, "Backfill", "rollup %s built from the raw table with the workers stopped; its read view switched", name)

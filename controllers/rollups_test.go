@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/segmentio/kafka-go"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -54,7 +55,13 @@ func usageEvents(first, n int, want map[dailyKey]dailyTotals) []string {
 // readRollup reads the per-group totals of a loop's rollup_daily read view.
 func readRollup(t *testing.T, db string) (map[dailyKey]dailyTotals, error) {
 	t.Helper()
-	rows, err := ch.Query(context.Background(), "SELECT toString(period), customer_id, product, ifNull(region, '-'), events, used FROM "+
+	return readRollupOn(t, ch, db)
+}
+
+// readRollupOn reads the rollup_daily read view through conn.
+func readRollupOn(t *testing.T, conn driver.Conn, db string) (map[dailyKey]dailyTotals, error) {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), "SELECT toString(period), customer_id, product, ifNull(region, '-'), events, used FROM "+
 		pipeline.QualifiedTable(db, "rollup_daily"))
 	if err != nil {
 		return nil, err // the view may not exist yet

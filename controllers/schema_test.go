@@ -9,6 +9,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
@@ -140,4 +141,39 @@ func TestDeletionPolicyDelete(t *testing.T) {
 	if n := countRows(t, fmt.Sprintf("SELECT count() FROM system.databases WHERE name = '%s'", db)); n != 1 {
 		t.Errorf("the database is gone too; it may hold others' tables and must stay")
 	}
+}
+
+// TestClusterNotReady: a loop naming a cluster the server does not have creates nothing
+// and says what to fix on the ClickHouse side; no worker starts.
+func TestClusterNotReady(t *testing.T) {
+	ctx := context.Background()
+	loop := newLoop(t)
+	loop.Spec.ClickHouse.Cluster = "analytics"
+	if err := k8s.Create(ctx, loop); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 30*time.Second, "SchemaReady False/ClusterNotReady", func() (bool, string) {
+		l := get(t, loop)
+		return condition(l, "SchemaReady") == "False/ClusterNotReady" && condition(l, "WorkersReady") == "False/NotReached",
+			fmt.Sprintf("SchemaReady=%s WorkersReady=%s", condition(l, "SchemaReady"), condition(l, "WorkersReady"))
+	})
+	l := get(t, loop)
+	if msg := meta.FindStatusCondition(l.Status.Conditions, "SchemaReady").Message; !strings.Contains(msg, `cluster "analytics"`) || !strings.Contains(msg, "remote_servers") {
+		t.Errorf("the message does not say what is missing: %q", msg)
+	}
+	if c := meta.FindStatusCondition(l.Status.Conditions, "Stalled"); c != nil && c.Status == metav1.ConditionTrue {
+		t.Errorf("Stalled is True (%s); a server-side fix must be picked up without a spec change", c.Reason)
+	}
+	if n := countTables(t, loop.Spec.ClickHouse.Database); n != 0 {
+		t.Errorf("%d tables were created for a cluster the server does not have", n)
+	}
+}
+
+func countTables(t *testing.T, db string) uint64 {
+	t.Helper()
+	var n uint64
+	if err := ch.QueryRow(context.Background(), "SELECT count() FROM system.tables WHERE database = ?", db).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -59,6 +59,7 @@ const (
 	ReasonNotReached         = "NotReached"
 	ReasonInvalidRollup      = "InvalidRollup"
 	ReasonRollupBackfill     = "RollupBackfill"
+	ReasonClusterNotReady    = "ClusterNotReady"
 )
 
 type cond struct {
@@ -73,6 +74,7 @@ func computeConditions(obs *observation) map[string]cond {
 	var me *missingInputError
 	var ue *pipeline.UnsafeChangeError
 	var re *pipeline.RollupError
+	var ce *pipeline.ClusterError
 	stalled := cond{metav1.ConditionFalse, ReasonSucceeded, ""}
 
 	switch {
@@ -92,6 +94,8 @@ func computeConditions(obs *observation) map[string]cond {
 	case obs.schemaErr != nil && errors.As(obs.schemaErr, &se):
 		stalled = cond{metav1.ConditionTrue, ReasonInvalidSpec, se.msg}
 		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonInvalidSpec, se.msg}
+	case obs.schemaErr != nil && errors.As(obs.schemaErr, &ce):
+		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonClusterNotReady, ce.Error()}
 	case obs.schemaErr != nil:
 		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonClickHouseError, obs.schemaErr.Error()}
 	case obs.rollupWait != "":

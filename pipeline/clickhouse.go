@@ -34,12 +34,41 @@ func OpenClickHouse(ctx context.Context, cfg ClickHouseConfig) (driver.Conn, err
 	return conn, nil
 }
 
-// ApplySchema runs the planned statements in order. Each is idempotent.
+// How long ApplySchema waits, in seconds (distributed_ddl_task_timeout, 180 by default),
+// for every host of a cluster to run an ON CLUSTER statement. A host that is down would
+// otherwise hold every reconcile 180 s per statement, although it needs nobody to wait:
+// ClickHouse's distributed DDL queue keeps the statements and each host runs them in
+// order when it is back. So the first statement that some host has not run waits
+// ddlTimeout, and once one has, the rest wait only ddlPendingTimeout each (enough for
+// the hosts that are up, which run them at once).
+const (
+	ddlTimeout        = 15
+	ddlPendingTimeout = 2
+)
+
+// ApplySchema runs the planned statements in order. Each is idempotent. On a cluster, a
+// statement that fails on some host is a DDLHostError naming the host; when every host
+// that answered ran every statement but some hosts had not within the wait, the
+// statements are all applied where they can be and the error is a DDLPendingError
+// (errors.Is(err, ErrDDLPending)) naming those hosts: a warning, not a failure.
 func ApplySchema(ctx context.Context, conn driver.Conn, stmts []Statement) error {
+	var pending *DDLPendingError
+	timeout := ddlTimeout
 	for _, s := range stmts {
-		if err := conn.Exec(ctx, s.SQL); err != nil {
-			return fmt.Errorf("schema of %s: %w", s.Object, err)
+		hosts, err := runDDL(ctx, conn, s, timeout)
+		if err != nil {
+			return err
 		}
+		if len(hosts) > 0 {
+			if pending == nil {
+				pending = &DDLPendingError{}
+			}
+			pending.add(s.Object, hosts)
+			timeout = ddlPendingTimeout
+		}
+	}
+	if pending != nil {
+		return pending
 	}
 	return nil
 }

@@ -70,8 +70,8 @@ var consentAuditColumns = []Column{
 func consentDDL(ch ClickHouseConfig) []Statement {
 	db := ch.Database
 	return append(
-		tableStatements(ch, db, ConsentTable, consentColumns, "MergeTree", "ORDER BY (_topic, _partition, _offset)", "cityHash64(_topic, _partition)"),
-		tableStatements(ch, db, ConsentAuditTable, consentAuditColumns, "MergeTree", "ORDER BY (_topic, _partition, _offset)", "cityHash64(_topic, _partition)")...)
+		tableStatements(ch, db, ConsentTable, consentColumns, "MergeTree", "ORDER BY (_topic, _partition, _offset)", consentShardKey),
+		tableStatements(ch, db, ConsentAuditTable, consentAuditColumns, "MergeTree", "ORDER BY (_topic, _partition, _offset)", consentShardKey)...)
 }
 
 // ConsentMessage is one consent message as a customer publishes it:
@@ -452,27 +452,40 @@ type ConsentAudit struct {
 	CompletedAt time.Time
 }
 
+// DeleteCustomerStatement is the mutation that deletes a customer's rows from a table:
+// on a cluster from its local tables ON CLUSTER (each shard's replicated table runs it
+// once; its replicas apply it from the replication log). The customer is its one
+// parameter.
+func DeleteCustomerStatement(ch ClickHouseConfig, table string) Statement {
+	t := ch.storedTable(table)
+	return Statement{Object: ch.Database + "." + t,
+		SQL: "ALTER TABLE " + QualifiedTable(ch.Database, t) + ch.OnCluster() + " DELETE WHERE customer_id = ?"}
+}
+
 // DeleteCustomer deletes a customer's rows from a raw table with a mutation and waits
 // until ClickHouse reports it done. It returns the rows the table held of the customer
-// before, and the mutation's id. The caller stops every writer of the table first, so
-// that no row of the customer is inserted behind the mutation.
-func DeleteCustomer(ctx context.Context, conn driver.Conn, db, table, customer string) (uint64, string, error) {
-	qt := QualifiedTable(db, table)
+// before, and the mutation's id (on a cluster, its id on the connected node's shard).
+// The caller stops every writer of the table first, so that no row of the customer is
+// inserted behind the mutation.
+func DeleteCustomer(ctx context.Context, conn driver.Conn, ch ClickHouseConfig, table, customer string) (uint64, string, error) {
+	db, stored := ch.Database, ch.storedTable(table)
 	var n uint64
-	if err := conn.QueryRow(ctx, "SELECT count() FROM "+qt+" WHERE customer_id = ?", customer).Scan(&n); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT count() FROM "+QualifiedTable(db, table)+" WHERE customer_id = ?", customer).Scan(&n); err != nil {
 		return 0, "", fmt.Errorf("counting a customer's rows in %s: %w", table, err)
 	}
 	if n == 0 {
 		return 0, "", nil
 	}
-	before, err := mutationIDs(ctx, conn, db, table)
+	before, err := mutationIDs(ctx, conn, db, stored)
 	if err != nil {
 		return 0, "", err
 	}
-	if err := conn.Exec(ctx, "ALTER TABLE "+qt+" DELETE WHERE customer_id = ?", customer); err != nil {
+	// A replica that is down has the mutation in its replication log: not waiting for
+	// its DDL answer is right (waitMutations waits for the replicas that answer).
+	if _, err := runDDL(ctx, conn, DeleteCustomerStatement(ch, table), ddlTimeout, customer); err != nil {
 		return 0, "", fmt.Errorf("deleting a customer's rows from %s: %w", table, err)
 	}
-	after, err := mutationIDs(ctx, conn, db, table)
+	after, err := mutationIDs(ctx, conn, db, stored)
 	if err != nil {
 		return 0, "", err
 	}
@@ -482,8 +495,23 @@ func DeleteCustomer(ctx context.Context, conn driver.Conn, db, table, customer s
 			id = m
 		}
 	}
-	if err := waitMutations(ctx, conn, db, table); err != nil {
-		return 0, id, err
+	if !ch.Clustered() {
+		if err := waitMutations(ctx, conn, db, stored); err != nil {
+			return 0, id, err
+		}
+		return n, id, nil
+	}
+	// On a cluster each node's system.mutations knows only its own replica's progress:
+	// wait on every node that answers, with at least one of every shard.
+	nodes, closeAll, err := connectNodes(ctx, conn, ch)
+	if err != nil {
+		return 0, id, fmt.Errorf("waiting for the deletion from %s: %w", table, err)
+	}
+	defer closeAll()
+	for _, node := range nodes {
+		if err := waitMutations(ctx, node.conn, db, stored); err != nil {
+			return 0, id, fmt.Errorf("%s: %w", node.Addr, err)
+		}
 	}
 	return n, id, nil
 }
@@ -507,7 +535,8 @@ func mutationIDs(ctx context.Context, conn driver.Conn, db, table string) (map[s
 }
 
 // waitMutations waits until no mutation of the table is left to do. ClickHouse 18.16
-// applies ALTER ... DELETE asynchronously and has no setting to wait for it.
+// applies ALTER ... DELETE asynchronously and has no setting to wait for it (no
+// mutations_sync).
 func waitMutations(ctx context.Context, conn driver.Conn, db, table string) error {
 	delay := 50 * time.Millisecond
 	for {
@@ -541,12 +570,8 @@ func RebuildRollups(ctx context.Context, conn driver.Conn, plans []RollupPlan, t
 		if !slices.Contains(tables, p.Source) {
 			continue
 		}
-		parts, err := sourcePartitions(ctx, conn, p)
-		if err != nil {
-			return rebuilt, fmt.Errorf("rollup %s: %w", p.Name, err)
-		}
-		if err := ApplySchema(ctx, conn, p.Rebuild(parts)); err != nil {
-			return rebuilt, fmt.Errorf("rollup %s: %w", p.Name, err)
+		if err := RebuildRollup(ctx, conn, p); err != nil {
+			return rebuilt, err
 		}
 		rebuilt = append(rebuilt, p.Name)
 	}
@@ -613,7 +638,7 @@ func ApplyConsent(ctx context.Context, conn driver.Conn, cfg Config, plans []Rol
 					continue
 				}
 				customer := cfg.storedCustomer(s, e.Customer)
-				n, id, err := DeleteCustomer(ctx, conn, db, s.Table(), customer)
+				n, id, err := DeleteCustomer(ctx, conn, cfg.ClickHouse, s.Table(), customer)
 				if err != nil {
 					return nil, nil, err
 				}
@@ -634,7 +659,7 @@ func ApplyConsent(ctx context.Context, conn driver.Conn, cfg Config, plans []Rol
 					if p.Source != s.Table() || !slices.Contains(p.Columns, "customer_id") {
 						continue
 					}
-					n, id, err := DeleteCustomer(ctx, conn, db, p.Table, customer)
+					n, id, err := DeleteCustomer(ctx, conn, cfg.ClickHouse, p.Table, customer)
 					if err != nil {
 						return nil, nil, fmt.Errorf("rollup %s: %w", p.Name, err)
 					}

@@ -12,10 +12,10 @@ var (
 )
 
 // ddlNames are the names a spec gives that reach the DDL planners.
-type ddlNames struct{ db, stream, dim, rollup, measure, field string }
+type ddlNames struct{ db, stream, dim, rollup, measure, field, cluster string }
 
-// ddlConfig is a loop with a Usage stream (one dimension), a Plan stream and a rollup of
-// the Usage stream, named by n.
+// ddlConfig is a loop with a Usage stream (one dimension), a Plan stream, consent and a
+// rollup of the Usage stream, named by n, on n.cluster when it is not empty.
 func ddlConfig(n ddlNames, typ, fn uint8) Config {
 	m := MeasureConfig{Name: n.measure, Function: fuzzFuncs[int(fn)%len(fuzzFuncs)], Field: n.field}
 	switch m.Function {
@@ -26,7 +26,8 @@ func ddlConfig(n ddlNames, typ, fn uint8) Config {
 	}
 	return Config{
 		Kafka:      KafkaConfig{Brokers: []string{"127.0.0.1:9092"}, Group: "g"},
-		ClickHouse: ClickHouseConfig{Addr: "127.0.0.1:9000", Database: n.db},
+		ClickHouse: ClickHouseConfig{Addr: "127.0.0.1:9000", Database: n.db, Cluster: n.cluster},
+		Consent:    &ConsentConfig{Topic: "t.consent"},
 		Streams: []StreamConfig{
 			{Name: n.stream, Kind: KindUsage, Topic: "t.usage", DeadLetterTopic: "t.usage.dlq",
 				Mapping:    Mapping{EventID: "id", CustomerID: "c", Product: "p", Timestamp: "ts"},
@@ -40,7 +41,7 @@ func ddlConfig(n ddlNames, typ, fn uint8) Config {
 
 // plannedSQL runs every DDL planner on cfg: schema, an additive migration from a raw
 // table that has only its first column, rollups (built from scratch, by partition),
-// feedback views and the drop plan.
+// feedback views, the digest table, retention, consent deletion and the drop plan.
 func plannedSQL(t *testing.T, cfg Config) []string {
 	t.Helper()
 	var out []string
@@ -52,7 +53,7 @@ func plannedSQL(t *testing.T, cfg Config) []string {
 		out = append(out, s.SQL)
 	}
 	s := cfg.Streams[0]
-	mig, err := PlanMigration(cfg.ClickHouse.Database, ManagedTables(cfg), map[string][]Column{s.Table(): s.Columns()[:1]})
+	mig, err := PlanMigration(cfg.ClickHouse, ManagedTables(cfg), map[string][]Column{s.Table(): s.Columns()[:1], LocalTable(s.Table()): s.Columns()[:1]})
 	if err != nil {
 		t.Fatalf("PlanMigration: %v", err)
 	}
@@ -72,6 +73,15 @@ func plannedSQL(t *testing.T, cfg Config) []string {
 	}
 	for _, s := range fb {
 		out = append(out, s.SQL)
+	}
+	dt, err := DigestTableStatement(cfg.ClickHouse)
+	if err != nil {
+		t.Fatalf("DigestTableStatement: %v", err)
+	}
+	out = append(out, dt.SQL)
+	for _, st := range cfg.Streams {
+		out = append(out, RetentionTTLStatement(cfg.ClickHouse, st, 30).SQL, DropPartitionStatement(cfg.ClickHouse, st, 202611).SQL,
+			DeleteCustomerStatement(cfg.ClickHouse, st.Table()).SQL)
 	}
 	for _, s := range PlanDrop(cfg) {
 		out = append(out, s.SQL)
@@ -130,23 +140,27 @@ func lexSQL(sql string) (words map[string]bool, quoted []string, err error) {
 }
 
 // FuzzDDLPlanners gives the DDL planners fuzzed names for the database, a stream, a
-// dimension, a rollup, its measure and the measure's field. Whatever passes Validate
+// dimension, a rollup, its measure, the measure's field and the cluster. Whatever passes Validate
 // must plan into SQL that lexes cleanly, whose quoted identifiers are all valid names,
 // and where no fuzzed name appears as a bare word unless the same plan with neutral
 // names has that word too (a keyword or function the planner writes itself, like sum).
 func FuzzDDLPlanners(f *testing.F) {
-	f.Add("acme", "usage", "region", "daily", "events", "region", uint8(0), uint8(0))
-	f.Add("a", "s", "d", "r", "m", "quantity", uint8(3), uint8(1))
-	f.Add("_x", "SELECT", "FROM", "rollup", "sum", "d", uint8(6), uint8(5))
-	f.Add("default", "system", "ts", "period", "customer_id", "customer_id", uint8(9), uint8(4))
-	f.Add("x`y", "a b", "d;DROP", "r'", "m\n", "f\x00", uint8(1), uint8(2))
-	f.Fuzz(func(t *testing.T, db, stream, dim, rollup, measure, field string, typ, fn uint8) {
-		n := ddlNames{db, stream, dim, rollup, measure, field}
+	f.Add("acme", "usage", "region", "daily", "events", "region", "", uint8(0), uint8(0))
+	f.Add("a", "s", "d", "r", "m", "quantity", "customerloop", uint8(3), uint8(1))
+	f.Add("_x", "SELECT", "FROM", "rollup", "sum", "d", "ON", uint8(6), uint8(5))
+	f.Add("default", "system", "ts", "period", "customer_id", "customer_id", "shard", uint8(9), uint8(4))
+	f.Add("x`y", "a b", "d;DROP", "r'", "m\n", "f\x00", "c') --", uint8(1), uint8(2))
+	f.Add("acme", "usage", "region", "daily", "events", "region", "c`; DROP DATABASE acme ON CLUSTER `c", uint8(0), uint8(0))
+	f.Fuzz(func(t *testing.T, db, stream, dim, rollup, measure, field, cluster string, typ, fn uint8) {
+		n := ddlNames{db, stream, dim, rollup, measure, field, cluster}
 		cfg := ddlConfig(n, typ, fn)
 		if cfg.Validate() != nil {
 			return
 		}
-		neutral := ddlNames{"n_db", "n_stream", "n_dim", "n_rollup", "n_measure", field}
+		neutral := ddlNames{"n_db", "n_stream", "n_dim", "n_rollup", "n_measure", field, ""}
+		if cluster != "" {
+			neutral.cluster = "n_cluster"
+		}
 		if field == dim {
 			neutral.field = neutral.dim
 		}
@@ -170,7 +184,7 @@ func FuzzDDLPlanners(f *testing.F) {
 					t.Fatalf("quoted identifier %q is not a valid name:\n%s", q, sql)
 				}
 			}
-			for _, name := range []string{db, stream, dim, rollup, measure, field} {
+			for _, name := range []string{db, stream, dim, rollup, measure, field, cluster} {
 				if words[name] && !base[name] {
 					t.Fatalf("name %q appears unquoted:\n%s", name, sql)
 				}

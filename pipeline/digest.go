@@ -49,14 +49,31 @@ var digestColumns = []Column{
 	{"recorded_at", "DateTime"},
 }
 
-// DigestTableStatement returns the statement that creates the digest table; it is
-// idempotent and plain MergeTree, so it works on every supported ClickHouse.
-func DigestTableStatement(db string) (Statement, error) {
+// DigestTableStatement returns the statement that creates the digest table in ch's
+// database; it is idempotent and plain MergeTree on a single server, so it works on every
+// supported ClickHouse.
+//
+// On a cluster it is one ReplicatedMergeTree replica set spanning every node (its
+// ZooKeeper path has no {shard}), not a Distributed pair: the table is tiny, and the
+// publication protocol reads max(version) right after reserving versions, which a
+// Distributed table's asynchronous inserts would not show yet, while a replicated table
+// shows the connected node's own inserts at once.
+func DigestTableStatement(ch ClickHouseConfig) (Statement, error) {
+	db := ch.Database
 	if err := ValidIdent(db); err != nil {
 		return Statement{}, err
 	}
+	if ch.Cluster != "" {
+		if err := ValidIdent(ch.Cluster); err != nil {
+			return Statement{}, err
+		}
+	}
+	engine := "MergeTree"
+	if ch.Clustered() {
+		engine = "ReplicatedMergeTree('/clickhouse/tables/all/customerloop/" + db + "/" + DigestTable + "', '{replica}')"
+	}
 	return Statement{Object: db + "." + DigestTable,
-		SQL: createTableDDL(db, DigestTable, digestColumns, "") + "ENGINE = MergeTree\nORDER BY (loop, product, period, version)"}, nil
+		SQL: createTableDDL(db, DigestTable, digestColumns, ch.OnCluster()) + "ENGINE = " + engine + "\nORDER BY (loop, product, period, version)"}, nil
 }
 
 // DigestSchema is the version of the digest message format; it changes only when a
@@ -83,6 +100,8 @@ type DigestConfig struct {
 	TopCustomers int `json:"topCustomers,omitempty"`
 	// Publisher identifies this replica in the digest table (a pod name, say).
 	Publisher string `json:"publisher,omitempty"`
+	// Cluster is the loop's ClickHouse cluster (ClickHouseConfig.Cluster), or "".
+	Cluster string `json:"cluster,omitempty"`
 }
 
 // Validate checks the config before anything reaches SQL or Kafka.
@@ -99,6 +118,11 @@ func (c DigestConfig) Validate() error {
 	}
 	if err := ValidIdent(c.Feedback.Database); err != nil {
 		errs = append(errs, fmt.Errorf("feedback.database: %w", err))
+	}
+	if c.Cluster != "" {
+		if err := ValidIdent(c.Cluster); err != nil {
+			errs = append(errs, fmt.Errorf("cluster: %w", err))
+		}
 	}
 	if c.Feedback.Grain != GrainWeek && c.Feedback.Grain != GrainMonth {
 		errs = append(errs, fmt.Errorf("feedback.grain %q: want %s or %s", c.Feedback.Grain, GrainWeek, GrainMonth))
@@ -511,8 +535,9 @@ type digestState struct {
 func (p *Publisher) PublishOnce(ctx context.Context) (PublishResult, error) {
 	db := p.cfg.Feedback.Database
 	if !p.table {
-		st, _ := DigestTableStatement(db) // validated in NewPublisher
-		if err := p.ch.Exec(ctx, st.SQL); err != nil {
+		st, _ := DigestTableStatement(ClickHouseConfig{Database: db, Cluster: p.cfg.Cluster}) // validated in NewPublisher
+		// A cluster host that is down creates the table when back; this node has it.
+		if err := ApplySchema(ctx, p.ch, []Statement{st}); err != nil && !errors.Is(err, ErrDDLPending) {
 			return PublishResult{}, fmt.Errorf("creating %s: %w", st.Object, err)
 		}
 		p.table = true

@@ -27,6 +27,10 @@ type FeedbackConfig struct {
 	UsageTable string `json:"usageTable"`
 	PlanTable  string `json:"planTable"`
 	Grain      Grain  `json:"grain"`
+	// Cluster, when set, is the ClickHouse cluster the loop's tables live on
+	// (ClickHouseConfig.Cluster): the views are created on every node, over the
+	// Distributed tables, which the table names above then are.
+	Cluster string `json:"cluster,omitempty"`
 }
 
 // The views the feedback loop hands to product teams, in the loop's database. Every
@@ -100,6 +104,8 @@ type FeedbackStatement struct {
 	Statement
 	View        string
 	Fingerprint string
+	// on is the ON CLUSTER clause of the view's DDL, or "".
+	on string
 }
 
 // PlanFeedback returns the statements that create the feedback views. Each view carries
@@ -110,6 +116,11 @@ func PlanFeedback(cfg FeedbackConfig) ([]FeedbackStatement, error) {
 	for _, n := range []string{cfg.Database, cfg.UsageTable, cfg.PlanTable} {
 		if err := ValidIdent(n); err != nil {
 			return nil, err
+		}
+	}
+	if cfg.Cluster != "" {
+		if err := ValidIdent(cfg.Cluster); err != nil {
+			return nil, fmt.Errorf("feedback cluster: %w", err)
 		}
 	}
 	if cfg.Grain != GrainWeek && cfg.Grain != GrainMonth {
@@ -185,8 +196,9 @@ ORDER BY product, horizon`,
 		body := bodies[name]
 		sum := sha256.Sum256([]byte(body))
 		fp := "customerloop:" + hex.EncodeToString(sum[:6])
-		sql := "CREATE VIEW IF NOT EXISTS " + view(name) + " AS\n" + withFingerprint(body, fp)
-		out = append(out, FeedbackStatement{Statement: Statement{Object: db + "." + name, SQL: sql}, View: name, Fingerprint: fp})
+		on := ClickHouseConfig{Cluster: cfg.Cluster}.OnCluster()
+		sql := "CREATE VIEW IF NOT EXISTS " + view(name) + on + " AS\n" + withFingerprint(body, fp)
+		out = append(out, FeedbackStatement{Statement: Statement{Object: db + "." + name, SQL: sql}, View: name, Fingerprint: fp, on: on})
 	}
 	return out, nil
 }
@@ -218,25 +230,41 @@ func withFingerprint(body, fp string) string {
 // ApplyFeedback creates the feedback views, replacing those made from another definition
 // (an upgrade of CustomerLoop, another grain). A view is replaced by dropping and
 // creating it: a query running at that moment fails and can be retried; no data is
-// involved.
+// involved. It compares the views of the server conn reaches; on a cluster use
+// ApplyFeedbackNodes.
 func ApplyFeedback(ctx context.Context, conn driver.Conn, db string, stmts []FeedbackStatement) error {
-	existing := map[string]string{}
-	rows, err := conn.Query(ctx, "SELECT name, create_table_query FROM system.tables WHERE database = ?", db)
-	if err != nil {
-		return fmt.Errorf("reading the views of %s: %w", db, err)
+	return ApplyFeedbackNodes(ctx, conn, []driver.Conn{conn}, db, stmts)
+}
+
+// ApplyFeedbackNodes is ApplyFeedback on a cluster: it reads the views of every node in
+// nodes (ClusterNodes) and runs the statements, ON CLUSTER, through conn. A view that is
+// made from another definition on any node is dropped on every node and created again; a
+// view missing on some node is created; when every node has the current views, no DDL
+// reaches the cluster's queue (where a stopped node would hold it up).
+func ApplyFeedbackNodes(ctx context.Context, conn driver.Conn, nodes []driver.Conn, db string, stmts []FeedbackStatement) error {
+	type state struct{ missing, stale bool }
+	states := map[string]*state{}
+	for _, s := range stmts {
+		states[s.View] = &state{}
 	}
-	for rows.Next() {
-		var name, q string
-		if err := rows.Scan(&name, &q); err != nil {
-			rows.Close()
+	for _, node := range nodes {
+		existing, err := nodeViews(ctx, node, db)
+		if err != nil {
 			return err
 		}
-		existing[name] = q
+		for _, s := range stmts {
+			q, ok := existing[s.View]
+			states[s.View].missing = states[s.View].missing || !ok
+			states[s.View].stale = states[s.View].stale || ok && !strings.Contains(q, s.Fingerprint)
+		}
 	}
-	rows.Close()
 	for _, s := range stmts {
-		if q, ok := existing[s.View]; ok && !strings.Contains(q, s.Fingerprint) {
-			if err := conn.Exec(ctx, "DROP TABLE IF EXISTS "+QualifiedTable(db, s.View)); err != nil {
+		st := states[s.View]
+		if s.on != "" && !st.missing && !st.stale {
+			continue
+		}
+		if st.stale {
+			if err := conn.Exec(ctx, "DROP TABLE IF EXISTS "+QualifiedTable(db, s.View)+s.on); err != nil {
 				return fmt.Errorf("replacing view %s: %w", s.Object, err)
 			}
 		}
@@ -245,4 +273,22 @@ func ApplyFeedback(ctx context.Context, conn driver.Conn, db string, stmts []Fee
 		}
 	}
 	return nil
+}
+
+// nodeViews reads the CREATE query of every table and view of db on one server.
+func nodeViews(ctx context.Context, conn driver.Conn, db string) (map[string]string, error) {
+	existing := map[string]string{}
+	rows, err := conn.Query(ctx, "SELECT name, create_table_query FROM system.tables WHERE database = ?", db)
+	if err != nil {
+		return nil, fmt.Errorf("reading the views of %s: %w", db, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name, q string
+		if err := rows.Scan(&name, &q); err != nil {
+			return nil, fmt.Errorf("reading the views of %s: %w", db, err)
+		}
+		existing[name] = q
+	}
+	return existing, rows.Err()
 }

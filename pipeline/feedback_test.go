@@ -29,7 +29,34 @@ func feedbackConfig(db string) (Config, FeedbackConfig) {
 }
 
 func TestPlanFeedbackGolden(t *testing.T) {
+	testPlanFeedbackGolden(t, "", "feedback.golden.sql")
+	if _, err := PlanFeedback(FeedbackConfig{Database: "a`b", UsageTable: "u", PlanTable: "p", Grain: GrainMonth}); err == nil {
+		t.Error("an invalid database name was accepted")
+	}
+	if _, err := PlanFeedback(FeedbackConfig{Database: "a", UsageTable: "u", PlanTable: "p", Grain: GrainMonth, Cluster: "c`; DROP"}); err == nil {
+		t.Error("an invalid cluster name was accepted")
+	}
+}
+
+// TestPlanFeedbackClusterGolden: on a cluster the same views (same fingerprints) are
+// created ON CLUSTER over the Distributed table names.
+func TestPlanFeedbackClusterGolden(t *testing.T) {
+	testPlanFeedbackGolden(t, "analytics", "feedback.cluster.golden.sql")
 	_, fc := feedbackConfig("acme")
+	single, _ := PlanFeedback(fc)
+	fc.Cluster = "analytics"
+	clustered, _ := PlanFeedback(fc)
+	for i, s := range clustered {
+		if s.Fingerprint != single[i].Fingerprint {
+			t.Errorf("%s: fingerprint %s on a cluster, %s on a single server", s.View, s.Fingerprint, single[i].Fingerprint)
+		}
+	}
+}
+
+func testPlanFeedbackGolden(t *testing.T, cluster, file string) {
+	t.Helper()
+	_, fc := feedbackConfig("acme")
+	fc.Cluster = cluster
 	var b strings.Builder
 	for _, g := range []Grain{GrainMonth, GrainWeek} {
 		fc.Grain = g
@@ -41,7 +68,7 @@ func TestPlanFeedbackGolden(t *testing.T) {
 			b.WriteString("-- " + string(g) + " " + s.Object + "\n" + s.SQL + ";\n\n")
 		}
 	}
-	path := filepath.Join("testdata", "feedback.golden.sql")
+	path := filepath.Join("testdata", file)
 	if *update {
 		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 			t.Fatal(err)
@@ -53,9 +80,6 @@ func TestPlanFeedbackGolden(t *testing.T) {
 	}
 	if b.String() != string(want) {
 		t.Errorf("feedback SQL differs from %s:\n%s", path, b.String())
-	}
-	if _, err := PlanFeedback(FeedbackConfig{Database: "a`b", UsageTable: "u", PlanTable: "p", Grain: GrainMonth}); err == nil {
-		t.Error("an invalid database name was accepted")
 	}
 }
 

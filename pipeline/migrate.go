@@ -2,7 +2,9 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 )
@@ -11,17 +13,29 @@ import (
 type TableSpec struct {
 	Name    string
 	Columns []Column
+	// ShardKey is what its Distributed table shards rows by on a cluster (see
+	// tableStatements).
+	ShardKey string
 }
+
+// The shard keys of the loop's tables: a customer's rows stay on one shard; the ledger
+// and the consent tables are spread by Kafka partition.
+const (
+	customerShardKey  = "cityHash64(customer_id)"
+	partitionShardKey = "cityHash64(topic, partition)"
+	consentShardKey   = "cityHash64(_topic, _partition)"
+)
 
 // ManagedTables lists the tables of the loop's database that CustomerLoop owns: the
 // ledger and one raw table per stream.
 func ManagedTables(cfg Config) []TableSpec {
-	tables := []TableSpec{{Name: LedgerTable, Columns: ledgerColumns}}
+	tables := []TableSpec{{Name: LedgerTable, Columns: ledgerColumns, ShardKey: partitionShardKey}}
 	if cfg.Consent != nil {
-		tables = append(tables, TableSpec{Name: ConsentTable, Columns: consentColumns}, TableSpec{Name: ConsentAuditTable, Columns: consentAuditColumns})
+		tables = append(tables, TableSpec{Name: ConsentTable, Columns: consentColumns, ShardKey: consentShardKey},
+			TableSpec{Name: ConsentAuditTable, Columns: consentAuditColumns, ShardKey: consentShardKey})
 	}
 	for _, s := range cfg.Streams {
-		tables = append(tables, TableSpec{Name: s.Table(), Columns: s.Columns()})
+		tables = append(tables, TableSpec{Name: s.Table(), Columns: s.Columns(), ShardKey: customerShardKey})
 	}
 	return tables
 }
@@ -45,10 +59,21 @@ func (e *UnsafeChangeError) Error() string {
 // UnsafeChangeError. Tables that do not exist yet are left to their CREATE statement.
 //
 // ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS, hence the plan against what exists.
-func PlanMigration(db string, desired []TableSpec, existing map[string][]Column) ([]Statement, error) {
+//
+// On a cluster the columns are added to the local table ON CLUSTER (replicated tables
+// run it once per shard and replicate it). The Distributed table in front cannot be
+// altered ON CLUSTER when the cluster sets internal_replication (ClickHouse refuses an
+// ALTER of a non-replicated table there, code 371), so a Distributed table that lacks a
+// desired column is dropped and created again ON CLUSTER with the desired columns. It
+// holds no rows, but between the two statements a node has no table of that name:
+// Migrate runs before the workers are given the new config, so the workers still
+// running the old one may fail an insert there and retry it (see worker.go's retry);
+// nothing is lost, and the columns they insert still exist.
+func PlanMigration(ch ClickHouseConfig, desired []TableSpec, existing map[string][]Column) ([]Statement, error) {
+	db := ch.Database
 	var stmts []Statement
 	for _, t := range desired {
-		have, ok := existing[t.Name]
+		have, ok := existing[ch.storedTable(t.Name)]
 		if !ok {
 			continue
 		}
@@ -63,16 +88,32 @@ func PlanMigration(db string, desired []TableSpec, existing map[string][]Column)
 			case ok && typ != c.Type:
 				return nil, &UnsafeChangeError{Table: db + "." + t.Name, Column: c.Name, Existing: typ, Desired: c.Type}
 			case !ok:
-				sql := fmt.Sprintf("ALTER TABLE %s ADD COLUMN %s %s", QualifiedTable(db, t.Name), QuoteIdent(c.Name), c.Type)
+				stored := ch.storedTable(t.Name)
+				sql := fmt.Sprintf("ALTER TABLE %s%s ADD COLUMN %s %s", QualifiedTable(db, stored), ch.OnCluster(), QuoteIdent(c.Name), c.Type)
 				if prev != "" {
 					sql += " AFTER " + QuoteIdent(prev)
 				}
-				stmts = append(stmts, Statement{Object: db + "." + t.Name + "." + c.Name, SQL: sql})
+				stmts = append(stmts, Statement{Object: db + "." + stored + "." + c.Name, SQL: sql})
 			}
 			prev = c.Name
 		}
+		if front, ok := existing[t.Name]; ok && ch.Clustered() && lacksColumn(front, t.Columns) {
+			stmts = append(stmts,
+				Statement{Object: db + "." + t.Name, SQL: "DROP TABLE IF EXISTS " + QualifiedTable(db, t.Name) + ch.OnCluster()},
+				distributedStatement(ch, db, t.Name, t.Columns, t.ShardKey))
+		}
 	}
 	return stmts, nil
+}
+
+// lacksColumn reports whether a table with columns have misses one of want.
+func lacksColumn(have, want []Column) bool {
+	for _, w := range want {
+		if !slices.ContainsFunc(have, func(c Column) bool { return c.Name == w.Name }) {
+			return true
+		}
+	}
+	return false
 }
 
 // ExistingColumns reads the columns of every table in the database.
@@ -96,7 +137,9 @@ func ExistingColumns(ctx context.Context, conn driver.Conn, db string) (map[stri
 
 // Migrate creates what is missing of the loop's schema and adds missing columns to what
 // exists. It returns the statements it ran, for status and logs; an UnsafeChangeError
-// leaves every table as it was.
+// leaves every table as it was. On a cluster the columns are read from the connected
+// node's local tables (and its Distributed tables); when some host has not run every
+// statement yet the error matches ErrDDLPending and the statements are returned as well.
 func Migrate(ctx context.Context, conn driver.Conn, cfg Config) ([]Statement, error) {
 	create, err := PlanSchema(cfg)
 	if err != nil {
@@ -105,41 +148,58 @@ func Migrate(ctx context.Context, conn driver.Conn, cfg Config) ([]Statement, er
 	db := cfg.ClickHouse.Database
 	// The database first, so that its columns can be read; then check before creating
 	// or altering anything.
-	if err := ApplySchema(ctx, conn, create[:1]); err != nil {
-		return nil, err
+	pending := ApplySchema(ctx, conn, create[:1])
+	if pending != nil && !errors.Is(pending, ErrDDLPending) {
+		return nil, pending
 	}
 	existing, err := ExistingColumns(ctx, conn, db)
 	if err != nil {
 		return nil, err
 	}
-	alter, err := PlanMigration(db, ManagedTables(cfg), existing)
+	alter, err := PlanMigration(cfg.ClickHouse, ManagedTables(cfg), existing)
 	if err != nil {
 		return nil, err
 	}
 	if err := ApplySchema(ctx, conn, append(create[1:], alter...)); err != nil {
-		return nil, err
+		if !errors.Is(err, ErrDDLPending) {
+			return nil, err
+		}
+		pending = err
 	}
-	return append(create, alter...), nil
+	return append(create, alter...), pending
 }
 
 // PlanDrop returns the statements that drop the loop's rollups, feedback views and tables
 // (not its database, which may hold other things). Of each rollup it drops the read view
-// and the planned version; versions left by a crash are found by PlanRollupChanges.
+// and the planned version; versions left by a crash are found by PlanRollupChanges. On a
+// cluster it drops them ON CLUSTER, each Distributed table before its local table. A
+// replicated table's DROP removes its replica from ZooKeeper before it returns (18.16
+// has no DROP ... SYNC and needs none), so creating it again at the same path works.
 func PlanDrop(cfg Config) []Statement {
-	db := cfg.ClickHouse.Database
+	ch := cfg.ClickHouse
+	db := ch.Database
 	var stmts []Statement
-	plans, _ := PlanRollups(cfg) // an invalid rollup has no planned version to drop
-	for _, p := range plans {
-		for _, name := range []string{p.View, p.MV, p.Table} {
-			stmts = append(stmts, Statement{Object: db + "." + name, SQL: "DROP TABLE IF EXISTS " + QualifiedTable(db, name)})
+	drop := func(name string) {
+		stmts = append(stmts, Statement{Object: db + "." + name, SQL: "DROP TABLE IF EXISTS " + QualifiedTable(db, name) + ch.OnCluster()})
+	}
+	dropTable := func(name string) {
+		drop(name)
+		if ch.Clustered() {
+			drop(LocalTable(name))
 		}
 	}
-	for _, v := range FeedbackViews {
-		stmts = append(stmts, Statement{Object: db + "." + v, SQL: "DROP TABLE IF EXISTS " + QualifiedTable(db, v)})
+	plans, _ := PlanRollups(cfg) // an invalid rollup has no planned version to drop
+	for _, p := range plans {
+		drop(p.View)
+		drop(p.MV)
+		dropTable(p.Table)
 	}
-	stmts = append(stmts, Statement{Object: db + "." + DigestTable, SQL: "DROP TABLE IF EXISTS " + QualifiedTable(db, DigestTable)})
+	for _, v := range FeedbackViews {
+		drop(v)
+	}
+	drop(DigestTable)
 	for _, t := range ManagedTables(cfg) {
-		stmts = append(stmts, Statement{Object: db + "." + t.Name, SQL: "DROP TABLE IF EXISTS " + QualifiedTable(db, t.Name)})
+		dropTable(t.Name)
 	}
 	return stmts
 }

@@ -38,7 +38,7 @@ func TestPlanMigrationGolden(t *testing.T) {
 
 	cfg := sampleConfig()
 	cfg.Streams[0].Dimensions = append(cfg.Streams[0].Dimensions, Dimension{Name: "plan_tier", Field: "tier", Type: "String", Nullable: true})
-	stmts, err := PlanMigration(cfg.ClickHouse.Database, ManagedTables(cfg), existing)
+	stmts, err := PlanMigration(cfg.ClickHouse, ManagedTables(cfg), existing)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func TestPlanMigrationGolden(t *testing.T) {
 		t.Errorf("migration differs from %s:\n%s", path, b.String())
 	}
 	// Nothing to do once the tables match.
-	if again, err := PlanMigration(cfg.ClickHouse.Database, ManagedTables(cfg), columnsOf(cfg)); err != nil || len(again) != 0 {
+	if again, err := PlanMigration(cfg.ClickHouse, ManagedTables(cfg), columnsOf(cfg)); err != nil || len(again) != 0 {
 		t.Errorf("migrating matching tables: %v, %v", again, err)
 	}
 }
@@ -77,7 +77,7 @@ func TestPlanMigrationRefusesTypeChanges(t *testing.T) {
 		cfg := sampleConfig()
 		existing := columnsOf(cfg)
 		tc.mutate(&cfg.Streams[0].Dimensions[0])
-		stmts, err := PlanMigration("acme", ManagedTables(cfg), existing)
+		stmts, err := PlanMigration(ClickHouseConfig{Database: "acme"}, ManagedTables(cfg), existing)
 		var ue *UnsafeChangeError
 		if !errors.As(err, &ue) || *ue != tc.want || stmts != nil {
 			t.Errorf("%s: %v, %v; want %+v", tc.name, stmts, err, tc.want)

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -74,38 +75,87 @@ func ExpiredPartitions(parts []uint32, now time.Time, days int) []uint32 {
 	return out
 }
 
+// RetentionTTLStatement sets a stream's TTL: on the raw table, or on a cluster on its
+// local tables ON CLUSTER (each shard's replicated table runs it once and replicates it).
+func RetentionTTLStatement(ch ClickHouseConfig, s StreamConfig, days int) Statement {
+	t := ch.storedTable(s.Table())
+	return Statement{Object: ch.Database + "." + t,
+		SQL: "ALTER TABLE " + QualifiedTable(ch.Database, t) + ch.OnCluster() + " MODIFY TTL " + RetentionTTL(s.Kind, days)}
+}
+
+// DropPartitionStatement drops one month partition of a stream's raw table, or on a
+// cluster of its local tables ON CLUSTER: every shard drops it (a shard without it has
+// nothing to drop), once per shard, and its other replicas follow through replication.
+func DropPartitionStatement(ch ClickHouseConfig, s StreamConfig, partition uint32) Statement {
+	t := ch.storedTable(s.Table())
+	return Statement{Object: ch.Database + "." + t,
+		SQL: fmt.Sprintf("ALTER TABLE %s%s DROP PARTITION %d", QualifiedTable(ch.Database, t), ch.OnCluster(), partition)}
+}
+
 // ApplyRetention keeps a stream's raw table to days. A server with table TTL gets one
 // (set again only when it differs, because newer servers rewrite the table's parts on
 // every MODIFY TTL); an older server, such as 18.16, has the table's expired month
 // partitions dropped, which the caller repeats (on every reconcile). It returns the
 // partitions it dropped.
-func ApplyRetention(ctx context.Context, conn driver.Conn, v ServerVersion, db string, s StreamConfig, days int, now time.Time) ([]uint32, error) {
-	qt := QualifiedTable(db, s.Table())
+//
+// On a cluster the rows are in the local tables. The connected node's system.parts only
+// knows its own shard, so the partitions are read from system.parts of a node of every
+// shard, each through its own connection (18.16 has no clusterAllReplicas; a query
+// through the Distributed table would have to read every row's time instead of the
+// parts list). A shard none of whose nodes answers is an error: its old months would
+// be missed.
+func ApplyRetention(ctx context.Context, conn driver.Conn, v ServerVersion, ch ClickHouseConfig, s StreamConfig, days int, now time.Time) ([]uint32, error) {
+	db, table := ch.Database, ch.storedTable(s.Table())
 	if v.HasTTL() {
 		ttl := RetentionTTL(s.Kind, days)
 		var engine string
-		if err := conn.QueryRow(ctx, "SELECT engine_full FROM system.tables WHERE database = ? AND name = ?", db, s.Table()).Scan(&engine); err != nil {
-			return nil, fmt.Errorf("reading the TTL of %s: %w", s.Table(), err)
+		if err := conn.QueryRow(ctx, "SELECT engine_full FROM system.tables WHERE database = ? AND name = ?", db, table).Scan(&engine); err != nil {
+			return nil, fmt.Errorf("reading the TTL of %s: %w", table, err)
 		}
 		if strings.Contains(strings.ReplaceAll(engine, "`", ""), "TTL "+strings.ReplaceAll(ttl, "`", "")) {
 			return nil, nil
 		}
-		if err := conn.Exec(ctx, "ALTER TABLE "+qt+" MODIFY TTL "+ttl); err != nil {
-			return nil, fmt.Errorf("setting the TTL of %s: %w", s.Table(), err)
+		if err := ApplySchema(ctx, conn, []Statement{RetentionTTLStatement(ch, s, days)}); err != nil {
+			return nil, fmt.Errorf("setting the TTL of %s: %w", table, err)
 		}
 		return nil, nil
 	}
-	parts, err := tablePartitions(ctx, conn, db, s.Table())
-	if err != nil {
-		return nil, err
-	}
-	expired := ExpiredPartitions(parts, now, days)
-	for _, p := range expired {
-		if err := conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s DROP PARTITION %d", qt, p)); err != nil {
-			return nil, fmt.Errorf("dropping partition %d of %s: %w", p, s.Table(), err)
+	var parts []uint32
+	if ch.Clustered() {
+		nodes, closeAll, err := connectNodes(ctx, conn, ch)
+		if err != nil {
+			return nil, fmt.Errorf("reading the partitions of %s: %w", table, err)
+		}
+		defer closeAll()
+		for _, n := range nodes {
+			p, err := tablePartitions(ctx, n.conn, db, table)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", n.Addr, err)
+			}
+			for _, x := range p {
+				if !slices.Contains(parts, x) {
+					parts = append(parts, x)
+				}
+			}
+		}
+	} else {
+		var err error
+		if parts, err = tablePartitions(ctx, conn, db, table); err != nil {
+			return nil, err
 		}
 	}
-	return expired, nil
+	expired := ExpiredPartitions(parts, now, days)
+	// A replica that is down drops the partitions when back, from its replication log.
+	var pending error
+	for _, p := range expired {
+		if err := ApplySchema(ctx, conn, []Statement{DropPartitionStatement(ch, s, p)}); err != nil {
+			if !errors.Is(err, ErrDDLPending) {
+				return nil, fmt.Errorf("dropping partition %d of %s: %w", p, table, err)
+			}
+			pending = err
+		}
+	}
+	return expired, pending
 }
 
 // tablePartitions lists a month-partitioned table's partitions that hold parts.

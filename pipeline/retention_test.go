@@ -75,7 +75,7 @@ func TestRetentionDropsExpiredMonths(t *testing.T) {
 		}
 		return n
 	}
-	dropped, err := ApplyRetention(ctx, ch, v, cfg.ClickHouse.Database, usage, 29, now)
+	dropped, err := ApplyRetention(ctx, ch, v, cfg.ClickHouse, usage, 29, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,10 +87,10 @@ func TestRetentionDropsExpiredMonths(t *testing.T) {
 	if !slices.Equal(dropped, []uint32{202607, 202608}) || count(usage) != 3 {
 		t.Errorf("usage: dropped %v leaving %d rows, want 202607 and 202608 dropped and 3 rows left", dropped, count(usage))
 	}
-	if dropped, err := ApplyRetention(ctx, ch, v, cfg.ClickHouse.Database, usage, 29, now); err != nil || len(dropped) != 0 {
+	if dropped, err := ApplyRetention(ctx, ch, v, cfg.ClickHouse, usage, 29, now); err != nil || len(dropped) != 0 {
 		t.Errorf("applying retention again dropped %v (%v), want nothing", dropped, err)
 	}
-	dropped, err = ApplyRetention(ctx, ch, v, cfg.ClickHouse.Database, plans, 1, now)
+	dropped, err = ApplyRetention(ctx, ch, v, cfg.ClickHouse, plans, 1, now)
 	if err != nil {
 		t.Fatal(err)
 	}

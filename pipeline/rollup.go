@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"regexp"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 )
 
@@ -72,6 +74,13 @@ const rollupFormat = 1
 // AggregatingMergeTree table rollup_<name>_v<version>, a materialized view
 // rollup_<name>_v<version>_mv that feeds it from the stream's raw table, and the read
 // view rollup_<name> that merges the states into plain columns.
+//
+// On a cluster the version table is a pair (cluster.go): the states live in
+// rollup_<name>_v<version>_local, a ReplicatedAggregatingMergeTree on every node, behind
+// the Distributed table rollup_<name>_v<version>. The materialized view exists on every
+// node and reads the raw table's local table, so each shard aggregates the rows inserted
+// into it, into its own local table; the read view reads the Distributed table, and its
+// -Merge combinators merge the states of every shard.
 type RollupPlan struct {
 	Name    string
 	Version string
@@ -82,8 +91,11 @@ type RollupPlan struct {
 	// Source is the raw table the rollup reads, unqualified.
 	Source string
 
-	db                                string
-	createTable, createMV, createView string
+	db string
+	ch ClickHouseConfig
+	// createTable is the version table, or its pair on a cluster.
+	createTable          []Statement
+	createMV, createView string
 	// The backfill is INSERT INTO <table> (<columns>) SELECT <exprs> FROM <source>
 	// [WHERE <partition key> = <partition>] GROUP BY <keys>.
 	insertHead, selectHead, groupBy, partitionKey string
@@ -94,7 +106,39 @@ func RollupView(name string) string { return "rollup_" + name }
 
 // Objects are the plan's objects, database-qualified, for status.
 func (p RollupPlan) Objects() []string {
-	return []string{p.db + "." + p.View, p.db + "." + p.Table, p.db + "." + p.MV}
+	objs := []string{p.db + "." + p.View, p.db + "." + p.Table, p.db + "." + p.MV}
+	if p.ch.Clustered() {
+		objs = append(objs, p.db+"."+p.StateTable())
+	}
+	return objs
+}
+
+// StateTable is the table that holds the rollup's states on each node: the version
+// table on a single server, its local table on a cluster (the Distributed table holds
+// nothing). A mutation that deletes groups (ALTER ... DELETE, ON CLUSTER) targets it.
+func (p RollupPlan) StateTable() string {
+	if p.ch.Clustered() {
+		return LocalTable(p.Table)
+	}
+	return p.Table
+}
+
+// BackfillContext carries the settings the statements of Rebuild run with. On a cluster
+// every backfill INSERT goes into the Distributed version table and must be synchronous
+// (insert_distributed_sync): the read view is switched right after it, and an
+// asynchronous insert would still sit in a node's spool. It is also not deduplicated
+// (insert_deduplicate = 0): two backfill blocks can be identical (the same week's states
+// from two monthly partitions), and a Replicated table would keep only one of them; a
+// failed rebuild starts over from a dropped table, so nothing is inserted twice.
+// Settings sent to 18.16 are integers.
+func (p RollupPlan) BackfillContext(ctx context.Context) context.Context {
+	if !p.ch.Clustered() {
+		return ctx
+	}
+	return clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{
+		"insert_distributed_sync": 1,
+		"insert_deduplicate":      0,
+	}))
 }
 
 // Rebuild returns the statements that build the plan's version from scratch and point
@@ -107,14 +151,23 @@ func (p RollupPlan) Objects() []string {
 // partitions are the raw table's partitions (toYYYYMM of its time column): the backfill
 // runs one INSERT per partition, so that no single statement outlasts the client's read
 // timeout on a large table. Without partitions it is one INSERT of the whole table.
+//
+// On a cluster every statement but the backfill runs ON CLUSTER, and the backfill
+// inserts into the Distributed version table from the Distributed raw table: the read
+// takes every shard once (one replica each) and the insert puts each state on one shard,
+// so every raw row is counted exactly once. Run the statements with BackfillContext.
 func (p RollupPlan) Rebuild(partitions []uint32) []Statement {
-	view, table, mv := QualifiedTable(p.db, p.View), QualifiedTable(p.db, p.Table), QualifiedTable(p.db, p.MV)
-	stmts := []Statement{
-		{Object: p.db + "." + p.MV, SQL: "DROP TABLE IF EXISTS " + mv},
-		{Object: p.db + "." + p.Table, SQL: "DROP TABLE IF EXISTS " + table},
-		{Object: p.db + "." + p.Table, SQL: p.createTable},
-		{Object: p.db + "." + p.MV, SQL: p.createMV},
+	on := p.ch.OnCluster()
+	view, mv := QualifiedTable(p.db, p.View), QualifiedTable(p.db, p.MV)
+	stmts := []Statement{{Object: p.db + "." + p.MV, SQL: "DROP TABLE IF EXISTS " + mv + on}}
+	// The Distributed table goes before the table it reads; dropping the last replica of
+	// the local table removes its ZooKeeper path, so a later version of the same
+	// definition starts from an empty path (and no remembered insert blocks).
+	for i := len(p.createTable) - 1; i >= 0; i-- {
+		o := p.createTable[i].Object
+		stmts = append(stmts, Statement{Object: o, SQL: "DROP TABLE IF EXISTS " + qualified(o) + on})
 	}
+	stmts = append(append(stmts, p.createTable...), Statement{Object: p.db + "." + p.MV, SQL: p.createMV})
 	if len(partitions) == 0 {
 		stmts = append(stmts, Statement{Object: p.db + "." + p.Table, SQL: p.insertHead + p.selectHead + p.groupBy})
 	}
@@ -123,13 +176,40 @@ func (p RollupPlan) Rebuild(partitions []uint32) []Statement {
 			SQL: fmt.Sprintf("%s%sWHERE %s = %d\n%s", p.insertHead, p.selectHead, p.partitionKey, part, p.groupBy)})
 	}
 	return append(stmts,
-		Statement{Object: p.db + "." + p.View, SQL: "DROP TABLE IF EXISTS " + view},
+		Statement{Object: p.db + "." + p.View, SQL: "DROP TABLE IF EXISTS " + view + on},
 		Statement{Object: p.db + "." + p.View, SQL: p.createView})
 }
 
-// sourcePartitions lists the partitions of the plan's raw table.
+// qualified quotes a "db.name" object name of the loop (both parts are identifiers).
+func qualified(object string) string {
+	db, name, _ := strings.Cut(object, ".")
+	return QualifiedTable(db, name)
+}
+
+// RebuildRollup rebuilds one rollup's version from the raw table: Rebuild over the raw
+// table's partitions, run with BackfillContext. The caller stops the loop's workers
+// first.
+func RebuildRollup(ctx context.Context, conn driver.Conn, p RollupPlan) error {
+	parts, err := sourcePartitions(ctx, conn, p)
+	if err != nil {
+		return fmt.Errorf("rollup %s: %w", p.Name, err)
+	}
+	if err := ApplySchema(p.BackfillContext(ctx), conn, p.Rebuild(parts)); err != nil {
+		return fmt.Errorf("rollup %s: %w", p.Name, err)
+	}
+	return nil
+}
+
+// sourcePartitions lists the partitions of the plan's raw table: on a cluster, those of
+// its local table on every shard (a partition may have rows on one shard only).
 func sourcePartitions(ctx context.Context, conn driver.Conn, p RollupPlan) ([]uint32, error) {
-	rows, err := conn.Query(ctx, "SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = ? AND active", p.db, p.Source)
+	q, args := "SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = ? AND active", []any{p.db, p.Source}
+	if p.ch.Clustered() {
+		// The names are bound as parameters; only the validated cluster name is quoted.
+		q = "SELECT DISTINCT partition FROM cluster('" + p.ch.Cluster + "', system, parts) WHERE database = ? AND table = ? AND active"
+		args[1] = LocalTable(p.Source)
+	}
+	rows, err := conn.Query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("reading the partitions of %s.%s: %w", p.db, p.Source, err)
 	}
@@ -179,7 +259,7 @@ func PlanRollups(cfg Config) ([]RollupPlan, error) {
 			return nil, &RollupError{Rollup: r.Name, Msg: "two rollups have this name"}
 		}
 		seen[r.Name] = true
-		p, err := planRollup(cfg.ClickHouse.Database, cfg.Streams, r)
+		p, err := planRollup(cfg.ClickHouse, cfg.Streams, r)
 		if err != nil {
 			return nil, err
 		}
@@ -188,7 +268,8 @@ func PlanRollups(cfg Config) ([]RollupPlan, error) {
 	return plans, nil
 }
 
-func planRollup(db string, streams []StreamConfig, r RollupConfig) (RollupPlan, error) {
+func planRollup(ch ClickHouseConfig, streams []StreamConfig, r RollupConfig) (RollupPlan, error) {
+	db := ch.Database
 	fail := func(format string, args ...any) (RollupPlan, error) {
 		return RollupPlan{}, &RollupError{Rollup: r.Name, Msg: fmt.Sprintf(format, args...)}
 	}
@@ -332,7 +413,7 @@ func planRollup(db string, streams []StreamConfig, r RollupConfig) (RollupPlan, 
 	}{rollupFormat, s.Table(), keys, states, read}))
 	version := hex.EncodeToString(sum[:4])
 	p := RollupPlan{
-		Name: r.Name, Version: version, db: db, Columns: columns, Source: s.Table(),
+		Name: r.Name, Version: version, db: db, ch: ch, Columns: columns, Source: s.Table(),
 		View: RollupView(r.Name), Table: RollupView(r.Name) + "_v" + version,
 	}
 	p.MV = p.Table + "_mv"
@@ -350,21 +431,43 @@ func planRollup(db string, streams []StreamConfig, r RollupConfig) (RollupPlan, 
 		}
 	}
 	copy(keyNames, names[:len(keys)])
-	p.createTable = createTableDDL(db, p.Table, cols, "") + "ENGINE = AggregatingMergeTree\n" +
-		"PARTITION BY toYYYYMM(" + QuoteIdent(period.Name) + ")\n" +
-		"ORDER BY (" + strings.Join(keyNames, ", ") + ")"
+	p.createTable = tableStatements(ch, db, p.Table, cols, "AggregatingMergeTree",
+		"PARTITION BY toYYYYMM("+QuoteIdent(period.Name)+")\nORDER BY ("+strings.Join(keyNames, ", ")+")",
+		rollupShardKey(r.Dimensions, keyNames))
 	p.selectHead = "SELECT\n    " + strings.Join(exprs, ",\n    ") + "\nFROM " + source + "\n"
 	p.groupBy = "GROUP BY " + strings.Join(keyNames, ", ")
-	p.createMV = "CREATE MATERIALIZED VIEW IF NOT EXISTS " + QualifiedTable(db, p.MV) + " TO " + table + " AS\n" + p.selectHead + p.groupBy
+	// On a cluster the materialized view reads the raw table's local table, whose inserts
+	// are the shard's own, and writes the shard's local version table.
+	mvSource, mvTarget := source, table
+	if ch.Clustered() {
+		mvSource, mvTarget = QualifiedTable(db, LocalTable(s.Table())), QualifiedTable(db, LocalTable(p.Table))
+	}
+	p.createMV = "CREATE MATERIALIZED VIEW IF NOT EXISTS " + QualifiedTable(db, p.MV) + ch.OnCluster() + " TO " + mvTarget + " AS\n" +
+		"SELECT\n    " + strings.Join(exprs, ",\n    ") + "\nFROM " + mvSource + "\n" + p.groupBy
 	p.insertHead = "INSERT INTO " + table + " (" + strings.Join(names, ", ") + ")\n"
 	// The raw table's partition key (schema.go), in the server's time zone like it.
 	p.partitionKey = "toYYYYMM(" + QuoteIdent("ts") + ")"
 	if s.Kind == KindPlan {
 		p.partitionKey = "toYYYYMM(" + QuoteIdent("period") + ")"
 	}
-	p.createView = "CREATE VIEW IF NOT EXISTS " + QualifiedTable(db, p.View) + " AS\nSELECT\n    " +
+	p.createView = "CREATE VIEW IF NOT EXISTS " + QualifiedTable(db, p.View) + ch.OnCluster() + " AS\nSELECT\n    " +
 		strings.Join(read, ",\n    ") + "\nFROM " + table + "\nGROUP BY " + strings.Join(keyNames, ", ")
 	return p, nil
+}
+
+// rollupShardKey is the sharding key of a rollup's Distributed version table on a
+// cluster, which only the backfill inserts through (the materialized views write local
+// tables). With customer_id among the dimensions it is the raw tables' key, so that a
+// customer's backfilled groups land on the shard its raw rows and later states are on.
+// Without it, every group gathers states from every shard through the materialized views
+// anyway: the key hashes the group's keys, so that a group's backfilled state goes to
+// one shard and groups spread evenly. Where a state lands never changes a total: the read
+// view merges the states of all shards.
+func rollupShardKey(dimensions, keyNames []string) string {
+	if slices.Contains(dimensions, "customer_id") {
+		return "cityHash64(" + QuoteIdent("customer_id") + ")"
+	}
+	return "cityHash64(" + strings.Join(keyNames, ", ") + ")"
 }
 
 // periodExpr is the period key of a rollup: a Usage stream's periods follow ts (in
@@ -418,7 +521,13 @@ func mustJSON(v any) []byte {
 type ExistingRollups struct {
 	engines map[string]string
 	queries map[string]string
+	// cluster is the cluster the rollups' Distributed tables were created on, if any:
+	// their leftovers are dropped on it.
+	cluster string
 }
+
+// distributedCluster finds the cluster in a Distributed table's CREATE query.
+var distributedCluster = regexp.MustCompile(`ENGINE = Distributed\('([A-Za-z_][A-Za-z0-9_]*)'`)
 
 // ReadRollups reads the rollup objects of the database.
 func ReadRollups(ctx context.Context, conn driver.Conn, db string) (ExistingRollups, error) {
@@ -435,6 +544,9 @@ func ReadRollups(ctx context.Context, conn driver.Conn, db string) (ExistingRoll
 		}
 		if strings.HasPrefix(name, "rollup_") {
 			e.engines[name], e.queries[name] = engine, q
+			if m := distributedCluster.FindStringSubmatch(q); engine == "Distributed" && m != nil {
+				e.cluster = m[1]
+			}
 		}
 	}
 	return e, rows.Err()
@@ -443,8 +555,16 @@ func ReadRollups(ctx context.Context, conn driver.Conn, db string) (ExistingRoll
 // Current reports whether the plan's version is in place and complete: its table and
 // materialized view exist and the read view reads that table. The read view is replaced
 // only after a backfill finished, so a version it does not read may be partial.
+// On a cluster the version is its local ReplicatedAggregatingMergeTree table and the
+// Distributed table over it, which the read view reads. It reads the objects of the node
+// the connection reaches: they are created and dropped ON CLUSTER, and a node that missed
+// a statement runs it from the cluster's DDL queue when it is back.
 func (e ExistingRollups) Current(p RollupPlan) bool {
-	return e.engines[p.Table] == "AggregatingMergeTree" && e.engines[p.MV] == "MaterializedView" &&
+	table := e.engines[p.Table] == "AggregatingMergeTree"
+	if p.ch.Clustered() {
+		table = e.engines[p.Table] == "Distributed" && e.engines[LocalTable(p.Table)] == "ReplicatedAggregatingMergeTree"
+	}
+	return table && e.engines[p.MV] == "MaterializedView" &&
 		e.engines[p.View] == "View" && readsTable(e.queries[p.View], p.Table)
 }
 
@@ -452,7 +572,14 @@ func readsTable(query, table string) bool {
 	return regexp.MustCompile(`(^|[^A-Za-z0-9_])` + regexp.QuoteMeta(table) + `($|[^A-Za-z0-9_])`).MatchString(query)
 }
 
-var versionObject = regexp.MustCompile(`^rollup_([a-z][a-z0-9_]*)_v([0-9a-f]{8})(_mv)?$`)
+var versionObject = regexp.MustCompile(`^rollup_([a-z][a-z0-9_]*)_v([0-9a-f]{8})(_mv|_local)?$`)
+
+// versionEngines are the engines of a version's objects, by name suffix.
+var versionEngines = map[string][]string{
+	"":       {"AggregatingMergeTree", "Distributed"},
+	"_mv":    {"MaterializedView"},
+	"_local": {"ReplicatedAggregatingMergeTree"},
+}
 
 // PlanRollupChanges compares the plans with what exists. rebuild lists the rollups whose
 // version is not in place (new, changed, or left half-built by a crash): each needs
@@ -474,9 +601,13 @@ func PlanRollupChanges(db string, plans []RollupPlan, e ExistingRollups) (rebuil
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	var mvs, tables, views []Statement
+	on := ClickHouseConfig{Cluster: e.cluster}.OnCluster()
+	if len(plans) > 0 && plans[0].ch.Clustered() {
+		on = plans[0].ch.OnCluster()
+	}
+	var mvs, tables, locals, views []Statement
 	drop := func(to *[]Statement, name string) {
-		*to = append(*to, Statement{Object: db + "." + name, SQL: "DROP TABLE IF EXISTS " + QualifiedTable(db, name)})
+		*to = append(*to, Statement{Object: db + "." + name, SQL: "DROP TABLE IF EXISTS " + QualifiedTable(db, name) + on})
 	}
 	removed := map[string]bool{}
 	for _, n := range names {
@@ -484,8 +615,8 @@ func PlanRollupChanges(db string, plans []RollupPlan, e ExistingRollups) (rebuil
 		if m == nil {
 			continue
 		}
-		rollup, version, isMV := m[1], m[2], m[3] != ""
-		if isMV != (e.engines[n] == "MaterializedView") || (!isMV && e.engines[n] != "AggregatingMergeTree") {
+		rollup, version, suffix := m[1], m[2], m[3]
+		if !slices.Contains(versionEngines[suffix], e.engines[n]) {
 			continue // not one of ours
 		}
 		if p, ok := want[rollup]; ok && p.Version == version {
@@ -494,9 +625,12 @@ func PlanRollupChanges(db string, plans []RollupPlan, e ExistingRollups) (rebuil
 		if _, ok := want[rollup]; !ok {
 			removed[rollup] = true
 		}
-		if isMV {
+		switch suffix {
+		case "_mv":
 			drop(&mvs, n)
-		} else {
+		case "_local":
+			drop(&locals, n)
+		default:
 			drop(&tables, n)
 		}
 	}
@@ -506,7 +640,7 @@ func PlanRollupChanges(db string, plans []RollupPlan, e ExistingRollups) (rebuil
 			drop(&views, v)
 		}
 	}
-	return rebuild, append(append(views, mvs...), tables...)
+	return rebuild, slices.Concat(views, mvs, tables, locals)
 }
 
 // ApplyRollups brings the database's rollups to the plans and returns the names of those
@@ -516,8 +650,10 @@ func PlanRollupChanges(db string, plans []RollupPlan, e ExistingRollups) (rebuil
 // loop's raw tables and report whether none is left; if it reports false, ApplyRollups
 // changes nothing and returns done false, to be called again later. Every step is
 // idempotent, and a crash at any point leaves a version that the read view does not
-// read, which the next call rebuilds.
+// read, which the next call rebuilds. On a cluster with a host down it completes on the
+// hosts that answer and returns done with an error matching ErrDDLPending.
 func ApplyRollups(ctx context.Context, conn driver.Conn, db string, plans []RollupPlan, quiesce func(rebuild []string) (bool, error)) (rebuilt []string, done bool, err error) {
+	var pending error
 	existing, err := ReadRollups(ctx, conn, db)
 	if err != nil {
 		return nil, false, err
@@ -533,18 +669,49 @@ func ApplyRollups(ctx context.Context, conn driver.Conn, db string, plans []Roll
 			return nil, false, err
 		}
 		for _, p := range rebuild {
-			parts, err := sourcePartitions(ctx, conn, p)
-			if err != nil {
-				return rebuilt, false, fmt.Errorf("rollup %s: %w", p.Name, err)
-			}
-			if err := ApplySchema(ctx, conn, p.Rebuild(parts)); err != nil {
-				return rebuilt, false, fmt.Errorf("rollup %s: %w", p.Name, err)
+			if err := RebuildRollup(ctx, conn, p); pendingOnly(err, &pending) != nil {
+				return rebuilt, false, err
 			}
 			rebuilt = append(rebuilt, p.Name)
 		}
 	}
-	if err := ApplySchema(ctx, conn, stale); err != nil {
+	if err := ApplySchema(ctx, conn, stale); pendingOnly(err, &pending) != nil {
 		return rebuilt, false, err
 	}
-	return rebuilt, true, nil
+	// Done on every host that answered; a host that is down runs the same statements
+	// from the DDL queue and fetches the backfilled parts from its replica when back.
+	return rebuilt, true, pending
+}
+
+// pendingOnly returns err unless it only says that some hosts have ON CLUSTER
+// statements still queued (ErrDDLPending), which it adds to pending instead.
+func pendingOnly(err error, pending *error) error {
+	if errors.Is(err, ErrDDLPending) {
+		*pending = errors.Join(*pending, err)
+		return nil
+	}
+	return err
+}
+
+// ClusterNodes opens a connection, with the loop's credentials, to every node of the
+// loop's cluster as system.clusters lists it (host_name and native port), for reads that
+// must see each node's own objects: a Distributed read or the cluster() table function
+// reaches one replica per shard only. A node that does not answer is left out while
+// another replica of its shard answers (the cluster's DDL queue brings it in line when it
+// is back). The caller closes the connections.
+func ClusterNodes(ctx context.Context, ch ClickHouseConfig) ([]driver.Conn, error) {
+	conn, err := OpenClickHouse(ctx, ch)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	nodes, _, err := connectNodes(ctx, conn, ch)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]driver.Conn, len(nodes))
+	for i, n := range nodes {
+		out[i] = n.conn
+	}
+	return out, nil
 }

@@ -44,7 +44,32 @@ func rollupConfig() Config {
 }
 
 func TestPlanRollupsGolden(t *testing.T) {
-	plans, err := PlanRollups(rollupConfig())
+	testPlanRollupsGolden(t, rollupConfig(), "rollup.golden.sql")
+}
+
+// TestPlanRollupsClusterGolden: on a cluster every version is a Replicated local table
+// behind a Distributed table, created and dropped ON CLUSTER; the materialized views read
+// the raw local tables and write the local version tables; backfills and read views go
+// through the Distributed names. The versions are those of the single server.
+func TestPlanRollupsClusterGolden(t *testing.T) {
+	cfg := rollupConfig()
+	cfg.ClickHouse.Cluster = "analytics"
+	testPlanRollupsGolden(t, cfg, "rollup.cluster.golden.sql")
+	single, _ := PlanRollups(rollupConfig())
+	clustered, _ := PlanRollups(cfg)
+	for i, p := range clustered {
+		if p.Version != single[i].Version || p.Table != single[i].Table {
+			t.Errorf("rollup %s: version %s on a cluster, %s on a single server", p.Name, p.Version, single[i].Version)
+		}
+		if p.StateTable() != p.Table+"_local" || single[i].StateTable() != single[i].Table {
+			t.Errorf("rollup %s: state tables %s (cluster), %s (single server)", p.Name, p.StateTable(), single[i].StateTable())
+		}
+	}
+}
+
+func testPlanRollupsGolden(t *testing.T, cfg Config, file string) {
+	t.Helper()
+	plans, err := PlanRollups(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +84,7 @@ func TestPlanRollupsGolden(t *testing.T) {
 			b.WriteString(s.SQL + ";\n\n")
 		}
 	}
-	golden(t, filepath.Join("testdata", "rollup.golden.sql"), b.String())
+	golden(t, filepath.Join("testdata", file), b.String())
 }
 
 // TestRollupVersion: the version follows the definition and its source, not the

@@ -131,7 +131,7 @@ func rawTableDDL(ch ClickHouseConfig, s StreamConfig) []Statement {
 	if s.Kind == KindPlan {
 		keys = "PARTITION BY toYYYYMM(period)\nORDER BY (customer_id, product, period, submitted_at, plan_id)"
 	}
-	return tableStatements(ch, ch.Database, s.Table(), s.Columns(), "MergeTree", keys, "cityHash64(customer_id)")
+	return tableStatements(ch, ch.Database, s.Table(), s.Columns(), "MergeTree", keys, customerShardKey)
 }
 
 // InsertSQL returns the INSERT statement a batch of the stream's rows is prepared with.

@@ -375,6 +375,7 @@ type SecretKeyRef struct {
 }
 
 // ClickHouseSpec is the ClickHouse connection of a loop.
+// +kubebuilder:validation:XValidation:rule="has(self.cluster) == has(oldSelf.cluster) && (!has(self.cluster) || self.cluster == oldSelf.cluster)",message="cluster is immutable; the loop's tables stay where they were created: create a new CustomerLoop to move to or from a cluster"
 type ClickHouseSpec struct {
 	// address is the host:port of ClickHouse's native protocol (usually port 9000).
 	// +required
@@ -390,6 +391,18 @@ type ClickHouseSpec struct {
 	// +kubebuilder:validation:Pattern=`^[a-z_][a-z0-9_]*$`
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="database is immutable; create a new CustomerLoop to use another database"
 	Database string `json:"database"`
+
+	// cluster names a cluster of the server's <remote_servers> (with ZooKeeper or Keeper,
+	// <macros> shard and replica, and <distributed_ddl>). When set, every object is created
+	// ON CLUSTER: a Replicated table per shard named <table>_local and a Distributed table
+	// of the usual name over it, sharded by customer, so that a customer's rows, rollups and
+	// gaps stay on one shard. The address may be any node of the cluster. It cannot be
+	// changed once set.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=127
+	// +kubebuilder:validation:Pattern=`^[A-Za-z_][A-Za-z0-9_]*$`
+	Cluster string `json:"cluster,omitempty"`
 
 	// credentialsSecretRef names a Secret in the loop's namespace with the ClickHouse user
 	// and password. Without it the server's default user is used.

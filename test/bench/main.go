@@ -43,6 +43,9 @@ type options struct {
 	maxRows    int
 	heapAt     string
 	only       string
+
+	clusterMessages int
+	zookeeper       string
 }
 
 func main() {
@@ -57,7 +60,9 @@ func main() {
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write the throughput run's worker CPU profile here")
 	flag.StringVar(&o.heapAt, "heapprofile", "", "save the throughput run's worker heap profile, taken halfway, here")
 	flag.IntVar(&o.maxRows, "max-rows", 0, "the workers' batch row limit (0: the pipeline's default)")
-	flag.StringVar(&o.only, "only", "", "run only the CustomerLoop drain (\"customerloop\") or the bare insert (\"insert\"), for profiling and A/B runs; the report then holds their figures alone")
+	flag.StringVar(&o.only, "only", "", "run only the CustomerLoop drain (\"customerloop\"), the bare insert (\"insert\") or the cluster variant (\"cluster\"), for profiling and A/B runs; the report then holds their figures alone")
+	flag.IntVar(&o.clusterMessages, "cluster-messages", 300_000, "usage events each cluster run drains (fewer than -messages: three runs on the cluster)")
+	flag.StringVar(&o.zookeeper, "zookeeper", "127.0.0.1:"+envOr("CLUSTER_ZK_PORT", "12181"), "the cluster's ZooKeeper address, to read its CPU time")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -72,11 +77,20 @@ type figure struct {
 
 func run(o options) error {
 	ctx := context.Background()
-	if o.clickhouse == "" {
+	switch o.only {
+	case "", "customerloop", "insert", "cluster":
+	default:
+		return fmt.Errorf("-only takes \"customerloop\", \"insert\", \"cluster\" or nothing, not %q", o.only)
+	}
+	chc, clustered := clusterFromEnv()
+	if o.clickhouse == "" && o.only != "cluster" {
 		return fmt.Errorf("no ClickHouse: set CLICKHOUSE_ADDR (make bench does)")
 	}
+	if o.only == "cluster" && !clustered {
+		return fmt.Errorf("-only cluster: set CLICKHOUSE_CLUSTER and CLICKHOUSE_CLUSTER_ADDRS (hack/clickhouse-cluster.sh prints the addresses)")
+	}
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(),
-		kfake.SeedTopics(int32(o.partitions), "bench.usage", "bench.fresh"))
+		kfake.SeedTopics(int32(o.partitions), append([]string{"bench.usage", "bench.fresh"}, clusterTopics()...)...))
 	if err != nil {
 		return err
 	}
@@ -88,6 +102,13 @@ func run(o options) error {
 		return err
 	}
 	defer os.RemoveAll(work)
+	if o.only == "cluster" {
+		figs, err := clusterVariant(ctx, o, chc, work, brokers)
+		if err != nil {
+			return err
+		}
+		return report(o, nil, figs)
+	}
 
 	ch, err := pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: o.clickhouse})
 	if err != nil {
@@ -138,8 +159,6 @@ func run(o options) error {
 		fmt.Printf("\n| figure | value |\n|---|---:|\n| CustomerLoop end to end (events/s) | %s |\n| worker CPU per million events (s) | %s |\n| of which user / system (s) | %s / %s |\n| worker peak RSS with the backlog (MiB) | %s |\n",
 			format(cl.rate), format(cl.cpuSeconds/m), format(cl.userSeconds/m), format(cl.sysSeconds/m), format(cl.rssMiB))
 		return nil
-	} else if o.only != "" {
-		return fmt.Errorf("-only takes \"customerloop\", \"insert\" or nothing, not %q", o.only)
 	}
 
 	settle(ctx, ch)
@@ -183,12 +202,28 @@ func run(o options) error {
 		{"produce_events_per_s", "producing the topic, franz-go (events/s)", produceRate},
 		{"message_bytes_avg", "average message size (bytes)", float64(bytes) / float64(len(msgs))},
 	}
-	fmt.Printf("\n| figure | value |\n|---|---:|\n")
-	out := map[string]float64{}
-	for _, f := range figs {
-		fmt.Printf("| %s | %s |\n", f.label, format(f.value))
-		out[f.key] = f.value
+	var cfigs []clusterFigure
+	if clustered {
+		if cfigs, err = clusterVariant(ctx, o, chc, work, brokers); err != nil {
+			return err
+		}
+	} else {
+		step("no ClickHouse cluster (CLICKHOUSE_CLUSTER, CLICKHOUSE_CLUSTER_ADDRS): skipping the cluster variant")
 	}
+	return report(o, figs, cfigs)
+}
+
+// report prints the figures as markdown tables and writes them as JSON to o.out.
+func report(o options, figs []figure, cfigs []clusterFigure) error {
+	out := map[string]float64{}
+	if len(figs) > 0 {
+		fmt.Printf("\n| figure | value |\n|---|---:|\n")
+		for _, f := range figs {
+			fmt.Printf("| %s | %s |\n", f.label, format(f.value))
+			out[f.key] = f.value
+		}
+	}
+	printClusterFigures(o, cfigs, out)
 	b, _ := json.MarshalIndent(out, "", "  ")
 	if err := os.WriteFile(o.out, append(b, '\n'), 0o644); err != nil {
 		return err
@@ -306,17 +341,7 @@ type workerRun struct {
 // runWorker runs the customerloop worker binary until the ledger covers want messages,
 // then stops it and reads its CPU time and peak RSS from the kernel.
 func runWorker(ctx context.Context, o options, work string, cfg pipeline.Config, ch driver.Conn, want uint64) (workerRun, error) {
-	path := filepath.Join(work, cfg.Streams[0].Name+".json")
-	raw, _ := json.Marshal(cfg)
-	if err := os.WriteFile(path, raw, 0o600); err != nil {
-		return workerRun{}, err
-	}
-	logf, err := os.Create(filepath.Join(work, cfg.Streams[0].Name+".log"))
-	if err != nil {
-		return workerRun{}, err
-	}
-	defer logf.Close()
-	args := []string{"worker", "--config", path, "--metrics-bind-address", "0"}
+	var args []string
 	if o.cpuProfile != "" && cfg.Streams[0].Name == "usage" {
 		args = append(args, "--cpuprofile", o.cpuProfile)
 	}
@@ -324,12 +349,12 @@ func runWorker(ctx context.Context, o options, work string, cfg pipeline.Config,
 	if !heapTaken {
 		args = append(args, "--pprof-bind-address", "127.0.0.1:16060")
 	}
-	cmd := exec.Command(o.bin, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	cmd, logf, err := startWorker(o, work, cfg.Streams[0].Name, cfg, nil, args...)
+	if err != nil {
 		return workerRun{}, err
 	}
+	defer logf.Close()
 	deadline := start.Add(10 * time.Minute)
 	q := "SELECT sum(messages) FROM " + pipeline.QualifiedTable(cfg.ClickHouse.Database, pipeline.LedgerTable) + " WHERE topic = ?"
 	for {
@@ -373,6 +398,30 @@ func runWorker(ctx context.Context, o options, work string, cfg pipeline.Config,
 		sysSeconds:  time.Duration(ru.Stime.Nano()).Seconds(),
 		rssMiB:      hwm,
 	}, nil
+}
+
+// startWorker starts the customerloop worker binary on cfg, its config and log in work
+// under name, with env added to this process's environment.
+func startWorker(o options, work, name string, cfg pipeline.Config, env []string, args ...string) (*exec.Cmd, *os.File, error) {
+	path := filepath.Join(work, name+".json")
+	raw, _ := json.Marshal(cfg)
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
+		return nil, nil, err
+	}
+	logf, err := os.Create(filepath.Join(work, name+".log"))
+	if err != nil {
+		return nil, nil, err
+	}
+	cmd := exec.Command(o.bin, append([]string{"worker", "--config", path, "--metrics-bind-address", "0"}, args...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, nil, err
+	}
+	return cmd, logf, nil
 }
 
 // kafkaEngine lets ClickHouse's Kafka table engine drain the topic through a materialized

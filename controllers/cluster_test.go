@@ -1,0 +1,178 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/test/testkit"
+)
+
+// clusterNodes returns connections to the three nodes of the test cluster (make test
+// provisions it), skipping or failing without one.
+func clusterNodes(t *testing.T) (string, []string, []driver.Conn) {
+	t.Helper()
+	name, addrs := os.Getenv("CLICKHOUSE_CLUSTER"), os.Getenv("CLICKHOUSE_CLUSTER_ADDRS")
+	if name == "" || addrs == "" {
+		if os.Getenv("CUSTOMERLOOP_REQUIRE_STACK") != "" {
+			t.Fatal("CLICKHOUSE_CLUSTER and CLICKHOUSE_CLUSTER_ADDRS are not set; run the tests with make test")
+		}
+		t.Skip("no ClickHouse cluster; make test provisions one")
+	}
+	var conns []driver.Conn
+	for _, a := range strings.Split(addrs, ",") {
+		c, err := pipeline.OpenClickHouse(context.Background(), pipeline.ClickHouseConfig{Addr: a, Username: chUser, Password: chPass})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		conns = append(conns, c)
+	}
+	return name, strings.Split(addrs, ","), conns
+}
+
+// TestClusterLoop runs a loop on the three-node cluster through the controller: the
+// schema, the rollup and the feedback views are created ON CLUSTER; a new dimension
+// (schema evolution) and a new measure (a rollup swap, behind stopped workers, while
+// events keep arriving) are applied on every node; totals read through each node equal
+// what was produced; deleting the loop (policy Delete) leaves nothing on any node.
+func TestClusterLoop(t *testing.T) {
+	ctx := context.Background()
+	cluster, addrs, nodes := clusterNodes(t)
+	loop := newLoop(t)
+	loop.Spec.ClickHouse.Address, loop.Spec.ClickHouse.Cluster = addrs[0], cluster
+	useClickHouseSecret(t, loop)
+	loop.Spec.DeletionPolicy = loopsv1alpha1.DeletionDelete
+	loop.Spec.Rollups = []loopsv1alpha1.RollupSpec{dailyRollup()}
+	loop.Spec.Feedback = &loopsv1alpha1.FeedbackSpec{UsageStream: "usage", PlanStream: "plans"}
+	db, topic := loop.Spec.ClickHouse.Database, loop.Spec.Streams[0].Topic
+	t.Cleanup(func() {
+		_ = nodes[0].Exec(context.Background(), "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(db)+" ON CLUSTER "+pipeline.QuoteIdent(cluster))
+	})
+	if err := k8s.Create(ctx, loop); err != nil {
+		t.Fatal(err)
+	}
+	want := map[dailyKey]dailyTotals{}
+	produceJSON(t, topic, usageEvents(0, 300, want))
+
+	exactEverywhere := func(what string, rows int64) {
+		t.Helper()
+		testkit.Eventually(t, 2*time.Minute, what, func() (bool, string) {
+			l := get(t, loop)
+			if l.Status.RowsIngested != rows || condition(l, "Ready") != "True/Succeeded" {
+				return false, fmt.Sprintf("rows=%d Ready=%s", l.Status.RowsIngested, condition(l, "Ready"))
+			}
+			for i, n := range nodes {
+				got, err := readRollupOn(t, n, db)
+				if err != nil {
+					return false, fmt.Sprintf("node%d: %v", i+1, err)
+				}
+				if d := diffTotals(got, want); d != "" {
+					return false, fmt.Sprintf("node%d: %s", i+1, d)
+				}
+			}
+			return true, ""
+		})
+	}
+	exactEverywhere("the rollup exact through every node", 300)
+	for i, n := range nodes {
+		for table, engine := range map[string]string{"usage_raw": "Distributed", "usage_raw_local": "ReplicatedMergeTree",
+			"customerloop_ledger_local": "ReplicatedMergeTree", "feedback_gaps": "View"} {
+			if got := tableEngine(t, n, db, table); got != engine {
+				t.Errorf("node%d: %s is %q, want %s", i+1, table, got, engine)
+			}
+		}
+	}
+
+	// Schema evolution: a new dimension reaches the local and the Distributed tables of
+	// every node, and rows carrying it read back through any of them.
+	l := get(t, loop)
+	l.Spec.Streams[0].Dimensions = append(l.Spec.Streams[0].Dimensions, loopsv1alpha1.Dimension{Name: "tier", Type: "String", Nullable: true})
+	if err := k8s.Update(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, time.Minute, "the tier column on every node", func() (bool, string) {
+		for i, n := range nodes {
+			for _, table := range []string{"usage_raw", "usage_raw_local"} {
+				var c uint64
+				if err := n.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = 'tier'", db, table).Scan(&c); err != nil || c != 1 {
+					return false, fmt.Sprintf("node%d %s: %d (%v)", i+1, table, c, err)
+				}
+			}
+		}
+		l := get(t, loop)
+		return condition(l, "Ready") == "True/Succeeded" && l.Status.ObservedGeneration == l.Generation, condition(l, "Ready")
+	})
+	var tiered []string
+	for i := range 20 {
+		tiered = append(tiered, fmt.Sprintf(`{"id":"t%d","customer":"c%d","product":"p0","ts":1793449815,"qty":1,"tier":"gold"}`, i, i%4))
+	}
+	k := dailyKey{time.Unix(1793449815, 0).UTC().Format("2006-01-02"), "", "p0", "-"}
+	for i := range 20 {
+		k.customer = fmt.Sprintf("c%d", i%4)
+		w := want[k]
+		w.events++
+		w.used++
+		want[k] = w
+	}
+	produceJSON(t, topic, tiered)
+	exactEverywhere("the rollup exact after the evolution", 320)
+	for i, n := range nodes {
+		var gold uint64
+		if err := n.QueryRow(ctx, "SELECT count() FROM "+pipeline.QualifiedTable(db, "usage_raw")+" WHERE tier = 'gold'").Scan(&gold); err != nil || gold != 20 {
+			t.Errorf("node%d: %d gold rows (%v), want 20", i+1, gold, err)
+		}
+	}
+
+	// A rollup swap on the cluster while events arrive.
+	l = get(t, loop)
+	l.Spec.Rollups[0].Measures = append(l.Spec.Rollups[0].Measures, loopsv1alpha1.RollupMeasure{Name: "largest", Function: "Max", Field: "quantity"})
+	if err := k8s.Update(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	produceJSON(t, topic, usageEvents(300, 200, want))
+	exactEverywhere("the rollup exact after the swap", 520)
+	for i, n := range nodes {
+		var largest float64
+		if err := n.QueryRow(ctx, "SELECT max(largest) FROM "+pipeline.QualifiedTable(db, "rollup_daily")).Scan(&largest); err != nil || largest != 4 {
+			t.Errorf("node%d: max(largest) = %v (%v), want 4", i+1, largest, err)
+		}
+		var versions uint64
+		if err := n.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ? AND name LIKE 'rollup\\_daily\\_v%' AND name NOT LIKE '%\\_mv'", db).Scan(&versions); err != nil || versions != 2 {
+			t.Errorf("node%d: %d version tables (%v), want the new version's local and Distributed tables only", i+1, versions, err)
+		}
+	}
+
+	if err := k8s.Delete(ctx, loop); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, time.Minute, "no table left on any node", func() (bool, string) {
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(loop), &loopsv1alpha1.CustomerLoop{}); err == nil {
+			return false, "the loop is still there"
+		}
+		for i, n := range nodes {
+			var c uint64
+			if err := n.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ?", db).Scan(&c); err != nil || c != 0 {
+				return false, fmt.Sprintf("node%d: %d tables (%v)", i+1, c, err)
+			}
+		}
+		return true, ""
+	})
+}
+
+func tableEngine(t *testing.T, conn driver.Conn, db, table string) string {
+	t.Helper()
+	var engine string
+	if err := conn.QueryRow(context.Background(), "SELECT engine FROM system.tables WHERE database = ? AND name = ?", db, table).Scan(&engine); err != nil {
+		return "missing"
+	}
+	return engine
+}

@@ -1,0 +1,15 @@
+-- acme.feedback_digests
+CREATE TABLE IF NOT EXISTS `acme`.`feedback_digests` ON CLUSTER `customerloop`
+(
+    `loop` String,
+    `product` String,
+    `period` Date,
+    `version` Int64,
+    `content_hash` String,
+    `published` UInt8,
+    `publisher` String,
+    `recorded_at` DateTime
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/customerloop/acme/feedback_digests', '{replica}')
+ORDER BY (loop, product, period, version);
+
