@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/go-logr/logr/testr"
 	"github.com/prometheus/client_golang/prometheus"
@@ -124,11 +123,6 @@ func assertExactlyOnce(ctx context.Context, t *testing.T, db string, s StreamCon
 	}
 }
 
-// syncInsert is ctx with the settings a worker inserts into a cluster with on 18.16.
-func syncInsert(ctx context.Context) context.Context {
-	return clickhouse.Context(ctx, clickhouse.WithSettings(clusterInsertSettings(serverFeatures{}, "")))
-}
-
 // TestClusterWorkersLandEveryOffsetOnce runs two workers of one consumer group, connected
 // through different nodes, into the cluster.
 func TestClusterWorkersLandEveryOffsetOnce(t *testing.T) {
@@ -212,10 +206,10 @@ func crashLeftovers(ctx context.Context, t *testing.T, node1 driver.Conn, db str
 		}
 		rows = append(rows, append(row, s.Topic, int32(0), int64(i), time.Now().UTC().Truncate(time.Second)))
 	}
-	if err := insertRows(syncInsert(ctx), node1, db, s, rows); err != nil {
+	if err := insertRows(syncInserts(ctx), node1, db, s, rows); err != nil {
 		t.Fatal(err)
 	}
-	if err := writeLedger(syncInsert(ctx), node1, db, "before-crash", "test",
+	if err := writeLedger(syncInserts(ctx), node1, db, "before-crash", "test",
 		map[topicPartition]*span{{s.Topic, 0}: {first: 0, last: 299, messages: 300}}, time.Now().UTC()); err != nil {
 		t.Fatal(err)
 	}
