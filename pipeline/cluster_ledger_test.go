@@ -149,8 +149,8 @@ func TestClusterWorkersLandEveryOffsetOnce(t *testing.T) {
 }
 
 // TestClusterIngestsWhileAReplicaIsDown stops node2 mid-stream: inserts fail over to node1,
-// a worker joining meanwhile recovers its partitions without node2, and once node2 is back
-// every replica holds every offset once.
+// a worker taking over meanwhile recovers every partition without node2, and once node2
+// is back every replica holds every offset once.
 func TestClusterIngestsWhileAReplicaIsDown(t *testing.T) {
 	cfg := clusterLedgerConfig(t, 0, 4)
 	s := cfg.Streams[0]
@@ -177,17 +177,23 @@ func TestClusterIngestsWhileAReplicaIsDown(t *testing.T) {
 			clusterNode(t, "start", 2)
 		}
 	})
-	produce(t, cfg.Kafka.Brokers, s.Topic, msgs[1000:2000])
+	produce(t, cfg.Kafka.Brokers, s.Topic, msgs[1000:1500])
+	delivered(1500)
+	a.halt(t)
 	other := cfg
 	other.ClickHouse = clusterClickHouse(t, cfg.ClickHouse.Database, 2)
-	b := startClusterWorker(ctx, t, other, "b", nil, 0)
+	mb := NewMetrics(prometheus.NewRegistry())
+	b := startClusterWorker(ctx, t, other, "b", mb, 0)
+	produce(t, cfg.Kafka.Brokers, s.Topic, msgs[1500:2000])
 	delivered(2000)
+	if n := testutil.ToFloat64(mb.SentEvents.WithLabelValues(cfg.Loop, s.Name)); n != 500 {
+		t.Errorf("the worker that took over inserted %v rows, want the 500 produced after it started", n)
+	}
 
 	clusterNode(t, "start", 2)
 	restarted = true
 	produce(t, cfg.Kafka.Brokers, s.Topic, msgs[2000:])
 	delivered(3000)
-	a.halt(t)
 	b.halt(t)
 	assertExactlyOnce(ctx, t, cfg.ClickHouse.Database, s, uint64(len(msgs)))
 }
