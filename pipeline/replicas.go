@@ -54,7 +54,7 @@ func (r shardReader) table(db, name string) string {
 type replica struct {
 	shard, num int
 	addr       string
-	local      bool // the node the loop's connection reaches
+	local      bool // the loop's own address: the node its inserts usually land on
 }
 
 // shardsOf groups replicas by shard, in shard order; within a shard the loop's own node
@@ -121,7 +121,9 @@ func newReplicaSet(ch ClickHouseConfig, loop driver.Conn) *replicaSet {
 // topology reads the cluster's replicas. It is read for each consistent read, so that a
 // changed <remote_servers> is followed without a restart.
 func (s *replicaSet) topology(ctx context.Context) ([][]replica, error) {
-	rows, err := s.loop.Query(ctx, "SELECT shard_num, replica_num, host_name, port, is_local FROM system.clusters"+
+	// is_local is no help: 18.16 sets it for every replica on the server's host, whatever
+	// the port.
+	rows, err := s.loop.Query(ctx, "SELECT shard_num, replica_num, host_name, port FROM system.clusters"+
 		" WHERE cluster = ? ORDER BY shard_num, replica_num", s.ch.Cluster)
 	if err != nil {
 		return nil, fmt.Errorf("reading the replicas of cluster %s: %w", s.ch.Cluster, err)
@@ -133,12 +135,12 @@ func (s *replicaSet) topology(ctx context.Context) ([][]replica, error) {
 			shard, num uint32
 			host       string
 			port       uint16
-			local      uint8
 		)
-		if err := rows.Scan(&shard, &num, &host, &port, &local); err != nil {
+		if err := rows.Scan(&shard, &num, &host, &port); err != nil {
 			return nil, fmt.Errorf("reading the replicas of cluster %s: %w", s.ch.Cluster, err)
 		}
-		rs = append(rs, replica{shard: int(shard), num: int(num), addr: net.JoinHostPort(host, strconv.Itoa(int(port))), local: local == 1})
+		addr := net.JoinHostPort(host, strconv.Itoa(int(port)))
+		rs = append(rs, replica{shard: int(shard), num: int(num), addr: addr, local: addr == s.ch.Addr})
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("reading the replicas of cluster %s: %w", s.ch.Cluster, err)
