@@ -170,13 +170,7 @@ func TestClusterIngestsWhileAReplicaIsDown(t *testing.T) {
 	produce(t, cfg.Kafka.Brokers, s.Topic, msgs[:1000])
 	delivered(1000)
 
-	clusterNode(t, "stop", 2)
-	restarted := false
-	t.Cleanup(func() {
-		if !restarted {
-			clusterNode(t, "start", 2)
-		}
-	})
+	restart := stopNode(t, 2)
 	produce(t, cfg.Kafka.Brokers, s.Topic, msgs[1000:1500])
 	delivered(1500)
 	a.halt(t)
@@ -190,8 +184,7 @@ func TestClusterIngestsWhileAReplicaIsDown(t *testing.T) {
 		t.Errorf("the worker that took over inserted %v rows, want the 500 produced after it started", n)
 	}
 
-	clusterNode(t, "start", 2)
-	restarted = true
+	restart()
 	produce(t, cfg.Kafka.Brokers, s.Topic, msgs[2000:])
 	delivered(3000)
 	b.halt(t)
@@ -219,6 +212,25 @@ func crashLeftovers(ctx context.Context, t *testing.T, node1 driver.Conn, db str
 		map[topicPartition]*span{{s.Topic, 0}: {first: 0, last: 299, messages: 300}}, time.Now().UTC()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// stopNode stops a node (1-based) until the test ends, and makes sure it is down: a stop
+// that did not happen would make the test prove nothing.
+func stopNode(t *testing.T, node int) (restart func()) {
+	t.Helper()
+	clusterNode(t, "stop", node)
+	_, addrs := testCluster(t)
+	if c, err := OpenClickHouse(context.Background(), ClickHouseConfig{Addr: addrs[node-1]}); err == nil {
+		_ = c.Close()
+		t.Fatalf("node%d still answers after clickhouse-cluster.sh stop-node (another state directory?)", node)
+	}
+	restarted := false
+	t.Cleanup(func() {
+		if !restarted {
+			clusterNode(t, "start", node)
+		}
+	})
+	return func() { clusterNode(t, "start", node); restarted = true }
 }
 
 // stopFetches keeps node's replicas of the tables from fetching parts until the test ends.
@@ -289,13 +301,7 @@ func TestClusterRecoveryWaitsForAnUnsyncableShard(t *testing.T) {
 
 	stopFetches(ctx, t, nodes[1], db, s.Table(), LedgerTable)
 	crashLeftovers(ctx, t, nodes[0], db, s, msgs)
-	clusterNode(t, "stop", 1)
-	restarted := false
-	t.Cleanup(func() {
-		if !restarted {
-			clusterNode(t, "start", 1)
-		}
-	})
+	restart := stopNode(t, 1)
 	for _, tb := range []string{s.Table(), LedgerTable} {
 		if err := nodes[1].Exec(ctx, "SYSTEM START FETCHES "+QualifiedTable(db, LocalTable(tb))); err != nil {
 			t.Fatal(err)
@@ -322,8 +328,7 @@ func TestClusterRecoveryWaitsForAnUnsyncableShard(t *testing.T) {
 		t.Errorf("the worker inserted %v rows before its partition could be recovered", n)
 	}
 
-	clusterNode(t, "start", 1)
-	restarted = true
+	restart()
 	testkit.Eventually(t, 2*time.Minute, "the ledger to reach offset 999", func() (bool, string) {
 		tot, err := ReadLedgerTotals(ctx, ch, db, s.Topic)
 		return err == nil && tot.Next[0] == 1000, fmt.Sprintf("next %v, %v", tot.Next, err)
