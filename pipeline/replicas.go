@@ -30,9 +30,9 @@ import (
 // take a deduplication token from the client; the worker sets one where the server has
 // it (insertContext), but does not depend on either: the same rows split into different
 // blocks (a retry after withoutLanded, a batch re-read after a crash) are not deduplicated,
-// only the last replicated_deduplication_window blocks are remembered, and 18.16 has no
-// control over whether a deduplicated block still reaches materialized views (newer
-// servers added deduplicate_blocks_in_dependent_materialized_views).
+// and only the last replicated_deduplication_window blocks are remembered. (Where it does
+// act, it is whole: on 18.16 a block dropped as a duplicate does not reach the
+// materialized views over the table either.)
 
 // shardReader is where one shard's part of a consistent read goes: the loop's connection
 // and the public table names on a single server; a synced replica and the local tables on
