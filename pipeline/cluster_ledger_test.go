@@ -336,3 +336,78 @@ func TestClusterRecoveryWaitsForAnUnsyncableShard(t *testing.T) {
 	w.halt(t)
 	assertExactlyOnce(ctx, t, db, s, uint64(len(msgs)))
 }
+
+// TestClusterLedgerRetryRecordsEachSpanOnce leaves a batch's ledger write done on shard 2
+// only, as a write that failed on shard 1 does: the retry must find exactly shard 2's
+// partitions recorded and write the others.
+func TestClusterLedgerRetryRecordsEachSpanOnce(t *testing.T) {
+	cfg := clusterLedgerConfig(t, 0, 1)
+	db := cfg.ClickHouse.Database
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	applyClusterSchema(t, cfg)
+	nodes := nodeConns(t)
+	spans := map[topicPartition]*span{}
+	for p := range 8 {
+		spans[topicPartition{"t", p}] = &span{first: 0, last: 9, messages: 10}
+	}
+	// Where each partition's entries go: write a first batch through the Distributed table.
+	if err := writeLedger(syncInserts(ctx), nodes[0], db, "probe", "test", spans, time.Now().UTC()); err != nil {
+		t.Fatal(err)
+	}
+	onShard2 := map[topicPartition]*span{}
+	rows, err := nodes[2].Query(ctx, "SELECT partition FROM "+QualifiedTable(db, LocalTable(LedgerTable))+" WHERE batch_id = 'probe'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var p int32
+		if err := rows.Scan(&p); err != nil {
+			t.Fatal(err)
+		}
+		onShard2[topicPartition{"t", int(p)}] = spans[topicPartition{"t", int(p)}]
+	}
+	rows.Close()
+	if len(onShard2) == 0 || len(onShard2) == len(spans) {
+		t.Fatalf("%d of %d partitions on shard 2; the test wants both shards used", len(onShard2), len(spans))
+	}
+	// The half-done write: batch b on shard 2 only.
+	b, err := nodes[2].PrepareBatch(ctx, "INSERT INTO "+QualifiedTable(db, LocalTable(LedgerTable))+" (`topic`, `partition`, `last_offset`, `messages`, `batch_id`)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tp, s := range onShard2 {
+		if err := b.Append(tp.topic, int32(tp.partition), s.last, s.messages, "b"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		t.Fatal(err)
+	}
+
+	rs := newReplicaSet(cfg.ClickHouse, nodes[0])
+	defer rs.close()
+	shards, err := rs.synced(ctx, LedgerTable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, err := ledgerRecorded(ctx, shards, db, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(done) != len(onShard2) {
+		t.Errorf("the ledger holds %d spans of the batch, want shard 2's %d", len(done), len(onShard2))
+	}
+	if err := writeLedger(syncInserts(ctx), nodes[0], db, "b", "test", unrecorded(spans, done), time.Now().UTC()); err != nil {
+		t.Fatal(err)
+	}
+	syncAll(ctx, t, nodes, db, LedgerTable)
+	var entries, distinct uint64
+	if err := nodes[0].QueryRow(ctx, "SELECT count(), uniqExact(partition) FROM "+QualifiedTable(db, LedgerTable)+
+		" WHERE batch_id = 'b'").Scan(&entries, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if entries != 8 || distinct != 8 {
+		t.Errorf("batch b has %d ledger entries over %d partitions, want 8 and 8", entries, distinct)
+	}
+}

@@ -228,20 +228,46 @@ func withoutLanded(ctx context.Context, shards []shardReader, db string, s *Stre
 	return nil
 }
 
-// ledgerHas reports whether a batch is recorded, so that a retried ledger write whose
-// first attempt did reach the server is not recorded twice. shards come from
-// Worker.readers for the ledger.
-func ledgerHas(ctx context.Context, shards []shardReader, db, batchID string) (bool, error) {
+// ledgerRecorded returns the partitions whose span of a batch the ledger already holds,
+// so that a retried ledger write records each span once. On a cluster the write is not
+// atomic: it goes to the shard of each partition, and some shards may have taken it when
+// the client saw an error. shards come from Worker.readers for the ledger.
+func ledgerRecorded(ctx context.Context, shards []shardReader, db, batchID string) (map[topicPartition]bool, error) {
+	done := map[topicPartition]bool{}
 	for _, sh := range shards {
-		var n uint64
-		if err := sh.conn.QueryRow(ctx, "SELECT count() FROM "+sh.table(db, LedgerTable)+" WHERE batch_id = ?", batchID).Scan(&n); err != nil {
-			return false, fmt.Errorf("checking the ledger for batch %s: %w", batchID, err)
-		}
-		if n > 0 {
-			return true, nil
+		if err := func() error {
+			rows, err := sh.conn.Query(ctx, "SELECT topic, partition FROM "+sh.table(db, LedgerTable)+" WHERE batch_id = ?", batchID)
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			for rows.Next() {
+				var (
+					topic string
+					p     int32
+				)
+				if err := rows.Scan(&topic, &p); err != nil {
+					return err
+				}
+				done[topicPartition{topic, int(p)}] = true
+			}
+			return rows.Err()
+		}(); err != nil {
+			return nil, fmt.Errorf("checking the ledger for batch %s: %w", batchID, err)
 		}
 	}
-	return false, nil
+	return done, nil
+}
+
+// unrecorded is spans without those already recorded.
+func unrecorded(spans map[topicPartition]*span, done map[topicPartition]bool) map[topicPartition]*span {
+	out := make(map[topicPartition]*span, len(spans))
+	for tp, s := range spans {
+		if !done[tp] {
+			out[tp] = s
+		}
+	}
+	return out
 }
 
 // LedgerTotals is what the ledger records of one topic: where each partition stands and

@@ -21,7 +21,7 @@ import (
 // replicas is asynchronous, and a read through a Distributed table may be served by a
 // replica that has not fetched an acknowledged part yet: a recovery read there would miss
 // rows or ledger entries and write them again. So the reads the ledger protocol decides
-// on (recoverPartition, withoutLanded, ledgerHas) go, per shard, to one replica that has
+// on (recoverPartition, loadDedupWindow, withoutLanded, ledgerRecorded) go, per shard, to one replica that has
 // first run SYSTEM SYNC REPLICA on the tables read: it pulls the replication log, which
 // holds every acknowledged part, and returns once its queue is empty. If no replica of a
 // shard syncs in time the read fails and the partition waits: stalling beats duplicating.

@@ -100,3 +100,14 @@ func TestShardReaderTableNames(t *testing.T) {
 		t.Errorf("a synced replica reads %s", got)
 	}
 }
+
+func TestUnrecordedKeepsOnlyMissingSpans(t *testing.T) {
+	spans := map[topicPartition]*span{{"u", 0}: {last: 9}, {"u", 1}: {last: 19}, {"p", 0}: {last: 29}}
+	got := unrecorded(spans, map[topicPartition]bool{{"u", 1}: true})
+	if len(got) != 2 || got[topicPartition{"u", 0}] == nil || got[topicPartition{"p", 0}] == nil {
+		t.Errorf("unrecorded = %v, want u/0 and p/0", got)
+	}
+	if len(spans) != 3 {
+		t.Error("unrecorded changed the batch's spans, which the Kafka commit still needs")
+	}
+}

@@ -650,21 +650,26 @@ func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) err
 	}
 	retried := false
 	if err := w.retry(ctx, StageLedger, "ledger", func() error {
+		spans := b.spans
 		if retried {
 			shards, err := w.readers(ctx, LedgerTable)
 			if err != nil {
 				return err
 			}
-			if done, err := ledgerHas(ctx, shards, db, batchID); err != nil || done {
+			done, err := ledgerRecorded(ctx, shards, db, batchID)
+			if err != nil {
 				return err
+			}
+			if spans = unrecorded(spans, done); len(spans) == 0 {
+				return nil
 			}
 		}
 		retried = true
-		ictx, err := w.insertContext(ctx, batchID, LedgerTable, len(b.spans))
+		ictx, err := w.insertContext(ctx, batchID, LedgerTable, len(spans))
 		if err != nil {
 			return err
 		}
-		return writeLedger(ictx, w.ch, db, batchID, w.name, b.spans, time.Now().UTC().Truncate(time.Second))
+		return writeLedger(ictx, w.ch, db, batchID, w.name, spans, time.Now().UTC().Truncate(time.Second))
 	}); err != nil {
 		return err
 	}
