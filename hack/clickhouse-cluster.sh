@@ -298,7 +298,15 @@ check_node_arg() {
   esac
 }
 
-stop_node() { stop_process "node$1" "$(node_dir "$1")/server.pid" "$(node_dir "$1")/config.xml"; }
+stop_node() {
+  stop_process "node$1" "$(node_dir "$1")/server.pid" "$(node_dir "$1")/config.xml"
+  # A node started from another state directory has no pid file here: saying "stopped"
+  # while it still answers would let a test believe a replica is down.
+  if clickhouse-client --host 127.0.0.1 --port "$(tcp_port "$1")" --query 'SELECT 1' >/dev/null 2>&1; then
+    log "node$1 still answers on port $(tcp_port "$1"): it was not started from $root (set CUSTOMERLOOP_STATE to the state directory that started it)"
+    return 1
+  fi
+}
 stop_all() {
   local n pids=()
   for n in "${nodes[@]}"; do stop_node "$n" & pids+=($!); done

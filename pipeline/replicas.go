@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strconv"
 	"sync"
 	"time"
@@ -123,30 +122,13 @@ func newReplicaSet(ch ClickHouseConfig, loop driver.Conn) *replicaSet {
 func (s *replicaSet) topology(ctx context.Context) ([][]replica, error) {
 	// is_local is no help: 18.16 sets it for every replica on the server's host, whatever
 	// the port.
-	rows, err := s.loop.Query(ctx, "SELECT shard_num, replica_num, host_name, port FROM system.clusters"+
-		" WHERE cluster = ? ORDER BY shard_num, replica_num", s.ch.Cluster)
+	hosts, err := clusterHosts(ctx, s.loop, s.ch.Cluster)
 	if err != nil {
-		return nil, fmt.Errorf("reading the replicas of cluster %s: %w", s.ch.Cluster, err)
+		return nil, err
 	}
-	defer rows.Close()
-	var rs []replica
-	for rows.Next() {
-		var (
-			shard, num uint32
-			host       string
-			port       uint16
-		)
-		if err := rows.Scan(&shard, &num, &host, &port); err != nil {
-			return nil, fmt.Errorf("reading the replicas of cluster %s: %w", s.ch.Cluster, err)
-		}
-		addr := net.JoinHostPort(host, strconv.Itoa(int(port)))
-		rs = append(rs, replica{shard: int(shard), num: int(num), addr: addr, local: addr == s.ch.Addr})
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("reading the replicas of cluster %s: %w", s.ch.Cluster, err)
-	}
-	if len(rs) == 0 {
-		return nil, fmt.Errorf("the server knows no cluster %s", s.ch.Cluster)
+	rs := make([]replica, len(hosts))
+	for i, h := range hosts {
+		rs[i] = replica{shard: int(h.Shard), num: i, addr: h.Addr, local: h.Addr == s.ch.Addr}
 	}
 	return shardsOf(rs), nil
 }
