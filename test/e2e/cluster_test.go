@@ -126,6 +126,8 @@ func TestClusterScaleOut(t *testing.T) {
 			t.Fatal(err)
 		}
 		cmd := exec.Command(bin, "worker", "--config", path, "--metrics-bind-address", "127.0.0.1:0")
+		// The password never goes into the config file; workers read it from the environment.
+		cmd.Env = append(os.Environ(), "CUSTOMERLOOP_CLICKHOUSE_PASSWORD="+pass)
 		cmd.Stdout, cmd.Stderr = f, f
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
