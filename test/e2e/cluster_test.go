@@ -283,7 +283,8 @@ func setUpLoop(t *testing.T, ctx context.Context, cfg pipeline.Config) driver.Co
 	if _, _, err := pipeline.ApplyRollups(ctx, ch, cfg.ClickHouse.Database, plans, noWorkerYet); err != nil {
 		t.Fatal(err)
 	}
-	fc := pipeline.FeedbackConfig{Database: cfg.ClickHouse.Database, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth}
+	fc := pipeline.FeedbackConfig{Database: cfg.ClickHouse.Database, Cluster: cfg.ClickHouse.Cluster,
+		UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth}
 	stmts, err := pipeline.PlanFeedback(fc)
 	if err != nil {
 		t.Fatal(err)
