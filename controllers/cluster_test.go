@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	eventsv1 "k8s.io/api/events/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
@@ -67,8 +68,8 @@ func TestClusterLoop(t *testing.T) {
 		t.Helper()
 		testkit.Eventually(t, 2*time.Minute, what, func() (bool, string) {
 			l := get(t, loop)
-			if l.Status.RowsIngested != rows || condition(l, "Ready") != "True/Succeeded" {
-				return false, fmt.Sprintf("rows=%d Ready=%s", l.Status.RowsIngested, condition(l, "Ready"))
+			if l.Status.RowsIngested != rows || condition(l, "Ready") != "True/Succeeded" || l.Status.ObservedGeneration != l.Generation {
+				return false, fmt.Sprintf("rows=%d Ready=%s generation %d/%d", l.Status.RowsIngested, condition(l, "Ready"), l.Status.ObservedGeneration, l.Generation)
 			}
 			for i, n := range nodes {
 				got, err := readRollupOn(t, n, db)
@@ -149,6 +150,72 @@ func TestClusterLoop(t *testing.T) {
 		if err := n.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ? AND name LIKE 'rollup\\_daily\\_v%' AND name NOT LIKE '%\\_mv'", db).Scan(&versions); err != nil || versions != 2 {
 			t.Errorf("node%d: %d version tables (%v), want the new version's local and Distributed tables only", i+1, versions, err)
 		}
+	}
+
+	// A replica down: a new dimension is applied on the nodes that answer, the loop stays
+	// Ready with a DDLPending warning, ingestion goes on, and the stopped node catches up
+	// from the DDL queue when it is back.
+	testkit.ClusterNode(t, "stop", 2)
+	t.Cleanup(func() { testkit.ClusterNode(t, "start", 2) })
+	l = get(t, loop)
+	l.Spec.Streams[0].Dimensions = append(l.Spec.Streams[0].Dimensions, loopsv1alpha1.Dimension{Name: "plan_name", Field: "plan", Type: "String", Nullable: true})
+	if err := k8s.Update(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 2*time.Minute, "a DDLPending warning naming node2", func() (bool, string) {
+		var evs eventsv1.EventList
+		if err := k8s.List(ctx, &evs, client.InNamespace(loop.Namespace)); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range evs.Items {
+			if e.Regarding.Name == loop.Name && e.Reason == "DDLPending" && e.Type == "Warning" && strings.Contains(e.Note, addrs[1]) {
+				return true, ""
+			}
+		}
+		return false, "no such event yet"
+	})
+	produceJSON(t, topic, usageEvents(500, 100, want))
+	exactOn := func(what string, rows int64, nodes []driver.Conn) {
+		t.Helper()
+		testkit.Eventually(t, 2*time.Minute, what, func() (bool, string) {
+			l := get(t, loop)
+			if l.Status.RowsIngested != rows || condition(l, "Ready") != "True/Succeeded" || l.Status.ObservedGeneration != l.Generation {
+				return false, fmt.Sprintf("rows=%d Ready=%s generation %d/%d", l.Status.RowsIngested, condition(l, "Ready"), l.Status.ObservedGeneration, l.Generation)
+			}
+			for i, n := range nodes {
+				got, err := readRollupOn(t, n, db)
+				if err != nil {
+					return false, fmt.Sprintf("node %d: %v", i, err)
+				}
+				if d := diffTotals(got, want); d != "" {
+					return false, fmt.Sprintf("node %d: %s", i, d)
+				}
+			}
+			return true, ""
+		})
+	}
+	exactOn("Ready and exact with node2 down", 620, []driver.Conn{nodes[0], nodes[2]})
+	testkit.ClusterNode(t, "start", 2)
+	testkit.Eventually(t, time.Minute, "node2 caught up with the DDL queue", func() (bool, string) {
+		var c uint64
+		if err := nodes[1].QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = ? AND table = 'usage_raw_local' AND name = 'plan_name'", db).Scan(&c); err != nil || c != 1 {
+			return false, fmt.Sprintf("%d (%v)", c, err)
+		}
+		return true, ""
+	})
+	if err := nodes[1].Exec(ctx, "SYSTEM SYNC REPLICA "+pipeline.QualifiedTable(db, "usage_raw_local")); err != nil {
+		t.Fatal(err)
+	}
+	var onNode1, onNode2 uint64
+	q := "SELECT count() FROM " + pipeline.QualifiedTable(db, "usage_raw_local")
+	if err := nodes[0].QueryRow(ctx, q).Scan(&onNode1); err != nil {
+		t.Fatal(err)
+	}
+	if err := nodes[1].QueryRow(ctx, q).Scan(&onNode2); err != nil {
+		t.Fatal(err)
+	}
+	if onNode1 != onNode2 || onNode1 == 0 {
+		t.Errorf("shard 1 after node2's return: node1 holds %d rows, node2 %d", onNode1, onNode2)
 	}
 
 	if err := k8s.Delete(ctx, loop); err != nil {

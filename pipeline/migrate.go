@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"slices"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -147,10 +148,19 @@ func Migrate(ctx context.Context, conn driver.Conn, cfg Config) ([]Statement, er
 	}
 	db := cfg.ClickHouse.Database
 	// The database first, so that its columns can be read; then check before creating
-	// or altering anything.
-	pending := ApplySchema(ctx, conn, create[:1])
-	if pending != nil && !errors.Is(pending, ErrDDLPending) {
-		return nil, pending
+	// or altering anything. What the connected node already has is not created again: on
+	// a cluster, a node that missed a creation (it was down) runs it from the DDL queue,
+	// and re-sending it would make every reconcile wait for that node.
+	var dbs uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM system.databases WHERE name = ?", db).Scan(&dbs); err != nil {
+		return nil, fmt.Errorf("looking for database %s: %w", db, err)
+	}
+	var pending error
+	if dbs == 0 {
+		pending = ApplySchema(ctx, conn, create[:1])
+		if pending != nil && !errors.Is(pending, ErrDDLPending) {
+			return nil, pending
+		}
 	}
 	existing, err := ExistingColumns(ctx, conn, db)
 	if err != nil {
@@ -160,7 +170,13 @@ func Migrate(ctx context.Context, conn driver.Conn, cfg Config) ([]Statement, er
 	if err != nil {
 		return nil, err
 	}
-	if err := ApplySchema(ctx, conn, append(create[1:], alter...)); err != nil {
+	var missing []Statement
+	for _, s := range create[1:] {
+		if _, ok := existing[strings.TrimPrefix(s.Object, db+".")]; !ok {
+			missing = append(missing, s)
+		}
+	}
+	if err := ApplySchema(ctx, conn, append(missing, alter...)); err != nil {
 		if !errors.Is(err, ErrDDLPending) {
 			return nil, err
 		}
