@@ -3,9 +3,12 @@ package pipeline
 import (
 	"context"
 	"fmt"
+	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/go-logr/logr/testr"
 	"github.com/segmentio/kafka-go"
 
@@ -93,4 +96,47 @@ func TestResumeFromLedgerSkipsUnrecordedRows(t *testing.T) {
 		t.Errorf("ledger covers %d messages from offset %d, want 1000 from 0", covered, minFirst)
 	}
 	assertCommitted(t, cfg, s.Topic, 1000)
+}
+
+// TestRecoveryReadsWaitForEarlierInserts: an insert the client gave up on may still be
+// running on the server; a recovery read must wait until it is done (or it would write
+// its rows again), and an unrelated table's insert must not hold it up.
+func TestRecoveryReadsWaitForEarlierInserts(t *testing.T) {
+	chAddr := clickhouseAddr(t)
+	cfg := sampleConfig()
+	cfg.Streams = cfg.Streams[:1]
+	s := cfg.Streams[0]
+	cfg.ClickHouse = ClickHouseConfig{Addr: chAddr, Database: uniqueName("test_await"),
+		Username: os.Getenv("CLICKHOUSE_USER"), Password: os.Getenv("CLICKHOUSE_PASSWORD")}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ch := applySchema(t, cfg)
+	db := cfg.ClickHouse.Database
+
+	var done atomic.Bool
+	finished := make(chan error, 1)
+	go func() {
+		err := ch.Exec(ctx, "INSERT INTO "+QualifiedTable(db, s.Table())+" (event_id) SELECT 'slow' FROM numbers(1) WHERE sleep(2) = 0")
+		done.Store(true)
+		finished <- err
+	}()
+	testkit.Eventually(t, 10*time.Second, "the slow insert running", func() (bool, string) {
+		var n uint64
+		if err := ch.QueryRow(ctx, "SELECT count() FROM system.processes WHERE query LIKE 'INSERT INTO%sleep(2)%'").Scan(&n); err != nil {
+			return false, err.Error()
+		}
+		return n > 0, fmt.Sprintf("%d running", n)
+	})
+	if err := awaitEarlierInserts(ctx, []driver.Conn{ch}, db, []string{LedgerTable}, false); err != nil || done.Load() {
+		t.Fatalf("waiting on the ledger: err %v, slow insert done %v; an insert into another table must not hold it up", err, done.Load())
+	}
+	if err := awaitEarlierInserts(ctx, []driver.Conn{ch}, db, []string{s.Table(), LedgerTable}, false); err != nil {
+		t.Fatal(err)
+	}
+	if !done.Load() {
+		t.Fatal("awaitEarlierInserts returned while an insert begun before it was still running")
+	}
+	if err := <-finished; err != nil {
+		t.Fatal(err)
+	}
 }

@@ -24,6 +24,9 @@ import (
 // first run SYSTEM SYNC REPLICA on the tables read: it pulls the replication log, which
 // holds every acknowledged part, and returns once its queue is empty. If no replica of a
 // shard syncs in time the read fails and the partition waits: stalling beats duplicating.
+// Before any of these reads, on a single server as on a cluster, the worker waits until
+// no insert into the tables read that began earlier is still running on any node
+// (awaitEarlierInserts): an insert its client gave up on may still complete.
 //
 // Replicated tables deduplicate identical insert blocks by default, and newer servers
 // take a deduplication token from the client; the worker sets one where the server has
@@ -224,10 +227,80 @@ func (s *replicaSet) syncReplica(ctx context.Context, addr string, tables []stri
 // readers returns where a read that must see every acknowledged write to tables goes:
 // the loop's connection on a single server, a synced replica of every shard on a cluster.
 func (w *Worker) readers(ctx context.Context, tables ...string) ([]shardReader, error) {
+	nodes := []driver.Conn{w.ch}
+	if w.replicas != nil {
+		var err error
+		if nodes, err = w.replicas.reachable(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if err := awaitEarlierInserts(ctx, nodes, w.cfg.ClickHouse.Database, tables, w.replicas != nil); err != nil {
+		return nil, err
+	}
 	if w.replicas == nil {
 		return []shardReader{{conn: w.ch}}, nil
 	}
 	return w.replicas.synced(ctx, tables...)
+}
+
+// awaitEarlierInserts waits until no insert into the tables that began before the call
+// is still running on any of the nodes. An insert the client gave up on (a flush that
+// timed out when its partitions were revoked, a worker killed while the server was still
+// writing) may yet complete on the server: read before it does, and the rows it writes
+// would be written again. Inserts that begin later are other workers' batches, for other
+// partitions. A node that is down runs nothing.
+func awaitEarlierInserts(ctx context.Context, nodes []driver.Conn, db string, tables []string, skipFailing bool) error {
+	start := time.Now()
+	q := "SELECT count() FROM system.processes WHERE elapsed > ? AND match(query, '^\\\\s*[Ii][Nn][Ss][Ee][Rr][Tt]\\\\s') AND position(query, ?) > 0 AND ("
+	for i := range tables {
+		if i > 0 {
+			q += " OR "
+		}
+		q += "position(query, ?) > 0"
+	}
+	q += ")"
+	for {
+		var running uint64
+		for _, n := range nodes {
+			args := []any{time.Since(start).Seconds(), db}
+			for _, t := range tables {
+				args = append(args, t)
+			}
+			var c uint64
+			if err := n.QueryRow(ctx, q, args...).Scan(&c); err != nil {
+				if skipFailing && ctx.Err() == nil {
+					continue // a node that does not answer finishes no insert
+				}
+				return fmt.Errorf("looking for inserts into %v still running: %w", tables, err)
+			}
+			running += c
+		}
+		if running == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d insert(s) into %v begun before this read still running: %w", running, tables, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// reachable returns connections to the cluster's nodes that answer.
+func (s *replicaSet) reachable(ctx context.Context) ([]driver.Conn, error) {
+	shards, err := s.topology(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []driver.Conn
+	for _, sh := range shards {
+		for _, r := range sh {
+			if c, err := s.conn(ctx, r.addr); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out, nil
 }
 
 // insertContext carries the settings of one insert attempt of rows of a batch into a

@@ -114,7 +114,10 @@ func TestClusterScaleOut(t *testing.T) {
 	}
 	goodUsage := uint64(usageTotal - wantBad)
 
-	logs := t.TempDir()
+	logs := os.Getenv("CLUSTER_LOGS") // keep the workers' logs there
+	if logs == "" {
+		logs = t.TempDir()
+	}
 	start := func(name string, cfg pipeline.Config) *exec.Cmd {
 		path := filepath.Join(logs, name+".json")
 		raw, _ := json.Marshal(cfg)
