@@ -28,6 +28,7 @@ func clusterNodes(t *testing.T) (string, []string, []driver.Conn) {
 		}
 		t.Skip("no ClickHouse cluster; make test provisions one")
 	}
+	testkit.LockCluster(t)
 	var conns []driver.Conn
 	for _, a := range strings.Split(addrs, ",") {
 		c, err := pipeline.OpenClickHouse(context.Background(), pipeline.ClickHouseConfig{Addr: a, Username: chUser, Password: chPass})

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"customerloop.dev/customerloop/test/testkit"
 )
 
 // The three-node cluster the tests use: make test provisions it with
@@ -28,6 +30,7 @@ func testCluster(t testing.TB) (string, []string) {
 		}
 		t.Skip("no ClickHouse cluster; make test provisions one (hack/clickhouse-cluster.sh)")
 	}
+	testkit.LockCluster(t)
 	return name, strings.Split(addrs, ",")
 }
 

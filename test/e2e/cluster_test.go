@@ -38,6 +38,7 @@ func TestClusterScaleOut(t *testing.T) {
 		}
 		t.Skip("no ClickHouse cluster; make test provisions one")
 	}
+	testkit.LockCluster(t)
 	const (
 		usageTotal = 60_000
 		planTotal  = 3_000

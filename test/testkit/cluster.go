@@ -5,6 +5,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -40,4 +42,43 @@ func RepoRoot(t testing.TB) string {
 		}
 		dir = parent
 	}
+}
+
+// LockCluster gives the calling test the local test cluster to itself until it ends.
+// go test runs packages in parallel, and a test that stops a node or expects one to stay
+// down must not meet another package's test starting it again; tests that do not use the
+// cluster are not held up. It is a lock on a file, so it holds across test processes;
+// within one process it is shared (a test and its subtests and helpers may each ask).
+func LockCluster(t testing.TB) {
+	t.Helper()
+	clusterLock.Lock()
+	defer clusterLock.Unlock()
+	if clusterLock.holders == 0 {
+		f, err := os.OpenFile(filepath.Join(os.TempDir(), "customerloop-test-cluster.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+			_ = f.Close()
+			t.Fatalf("locking the test cluster: %v", err)
+		}
+		clusterLock.file = f
+	}
+	clusterLock.holders++
+	// Call it before anything else registers a cleanup: cleanups run last first, so the
+	// lock is released after the test's own cleanups have restarted its nodes.
+	t.Cleanup(func() {
+		clusterLock.Lock()
+		defer clusterLock.Unlock()
+		if clusterLock.holders--; clusterLock.holders == 0 {
+			_ = syscall.Flock(int(clusterLock.file.Fd()), syscall.LOCK_UN)
+			_ = clusterLock.file.Close()
+		}
+	})
+}
+
+var clusterLock struct {
+	sync.Mutex
+	holders int
+	file    *os.File
 }
