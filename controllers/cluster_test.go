@@ -96,11 +96,9 @@ func TestClusterLoop(t *testing.T) {
 
 	// Schema evolution: a new dimension reaches the local and the Distributed tables of
 	// every node, and rows carrying it read back through any of them.
-	l := get(t, loop)
-	l.Spec.Streams[0].Dimensions = append(l.Spec.Streams[0].Dimensions, loopsv1alpha1.Dimension{Name: "tier", Type: "String", Nullable: true})
-	if err := k8s.Update(ctx, l); err != nil {
-		t.Fatal(err)
-	}
+	updateLoop(t, loop, func(l *loopsv1alpha1.CustomerLoop) {
+		l.Spec.Streams[0].Dimensions = append(l.Spec.Streams[0].Dimensions, loopsv1alpha1.Dimension{Name: "tier", Type: "String", Nullable: true})
+	})
 	testkit.Eventually(t, time.Minute, "the tier column on every node", func() (bool, string) {
 		for i, n := range nodes {
 			for _, table := range []string{"usage_raw", "usage_raw_local"} {
@@ -135,11 +133,9 @@ func TestClusterLoop(t *testing.T) {
 	}
 
 	// A rollup swap on the cluster while events arrive.
-	l = get(t, loop)
-	l.Spec.Rollups[0].Measures = append(l.Spec.Rollups[0].Measures, loopsv1alpha1.RollupMeasure{Name: "largest", Function: "Max", Field: "quantity"})
-	if err := k8s.Update(ctx, l); err != nil {
-		t.Fatal(err)
-	}
+	updateLoop(t, loop, func(l *loopsv1alpha1.CustomerLoop) {
+		l.Spec.Rollups[0].Measures = append(l.Spec.Rollups[0].Measures, loopsv1alpha1.RollupMeasure{Name: "largest", Function: "Max", Field: "quantity"})
+	})
 	produceJSON(t, topic, usageEvents(300, 200, want))
 	exactEverywhere("the rollup exact after the swap", 520)
 	for i, n := range nodes {
@@ -158,11 +154,9 @@ func TestClusterLoop(t *testing.T) {
 	// from the DDL queue when it is back.
 	testkit.ClusterNode(t, "stop", 2)
 	t.Cleanup(func() { testkit.ClusterNode(t, "start", 2) })
-	l = get(t, loop)
-	l.Spec.Streams[0].Dimensions = append(l.Spec.Streams[0].Dimensions, loopsv1alpha1.Dimension{Name: "plan_name", Field: "plan", Type: "String", Nullable: true})
-	if err := k8s.Update(ctx, l); err != nil {
-		t.Fatal(err)
-	}
+	updateLoop(t, loop, func(l *loopsv1alpha1.CustomerLoop) {
+		l.Spec.Streams[0].Dimensions = append(l.Spec.Streams[0].Dimensions, loopsv1alpha1.Dimension{Name: "plan_name", Field: "plan", Type: "String", Nullable: true})
+	})
 	testkit.Eventually(t, 2*time.Minute, "a DDLPending warning naming node2", func() (bool, string) {
 		var evs eventsv1.EventList
 		if err := k8s.List(ctx, &evs, client.InNamespace(loop.Namespace)); err != nil {

@@ -15,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
@@ -81,6 +82,21 @@ func useClickHouseSecret(t *testing.T, loop *loopsv1alpha1.CustomerLoop) *corev1
 	t.Cleanup(func() { _ = k8s.Delete(context.Background(), secret) })
 	loop.Spec.ClickHouse.CredentialsSecretRef = &loopsv1alpha1.CredentialsSecretRef{Name: secret.Name}
 	return secret
+}
+
+// updateLoop applies mutate to the loop's latest version and writes it, again on a conflict
+// with the controller's own writes (status, finalizer); it returns what was written.
+func updateLoop(t *testing.T, loop *loopsv1alpha1.CustomerLoop, mutate func(*loopsv1alpha1.CustomerLoop)) *loopsv1alpha1.CustomerLoop {
+	t.Helper()
+	var l *loopsv1alpha1.CustomerLoop
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		l = get(t, loop)
+		mutate(l)
+		return k8s.Update(context.Background(), l)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return l
 }
 
 func get(t *testing.T, loop *loopsv1alpha1.CustomerLoop) *loopsv1alpha1.CustomerLoop {

@@ -223,11 +223,7 @@ func TestDeploymentRunner(t *testing.T) {
 
 	// A spec change and a Secret change each roll the pods.
 	sum0 := checksum()
-	l := get(t, loop)
-	l.Spec.Workers.Batch = &loopsv1alpha1.BatchSpec{MaxRows: 1234}
-	if err := k8s.Update(ctx, l); err != nil {
-		t.Fatal(err)
-	}
+	updateLoop(t, loop, func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Workers.Batch = &loopsv1alpha1.BatchSpec{MaxRows: 1234} })
 	testkit.Eventually(t, 30*time.Second, "a new checksum after a spec change", func() (bool, string) {
 		return checksum() != sum0, checksum()
 	})
@@ -255,11 +251,7 @@ func TestDeploymentRunner(t *testing.T) {
 	})
 
 	// Pausing scales the workers to zero and says so.
-	l = get(t, loop)
-	l.Spec.Paused = true
-	if err := k8s.Update(ctx, l); err != nil {
-		t.Fatal(err)
-	}
+	updateLoop(t, loop, func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Paused = true })
 	testkit.Eventually(t, 30*time.Second, "a paused loop scaled to zero", func() (bool, string) {
 		d, l := deployment(), get(t, loop)
 		return d != nil && *d.Spec.Replicas == 0 && condition(l, "Ready") == "True/Paused" && condition(l, "WorkersReady") == "False/Paused",

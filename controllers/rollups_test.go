@@ -183,11 +183,9 @@ func TestRollupLoop(t *testing.T) {
 	}()
 	usageEvents(400, 600, want)
 	time.Sleep(300 * time.Millisecond)
-	l = get(t, loop)
-	l.Spec.Rollups[0].Measures = append(l.Spec.Rollups[0].Measures, loopsv1alpha1.RollupMeasure{Name: "largest", Function: "Max", Field: "quantity"})
-	if err := k8s.Update(ctx, l); err != nil {
-		t.Fatal(err)
-	}
+	l = updateLoop(t, loop, func(l *loopsv1alpha1.CustomerLoop) {
+		l.Spec.Rollups[0].Measures = append(l.Spec.Rollups[0].Measures, loopsv1alpha1.RollupMeasure{Name: "largest", Function: "Max", Field: "quantity"})
+	})
 	if err := <-produced; err != nil {
 		t.Fatal(err)
 	}
@@ -236,11 +234,7 @@ func TestInvalidRollupStalls(t *testing.T) {
 	if !strings.Contains(msg, "rollup daily") || !strings.Contains(msg, `"region"`) || !strings.Contains(msg, `"used"`) {
 		t.Errorf("the Stalled message does not name the rollup, the measure and the field: %q", msg)
 	}
-	l := get(t, loop)
-	l.Spec.Rollups[0].Measures[1].Field = "quantity"
-	if err := k8s.Update(ctx, l); err != nil {
-		t.Fatal(err)
-	}
+	updateLoop(t, loop, func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Rollups[0].Measures[1].Field = "quantity" })
 	testkit.Eventually(t, 30*time.Second, "Ready once fixed", func() (bool, string) {
 		l := get(t, loop)
 		return condition(l, "Ready") == "True/Succeeded" && condition(l, "Stalled") == "False/Succeeded", condition(l, "Ready")

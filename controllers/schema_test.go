@@ -47,11 +47,9 @@ func TestSchemaEvolution(t *testing.T) {
 		return err == nil && n == 2, fmt.Sprint(n, err)
 	})
 
-	l := get(t, loop)
-	l.Spec.Streams[0].Dimensions = append(l.Spec.Streams[0].Dimensions, loopsv1alpha1.Dimension{Name: "plan_tier", Field: "tier", Type: "String", Nullable: true})
-	if err := k8s.Update(ctx, l); err != nil {
-		t.Fatal(err)
-	}
+	updateLoop(t, loop, func(l *loopsv1alpha1.CustomerLoop) {
+		l.Spec.Streams[0].Dimensions = append(l.Spec.Streams[0].Dimensions, loopsv1alpha1.Dimension{Name: "plan_tier", Field: "tier", Type: "String", Nullable: true})
+	})
 	testkit.Eventually(t, 30*time.Second, "the new column", func() (bool, string) {
 		n := countRows(t, fmt.Sprintf("SELECT count() FROM system.columns WHERE database = '%s' AND table = 'usage_raw' AND name = 'plan_tier'", db))
 		return n == 1, fmt.Sprint(n)
@@ -75,11 +73,7 @@ func TestSchemaEvolution(t *testing.T) {
 	})
 
 	// region: String -> Int64 cannot be applied to rows that hold "eu".
-	l = get(t, loop)
-	l.Spec.Streams[0].Dimensions[0].Type = "Int64"
-	if err := k8s.Update(ctx, l); err != nil {
-		t.Fatal(err)
-	}
+	updateLoop(t, loop, func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Dimensions[0].Type = "Int64" })
 	testkit.Eventually(t, 30*time.Second, "Stalled on the unsafe change", func() (bool, string) {
 		l := get(t, loop)
 		return condition(l, "Stalled") == "True/UnsafeSchemaChange" && condition(l, "Ready") == "False/UnsafeSchemaChange",
@@ -92,11 +86,7 @@ func TestSchemaEvolution(t *testing.T) {
 	if typ := columnType(t, db, "usage_raw", "region"); typ != "Nullable(String)" {
 		t.Errorf("region is now %s; a refused change must leave it Nullable(String)", typ)
 	}
-	l = get(t, loop)
-	l.Spec.Streams[0].Dimensions[0].Type = "String"
-	if err := k8s.Update(ctx, l); err != nil {
-		t.Fatal(err)
-	}
+	updateLoop(t, loop, func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Dimensions[0].Type = "String" })
 	testkit.Eventually(t, 30*time.Second, "Ready after reverting", func() (bool, string) {
 		l := get(t, loop)
 		return condition(l, "Ready") == "True/Succeeded" && condition(l, "Stalled") == "False/Succeeded", condition(l, "Ready")
