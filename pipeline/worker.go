@@ -13,6 +13,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 	"golang.org/x/sync/semaphore"
 )
@@ -261,23 +262,17 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 		w.log.Error(err, "setting offset", "topic", topic, "partition", partition, "offset", offset)
 		return
 	}
-	loop, part := w.cfg.Loop, strconv.Itoa(partition)
-	received, receivedBytes := w.metrics.ReceivedEvents.WithLabelValues(loop, stream.Name), w.metrics.ReceivedBytes.WithLabelValues(loop, stream.Name)
-	lag := w.metrics.Lag.WithLabelValues(loop, topic, part)
-	defer w.metrics.Lag.DeleteLabelValues(loop, topic, part)
-	var (
-		chunk       []item
-		weight      int64
-		fetch       = lingerContext{Context: ctx, cancel: func() {}} // ctx, or ctx until the pending chunk's linger ends
-		chunkWeight = w.budget() / 8
-	)
+	pr := w.newPartitionReader(stream, partition, rp, seen)
+	defer w.metrics.Lag.DeleteLabelValues(w.cfg.Loop, topic, strconv.Itoa(partition))
+	fetch := lingerContext{Context: ctx, cancel: func() {}} // ctx, or ctx until the pending chunk's linger ends
 	defer func() {
 		fetch.cancel()
+		pr.count()
 		// Hand what was read to the batch loop, which flushes and commits it on its way
 		// out; if it has already gone, the messages are read again later.
-		if len(chunk) > 0 {
+		if len(pr.chunk) > 0 {
 			select {
-			case out <- chunk:
+			case out <- pr.chunk:
 			case <-time.After(time.Second):
 			}
 		}
@@ -285,18 +280,19 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 	send := func() bool {
 		fetch.cancel()
 		fetch = lingerContext{Context: ctx, cancel: func() {}}
-		if len(chunk) == 0 {
+		pr.count()
+		if len(pr.chunk) == 0 {
 			return true
 		}
-		if err := budget.Acquire(ctx, weight); err != nil {
+		if err := budget.Acquire(ctx, pr.weight); err != nil {
 			return false
 		}
 		select {
-		case out <- chunk:
+		case out <- pr.chunk:
 		case <-ctx.Done():
 			return false
 		}
-		chunk, weight = nil, 0
+		pr.handOver()
 		return true
 	}
 	for {
@@ -314,36 +310,100 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 			if !send() {
 				return
 			}
-			w.metrics.Errors.WithLabelValues(loop, StageFetch).Inc()
+			w.metrics.Errors.WithLabelValues(w.cfg.Loop, StageFetch).Inc()
 			w.log.Error(err, "fetching", "topic", topic, "partition", partition)
 			if !sleep(ctx, time.Second) {
 				return
 			}
 			continue
 		}
-		received.Inc()
-		receivedBytes.Add(float64(len(m.Value)))
-		lag.Set(float64(m.HighWaterMark - m.Offset - 1))
-		it := item{stream: stream, msg: m, seen: seen}
-		if _, ok := rp.landed[m.Offset]; ok {
-			it.landed = true
-			delete(rp.landed, m.Offset)
-			w.metrics.Discarded.WithLabelValues(loop, stream.Name, "already_landed").Inc()
-		} else if len(m.Value) > w.cfg.MaxMessageBytes {
-			it.err = &DecodeError{Reason: ReasonOversize, Err: fmt.Errorf("message of %d bytes exceeds the limit of %d", len(m.Value), w.cfg.MaxMessageBytes)}
-		}
-		if len(chunk) == 0 {
+		if len(pr.chunk) == 0 {
 			fetch.Context, fetch.cancel = context.WithTimeout(ctx, chunkLinger)
-			chunk = make([]item, 0, chunkItems)
 		}
-		chunk = append(chunk, it)
-		weight += w.weight(m)
-		if len(chunk) >= chunkItems || weight >= chunkWeight {
-			if !send() {
-				return
-			}
+		pr.take(m)
+		if pr.full() && !send() {
+			return
 		}
 	}
+}
+
+// partitionReader is a reader's per-message work: it turns fetched messages into items
+// and gathers them into chunks for the batch loop. It counts received events and bytes,
+// and sets the lag, once per chunk rather than per message: each is an atomic operation
+// on a shared counter.
+type partitionReader struct {
+	w           *Worker
+	stream      *StreamConfig
+	seen        *dedupWindow
+	rp          resumePoint
+	chunk       []item
+	weight      int64 // of the chunk
+	chunkWeight int64
+
+	received, receivedBytes prometheus.Counter
+	lag                     prometheus.Gauge
+	// Not yet added to the counters: events and bytes received, and the last lag seen.
+	events, bytes, lastLag int64
+	lagSeen                bool
+}
+
+func (w *Worker) newPartitionReader(stream *StreamConfig, partition int, rp resumePoint, seen *dedupWindow) *partitionReader {
+	loop := w.cfg.Loop
+	return &partitionReader{
+		w: w, stream: stream, seen: seen, rp: rp, chunkWeight: w.budget() / 8,
+		received:      w.metrics.ReceivedEvents.WithLabelValues(loop, stream.Name),
+		receivedBytes: w.metrics.ReceivedBytes.WithLabelValues(loop, stream.Name),
+		lag:           w.metrics.Lag.WithLabelValues(loop, stream.Topic, strconv.Itoa(partition)),
+	}
+}
+
+// take adds a fetched message to the chunk.
+func (pr *partitionReader) take(m kafka.Message) {
+	w := pr.w
+	pr.events++
+	pr.bytes += int64(len(m.Value))
+	pr.lastLag, pr.lagSeen = m.HighWaterMark-m.Offset-1, true
+	if pr.chunk == nil {
+		pr.chunk = make([]item, 0, chunkItems)
+	}
+	pr.chunk = append(pr.chunk, item{stream: pr.stream, msg: m, seen: pr.seen})
+	it := &pr.chunk[len(pr.chunk)-1]
+	if _, ok := pr.rp.landed[m.Offset]; ok {
+		it.landed = true
+		delete(pr.rp.landed, m.Offset)
+		w.metrics.Discarded.WithLabelValues(w.cfg.Loop, pr.stream.Name, "already_landed").Inc()
+	} else if len(m.Value) > w.cfg.MaxMessageBytes {
+		it.err = &DecodeError{Reason: ReasonOversize, Err: fmt.Errorf("message of %d bytes exceeds the limit of %d", len(m.Value), w.cfg.MaxMessageBytes)}
+	}
+	pr.weight += w.weight(m)
+	pr.count()
+}
+
+// full reports whether the chunk is due to go: chunkItems messages or an eighth of the
+// budget.
+func (pr *partitionReader) full() bool {
+	return len(pr.chunk) >= chunkItems || pr.weight >= pr.chunkWeight
+}
+
+// count adds what was received since the last call to the counters.
+func (pr *partitionReader) count() {
+	if pr.events > 0 {
+		pr.received.Add(float64(pr.events))
+		pr.receivedBytes.Add(float64(pr.bytes))
+		pr.events, pr.bytes = 0, 0
+	}
+	if pr.lagSeen {
+		pr.lag.Set(float64(pr.lastLag))
+		pr.lagSeen = false
+	}
+}
+
+// handOver returns the chunk, counted, and starts a new one.
+func (pr *partitionReader) handOver() []item {
+	pr.count()
+	chunk := pr.chunk
+	pr.chunk, pr.weight = nil, 0
+	return chunk
 }
 
 // batch accumulates each stream's rows as columns, dead letters, and each partition's
