@@ -262,6 +262,32 @@ func TestDecodeLimits(t *testing.T) {
 	}
 }
 
+// TestLimitsShortcutAgreesWithScan: the byte-count shortcut of Limits.check never lets
+// through a message the token scan refuses, over random messages made of the bytes the
+// scan reads, near small limits.
+func TestLimitsShortcutAgreesWithScan(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 5))
+	alphabet := []byte(`{}[]":\ax,`)
+	passed := 0
+	for range 200_000 {
+		l := Limits{MaxFields: 1 + rng.IntN(6), MaxStringBytes: 1 + rng.IntN(40), MaxDepth: 1 + rng.IntN(4)}
+		msg := make([]byte, rng.IntN(48))
+		for i := range msg {
+			msg[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		got, want := l.check(msg), l.scan(msg)
+		if (got == nil) != (want == nil) || (got != nil && got.Error() != want.Error()) {
+			t.Fatalf("limits %+v, message %q: check = %v, scan = %v", l, msg, got, want)
+		}
+		if l.plainlyWithin(msg) {
+			passed++
+		}
+	}
+	if passed < 1000 {
+		t.Errorf("only %d messages took the shortcut: the test does not exercise it", passed)
+	}
+}
+
 // TestDepthBombRefusedCheaply: 100k nested arrays (and 1M keys) within the size limit
 // are refused by the default limits before fastjson parses them: no recursion, and
 // far less allocated than parsing would take.
