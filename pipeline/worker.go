@@ -376,7 +376,6 @@ func (pr *partitionReader) take(m kafka.Message) {
 		it.err = &DecodeError{Reason: ReasonOversize, Err: fmt.Errorf("message of %d bytes exceeds the limit of %d", len(m.Value), w.cfg.MaxMessageBytes)}
 	}
 	pr.weight += w.weight(m)
-	pr.count()
 }
 
 // full reports whether the chunk is due to go: chunkItems messages or an eighth of the
