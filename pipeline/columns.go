@@ -70,6 +70,7 @@ type columns struct {
 	arena    []byte  // the bytes of every string value
 	received []int64 // the broker's time of each row's message, Unix nanoseconds
 	n        int
+	bytes    int // of the messages behind the rows, as added (keep does not lower it)
 }
 
 // Source columns' positions after the decoded ones.
@@ -98,7 +99,7 @@ func (c *columns) reset() {
 		b.str, b.f64, b.f32, b.i32, b.i64 = b.str[:0], b.f64[:0], b.f32[:0], b.i32[:0], b.i64[:0]
 		b.u32, b.u64, b.u8, b.date, b.nulls = b.u32[:0], b.u64[:0], b.u8[:0], b.date[:0], b.nulls[:0]
 	}
-	c.arena, c.received, c.n = c.arena[:0], c.received[:0], 0
+	c.arena, c.received, c.n, c.bytes = c.arena[:0], c.received[:0], 0, 0
 }
 
 // internString copies b into the arena and returns a string viewing the copy. The arena

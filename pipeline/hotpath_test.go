@@ -84,7 +84,7 @@ func BenchmarkWorkerHotPath(b *testing.B) {
 		bt.addAll(chunk, now)
 		if bt.n >= cfg.Batch.MaxRows {
 			c := bt.cols[s]
-			w.observeInsert(s, c, c.n, bt.bytes[s], time.Millisecond)
+			w.observeInsert(s, c, c.n, c.bytes, time.Millisecond)
 			bt.reset()
 		}
 	}

@@ -166,7 +166,7 @@ func TestDeadLetterPII(t *testing.T) {
 			if !errors.As(err, &de) || de.Reason != tc.reason {
 				t.Fatalf("decode: %v, want reason %s", err, tc.reason)
 			}
-			dl := deadLetter(item{stream: s, msg: m, err: de}, d, cfg.MaxMessageBytes, time.Now())
+			dl := deadLetter(&item{stream: s, msg: m, err: de}, d, cfg.MaxMessageBytes, time.Now())
 			all := string(dl.Key) + " " + string(dl.Value)
 			for _, h := range dl.Headers {
 				all += " " + h.Key + "=" + string(h.Value)
@@ -212,7 +212,7 @@ func TestDeadLetterPII(t *testing.T) {
 	plain := sampleConfig().Streams[0]
 	dp := mustDecoder(t, plain)
 	m := kafka.Message{Topic: plain.Topic, Key: []byte("k"), Value: []byte(`{"id":`)}
-	dl := deadLetter(item{stream: &plain, msg: m, err: &DecodeError{Reason: ReasonInvalidJSON, Err: errors.New("x")}}, dp, 0, time.Now())
+	dl := deadLetter(&item{stream: &plain, msg: m, err: &DecodeError{Reason: ReasonInvalidJSON, Err: errors.New("x")}}, dp, 0, time.Now())
 	if string(dl.Value) != `{"id":` || string(dl.Key) != "k" || header(dl, HeaderWithheld) != "" || header(dl, HeaderPII) != "" {
 		t.Errorf("dead letter of a stream without PII changed: %+v", dl)
 	}

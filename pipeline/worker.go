@@ -195,7 +195,7 @@ func (w *Worker) budget() int64 { return 2 * int64(w.cfg.Batch.MaxBytes) }
 
 // weight is what a message costs of the budget; capped so that one message larger than
 // the budget still passes.
-func (w *Worker) weight(m kafka.Message) int64 {
+func (w *Worker) weight(m *kafka.Message) int64 {
 	return min(int64(len(m.Value)+len(m.Key))+64, w.budget())
 }
 
@@ -375,7 +375,7 @@ func (pr *partitionReader) take(m kafka.Message) {
 	} else if len(m.Value) > w.cfg.MaxMessageBytes {
 		it.err = &DecodeError{Reason: ReasonOversize, Err: fmt.Errorf("message of %d bytes exceeds the limit of %d", len(m.Value), w.cfg.MaxMessageBytes)}
 	}
-	pr.weight += w.weight(m)
+	pr.weight += w.weight(&m)
 }
 
 // full reports whether the chunk is due to go: chunkItems messages or an eighth of the
@@ -412,15 +412,23 @@ type batch struct {
 	w       *Worker
 	held    int64 // budget taken by the batch's messages
 	cols    map[*StreamConfig]*columns
-	bytes   map[*StreamConfig]int // message bytes behind the rows
 	dead    []kafka.Message
 	reasons []Reason // of each dead letter
 	spans   map[topicPartition]*span
 	n       int
+	// last is the partition and stream of the last message added, whose span, columns
+	// and decoder the next message most likely shares: a chunk is one partition's.
+	last struct {
+		tp     topicPartition
+		sp     *span
+		stream *StreamConfig
+		c      *columns
+		d      *Decoder
+	}
 }
 
 func newBatch(w *Worker) *batch {
-	return &batch{w: w, cols: map[*StreamConfig]*columns{}, bytes: map[*StreamConfig]int{}, spans: map[topicPartition]*span{}}
+	return &batch{w: w, cols: map[*StreamConfig]*columns{}, spans: map[topicPartition]*span{}}
 }
 
 // reset empties the batch for the next one, keeping the columns' memory.
@@ -428,20 +436,23 @@ func (b *batch) reset() {
 	for _, c := range b.cols {
 		c.reset()
 	}
-	clear(b.bytes)
 	clear(b.spans)
 	b.held, b.dead, b.reasons, b.n = 0, nil, nil, 0
+	b.last.sp, b.last.stream, b.last.c, b.last.d = nil, nil, nil, nil
 }
 
 // add decodes a message into the batch: a row in its stream's columns, a dead letter, or
 // only its offset (a message already landed or a producer's duplicate).
-func (b *batch) add(it item, now time.Time) {
-	m := it.msg
-	tp := topicPartition{m.Topic, m.Partition}
-	sp := b.spans[tp]
-	if sp == nil {
-		sp = &span{first: m.Offset}
-		b.spans[tp] = sp
+func (b *batch) add(it *item, now time.Time) {
+	m := &it.msg
+	sp := b.last.sp
+	if sp == nil || b.last.tp.partition != m.Partition || b.last.tp.topic != m.Topic {
+		tp := topicPartition{m.Topic, m.Partition}
+		if sp = b.spans[tp]; sp == nil {
+			sp = &span{first: m.Offset}
+			b.spans[tp] = sp
+		}
+		b.last.tp, b.last.sp = tp, sp
 	}
 	sp.last = m.Offset
 	sp.messages++
@@ -449,13 +460,19 @@ func (b *batch) add(it item, now time.Time) {
 	if it.landed {
 		return
 	}
-	c := b.cols[it.stream]
-	if c == nil && it.err == nil {
-		c = newColumns(b.w.decoders[m.Topic], it.stream)
-		b.cols[it.stream] = c
+	c, d := b.last.c, b.last.d
+	if it.stream != b.last.stream || c == nil {
+		c, d = b.cols[it.stream], b.w.decoders[m.Topic]
+		if c == nil && it.err == nil {
+			c = newColumns(d, it.stream)
+			b.cols[it.stream] = c
+		}
+		if c != nil {
+			b.last.stream, b.last.c, b.last.d = it.stream, c, d
+		}
 	}
 	if it.err == nil {
-		id, err := b.w.decoders[m.Topic].decodeInto(m.Value, m.Time, c)
+		id, err := d.decodeInto(m.Value, m.Time, c)
 		switch {
 		case err != nil:
 			var de *DecodeError
@@ -474,20 +491,20 @@ func (b *batch) add(it item, now time.Time) {
 		}
 	}
 	if it.err != nil {
-		b.dead = append(b.dead, deadLetter(it, b.w.decoders[m.Topic], b.w.cfg.MaxMessageBytes, now))
+		b.dead = append(b.dead, deadLetter(it, d, b.w.cfg.MaxMessageBytes, now))
 		b.reasons = append(b.reasons, it.err.Reason)
 		sp.deadLettered++
 		return
 	}
 	c.appendDecoded()
-	c.appendSource(m.Topic, m.Partition, m.Offset, now.UTC(), m.Time)
-	b.bytes[it.stream] += len(m.Value)
+	c.appendSource(m.Topic, m.Partition, m.Offset, now, m.Time)
+	c.bytes += len(m.Value)
 }
 
 func (b *batch) addAll(chunk []item, now time.Time) {
-	for _, it := range chunk {
-		b.add(it, now)
-		b.held += b.w.weight(it.msg)
+	for i := range chunk {
+		b.add(&chunk[i], now)
+		b.held += b.w.weight(&chunk[i].msg)
 	}
 }
 
@@ -505,7 +522,7 @@ func (b *batch) commitOffsets() map[string]map[int]int64 {
 
 // deadLetter is the message sent to the stream's dead-letter topic for it. Of a stream
 // with PII fields it carries no clear value of them: see Decoder.scrub and scrubKey.
-func deadLetter(it item, d *Decoder, maxBytes int, now time.Time) kafka.Message {
+func deadLetter(it *item, d *Decoder, maxBytes int, now time.Time) kafka.Message {
 	m := it.msg
 	body, pii, withheld := d.scrub(m.Value, maxBytes)
 	headers := append([]kafka.Header(nil), m.Headers...)
@@ -592,12 +609,12 @@ func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, ite
 		select {
 		case chunk := <-items:
 			now := time.Now()
-			for _, it := range chunk {
+			for i := range chunk {
 				if b.n == 0 {
 					timer.Reset(w.cfg.Batch.MaxWait.Duration)
 				}
-				b.add(it, now)
-				b.held += w.weight(it.msg)
+				b.add(&chunk[i], now)
+				b.held += w.weight(&chunk[i].msg)
 				if b.n >= w.cfg.Batch.MaxRows || b.held >= int64(w.cfg.Batch.MaxBytes) {
 					timer.Stop()
 					if !handOver() {
@@ -695,7 +712,7 @@ func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) err
 		}); err != nil {
 			return err
 		}
-		w.observeInsert(s, c, rows, b.bytes[s], took)
+		w.observeInsert(s, c, rows, c.bytes, took)
 	}
 	if len(b.dead) > 0 {
 		if err := w.retry(ctx, StageDeadLetter, "dead-letter", func() error {
