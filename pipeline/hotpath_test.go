@@ -18,7 +18,7 @@ func benchUsageMessages(topic string, n, partitions int) []kafka.Message {
 	base := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	out := make([]kafka.Message, n)
 	for i := range out {
-		v := fmt.Sprintf(`{"event_id":"evt-%012d","customer_id":"customer-%04d","product":"product-%d","ts":%d,"quantity":%d,"region":%q,"note":%q}`,
+		v := fmt.Sprintf(`{"event_id":"evt-%012d","customer_id":"customer-%04d","product":"product-%d","ts":%d,"quantity":%d,"region":"%s","note":"%s"}`,
 			i, rng.IntN(500), rng.IntN(8), base.Unix()+int64(i/50), 1+rng.IntN(100), regions[rng.IntN(3)],
 			strings.Repeat("x", 130+rng.IntN(40)))
 		out[i] = kafka.Message{Topic: topic, Partition: i % partitions, Offset: int64(i / partitions),
