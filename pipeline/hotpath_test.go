@@ -3,10 +3,12 @@ package pipeline
 import (
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/column"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -87,5 +89,51 @@ func BenchmarkWorkerHotPath(b *testing.B) {
 			w.observeInsert(s, c, c.n, c.bytes, time.Millisecond)
 			bt.reset()
 		}
+	}
+}
+
+// presizeTestStrings are a batch's worth of string values of mixed lengths.
+func presizeTestStrings() []string {
+	strs := make([]string, 20_000)
+	for i := range strs {
+		strs[i] = strings.Repeat("x", 100+i%100)
+	}
+	return strs
+}
+
+// TestPresizeStringSizesColumn: after presizeString, appending the batch's strings to a
+// clickhouse-go String column grows none of its buffers. Should clickhouse-go or ch-go
+// stop sizing a decoded column exactly, this fails, and presizeString needs another way.
+func TestPresizeStringSizesColumn(t *testing.T) {
+	strs := presizeTestStrings()
+	appendAllocs := func(presize bool) uint64 {
+		var col column.String
+		if presize {
+			presizeString(&col, strs)
+		}
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		if _, err := col.Append(strs); err != nil {
+			t.Fatal(err)
+		}
+		runtime.ReadMemStats(&after)
+		if col.Rows() != len(strs) || col.Row(len(strs)-1, false) != strs[len(strs)-1] {
+			t.Fatalf("the column holds %d rows, last %q", col.Rows(), col.Row(col.Rows()-1, false))
+		}
+		return after.Mallocs - before.Mallocs
+	}
+	without, with := appendAllocs(false), appendAllocs(true)
+	// Append itself allocates the nulls it returns.
+	if with > 2 || without <= with {
+		t.Errorf("appending after presizeString made %d allocations (%d without it), want at most 2", with, without)
+	}
+}
+
+func BenchmarkPresizeString(b *testing.B) {
+	strs := presizeTestStrings()
+	var col column.String
+	b.ReportAllocs()
+	for b.Loop() {
+		presizeString(&col, strs)
 	}
 }
