@@ -70,6 +70,7 @@ type columns struct {
 	arena    []byte  // the bytes of every string value
 	received []int64 // the broker's time of each row's message, Unix nanoseconds
 	n        int
+	bytes    int // of the messages behind the rows, as added (keep does not lower it)
 }
 
 // Source columns' positions after the decoded ones.
@@ -98,7 +99,7 @@ func (c *columns) reset() {
 		b.str, b.f64, b.f32, b.i32, b.i64 = b.str[:0], b.f64[:0], b.f32[:0], b.i32[:0], b.i64[:0]
 		b.u32, b.u64, b.u8, b.date, b.nulls = b.u32[:0], b.u64[:0], b.u8[:0], b.date[:0], b.nulls[:0]
 	}
-	c.arena, c.received, c.n = c.arena[:0], c.received[:0], 0
+	c.arena, c.received, c.n, c.bytes = c.arena[:0], c.received[:0], 0, 0
 }
 
 // internString copies b into the arena and returns a string viewing the copy. The arena
@@ -273,9 +274,13 @@ func kept[T any](s []T, keep []bool) []T {
 // appended. Appending grows its buffers a quarter at a time once they are large, which
 // copied each batch's string bytes four times over and was a sixth of the worker's CPU.
 // clickhouse-go has no way to reserve capacity, but decoding a column sizes it exactly
-// (ch-go's ColStr.DecodeColumn): so decode a column of the same shape, all zeros, and
-// reset it, which keeps the capacity. Should that stop sizing the column, appending
-// still works, only slower.
+// (ch-go's ColStr.DecodeColumn): so decode a column of the same size and reset it,
+// which keeps the capacity. Should that stop sizing the column, appending still works,
+// only slower (TestPresizeStringSizesColumn tells).
+//
+// DecodeColumn sizes the positions for every row before it reads any, and the bytes
+// at the first string, which holds them all: so the input ends there, and the decode
+// fails at the second row instead of reading an empty string for each of the others.
 func presizeString(col *column.String, strs []string) {
 	if len(strs) < 2 {
 		return
@@ -285,23 +290,23 @@ func presizeString(col *column.String, strs []string) {
 		total += len(s)
 	}
 	// On the wire: a length (uvarint) and the bytes of each string. One string holding
-	// every byte, then empty ones, sizes the buffer and the positions in one step each.
+	// every byte sizes the buffer and the positions in one step each.
 	head := binary.AppendUvarint(nil, uint64(total))
-	r := io.MultiReader(bytes.NewReader(head), &zeroReader{n: total + len(strs) - 1})
+	r := io.MultiReader(bytes.NewReader(head), &filler{n: total})
 	_ = col.Decode(chproto.NewReader(r), len(strs))
 	col.Reset()
 }
 
-// zeroReader reads n zero bytes.
-type zeroReader struct{ n int }
+// filler reads n bytes without writing them: p keeps what it holds. presizeString's
+// column drops its bytes unread, so writing zeros over them would only cost time.
+type filler struct{ n int }
 
-func (z *zeroReader) Read(p []byte) (int, error) {
-	if z.n == 0 {
+func (f *filler) Read(p []byte) (int, error) {
+	if f.n == 0 {
 		return 0, io.EOF
 	}
-	k := min(len(p), z.n)
-	clear(p[:k])
-	z.n -= k
+	k := min(len(p), f.n)
+	f.n -= k
 	return k, nil
 }
 

@@ -3,6 +3,9 @@ package pipeline
 import (
 	"bytes"
 	"errors"
+	"math"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -209,6 +212,29 @@ func equalValue(a, b any) bool {
 		return ok && ta.Equal(tb)
 	}
 	return deref(a) == deref(b)
+}
+
+// TestParseFloatMatchesStrconv: the digits-only shortcut gives what strconv.ParseFloat
+// gives, on both sides of its 15-digit bound and for what it hands on.
+func TestParseFloatMatchesStrconv(t *testing.T) {
+	cases := []string{"0", "7", "00", "0123", "17", "1793449815", "1793449815000", "999999999999999",
+		"1000000000000000", "9007199254740993", "123456789012345678901234567890", "-0", "-12", "1.5",
+		"1e3", "1E-2", "0x10", "1_000", "", "+1", "inf", "NaN", "12a", " 1"}
+	rng := rand.New(rand.NewPCG(9, 9))
+	for range 2000 {
+		n := make([]byte, 1+rng.IntN(18))
+		for i := range n {
+			n[i] = byte('0' + rng.IntN(10))
+		}
+		cases = append(cases, string(n))
+	}
+	for _, c := range cases {
+		got, gotErr := parseFloat([]byte(c))
+		want, wantErr := strconv.ParseFloat(c, 64)
+		if math.Float64bits(got) != math.Float64bits(want) || (gotErr == nil) != (wantErr == nil) {
+			t.Errorf("parseFloat(%q) = %v, %v; strconv.ParseFloat gives %v, %v", c, got, gotErr, want, wantErr)
+		}
+	}
 }
 
 // BenchmarkDecodeUsage decodes a typical usage event of about 300 bytes.

@@ -166,7 +166,7 @@ func TestDeadLetterPII(t *testing.T) {
 			if !errors.As(err, &de) || de.Reason != tc.reason {
 				t.Fatalf("decode: %v, want reason %s", err, tc.reason)
 			}
-			dl := deadLetter(item{stream: s, msg: m, err: de}, d, cfg.MaxMessageBytes, time.Now())
+			dl := deadLetter(&item{stream: s, msg: m, err: de}, d, cfg.MaxMessageBytes, time.Now())
 			all := string(dl.Key) + " " + string(dl.Value)
 			for _, h := range dl.Headers {
 				all += " " + h.Key + "=" + string(h.Value)
@@ -212,7 +212,7 @@ func TestDeadLetterPII(t *testing.T) {
 	plain := sampleConfig().Streams[0]
 	dp := mustDecoder(t, plain)
 	m := kafka.Message{Topic: plain.Topic, Key: []byte("k"), Value: []byte(`{"id":`)}
-	dl := deadLetter(item{stream: &plain, msg: m, err: &DecodeError{Reason: ReasonInvalidJSON, Err: errors.New("x")}}, dp, 0, time.Now())
+	dl := deadLetter(&item{stream: &plain, msg: m, err: &DecodeError{Reason: ReasonInvalidJSON, Err: errors.New("x")}}, dp, 0, time.Now())
 	if string(dl.Value) != `{"id":` || string(dl.Key) != "k" || header(dl, HeaderWithheld) != "" || header(dl, HeaderPII) != "" {
 		t.Errorf("dead letter of a stream without PII changed: %+v", dl)
 	}
@@ -259,6 +259,32 @@ func TestDecodeLimits(t *testing.T) {
 		case tc.want != "" && (!errors.As(err, &de) || de.Reason != ReasonOversize || !strings.Contains(err.Error(), tc.want)):
 			t.Errorf("%s: err = %v, want oversize naming %q", tc.name, err, tc.want)
 		}
+	}
+}
+
+// TestLimitsShortcutAgreesWithScan: the byte-count shortcut of Limits.check never lets
+// through a message the token scan refuses, over random messages made of the bytes the
+// scan reads, near small limits.
+func TestLimitsShortcutAgreesWithScan(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 5))
+	alphabet := []byte(`{}[]":\ax,`)
+	passed := 0
+	for range 200_000 {
+		l := Limits{MaxFields: 1 + rng.IntN(6), MaxStringBytes: 1 + rng.IntN(40), MaxDepth: 1 + rng.IntN(4)}
+		msg := make([]byte, rng.IntN(48))
+		for i := range msg {
+			msg[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		got, want := l.check(msg), l.scan(msg)
+		if (got == nil) != (want == nil) || (got != nil && got.Error() != want.Error()) {
+			t.Fatalf("limits %+v, message %q: check = %v, scan = %v", l, msg, got, want)
+		}
+		if l.plainlyWithin(msg) {
+			passed++
+		}
+	}
+	if passed < 1000 {
+		t.Errorf("only %d messages took the shortcut: the test does not exercise it", passed)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 	"golang.org/x/sync/semaphore"
 )
@@ -194,7 +195,7 @@ func (w *Worker) budget() int64 { return 2 * int64(w.cfg.Batch.MaxBytes) }
 
 // weight is what a message costs of the budget; capped so that one message larger than
 // the budget still passes.
-func (w *Worker) weight(m kafka.Message) int64 {
+func (w *Worker) weight(m *kafka.Message) int64 {
 	return min(int64(len(m.Value)+len(m.Key))+64, w.budget())
 }
 
@@ -206,6 +207,31 @@ const (
 	chunkItems  = 256
 	chunkLinger = 5 * time.Millisecond
 )
+
+// Chunks go back to a pool once the batch loop has added their items to a batch: at
+// 150-odd bytes of pointers per message, allocating them made up most of what the
+// garbage collector scanned of the worker's own allocations.
+var chunks = sync.Pool{New: func() any { return new([]item) }}
+
+func newChunk() []item {
+	c := *chunks.Get().(*[]item)
+	if c == nil {
+		c = make([]item, 0, chunkItems)
+	}
+	return c
+}
+
+// recycle returns a chunk whose items the batch loop is done with. The items are not
+// cleared: clearing pointers costs a write barrier each while the collector marks, and
+// the next use overwrites them. What they keep alive meanwhile is bounded by the chunks
+// in flight, and the pool lets go of idle chunks within two collections.
+func recycle(c []item) {
+	if cap(c) != chunkItems {
+		return
+	}
+	c = c[:0]
+	chunks.Put(&c)
+}
 
 // lingerContext is the context a reader fetches with, and how to end it early.
 type lingerContext struct {
@@ -261,23 +287,17 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 		w.log.Error(err, "setting offset", "topic", topic, "partition", partition, "offset", offset)
 		return
 	}
-	loop, part := w.cfg.Loop, strconv.Itoa(partition)
-	received, receivedBytes := w.metrics.ReceivedEvents.WithLabelValues(loop, stream.Name), w.metrics.ReceivedBytes.WithLabelValues(loop, stream.Name)
-	lag := w.metrics.Lag.WithLabelValues(loop, topic, part)
-	defer w.metrics.Lag.DeleteLabelValues(loop, topic, part)
-	var (
-		chunk       []item
-		weight      int64
-		fetch       = lingerContext{Context: ctx, cancel: func() {}} // ctx, or ctx until the pending chunk's linger ends
-		chunkWeight = w.budget() / 8
-	)
+	pr := w.newPartitionReader(stream, partition, rp, seen)
+	defer w.metrics.Lag.DeleteLabelValues(w.cfg.Loop, topic, strconv.Itoa(partition))
+	fetch := lingerContext{Context: ctx, cancel: func() {}} // ctx, or ctx until the pending chunk's linger ends
 	defer func() {
 		fetch.cancel()
+		pr.count()
 		// Hand what was read to the batch loop, which flushes and commits it on its way
 		// out; if it has already gone, the messages are read again later.
-		if len(chunk) > 0 {
+		if len(pr.chunk) > 0 {
 			select {
-			case out <- chunk:
+			case out <- pr.chunk:
 			case <-time.After(time.Second):
 			}
 		}
@@ -285,18 +305,19 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 	send := func() bool {
 		fetch.cancel()
 		fetch = lingerContext{Context: ctx, cancel: func() {}}
-		if len(chunk) == 0 {
+		pr.count()
+		if len(pr.chunk) == 0 {
 			return true
 		}
-		if err := budget.Acquire(ctx, weight); err != nil {
+		if err := budget.Acquire(ctx, pr.weight); err != nil {
 			return false
 		}
 		select {
-		case out <- chunk:
+		case out <- pr.chunk:
 		case <-ctx.Done():
 			return false
 		}
-		chunk, weight = nil, 0
+		pr.handOver()
 		return true
 	}
 	for {
@@ -314,36 +335,99 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 			if !send() {
 				return
 			}
-			w.metrics.Errors.WithLabelValues(loop, StageFetch).Inc()
+			w.metrics.Errors.WithLabelValues(w.cfg.Loop, StageFetch).Inc()
 			w.log.Error(err, "fetching", "topic", topic, "partition", partition)
 			if !sleep(ctx, time.Second) {
 				return
 			}
 			continue
 		}
-		received.Inc()
-		receivedBytes.Add(float64(len(m.Value)))
-		lag.Set(float64(m.HighWaterMark - m.Offset - 1))
-		it := item{stream: stream, msg: m, seen: seen}
-		if _, ok := rp.landed[m.Offset]; ok {
-			it.landed = true
-			delete(rp.landed, m.Offset)
-			w.metrics.Discarded.WithLabelValues(loop, stream.Name, "already_landed").Inc()
-		} else if len(m.Value) > w.cfg.MaxMessageBytes {
-			it.err = &DecodeError{Reason: ReasonOversize, Err: fmt.Errorf("message of %d bytes exceeds the limit of %d", len(m.Value), w.cfg.MaxMessageBytes)}
-		}
-		if len(chunk) == 0 {
+		if len(pr.chunk) == 0 {
 			fetch.Context, fetch.cancel = context.WithTimeout(ctx, chunkLinger)
-			chunk = make([]item, 0, chunkItems)
 		}
-		chunk = append(chunk, it)
-		weight += w.weight(m)
-		if len(chunk) >= chunkItems || weight >= chunkWeight {
-			if !send() {
-				return
-			}
+		pr.take(m)
+		if pr.full() && !send() {
+			return
 		}
 	}
+}
+
+// partitionReader is a reader's per-message work: it turns fetched messages into items
+// and gathers them into chunks for the batch loop. It counts received events and bytes,
+// and sets the lag, once per chunk rather than per message: each is an atomic operation
+// on a shared counter.
+type partitionReader struct {
+	w           *Worker
+	stream      *StreamConfig
+	seen        *dedupWindow
+	rp          resumePoint
+	chunk       []item
+	weight      int64 // of the chunk
+	chunkWeight int64
+
+	received, receivedBytes prometheus.Counter
+	lag                     prometheus.Gauge
+	// Not yet added to the counters: events and bytes received, and the last lag seen.
+	events, bytes, lastLag int64
+	lagSeen                bool
+}
+
+func (w *Worker) newPartitionReader(stream *StreamConfig, partition int, rp resumePoint, seen *dedupWindow) *partitionReader {
+	loop := w.cfg.Loop
+	return &partitionReader{
+		w: w, stream: stream, seen: seen, rp: rp, chunkWeight: w.budget() / 8,
+		received:      w.metrics.ReceivedEvents.WithLabelValues(loop, stream.Name),
+		receivedBytes: w.metrics.ReceivedBytes.WithLabelValues(loop, stream.Name),
+		lag:           w.metrics.Lag.WithLabelValues(loop, stream.Topic, strconv.Itoa(partition)),
+	}
+}
+
+// take adds a fetched message to the chunk.
+func (pr *partitionReader) take(m kafka.Message) {
+	w := pr.w
+	pr.events++
+	pr.bytes += int64(len(m.Value))
+	pr.lastLag, pr.lagSeen = m.HighWaterMark-m.Offset-1, true
+	if pr.chunk == nil {
+		pr.chunk = newChunk()
+	}
+	pr.chunk = append(pr.chunk, item{stream: pr.stream, msg: m, seen: pr.seen})
+	it := &pr.chunk[len(pr.chunk)-1]
+	if _, ok := pr.rp.landed[m.Offset]; ok {
+		it.landed = true
+		delete(pr.rp.landed, m.Offset)
+		w.metrics.Discarded.WithLabelValues(w.cfg.Loop, pr.stream.Name, "already_landed").Inc()
+	} else if len(m.Value) > w.cfg.MaxMessageBytes {
+		it.err = &DecodeError{Reason: ReasonOversize, Err: fmt.Errorf("message of %d bytes exceeds the limit of %d", len(m.Value), w.cfg.MaxMessageBytes)}
+	}
+	pr.weight += w.weight(&m)
+}
+
+// full reports whether the chunk is due to go: chunkItems messages or an eighth of the
+// budget.
+func (pr *partitionReader) full() bool {
+	return len(pr.chunk) >= chunkItems || pr.weight >= pr.chunkWeight
+}
+
+// count adds what was received since the last call to the counters.
+func (pr *partitionReader) count() {
+	if pr.events > 0 {
+		pr.received.Add(float64(pr.events))
+		pr.receivedBytes.Add(float64(pr.bytes))
+		pr.events, pr.bytes = 0, 0
+	}
+	if pr.lagSeen {
+		pr.lag.Set(float64(pr.lastLag))
+		pr.lagSeen = false
+	}
+}
+
+// handOver returns the chunk, counted, and starts a new one.
+func (pr *partitionReader) handOver() []item {
+	pr.count()
+	chunk := pr.chunk
+	pr.chunk, pr.weight = nil, 0
+	return chunk
 }
 
 // batch accumulates each stream's rows as columns, dead letters, and each partition's
@@ -353,15 +437,23 @@ type batch struct {
 	w       *Worker
 	held    int64 // budget taken by the batch's messages
 	cols    map[*StreamConfig]*columns
-	bytes   map[*StreamConfig]int // message bytes behind the rows
 	dead    []kafka.Message
 	reasons []Reason // of each dead letter
 	spans   map[topicPartition]*span
 	n       int
+	// last is the partition and stream of the last message added, whose span, columns
+	// and decoder the next message most likely shares: a chunk is one partition's.
+	last struct {
+		tp     topicPartition
+		sp     *span
+		stream *StreamConfig
+		c      *columns
+		d      *Decoder
+	}
 }
 
 func newBatch(w *Worker) *batch {
-	return &batch{w: w, cols: map[*StreamConfig]*columns{}, bytes: map[*StreamConfig]int{}, spans: map[topicPartition]*span{}}
+	return &batch{w: w, cols: map[*StreamConfig]*columns{}, spans: map[topicPartition]*span{}}
 }
 
 // reset empties the batch for the next one, keeping the columns' memory.
@@ -369,20 +461,23 @@ func (b *batch) reset() {
 	for _, c := range b.cols {
 		c.reset()
 	}
-	clear(b.bytes)
 	clear(b.spans)
 	b.held, b.dead, b.reasons, b.n = 0, nil, nil, 0
+	b.last.sp, b.last.stream, b.last.c, b.last.d = nil, nil, nil, nil
 }
 
 // add decodes a message into the batch: a row in its stream's columns, a dead letter, or
 // only its offset (a message already landed or a producer's duplicate).
-func (b *batch) add(it item, now time.Time) {
-	m := it.msg
-	tp := topicPartition{m.Topic, m.Partition}
-	sp := b.spans[tp]
-	if sp == nil {
-		sp = &span{first: m.Offset}
-		b.spans[tp] = sp
+func (b *batch) add(it *item, now time.Time) {
+	m := &it.msg
+	sp := b.last.sp
+	if sp == nil || b.last.tp.partition != m.Partition || b.last.tp.topic != m.Topic {
+		tp := topicPartition{m.Topic, m.Partition}
+		if sp = b.spans[tp]; sp == nil {
+			sp = &span{first: m.Offset}
+			b.spans[tp] = sp
+		}
+		b.last.tp, b.last.sp = tp, sp
 	}
 	sp.last = m.Offset
 	sp.messages++
@@ -390,13 +485,19 @@ func (b *batch) add(it item, now time.Time) {
 	if it.landed {
 		return
 	}
-	c := b.cols[it.stream]
-	if c == nil && it.err == nil {
-		c = newColumns(b.w.decoders[m.Topic], it.stream)
-		b.cols[it.stream] = c
+	c, d := b.last.c, b.last.d
+	if it.stream != b.last.stream || c == nil {
+		c, d = b.cols[it.stream], b.w.decoders[m.Topic]
+		if c == nil && it.err == nil {
+			c = newColumns(d, it.stream)
+			b.cols[it.stream] = c
+		}
+		if c != nil {
+			b.last.stream, b.last.c, b.last.d = it.stream, c, d
+		}
 	}
 	if it.err == nil {
-		id, err := b.w.decoders[m.Topic].decodeInto(m.Value, m.Time, c)
+		id, err := d.decodeInto(m.Value, m.Time, c)
 		switch {
 		case err != nil:
 			var de *DecodeError
@@ -415,21 +516,22 @@ func (b *batch) add(it item, now time.Time) {
 		}
 	}
 	if it.err != nil {
-		b.dead = append(b.dead, deadLetter(it, b.w.decoders[m.Topic], b.w.cfg.MaxMessageBytes, now))
+		b.dead = append(b.dead, deadLetter(it, d, b.w.cfg.MaxMessageBytes, now))
 		b.reasons = append(b.reasons, it.err.Reason)
 		sp.deadLettered++
 		return
 	}
 	c.appendDecoded()
-	c.appendSource(m.Topic, m.Partition, m.Offset, now.UTC(), m.Time)
-	b.bytes[it.stream] += len(m.Value)
+	c.appendSource(m.Topic, m.Partition, m.Offset, now, m.Time)
+	c.bytes += len(m.Value)
 }
 
 func (b *batch) addAll(chunk []item, now time.Time) {
-	for _, it := range chunk {
-		b.add(it, now)
-		b.held += b.w.weight(it.msg)
+	for i := range chunk {
+		b.add(&chunk[i], now)
+		b.held += b.w.weight(&chunk[i].msg)
 	}
+	recycle(chunk)
 }
 
 // commitOffsets returns the next offset to read per partition, in kafka-go's shape.
@@ -446,7 +548,7 @@ func (b *batch) commitOffsets() map[string]map[int]int64 {
 
 // deadLetter is the message sent to the stream's dead-letter topic for it. Of a stream
 // with PII fields it carries no clear value of them: see Decoder.scrub and scrubKey.
-func deadLetter(it item, d *Decoder, maxBytes int, now time.Time) kafka.Message {
+func deadLetter(it *item, d *Decoder, maxBytes int, now time.Time) kafka.Message {
 	m := it.msg
 	body, pii, withheld := d.scrub(m.Value, maxBytes)
 	headers := append([]kafka.Header(nil), m.Headers...)
@@ -533,12 +635,12 @@ func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, ite
 		select {
 		case chunk := <-items:
 			now := time.Now()
-			for _, it := range chunk {
+			for i := range chunk {
 				if b.n == 0 {
 					timer.Reset(w.cfg.Batch.MaxWait.Duration)
 				}
-				b.add(it, now)
-				b.held += w.weight(it.msg)
+				b.add(&chunk[i], now)
+				b.held += w.weight(&chunk[i].msg)
 				if b.n >= w.cfg.Batch.MaxRows || b.held >= int64(w.cfg.Batch.MaxBytes) {
 					timer.Stop()
 					if !handOver() {
@@ -547,6 +649,7 @@ func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, ite
 					}
 				}
 			}
+			recycle(chunk)
 		case <-timer.C:
 			if !handOver() {
 				stop()
@@ -636,7 +739,7 @@ func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) err
 		}); err != nil {
 			return err
 		}
-		w.observeInsert(s, c, rows, b.bytes[s], took)
+		w.observeInsert(s, c, rows, c.bytes, took)
 	}
 	if len(b.dead) > 0 {
 		if err := w.retry(ctx, StageDeadLetter, "dead-letter", func() error {
