@@ -12,6 +12,7 @@ import (
 	chproto "github.com/ClickHouse/ch-go/proto"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/column"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/valyala/fastjson"
 )
 
 // valKind is the Go shape of a raw-table column.
@@ -71,6 +72,10 @@ type columns struct {
 	received []int64 // the broker's time of each row's message, Unix nanoseconds
 	n        int
 	bytes    int // of the messages behind the rows, as added (keep does not lower it)
+	// parser holds the last decoded message: scratch's strings point into its memory
+	// until the next decode. It is the columns' own, never pooled: a parser shared with
+	// another goroutine could be overwritten before appendDecoded copies the strings.
+	parser fastjson.Parser
 }
 
 // Source columns' positions after the decoded ones.

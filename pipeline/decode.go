@@ -162,10 +162,6 @@ func NewDecoder(s StreamConfig, opts ...DecoderOption) (*Decoder, error) {
 	return dec, nil
 }
 
-// parsers are reused across messages: fastjson parses into the parser's own memory, so a
-// warm parser allocates nothing.
-var parsers fastjson.ParserPool
-
 // Decode parses one message into a row: a value per column of the raw table except the
 // trailing source columns. It is the row-shaped view of DecodeInto, for callers that
 // handle a few messages; the worker decodes straight into a batch's columns.
@@ -192,9 +188,10 @@ func (d *Decoder) decodeInto(msg []byte, msgTime time.Time, c *columns) (id []by
 	if err := d.limits.check(msg); err != nil {
 		return nil, err
 	}
-	p := parsers.Get()
-	defer parsers.Put(p)
-	doc, err := p.ParseBytes(msg)
+	// c's own parser, reused message after message: fastjson parses into the parser's
+	// memory, so a warm parser allocates nothing, and the strings it returns stay valid
+	// until c decodes the next message.
+	doc, err := c.parser.ParseBytes(msg)
 	if err != nil {
 		return nil, &DecodeError{Reason: ReasonInvalidJSON, Err: err}
 	}

@@ -3,10 +3,13 @@ package pipeline
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -278,5 +281,47 @@ func TestDecodeCustomerRestriction(t *testing.T) {
 	s.Customers = &CustomerFilter{Pattern: "("}
 	if _, err := NewDecoder(s); err == nil || !strings.Contains(err.Error(), "customers.pattern") {
 		t.Errorf("invalid pattern: err = %v, want one naming customers.pattern", err)
+	}
+}
+
+// TestConcurrentDecodesKeepTheirStrings: several workers in one process (the manager's
+// in-process runner runs one per loop) decode at the same time. A decoded message's
+// strings point into its parser's memory until they are copied into the batch; a parser
+// shared through a pool was handed to another goroutine before that copy, which then
+// copied the other message's bytes.
+func TestConcurrentDecodesKeepTheirStrings(t *testing.T) {
+	s := StreamConfig{Name: "usage", Kind: KindUsage, Topic: "u", DeadLetterTopic: "u.dlq",
+		Mapping: Mapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts", Quantity: "qty"}}
+	d, err := NewDecoder(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan string, 4)
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := newColumns(d, nil)
+			for i := range 20000 {
+				id := fmt.Sprintf("g%d-event-%06d", g, i)
+				msg := fmt.Sprintf(`{"id":%q,"customer":"customer-%d-%d","product":"p","ts":1793449815,"qty":1}`, id, g, i)
+				if _, err := d.decodeInto([]byte(msg), time.Unix(1793449815, 0), c); err != nil {
+					errs <- err.Error()
+					return
+				}
+				runtime.Gosched() // as the scheduler may: the others decode meanwhile
+				c.appendDecoded()
+				if got := c.cols[0].any(c.n - 1); got != id {
+					errs <- fmt.Sprintf("decoded event_id %v, want %s", got, id)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
 	}
 }

@@ -259,6 +259,10 @@ const (
 // message cannot be parsed within the limits, so its PII fields cannot be found.
 var WithheldBody = []byte(`{"customerloop":"withheld"}`)
 
+// scrubParsers are the parsers of dead letters being scrubbed: nothing parsed by one is
+// used after scrub returns.
+var scrubParsers fastjson.ParserPool
+
 // scrub returns what a dead letter of the decoder's stream may carry of msg: msg itself
 // when the stream has no PII fields; msg with them hashed or removed when it parses
 // within the limits; otherwise WithheldBody, with the reason for the header.
@@ -272,8 +276,8 @@ func (d *Decoder) scrub(msg []byte, maxBytes int) (body []byte, pii, withheld st
 	if err := d.limits.check(msg); err != nil {
 		return WithheldBody, "", "oversize"
 	}
-	p := parsers.Get()
-	defer parsers.Put(p)
+	p := scrubParsers.Get()
+	defer scrubParsers.Put(p) // after MarshalTo has copied the document out
 	doc, err := p.ParseBytes(msg)
 	if err != nil || doc.Type() != fastjson.TypeObject {
 		return WithheldBody, "", "invalid_json"

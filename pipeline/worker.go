@@ -38,6 +38,11 @@ type Worker struct {
 	// consent is the consent state the current generation ingests under; nil without
 	// a consent stream.
 	consent atomic.Pointer[ConsentState]
+	// running counts the goroutines of the current generation. kafka-go runs a function
+	// started on a generation that has already ended without waiting for it, so one
+	// generation's readers and batch loop could outlive it and overlap the next one's:
+	// they share the decoders and the duplicate windows. Each generation waits for them.
+	running sync.WaitGroup
 }
 
 // NewWorker validates the config and connects to ClickHouse. Metrics may be nil.
@@ -138,6 +143,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			// The loop's only exit. Close ends the generation; its functions flush and
 			// commit before it returns.
 			err := group.Close()
+			w.running.Wait()
 			w.log.Info("worker stopped")
 			if errors.Is(err, kafka.ErrGroupClosed) {
 				return nil
@@ -167,8 +173,16 @@ type item struct {
 }
 
 func (w *Worker) runGeneration(ctx context.Context, gen *kafka.Generation) {
+	w.running.Wait()
 	if !w.loadConsent(ctx) {
 		return
+	}
+	start := func(fn func(context.Context)) {
+		w.running.Add(1)
+		gen.Start(func(gctx context.Context) {
+			defer w.running.Done()
+			fn(gctx)
+		})
 	}
 	items := make(chan []item, 4096/chunkItems)
 	// Bytes read but not yet written; readers wait when it is spent.
@@ -179,14 +193,14 @@ func (w *Worker) runGeneration(ctx context.Context, gen *kafka.Generation) {
 		for _, p := range parts {
 			assigned++
 			readers.Add(1)
-			gen.Start(func(gctx context.Context) {
+			start(func(gctx context.Context) {
 				defer readers.Done()
 				w.readPartition(ctx, gctx, topic, p.ID, p.Offset, items, budget)
 			})
 		}
 	}
 	w.log.Info("partitions assigned", "generation", gen.ID, "partitions", assigned)
-	gen.Start(func(gctx context.Context) {
+	start(func(gctx context.Context) {
 		w.batchLoop(ctx, gctx, gen, items, &readers, budget)
 	})
 }
