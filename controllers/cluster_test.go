@@ -3,7 +3,6 @@ package controllers
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -21,16 +20,9 @@ import (
 // provisions it), skipping or failing without one.
 func clusterNodes(t *testing.T) (string, []string, []driver.Conn) {
 	t.Helper()
-	name, addrs := os.Getenv("CLICKHOUSE_CLUSTER"), os.Getenv("CLICKHOUSE_CLUSTER_ADDRS")
-	if name == "" || addrs == "" {
-		if os.Getenv("CUSTOMERLOOP_REQUIRE_STACK") != "" {
-			t.Fatal("CLICKHOUSE_CLUSTER and CLICKHOUSE_CLUSTER_ADDRS are not set; run the tests with make test")
-		}
-		t.Skip("no ClickHouse cluster; make test provisions one")
-	}
-	testkit.LockCluster(t)
+	name, addrs := testkit.Cluster(t)
 	var conns []driver.Conn
-	for _, a := range strings.Split(addrs, ",") {
+	for _, a := range addrs {
 		c, err := pipeline.OpenClickHouse(context.Background(), pipeline.ClickHouseConfig{Addr: a, Username: chUser, Password: chPass})
 		if err != nil {
 			t.Fatal(err)
@@ -38,7 +30,7 @@ func clusterNodes(t *testing.T) (string, []string, []driver.Conn) {
 		t.Cleanup(func() { _ = c.Close() })
 		conns = append(conns, c)
 	}
-	return name, strings.Split(addrs, ","), conns
+	return name, addrs, conns
 }
 
 // TestClusterLoop runs a loop on the three-node cluster through the controller: the
@@ -65,25 +57,28 @@ func TestClusterLoop(t *testing.T) {
 	want := map[dailyKey]dailyTotals{}
 	produceJSON(t, topic, usageEvents(0, 300, want))
 
-	exactEverywhere := func(what string, rows int64) {
+	// exactOn waits until the loop is Ready for its current generation with rows ingested
+	// and the rollup read through each of conns equals what was produced.
+	exactOn := func(what string, rows int64, conns []driver.Conn) {
 		t.Helper()
 		testkit.Eventually(t, 2*time.Minute, what, func() (bool, string) {
 			l := get(t, loop)
 			if l.Status.RowsIngested != rows || condition(l, "Ready") != "True/Succeeded" || l.Status.ObservedGeneration != l.Generation {
 				return false, fmt.Sprintf("rows=%d Ready=%s generation %d/%d", l.Status.RowsIngested, condition(l, "Ready"), l.Status.ObservedGeneration, l.Generation)
 			}
-			for i, n := range nodes {
+			for i, n := range conns {
 				got, err := readRollupOn(t, n, db)
 				if err != nil {
-					return false, fmt.Sprintf("node%d: %v", i+1, err)
+					return false, fmt.Sprintf("node %d: %v", i, err)
 				}
 				if d := diffTotals(got, want); d != "" {
-					return false, fmt.Sprintf("node%d: %s", i+1, d)
+					return false, fmt.Sprintf("node %d: %s", i, d)
 				}
 			}
 			return true, ""
 		})
 	}
+	exactEverywhere := func(what string, rows int64) { t.Helper(); exactOn(what, rows, nodes) }
 	exactEverywhere("the rollup exact through every node", 300)
 	for i, n := range nodes {
 		for table, engine := range map[string]string{"usage_raw": "Distributed", "usage_raw_local": "ReplicatedMergeTree",
@@ -170,25 +165,6 @@ func TestClusterLoop(t *testing.T) {
 		return false, "no such event yet"
 	})
 	produceJSON(t, topic, usageEvents(500, 100, want))
-	exactOn := func(what string, rows int64, nodes []driver.Conn) {
-		t.Helper()
-		testkit.Eventually(t, 2*time.Minute, what, func() (bool, string) {
-			l := get(t, loop)
-			if l.Status.RowsIngested != rows || condition(l, "Ready") != "True/Succeeded" || l.Status.ObservedGeneration != l.Generation {
-				return false, fmt.Sprintf("rows=%d Ready=%s generation %d/%d", l.Status.RowsIngested, condition(l, "Ready"), l.Status.ObservedGeneration, l.Generation)
-			}
-			for i, n := range nodes {
-				got, err := readRollupOn(t, n, db)
-				if err != nil {
-					return false, fmt.Sprintf("node %d: %v", i, err)
-				}
-				if d := diffTotals(got, want); d != "" {
-					return false, fmt.Sprintf("node %d: %s", i, d)
-				}
-			}
-			return true, ""
-		})
-	}
 	exactOn("Ready and exact with node2 down", 620, []driver.Conn{nodes[0], nodes[2]})
 	testkit.ClusterNode(t, "start", 2)
 	testkit.Eventually(t, time.Minute, "node2 caught up with the DDL queue", func() (bool, string) {

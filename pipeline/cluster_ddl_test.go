@@ -11,6 +11,8 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"customerloop.dev/customerloop/test/testkit"
 )
 
 // clusterTestConfig is a loop with a usage stream (one dimension), a plan stream and
@@ -239,8 +241,8 @@ func TestClusterDDLWithReplicaDown(t *testing.T) {
 	ch := applyClusterSchema(t, cfg)
 	_, addrs := testCluster(t)
 	db := cfg.ClickHouse.Database
-	clusterNode(t, "stop", 2)
-	t.Cleanup(func() { clusterNode(t, "start", 2) })
+	testkit.ClusterNode(t, "stop", 2)
+	t.Cleanup(func() { testkit.ClusterNode(t, "start", 2) })
 
 	stmts := tableStatements(cfg.ClickHouse, db, "extra", []Column{{"customer_id", "String"}}, "MergeTree", "ORDER BY customer_id", customerShardKey)
 	start := time.Now()
@@ -257,7 +259,7 @@ func TestClusterDDLWithReplicaDown(t *testing.T) {
 		}
 	}
 
-	clusterNode(t, "start", 2)
+	testkit.ClusterNode(t, "start", 2)
 	node2 := connectNode(t, addrs, 1)
 	// node2 runs the queued statements once it is back; wait for that, bounded.
 	deadline := time.Now().Add(60 * time.Second)

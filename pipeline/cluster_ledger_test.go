@@ -218,7 +218,7 @@ func crashLeftovers(ctx context.Context, t *testing.T, node1 driver.Conn, db str
 // that did not happen would make the test prove nothing.
 func stopNode(t *testing.T, node int) (restart func()) {
 	t.Helper()
-	clusterNode(t, "stop", node)
+	testkit.ClusterNode(t, "stop", node)
 	_, addrs := testCluster(t)
 	if c, err := OpenClickHouse(context.Background(), ClickHouseConfig{Addr: addrs[node-1]}); err == nil {
 		_ = c.Close()
@@ -227,10 +227,10 @@ func stopNode(t *testing.T, node int) (restart func()) {
 	restarted := false
 	t.Cleanup(func() {
 		if !restarted {
-			clusterNode(t, "start", node)
+			testkit.ClusterNode(t, "start", node)
 		}
 	})
-	return func() { clusterNode(t, "start", node); restarted = true }
+	return func() { testkit.ClusterNode(t, "start", node); restarted = true }
 }
 
 // stopFetches keeps node's replicas of the tables from fetching parts until the test ends.

@@ -3,8 +3,6 @@ package pipeline
 import (
 	"context"
 	"os"
-	"os/exec"
-	"strings"
 	"testing"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -23,15 +21,7 @@ import (
 // make test) without them.
 func testCluster(t testing.TB) (string, []string) {
 	t.Helper()
-	name, addrs := os.Getenv("CLICKHOUSE_CLUSTER"), os.Getenv("CLICKHOUSE_CLUSTER_ADDRS")
-	if name == "" || addrs == "" {
-		if os.Getenv("CUSTOMERLOOP_REQUIRE_STACK") != "" {
-			t.Fatal("CLICKHOUSE_CLUSTER and CLICKHOUSE_CLUSTER_ADDRS are not set; run the tests with make test")
-		}
-		t.Skip("no ClickHouse cluster; make test provisions one (hack/clickhouse-cluster.sh)")
-	}
-	testkit.LockCluster(t)
-	return name, strings.Split(addrs, ",")
+	return testkit.Cluster(t)
 }
 
 // clusterClickHouse is a loop's ClickHouse config on the test cluster, connected through
@@ -58,16 +48,6 @@ func nodeConns(t testing.TB) []driver.Conn {
 		conns[i] = c
 	}
 	return conns
-}
-
-// clusterNode stops or starts one node (1-based, as the script numbers them) and waits
-// until it is down or answers.
-func clusterNode(t testing.TB, action string, node int) {
-	t.Helper()
-	out, err := exec.Command("../hack/clickhouse-cluster.sh", action+"-node", string(rune('0'+node))).CombinedOutput()
-	if err != nil {
-		t.Fatalf("clickhouse-cluster.sh %s-node %d: %v\n%s", action, node, err, out)
-	}
 }
 
 // applyClusterSchema creates cfg's schema ON CLUSTER and drops the database on every

@@ -11,6 +11,8 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"customerloop.dev/customerloop/test/testkit"
 )
 
 // syncInserts makes inserts through Distributed tables synchronous: acknowledged rows are
@@ -148,12 +150,12 @@ func TestRollupsOnCluster(t *testing.T) {
 
 	// With node2 (a replica of shard 1) stopped, reads through node1 and node3 still
 	// see every shard.
-	clusterNode(t, "stop", 2)
-	defer clusterNode(t, "start", 2)
+	testkit.ClusterNode(t, "stop", 2)
+	defer testkit.ClusterNode(t, "start", 2)
 	for _, i := range []int{0, 2} {
 		checkTotals(t, fmt.Sprintf("node2 stopped, read through node%d", i+1), readDaily(t, nodes[i], db), want)
 	}
-	clusterNode(t, "start", 2)
+	testkit.ClusterNode(t, "start", 2)
 
 	// Rollups no longer declared are dropped on every node.
 	existing, err := ReadRollups(ctx, ch, db)

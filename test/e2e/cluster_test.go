@@ -31,14 +31,10 @@ import (
 // what a single server computes from the same messages.
 func TestClusterScaleOut(t *testing.T) {
 	requireStack(t)
-	clusterName, addrs := os.Getenv("CLICKHOUSE_CLUSTER"), strings.Split(os.Getenv("CLICKHOUSE_CLUSTER_ADDRS"), ",")
-	if clusterName == "" || len(addrs) != 3 {
-		if os.Getenv("CUSTOMERLOOP_REQUIRE_STACK") != "" {
-			t.Fatal("CLICKHOUSE_CLUSTER and CLICKHOUSE_CLUSTER_ADDRS must be set; run the tests with make test")
-		}
-		t.Skip("no ClickHouse cluster; make test provisions one")
+	clusterName, addrs := testkit.Cluster(t)
+	if len(addrs) != 3 {
+		t.Fatalf("the test cluster has %d nodes, want 3", len(addrs))
 	}
-	testkit.LockCluster(t)
 	const (
 		usageTotal = 60_000
 		planTotal  = 3_000
@@ -140,7 +136,7 @@ func TestClusterScaleOut(t *testing.T) {
 		return cmd
 	}
 	workers := []*exec.Cmd{start("w0", clusterCfg), start("w1", clusterCfg), start("w2", clusterCfg)}
-	t.Cleanup(func() { clusterScript(t, "start-node", "2") })
+	t.Cleanup(func() { testkit.ClusterNode(t, "start", 2) })
 
 	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll,
 		BatchSize: 500, BatchTimeout: 2 * time.Millisecond}
@@ -166,10 +162,10 @@ func TestClusterScaleOut(t *testing.T) {
 		case 3:
 			workers[1] = start("w1-again", clusterCfg)
 		case 4:
-			clusterScript(t, "stop-node", "2")
+			testkit.ClusterNode(t, "stop", 2)
 			t.Logf("slice %d: stopped node2; %d usage rows so far", s, count(t, ch, "SELECT count() FROM `"+db+"`.usage_raw"))
 		case 7:
-			clusterScript(t, "start-node", "2")
+			testkit.ClusterNode(t, "start", 2)
 			t.Logf("slice %d: started node2 again", s)
 		}
 		time.Sleep(700 * time.Millisecond)
@@ -363,13 +359,4 @@ func table(t *testing.T, ch driver.Conn, q string) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-// clusterScript runs the cluster script of make test (stop-node N, start-node N).
-func clusterScript(t *testing.T, args ...string) {
-	t.Helper()
-	out, err := exec.Command("../../hack/clickhouse-cluster.sh", args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("clickhouse-cluster.sh %v: %v\n%s", args, err, out)
-	}
 }

@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -81,4 +82,21 @@ var clusterLock struct {
 	sync.Mutex
 	holders int
 	file    *os.File
+}
+
+// Cluster returns the name and node addresses of the local test cluster that make test
+// provisions (CLICKHOUSE_CLUSTER, CLICKHOUSE_CLUSTER_ADDRS), and takes it for the test
+// (LockCluster). Without them the test is skipped, or fails under make test
+// (CUSTOMERLOOP_REQUIRE_STACK).
+func Cluster(t testing.TB) (string, []string) {
+	t.Helper()
+	name, addrs := os.Getenv("CLICKHOUSE_CLUSTER"), os.Getenv("CLICKHOUSE_CLUSTER_ADDRS")
+	if name == "" || addrs == "" {
+		if os.Getenv("CUSTOMERLOOP_REQUIRE_STACK") != "" {
+			t.Fatal("CLICKHOUSE_CLUSTER and CLICKHOUSE_CLUSTER_ADDRS are not set; run the tests with make test")
+		}
+		t.Skip("no ClickHouse cluster; make test provisions one (hack/clickhouse-cluster.sh)")
+	}
+	LockCluster(t)
+	return name, strings.Split(addrs, ",")
 }
