@@ -247,25 +247,9 @@ func recycle(c []item) {
 	chunks.Put(&c)
 }
 
-// lingerContext is the context a reader fetches with, and how to end it early.
-type lingerContext struct {
-	context.Context
-	cancel context.CancelFunc
-}
-
 func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partition int, offset int64, out chan<- []item, budget *semaphore.Weighted) {
 	ctx, cancel := mergeDone(ctx, gctx)
 	defer cancel()
-	r := kafka.NewReader(kafka.ReaderConfig{
-		Brokers:   w.cfg.Kafka.Brokers,
-		Dialer:    w.kafkaSec.dialer(),
-		Topic:     topic,
-		Partition: partition,
-		MinBytes:  1,
-		MaxBytes:  4 << 20,
-		MaxWait:   250 * time.Millisecond,
-	})
-	defer r.Close()
 	stream := w.streams[topic]
 	var rp resumePoint
 	if err := w.retry(ctx, StageRecover, fmt.Sprintf("recovering %s/%d from the ledger", topic, partition), func() error {
@@ -297,15 +281,20 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 		w.log.Info("resuming past rows of an unrecorded batch", "topic", topic, "partition", partition,
 			"from", offset, "alreadyLanded", len(rp.landed))
 	}
-	if err := r.SetOffset(offset); err != nil {
-		w.log.Error(err, "setting offset", "topic", topic, "partition", partition, "offset", offset)
-		return
+	f := newFetcher(w.kafkaSec.dialer(), w.cfg.Kafka.Brokers, topic, partition, offset)
+	f.skipped = func(from, to int64) {
+		// Retention deleted these messages before anything read them: nothing can bring
+		// them back, but nobody should learn it from a gap in the data.
+		w.metrics.Errors.WithLabelValues(w.cfg.Loop, StageFetch).Inc()
+		w.log.Error(nil, "messages were deleted by the topic's retention before they were read; skipping them",
+			"topic", topic, "partition", partition, "from", from, "to", to, "messages", to-from)
 	}
+	stop := context.AfterFunc(ctx, f.interrupt)
+	defer stop()
+	defer f.close()
 	pr := w.newPartitionReader(stream, partition, rp, seen)
 	defer w.metrics.Lag.DeleteLabelValues(w.cfg.Loop, topic, strconv.Itoa(partition))
-	fetch := lingerContext{Context: ctx, cancel: func() {}} // ctx, or ctx until the pending chunk's linger ends
 	defer func() {
-		fetch.cancel()
 		pr.count()
 		// Hand what was read to the batch loop, which flushes and commits it on its way
 		// out; if it has already gone, the messages are read again later.
@@ -316,9 +305,10 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 			}
 		}
 	}()
+	// lingerEnd is when the pending chunk goes even if not full: chunkLinger after its
+	// first message.
+	var lingerEnd time.Time
 	send := func() bool {
-		fetch.cancel()
-		fetch = lingerContext{Context: ctx, cancel: func() {}}
 		pr.count()
 		if len(pr.chunk) == 0 {
 			return true
@@ -334,33 +324,37 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 		pr.handOver()
 		return true
 	}
-	for {
-		m, err := r.FetchMessage(fetch)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			if fetch.Err() != nil { // the linger ended: hand over what arrived
-				if !send() {
-					return
-				}
-				continue
-			}
-			if !send() {
-				return
-			}
-			w.metrics.Errors.WithLabelValues(w.cfg.Loop, StageFetch).Inc()
-			w.log.Error(err, "fetching", "topic", topic, "partition", partition)
-			if !sleep(ctx, time.Second) {
-				return
-			}
-			continue
-		}
+	take := func(m kafka.Message) bool {
 		if len(pr.chunk) == 0 {
-			fetch.Context, fetch.cancel = context.WithTimeout(ctx, chunkLinger)
+			lingerEnd = time.Now().Add(chunkLinger)
 		}
 		pr.take(m)
-		if pr.full() && !send() {
+		return !pr.full() || send()
+	}
+	failures := 0
+	for {
+		wait := fetchMaxWait
+		if len(pr.chunk) > 0 {
+			wait = min(wait, time.Until(lingerEnd))
+		}
+		err := f.fetch(ctx, wait, take)
+		if ctx.Err() != nil || errors.Is(err, errStopReading) {
+			return
+		}
+		if len(pr.chunk) > 0 && !time.Now().Before(lingerEnd) && !send() {
+			return
+		}
+		if err == nil {
+			failures = 0
+			continue
+		}
+		if !send() {
+			return
+		}
+		w.metrics.Errors.WithLabelValues(w.cfg.Loop, StageFetch).Inc()
+		w.log.Error(err, "fetching", "topic", topic, "partition", partition, "offset", f.offset)
+		failures++
+		if !sleep(ctx, min(100*time.Millisecond<<min(failures-1, 4), time.Second)) {
 			return
 		}
 	}
