@@ -128,6 +128,15 @@ build: ## Build bin/customerloop.
 test: verify lint $(SETUP_ENVTEST) $(HELM) ## Provision the stack and run every test against it.
 	$(STACK) CUSTOMERLOOP_REQUIRE_STACK=1 HELM=$(HELM) go test -count=1 ./...
 	for f in FuzzDecode FuzzDDLPlanners FuzzParseConsent; do go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./pipeline || exit 1; done
+	$(STACK) CUSTOMERLOOP_REQUIRE_STACK=1 go test -race -count=1 -run '$(RACE_TESTS)' ./pipeline
+
+# The tests of the worker's concurrent parts, which make test also runs under the race
+# detector (a race there once let two workers in one process copy each other's strings).
+RACE_TESTS = Fetcher|Worker|Rebalance|Concurrent
+
+.PHONY: race
+race: $(SETUP_ENVTEST) $(HELM) ## Run every test of the pipeline and the commands under the race detector (slower).
+	$(STACK) CUSTOMERLOOP_REQUIRE_STACK=1 HELM=$(HELM) go test -race -count=1 ./pipeline/... ./cmd/...
 
 .PHONY: fuzz
 fuzz: ## Fuzz the decoders and the DDL planners for longer (FUZZTIME=2000000x executions each, or a duration).
