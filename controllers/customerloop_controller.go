@@ -269,6 +269,7 @@ func (r *CustomerLoopReconciler) observeStreams(ctx context.Context, cfg pipelin
 		obs.streams = append(obs.streams, so)
 	}
 	if kerr != nil {
+		obs.kafkaErr = kerr
 		log.FromContext(ctx).Info("consumer lag unknown", "error", kerr.Error())
 	}
 }

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -299,6 +300,41 @@ func TestMissingSecretThenCreated(t *testing.T) {
 			t.Error("the ClickHouse password appears in status")
 		}
 	}
+}
+
+// TestKafkaUnavailable: a loop whose brokers do not answer is not Ready, with a reason
+// that points at spec.kafka, although its workers run and retry; it becomes Ready once
+// the brokers are right.
+func TestKafkaUnavailable(t *testing.T) {
+	ctx := context.Background()
+	// A port nothing listens on: what a typo in the broker list gives.
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nowhere := closed.Addr().String()
+	_ = closed.Close()
+	loop := newLoop(t)
+	loop.Spec.Kafka.Brokers = []string{nowhere}
+	if err := k8s.Create(ctx, loop); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 60*time.Second, "Ready=False/KafkaUnavailable naming the broker", func() (bool, string) {
+		l := get(t, loop)
+		c := meta.FindStatusCondition(l.Status.Conditions, "Ready")
+		if c == nil {
+			return false, "no Ready condition"
+		}
+		return c.Status == "False" && c.Reason == ReasonKafkaUnavailable && strings.Contains(c.Message, "spec.kafka") &&
+				strings.Contains(c.Message, nowhere) && condition(l, "SchemaReady") == "True/SchemaApplied" &&
+				condition(l, "WorkersReady") == "False/KafkaUnavailable",
+			fmt.Sprintf("Ready %s: %s; WorkersReady %s", condition(l, "Ready"), c.Message, condition(l, "WorkersReady"))
+	})
+	updateLoop(t, loop, func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Kafka.Brokers = brokers })
+	testkit.Eventually(t, 60*time.Second, "Ready once the brokers answer", func() (bool, string) {
+		l := get(t, loop)
+		return condition(l, "Ready") == "True/Succeeded", condition(l, "Ready") + "; WorkersReady " + condition(l, "WorkersReady")
+	})
 }
 
 // TestPausedLoop: a paused loop has its schema but no workers, and says so.

@@ -25,7 +25,10 @@ type observation struct {
 	scaledToZero bool
 	workers      WorkerState
 	statsErr     error
-	streams      []streamObservation
+	// kafkaErr: the loop's brokers did not answer the controller with the loop's
+	// settings and credentials, so its workers cannot consume either.
+	kafkaErr error
+	streams  []streamObservation
 	// feedback is what the digest publisher reports; nil when the loop publishes none.
 	feedback *loopsv1alpha1.FeedbackStatus
 	// rollupWait says what a rollup's backfill waits for while the workers stop.
@@ -60,6 +63,7 @@ const (
 	ReasonInvalidRollup      = "InvalidRollup"
 	ReasonRollupBackfill     = "RollupBackfill"
 	ReasonClusterNotReady    = "ClusterNotReady"
+	ReasonKafkaUnavailable   = "KafkaUnavailable"
 )
 
 type cond struct {
@@ -114,6 +118,10 @@ func computeConditions(obs *observation) map[string]cond {
 		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionFalse, ReasonPaused, "spec.paused is true: no workers run"}
 	case obs.scaledToZero:
 		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionFalse, ReasonScaledToZero, "spec.workers.replicas is 0: no workers run"}
+	case obs.kafkaErr != nil:
+		// The workers may be running, but they only log and retry: say why nothing flows.
+		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionFalse, ReasonKafkaUnavailable,
+			"Kafka does not answer with the loop's brokers and credentials (spec.kafka), so the workers cannot consume: " + obs.kafkaErr.Error()}
 	case obs.workers.Running:
 		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionTrue, ReasonWorkersRunning, "workers are consuming"}
 	default:
