@@ -84,7 +84,7 @@ func TestOperationsConditionReasons(t *testing.T) {
 	for _, r := range []string{controllers.ReasonSucceeded, controllers.ReasonProgressing, controllers.ReasonInvalidSpec,
 		controllers.ReasonMissingInput, controllers.ReasonClickHouseError, controllers.ReasonSchemaApplied,
 		controllers.ReasonWorkersRunning, controllers.ReasonWorkersFailing, controllers.ReasonPaused,
-		controllers.ReasonUnsafeSchemaChange, controllers.ReasonScaledToZero, controllers.ReasonNotReached, controllers.ReasonClusterNotReady} {
+		controllers.ReasonUnsafeSchemaChange, controllers.ReasonScaledToZero, controllers.ReasonNotReached, controllers.ReasonClusterNotReady, controllers.ReasonKafkaUnavailable} {
 		code[r] = true
 	}
 	documented := map[string]bool{}
