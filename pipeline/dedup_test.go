@@ -130,3 +130,55 @@ func TestDedupWindowBounded(t *testing.T) {
 		t.Error("an evicted id was still recognised")
 	}
 }
+
+// BenchmarkDedupWindowPartitions is the windows of the cluster benchmark's worker: 6
+// partitions of about 170k ids each, all within the window, checked in chunks of 256 ids
+// of one partition at a time, every id new, and as many ids leaving the window as enter
+// it. One op is one id; timing starts once the windows are full.
+func BenchmarkDedupWindowPartitions(b *testing.B) {
+	const partitions, perPartition = 6, 1 << 20 / 6
+	ids := make([][]string, partitions)
+	for p := range ids {
+		ids[p] = make([]string, perPartition)
+		for i := range ids[p] {
+			ids[p][i] = fmt.Sprintf("evt-%012d", i*partitions+p)
+		}
+	}
+	windows := make([]*dedupWindow, partitions)
+	for p := range windows {
+		windows[p] = newDedupWindow(time.Minute)
+		windows[p].max = defaultMaxDedupIDs
+	}
+	// The clock moves a little over a window per pass over the ids.
+	tick := time.Minute * 101 / 100 / (partitions * perPartition)
+	now := time.Now()
+	next := make([]int, partitions)
+	run := func(n int) {
+		for i := 0; i < n; {
+			p := (i / chunkItems) % partitions
+			k := min(chunkItems, n-i)
+			now = now.Add(tick * time.Duration(k))
+			if dups := benchDedupChunk(windows[p], ids[p], next[p], k, now); dups != 0 {
+				b.Fatalf("%d new ids reported as duplicates", dups)
+			}
+			next[p] = (next[p] + k) % perPartition
+			i += k
+		}
+	}
+	run(partitions * perPartition)
+	b.ReportAllocs()
+	b.ResetTimer()
+	run(b.N)
+}
+
+// benchDedupChunk checks k ids of ids from from on (wrapping) against d, as one chunk,
+// and returns how many were duplicates.
+func benchDedupChunk(d *dedupWindow, ids []string, from, k int, now time.Time) int {
+	dups := 0
+	for j := range k {
+		if d.duplicate(ids[(from+j)%len(ids)], now) {
+			dups++
+		}
+	}
+	return dups
+}
