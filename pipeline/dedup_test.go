@@ -174,9 +174,15 @@ func BenchmarkDedupWindowPartitions(b *testing.B) {
 // benchDedupChunk checks k ids of ids from from on (wrapping) against d, as one chunk,
 // and returns how many were duplicates.
 func benchDedupChunk(d *dedupWindow, ids []string, from, k int, now time.Time) int {
-	dups := 0
+	var hs [chunkItems]idHash
+	var dup [chunkItems]bool
 	for j := range k {
-		if d.duplicate(ids[(from+j)%len(ids)], now) {
+		hs[j] = hashID(ids[(from+j)%len(ids)])
+	}
+	d.check(hs[:k], now.UnixNano(), dup[:k])
+	dups := 0
+	for _, x := range dup[:k] {
+		if x {
 			dups++
 		}
 	}
