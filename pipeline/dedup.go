@@ -193,6 +193,9 @@ func (d *dedupWindow) remove(s uint64) {
 	mask := len(d.slots) - 1
 	i := int(uint32(s)) & mask
 	for d.slots[i] != s {
+		if d.slots[i] == 0 { // not held: cannot be, but no reason to loop forever
+			return
+		}
 		i = (i + 1) & mask
 	}
 	for j := (i + 1) & mask; d.slots[j] != 0; j = (j + 1) & mask {

@@ -44,8 +44,9 @@ func BenchmarkWorkerHotPathFullWindow(b *testing.B) { benchWorkerHotPath(b, 1<<2
 
 var benchHotPathMessages = map[int][]kafka.Message{}
 
-func benchWorkerHotPath(b *testing.B, messages int, warm bool) {
-	const partitions = 6
+// hotPathWorker is a worker with a usage stream shaped like the benchmark's, enough of
+// one for its batch loop's per-message work.
+func hotPathWorker(tb testing.TB) (*Worker, *StreamConfig) {
 	cfg := Config{
 		Loop:       "bench/usage",
 		Kafka:      KafkaConfig{Brokers: []string{"127.0.0.1:9092"}, Group: "bench"},
@@ -59,12 +60,20 @@ func benchWorkerHotPath(b *testing.B, messages int, warm bool) {
 			},
 		}},
 	}.WithDefaults()
-	s := &cfg.Streams[0]
+	w := &Worker{cfg: cfg, metrics: NewMetrics(nil)}
+	s := &w.cfg.Streams[0]
 	d, err := NewDecoder(*s, WithLimits(cfg.Limits))
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	w := &Worker{cfg: cfg, decoders: map[string]*Decoder{s.Topic: d}, streams: map[string]*StreamConfig{s.Topic: s}, metrics: NewMetrics(nil)}
+	w.decoders, w.streams = map[string]*Decoder{s.Topic: d}, map[string]*StreamConfig{s.Topic: s}
+	return w, s
+}
+
+func benchWorkerHotPath(b *testing.B, messages int, warm bool) {
+	const partitions = 6
+	w, s := hotPathWorker(b)
+	cfg := w.cfg
 	msgs := benchHotPathMessages[messages]
 	if msgs == nil {
 		msgs = benchUsageMessages(s.Topic, messages, partitions)
