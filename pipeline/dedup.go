@@ -22,7 +22,7 @@ import (
 // table with linear probing, at most half full, finds them: each slot is 8 bytes, the
 // low 32 bits of the id's hash (which also give its home slot) and the ring position of
 // the id, whose full hash is compared when those 32 bits match. That is 40 to 80 bytes
-// per id in pointer-free slices, which the garbage collector does not scan. Small slots
+// per id (as the window stands between its sizes, powers of two) in pointer-free slices, which the garbage collector does not scan. Small slots
 // keep more of a large window's table in the CPU's caches, and a table slot is reached
 // without the ring but to confirm a match, which a new id rarely needs. (A Go map of the
 // same ids cost five times the time and allocated 250 bytes per id as it grew:
@@ -124,11 +124,26 @@ func (d *dedupWindow) find(h idHash) (int, bool) {
 }
 
 // add records h as ingested at at, unless it is already in the window; it reports
-// whether it added it.
+// whether it added it. A window at its bound first drops its oldest id, so that its ring
+// and table do not grow past the bound.
 func (d *dedupWindow) add(h idHash, at int64) bool {
 	i, ok := d.find(h)
 	if ok {
 		return false
+	}
+	limit := d.max
+	if limit <= 0 || limit > maxDedupHeld {
+		limit = maxDedupHeld
+	}
+	if d.len() >= limit {
+		for d.len() >= limit {
+			d.removeOldest()
+			if d.evicted != nil {
+				d.evicted.Inc()
+			}
+		}
+		// The removal may have shifted entries back into h's run.
+		i, _ = d.find(h)
 	}
 	if d.len() == len(d.ring) {
 		d.resizeRing(2 * len(d.ring))
@@ -139,16 +154,6 @@ func (d *dedupWindow) add(h idHash, at int64) bool {
 	d.slots[i] = dedupSlot(h, pos)
 	if 2*d.len() > len(d.slots) {
 		d.resize(2 * len(d.slots))
-	}
-	limit := d.max
-	if limit <= 0 || limit > maxDedupHeld {
-		limit = maxDedupHeld
-	}
-	for d.len() > limit {
-		d.removeOldest()
-		if d.evicted != nil {
-			d.evicted.Inc()
-		}
 	}
 	return true
 }
@@ -175,8 +180,12 @@ func (d *dedupWindow) resize(n int) {
 func (d *dedupWindow) resizeRing(n int) {
 	old, omask, nmask := d.ring, uint32(len(d.ring)-1), uint32(n-1)
 	d.ring = make([]dedupEntry, n)
-	for p := d.head; p != d.tail; p++ {
-		d.ring[p&nmask] = old[p&omask]
+	// In runs that wrap around neither ring.
+	for p := d.head; p != d.tail; {
+		o, i := p&omask, p&nmask
+		k := min(uint32(len(old))-o, uint32(n)-i, d.tail-p)
+		copy(d.ring[i:i+k], old[o:o+k])
+		p += k
 	}
 }
 

@@ -131,6 +131,16 @@ func TestDedupWindowBounded(t *testing.T) {
 	if d.duplicate("e0", now) {
 		t.Error("an evicted id was still recognised")
 	}
+	// A full window makes room before it takes an id: at a bound of a power of two its
+	// ring holds exactly the bound, and its table twice as many slots.
+	d = newDedupWindow(time.Hour)
+	d.max = 1 << 12
+	for i := range 3 << 12 {
+		d.duplicate(fmt.Sprintf("e%d", i), now)
+	}
+	if d.len() != 1<<12 || len(d.ring) != 1<<12 || len(d.slots) != 1<<13 {
+		t.Errorf("a window bounded at %d ids holds %d in a ring of %d and a table of %d slots", 1<<12, d.len(), len(d.ring), len(d.slots))
+	}
 }
 
 // BenchmarkDedupWindowPartitions is the windows of the cluster benchmark's worker: 6
