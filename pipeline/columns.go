@@ -252,23 +252,31 @@ func orPointers[T any](b *colBuf, vals []T) any {
 }
 
 // keep drops the rows whose keep[i] is false, in place.
-func (c *columns) keep(keep []bool) {
+func (c *columns) keep(keep []bool) { c.keepFrom(0, keep) }
+
+// keepFrom drops the rows from on whose keep[row-from] is false, in place; the rows
+// before from stay as they are.
+func (c *columns) keepFrom(from int, keep []bool) {
 	for k := range c.cols {
 		b := &c.cols[k]
 		// Only the slice of the column's kind holds rows; the others are empty.
-		b.str, b.f64, b.f32, b.i32, b.i64 = kept(b.str, keep), kept(b.f64, keep), kept(b.f32, keep), kept(b.i32, keep), kept(b.i64, keep)
-		b.u32, b.u64, b.u8, b.date, b.nulls = kept(b.u32, keep), kept(b.u64, keep), kept(b.u8, keep), kept(b.date, keep), kept(b.nulls, keep)
+		b.str, b.f64, b.f32, b.i32, b.i64 = kept(b.str, from, keep), kept(b.f64, from, keep), kept(b.f32, from, keep), kept(b.i32, from, keep), kept(b.i64, from, keep)
+		b.u32, b.u64, b.u8, b.date, b.nulls = kept(b.u32, from, keep), kept(b.u64, from, keep), kept(b.u8, from, keep), kept(b.date, from, keep), kept(b.nulls, from, keep)
 	}
-	c.received = kept(c.received, keep)
+	c.received = kept(c.received, from, keep)
 	c.n = len(c.received)
 }
 
-// kept compacts s to the elements whose keep[i] is true.
-func kept[T any](s []T, keep []bool) []T {
-	j := 0
-	for i, v := range s {
-		if keep[i] {
-			s[j] = v
+// kept compacts s from from on to the elements whose keep[i-from] is true. An empty s
+// stays empty.
+func kept[T any](s []T, from int, keep []bool) []T {
+	if len(s) == 0 {
+		return s
+	}
+	j := from
+	for i := from; i < len(s); i++ {
+		if keep[i-from] {
+			s[j] = s[i]
 			j++
 		}
 	}

@@ -3,11 +3,13 @@ package pipeline
 import (
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/segmentio/kafka-go"
 )
 
 func TestDedupWindow(t *testing.T) {
@@ -129,4 +131,291 @@ func TestDedupWindowBounded(t *testing.T) {
 	if d.duplicate("e0", now) {
 		t.Error("an evicted id was still recognised")
 	}
+	// A full window makes room before it takes an id: at a bound of a power of two its
+	// ring holds exactly the bound, and its table twice as many slots.
+	d = newDedupWindow(time.Hour)
+	d.max = 1 << 12
+	for i := range 3 << 12 {
+		d.duplicate(fmt.Sprintf("e%d", i), now)
+	}
+	if d.len() != 1<<12 || len(d.ring) != 1<<12 || len(d.slots) != 1<<13 {
+		t.Errorf("a window bounded at %d ids holds %d in a ring of %d and a table of %d slots", 1<<12, d.len(), len(d.ring), len(d.slots))
+	}
+}
+
+// BenchmarkDedupWindowPartitions is the windows of the cluster benchmark's worker: 6
+// partitions of about 170k ids each, all within the window, checked in chunks of 256 ids
+// of one partition at a time, every id new, and as many ids leaving the window as enter
+// it. One op is one id; timing starts once the windows are full.
+func BenchmarkDedupWindowPartitions(b *testing.B) {
+	const partitions, perPartition = 6, 1 << 20 / 6
+	ids := make([][]string, partitions)
+	for p := range ids {
+		ids[p] = make([]string, perPartition)
+		for i := range ids[p] {
+			ids[p][i] = fmt.Sprintf("evt-%012d", i*partitions+p)
+		}
+	}
+	windows := make([]*dedupWindow, partitions)
+	for p := range windows {
+		windows[p] = newDedupWindow(time.Minute)
+		windows[p].max = defaultMaxDedupIDs
+	}
+	// The clock moves a little over a window per pass over the ids.
+	tick := time.Minute * 101 / 100 / (partitions * perPartition)
+	now := time.Now()
+	next := make([]int, partitions)
+	run := func(n int) {
+		for i := 0; i < n; {
+			p := (i / chunkItems) % partitions
+			k := min(chunkItems, n-i)
+			now = now.Add(tick * time.Duration(k))
+			if dups := benchDedupChunk(windows[p], ids[p], next[p], k, now); dups != 0 {
+				b.Fatalf("%d new ids reported as duplicates", dups)
+			}
+			next[p] = (next[p] + k) % perPartition
+			i += k
+		}
+	}
+	run(partitions * perPartition)
+	b.ReportAllocs()
+	b.ResetTimer()
+	run(b.N)
+}
+
+// benchDedupChunk checks k ids of ids from from on (wrapping) against d, as one chunk,
+// and returns how many were duplicates.
+func benchDedupChunk(d *dedupWindow, ids []string, from, k int, now time.Time) int {
+	var hs [chunkItems]idHash
+	var dup [chunkItems]bool
+	for j := range k {
+		hs[j] = hashID(ids[(from+j)%len(ids)])
+	}
+	d.check(hs[:k], now.UnixNano(), dup[:k])
+	dups := 0
+	for _, x := range dup[:k] {
+		if x {
+			dups++
+		}
+	}
+	return dups
+}
+
+// dedupModel is the duplicate window's rule, plainly: the ids ingested, oldest first,
+// each kept until the window has passed or max newer ones have come.
+type dedupModel struct {
+	window  int64
+	max     int
+	order   []string
+	at      map[string]int64
+	evicted int
+}
+
+func (m *dedupModel) duplicate(id string, at int64) bool {
+	for len(m.order) > 0 && at-m.at[m.order[0]] > m.window {
+		delete(m.at, m.order[0])
+		m.order = m.order[1:]
+	}
+	if _, ok := m.at[id]; ok {
+		return true
+	}
+	m.at[id] = at
+	m.order = append(m.order, id)
+	if m.max > 0 && len(m.order) > m.max {
+		delete(m.at, m.order[0])
+		m.order = m.order[1:]
+		m.evicted++
+	}
+	return false
+}
+
+// TestDedupWindowCheckMatchesModel checks check, which takes a chunk of ids at once,
+// against the model: chunks holding the same id twice, ids coming back before and after
+// the window, chunks at the same time and ids interleaved with duplicate, with and
+// without a bound that evicts, over windows that grow, drain and shrink.
+func TestDedupWindowCheckMatchesModel(t *testing.T) {
+	for _, max := range []int{0, 700, 5000} {
+		t.Run(fmt.Sprintf("max=%d", max), func(t *testing.T) {
+			const window = time.Second
+			rng := rand.New(rand.NewPCG(3, uint64(max)))
+			d := newDedupWindow(window)
+			evicted := prometheus.NewCounter(prometheus.CounterOpts{Name: "evicted"})
+			d.max, d.evicted = max, evicted
+			m := &dedupModel{window: int64(window), max: max, at: map[string]int64{}}
+			now := time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)
+			var ids []string
+			var hs []idHash
+			var dup []bool
+			var grew, shrank, ringShrank bool
+			for step := range 3000 {
+				slots, ring := len(d.slots), len(d.ring)
+				// Bursts of traffic with pauses, now and then longer than the window; now and
+				// then two chunks at the same time.
+				switch {
+				case step%400 == 399:
+					now = now.Add(2 * window)
+				case step%10 == 9:
+				case step%400 < 300:
+					now = now.Add(time.Duration(rng.IntN(4)) * time.Millisecond)
+				default:
+					now = now.Add(time.Duration(rng.IntN(40)) * time.Millisecond)
+				}
+				at := now.UnixNano()
+				ids, hs = ids[:0], hs[:0]
+				for range 1 + rng.IntN(300) {
+					var id string
+					if len(ids) > 0 && rng.IntN(20) == 0 { // a retry within the chunk
+						id = ids[rng.IntN(len(ids))]
+					} else {
+						id = fmt.Sprintf("evt-%d", rng.IntN(20_000))
+					}
+					ids = append(ids, id)
+					hs = append(hs, hashID(id))
+				}
+				if step%7 == 0 { // one at a time
+					for _, id := range ids {
+						if got, want := d.duplicate(id, now), m.duplicate(id, at); got != want {
+							t.Fatalf("step %d: duplicate(%s) = %v, want %v", step, id, got, want)
+						}
+					}
+				} else {
+					dup = append(dup[:0], make([]bool, len(hs))...)
+					d.check(hs, at, dup)
+					for i, id := range ids {
+						if want := m.duplicate(id, at); dup[i] != want {
+							t.Fatalf("step %d: id %d of the chunk, %s, duplicate = %v, want %v", step, i, id, dup[i], want)
+						}
+					}
+				}
+				if d.len() != len(m.order) || int(testutil.ToFloat64(evicted)) != m.evicted {
+					t.Fatalf("step %d: the window holds %d ids and evicted %v, want %d and %d",
+						step, d.len(), testutil.ToFloat64(evicted), len(m.order), m.evicted)
+				}
+				grew, shrank, ringShrank = grew || len(d.slots) > slots, shrank || len(d.slots) < slots, ringShrank || len(d.ring) < ring
+			}
+			if !grew || !shrank || !ringShrank {
+				t.Errorf("the table grew %v and shrank %v, the ring shrank %v: the test does not exercise them", grew, shrank, ringShrank)
+			}
+			if max > 0 && m.evicted == 0 {
+				t.Error("the bound never evicted: the test does not exercise it")
+			}
+		})
+	}
+}
+
+// TestBatchDropsDuplicates follows messages through the batch as the batch loop adds
+// them, ids checked against the windows when a chunk ends or the batch is handed over:
+// a duplicate within one chunk, across chunks and across batches (the batch full in the
+// middle of a chunk) is dropped and counted, the same id in another partition is not, and
+// the rows kept, dead letters and landed messages around them stay as they were.
+func TestBatchDropsDuplicates(t *testing.T) {
+	w, s := hotPathWorker(t)
+	windows := map[int]*dedupWindow{0: newDedupWindow(time.Minute), 1: newDedupWindow(time.Minute)}
+	offsets := map[int]int64{}
+	type in struct {
+		partition int
+		id        string // "" is a message that is not JSON; "landed:x" one already landed
+	}
+	chunk := func(msgs ...in) []item {
+		var out []item
+		for _, m := range msgs {
+			v := fmt.Sprintf(`{"event_id":%q,"customer_id":"c1","product":"p","ts":1790000000,"quantity":1,"region":"eu","note":"%s"}`,
+				m.id, strings.Repeat("n", len(m.id)))
+			if m.id == "" {
+				v = "not json"
+			}
+			it := item{stream: s, seen: windows[m.partition],
+				msg: kafka.Message{Topic: s.Topic, Partition: m.partition, Offset: offsets[m.partition], Value: []byte(v)}}
+			it.landed = strings.HasPrefix(m.id, "landed:")
+			offsets[m.partition]++
+			out = append(out, it)
+		}
+		return out
+	}
+	now := time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)
+	b := newBatch(w)
+	// add is the batch loop's per-chunk work, the batch handed over (and checked) after
+	// its first full messages of the chunk when full > 0.
+	add := func(chunk []item, full int, check func()) {
+		for i := range chunk {
+			b.add(&chunk[i], now)
+			if i+1 == full {
+				b.settle()
+				check()
+				b.reset()
+			}
+		}
+		b.settle()
+	}
+	type want struct {
+		dead    int
+		rows    []string // event ids, in the order added
+		offsets []int64
+		dups    map[int]int // by partition
+		bytes   int
+	}
+	expect := func(name string, wt want) func() {
+		return func() {
+			c := b.cols[s]
+			var ids []string
+			var offs []int64
+			var bytes int
+			if c != nil {
+				ids, offs = c.cols[0].str, c.cols[c.decoded+srcOffset].i64
+				bytes = c.bytes
+				if c.n != len(ids) || len(c.received) != c.n || len(c.cols[c.decoded+srcTopic].str) != c.n {
+					t.Errorf("%s: %d rows, but columns of %d, %d and %d", name, c.n, len(ids), len(c.received), len(c.cols[c.decoded+srcTopic].str))
+				}
+			}
+			if fmt.Sprint(ids) != fmt.Sprint(wt.rows) || fmt.Sprint(offs) != fmt.Sprint(wt.offsets) {
+				t.Errorf("%s: rows %v at offsets %v, want %v at %v", name, ids, offs, wt.rows, wt.offsets)
+			}
+			wantBytes := 0
+			for _, id := range wt.rows {
+				wantBytes += len(fmt.Sprintf(`{"event_id":%q,"customer_id":"c1","product":"p","ts":1790000000,"quantity":1,"region":"eu","note":"%s"}`, id, strings.Repeat("n", len(id))))
+			}
+			if bytes != wantBytes {
+				t.Errorf("%s: the columns count %d bytes of messages, want %d", name, bytes, wantBytes)
+			}
+			for p, n := range wt.dups {
+				sp := b.spans[topicPartition{s.Topic, p}]
+				got := 0
+				if sp != nil {
+					got = int(sp.duplicates)
+				}
+				if got != n {
+					t.Errorf("%s: partition %d's span counts %d duplicates, want %d", name, p, got, n)
+				}
+			}
+			if len(b.dead) != wt.dead {
+				t.Errorf("%s: %d dead letters, want %d", name, len(b.dead), wt.dead)
+			}
+		}
+	}
+	discarded := func() int {
+		return int(testutil.ToFloat64(w.metrics.Discarded.WithLabelValues(w.cfg.Loop, s.Name, "duplicate")))
+	}
+	// One chunk: a and b come back within it, around a dead letter and a landed message.
+	add(chunk(in{0, "a"}, in{0, "b"}, in{0, "a"}, in{0, ""}, in{0, "c"}, in{0, "landed:x"}, in{0, "b"}), 0, nil)
+	// The same id in another partition is no duplicate; within it, it is.
+	add(chunk(in{1, "a"}, in{1, "a"}, in{1, "z"}), 0, nil)
+	expect("first chunks", want{rows: []string{"a", "b", "c", "a", "z"}, offsets: []int64{0, 1, 4, 0, 2},
+		dups: map[int]int{0: 2, 1: 1}, dead: 1})()
+	if discarded() != 3 {
+		t.Errorf("%d duplicates discarded, want 3", discarded())
+	}
+	// The batch is full after the chunk's third message: c and d are checked in it, and
+	// the rest in the next batch, where c and a, still in the window, are duplicates
+	// across batches, and d one across the hand-over.
+	add(chunk(in{0, "d"}, in{0, "c"}, in{0, "d"}, in{0, "e"}, in{0, "d"}, in{0, "a"}, in{0, "e"}), 3,
+		expect("the full batch", want{rows: []string{"a", "b", "c", "a", "z", "d"}, offsets: []int64{0, 1, 4, 0, 2, 7},
+			dups: map[int]int{0: 4, 1: 1}, dead: 1}))
+	expect("the next batch", want{rows: []string{"e"}, offsets: []int64{10}, dups: map[int]int{0: 3}})()
+	if discarded() != 8 {
+		t.Errorf("%d duplicates discarded, want 8", discarded())
+	}
+	// Past the window every id is new again.
+	now = now.Add(2 * time.Minute)
+	add(chunk(in{0, "a"}, in{0, "e"}, in{0, "a"}), 0, nil)
+	expect("after the window", want{rows: []string{"e", "a", "e"}, offsets: []int64{10, 14, 15}, dups: map[int]int{0: 4}})()
 }

@@ -458,6 +458,24 @@ type batch struct {
 		c      *columns
 		d      *Decoder
 	}
+	// pending are the rows added since the last settle whose ids are yet to be checked
+	// against their partitions' windows; dupHashes and dupFlags are settle's scratch.
+	pending   []pendingID
+	dupHashes []idHash
+	dupFlags  []bool
+}
+
+// pendingID is a decoded row whose id is yet to be checked against the duplicate window.
+type pendingID struct {
+	seen   *dedupWindow
+	id     idHash
+	at     int64 // the time of ingestion, Unix nanoseconds
+	c      *columns
+	row    int
+	sp     *span
+	stream *StreamConfig
+	size   int // of the message
+	dup    bool
 }
 
 func newBatch(w *Worker) *batch {
@@ -471,6 +489,7 @@ func (b *batch) reset() {
 	}
 	clear(b.spans)
 	b.held, b.dead, b.reasons, b.n = 0, nil, nil, 0
+	b.pending = b.pending[:0]
 	b.last.sp, b.last.stream, b.last.c, b.last.d = nil, nil, nil, nil
 }
 
@@ -517,10 +536,11 @@ func (b *batch) add(it *item, now time.Time) {
 			sp.withheld++
 			b.w.metrics.Discarded.WithLabelValues(b.w.cfg.Loop, it.stream.Name, "consent_withdrawn").Inc()
 			return
-		case it.seen != nil && it.seen.duplicate(bytesString(id), now):
-			sp.duplicates++
-			b.w.metrics.Discarded.WithLabelValues(b.w.cfg.Loop, it.stream.Name, "duplicate").Inc()
-			return
+		case it.seen != nil:
+			// Checked against the window in settle, together with the chunk's other ids,
+			// and dropped from the columns there if a duplicate.
+			b.pending = append(b.pending, pendingID{seen: it.seen, id: hashID(bytesString(id)), at: now.UnixNano(),
+				c: c, row: c.n, sp: sp, stream: it.stream, size: len(m.Value)})
 		}
 	}
 	if it.err != nil {
@@ -539,7 +559,71 @@ func (b *batch) addAll(chunk []item, now time.Time) {
 		b.add(&chunk[i], now)
 		b.held += b.w.weight(&chunk[i].msg)
 	}
+	b.settle()
 	recycle(chunk)
+}
+
+// settle checks the ids of the rows added since the last settle against their partitions'
+// windows, in the order they were added, and drops the duplicates' rows: as if each had
+// been checked as it was added, but with the window's cache misses overlapped (see
+// dedupWindow.check). It must run before the batch is written and before a window is
+// used otherwise: at the end of each chunk and before a batch is handed over.
+func (b *batch) settle() {
+	p := b.pending
+	if len(p) == 0 {
+		return
+	}
+	dups := 0
+	for start := 0; start < len(p); {
+		// A run of ids of one window at one time; a chunk is one partition's.
+		end := start + 1
+		for end < len(p) && p[end].seen == p[start].seen && p[end].at == p[start].at {
+			end++
+		}
+		hs, flags := b.dupHashes[:0], b.dupFlags[:0]
+		for i := start; i < end; i++ {
+			hs = append(hs, p[i].id)
+			flags = append(flags, false)
+		}
+		p[start].seen.check(hs, p[start].at, flags)
+		for i, dup := range flags {
+			if dup {
+				q := &p[start+i]
+				q.dup = true
+				q.sp.duplicates++
+				q.c.bytes -= q.size
+				b.w.metrics.Discarded.WithLabelValues(b.w.cfg.Loop, q.stream.Name, "duplicate").Inc()
+				dups++
+			}
+		}
+		b.dupHashes, b.dupFlags = hs, flags
+		start = end
+	}
+	// Drop the duplicates' rows, each stream's columns from its first duplicate on (the
+	// rows of one columns are in the order added).
+	for dups > 0 {
+		var c *columns
+		first, keep := 0, b.dupFlags[:0]
+		for i := range p {
+			if !p[i].dup {
+				continue
+			}
+			if c == nil {
+				c, first = p[i].c, p[i].row
+				for range c.n - first {
+					keep = append(keep, true)
+				}
+			}
+			if p[i].c == c {
+				keep[p[i].row-first] = false
+				p[i].dup = false
+				dups--
+			}
+		}
+		c.keepFrom(first, keep)
+		b.dupFlags = keep
+	}
+	b.pending = p[:0]
 }
 
 // commitOffsets returns the next offset to read per partition, in kafka-go's shape.
@@ -622,6 +706,7 @@ func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, ite
 	// handOver gives the filled batch to the flusher and takes the other one, waiting for
 	// its write to end if need be.
 	handOver := func() bool {
+		b.settle() // the flusher must find no row whose id is not yet checked
 		if b.n == 0 {
 			return true
 		}
@@ -657,6 +742,7 @@ func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, ite
 					}
 				}
 			}
+			b.settle()
 			recycle(chunk)
 		case <-timer.C:
 			if !handOver() {
