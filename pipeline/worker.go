@@ -677,10 +677,31 @@ func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, ite
 	free <- newBatch(w)
 	full := make(chan *batch)
 	failed, flusherDone := make(chan struct{}), make(chan struct{})
+	// The flusher writes with a context of its own: when the worker stops or the
+	// generation ends, the batch being written, those handed over and finish's last one
+	// are still written and committed, within half the rebalance timeout of the stop,
+	// instead of being abandoned to be read again by the partitions' next owner.
+	flushCtx, cancelFlush := context.WithCancel(context.Background())
+	defer cancelFlush()
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-gctx.Done():
+		case <-flusherDone:
+			return
+		}
+		t := time.NewTimer(w.cfg.Kafka.RebalanceTimeout.Duration / 2)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancelFlush()
+		case <-flusherDone:
+		}
+	}()
 	go func() {
 		defer close(flusherDone)
 		for fb := range full {
-			if err := w.flush(ctx, gen, fb); err != nil {
+			if err := w.flush(flushCtx, gen, fb); err != nil {
 				w.log.Error(err, "flush abandoned; the batch will be read again", "messages", fb.n)
 				close(failed)
 				return
@@ -754,12 +775,12 @@ func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, ite
 			return
 		case <-ctx.Done():
 			if stop() {
-				w.finish(gen, items, readers, b)
+				w.finish(flushCtx, gen, items, readers, b)
 			}
 			return
 		case <-gctx.Done():
 			if stop() {
-				w.finish(gen, items, readers, b)
+				w.finish(flushCtx, gen, items, readers, b)
 			}
 			return
 		}
@@ -768,7 +789,10 @@ func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, ite
 
 // finish drains what the readers already handed over, then flushes and commits it, so
 // that a revoke or a shutdown leaves nothing decoded and unwritten behind.
-func (w *Worker) finish(gen *kafka.Generation, items chan []item, readers *sync.WaitGroup, b *batch) {
+//
+// ctx is the flusher's: it ends half the rebalance timeout after the stop, so that the
+// partitions do not move while we write.
+func (w *Worker) finish(ctx context.Context, gen *kafka.Generation, items chan []item, readers *sync.WaitGroup, b *batch) {
 	done := make(chan struct{})
 	go func() { readers.Wait(); close(done) }()
 	now := time.Now()
@@ -787,10 +811,7 @@ func (w *Worker) finish(gen *kafka.Generation, items chan []item, readers *sync.
 	if b.n == 0 {
 		return
 	}
-	// Within the rebalance timeout, so that the partitions do not move while we write.
-	fctx, cancel := context.WithTimeout(context.Background(), w.cfg.Kafka.RebalanceTimeout.Duration/2)
-	defer cancel()
-	if err := w.flush(fctx, gen, b); err != nil {
+	if err := w.flush(ctx, gen, b); err != nil {
 		w.log.Error(err, "final flush failed; the batch will be read again", "messages", b.n)
 	}
 }

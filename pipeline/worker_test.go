@@ -250,3 +250,61 @@ func assertCommitted(t *testing.T, cfg Config, topic string, want int64) {
 		t.Errorf("committed offsets of %s sum to %d, want %d", topic, sum, want)
 	}
 }
+
+// TestCleanStopWritesWhatWasRead: a worker stopped while it writes batches back to back
+// still writes, records and commits every message it read: the batch being written,
+// those handed over and the one being filled. None is left for the next owner to read
+// again.
+func TestCleanStopWritesWhatWasRead(t *testing.T) {
+	chAddr := clickhouseAddr(t)
+	cfg := sampleConfig()
+	cfg.ClickHouse = ClickHouseConfig{Addr: chAddr, Database: uniqueName("test_stop")}
+	cfg.Kafka.Group = uniqueName("group")
+	// Small batches, written as fast as they fill: a stop almost always finds one being
+	// written.
+	cfg.Batch = BatchConfig{MaxRows: 200, MaxBytes: 64 << 10, MaxWait: Duration{5 * time.Millisecond}}
+	usage := cfg.Streams[0]
+	cfg.Kafka.Brokers = startBroker(t, 3, usage.Topic, cfg.Streams[1].Topic)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ch := applySchema(t, cfg)
+	var msgs []kafka.Message
+	for i := range 30000 {
+		cust := fmt.Sprintf("c%d", i%7)
+		msgs = append(msgs, kafka.Message{Key: []byte(cust), Value: fmt.Appendf(nil,
+			`{"id":"e%d","customer":{"id":%q},"product":"p","ts":%d,"qty":1,"region":"eu","bytes":1,"trial":true}`, i, cust, 1793449815000+int64(i))})
+	}
+	produce(t, cfg.Kafka.Brokers, usage.Topic, msgs)
+
+	metrics := NewMetrics(prometheus.NewRegistry())
+	w, err := NewWorker(ctx, cfg, testr.New(t), metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(wctx) }()
+	testkit.Eventually(t, time.Minute, "a third of the messages written", func() (bool, string) {
+		lt, err := ReadLedgerTotals(ctx, ch, cfg.ClickHouse.Database, usage.Topic)
+		return err == nil && lt.Messages >= 10000, fmt.Sprint(lt.Messages, err)
+	})
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("Run returned %v after a clean stop", err)
+	}
+	received := int64(testutil.ToFloat64(metrics.ReceivedEvents.WithLabelValues(cfg.Loop, "usage")))
+	lt, err := ReadLedgerTotals(ctx, ch, cfg.ClickHouse.Database, usage.Topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows uint64
+	if err := ch.QueryRow(ctx, "SELECT count() FROM "+QualifiedTable(cfg.ClickHouse.Database, usage.Table())).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if lt.Messages != received || int64(rows) != received || received == int64(len(msgs)) {
+		t.Errorf("the worker read %d of %d messages before it stopped; the ledger records %d and the table holds %d rows: "+
+			"it must write everything it read", received, len(msgs), lt.Messages, rows)
+	}
+	assertCommitted(t, cfg, usage.Topic, received)
+}
