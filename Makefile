@@ -132,7 +132,7 @@ test: verify lint $(SETUP_ENVTEST) $(HELM) ## Provision the stack and run every 
 
 # The tests of the worker's concurrent parts, which make test also runs under the race
 # detector (a race there once let two workers in one process copy each other's strings).
-RACE_TESTS = Fetcher|Worker|Rebalance|Concurrent
+RACE_TESTS = Fetcher|Worker|Rebalance|Concurrent|CleanStop|BatchDrops
 
 .PHONY: race
 race: $(SETUP_ENVTEST) $(HELM) ## Run every test of the pipeline and the commands under the race detector (slower).
