@@ -81,17 +81,10 @@ func newDedupWindow(window time.Duration) *dedupWindow {
 	return &dedupWindow{window: window, slots: make([]uint64, minDedupSlots), ring: make([]dedupEntry, minDedupRing)}
 }
 
-// duplicate reports whether id was ingested within the window before now; if not, it
-// records id as ingested at now.
-func (d *dedupWindow) duplicate(id string, now time.Time) bool {
-	at := now.UnixNano()
-	d.expire(at)
-	return !d.add(hashID(id), at)
-}
-
-// check is duplicate for each of hs in turn, all at the same time at: dup[i] reports
-// whether hs[i] was ingested within the window before at, or earlier in hs, and the new
-// ones are recorded as ingested at at. dup must be as long as hs.
+// check takes the ids hs in turn, all at time at: dup[i] reports whether hs[i] was
+// ingested within the window before at, or earlier in hs, and the new ones are recorded
+// as ingested at at. dup must be as long as hs. The home slots of hs are read first, in a
+// loop of independent loads, so that their cache misses overlap.
 func (d *dedupWindow) check(hs []idHash, at int64, dup []bool) {
 	d.expire(at)
 	mask := len(d.slots) - 1

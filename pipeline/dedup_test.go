@@ -12,6 +12,14 @@ import (
 	"github.com/segmentio/kafka-go"
 )
 
+// duplicate is check for one id: it reports whether id was ingested within the window
+// before now; if not, it records id as ingested at now.
+func (d *dedupWindow) duplicate(id string, now time.Time) bool {
+	dup := []bool{false}
+	d.check([]idHash{hashID(id)}, now.UnixNano(), dup)
+	return dup[0]
+}
+
 func TestDedupWindow(t *testing.T) {
 	d := newDedupWindow(time.Minute)
 	t0 := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)

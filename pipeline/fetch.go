@@ -173,7 +173,3 @@ func (f *fetcher) fetch(ctx context.Context, wait time.Duration, take func(kafka
 		return fmt.Errorf("fetching %s/%d at offset %d: %w", f.topic, f.partition, f.offset, err)
 	}
 }
-
-func (f *fetcher) close() {
-	f.interrupt()
-}

@@ -66,7 +66,7 @@ func fetchUntil(t *testing.T, f *fetcher, end int64, between func(read int)) []i
 func TestFetcherFollowsTheLeader(t *testing.T) {
 	c, topic := fetchCluster(t, 2, 3000)
 	f := newFetcher(&kafka.Dialer{Timeout: 5 * time.Second}, c.ListenAddrs(), topic, 0, 0)
-	defer f.close()
+	defer f.interrupt()
 	f.maxBytes = 16 << 10 // many fetches
 	moved := false
 	got := fetchUntil(t, f, 3000, func(read int) {
@@ -89,7 +89,7 @@ func TestFetcherFollowsTheLeader(t *testing.T) {
 func TestFetcherStopsWhereTakeStops(t *testing.T) {
 	c, topic := fetchCluster(t, 1, 100)
 	f := newFetcher(&kafka.Dialer{Timeout: 5 * time.Second}, c.ListenAddrs(), topic, 0, 0)
-	defer f.close()
+	defer f.interrupt()
 	taken := 0
 	err := f.fetch(context.Background(), 50*time.Millisecond, func(m kafka.Message) bool {
 		taken++
@@ -135,7 +135,7 @@ func TestFetcherSkipsWhatRetentionDeleted(t *testing.T) {
 	var skips [][2]int64
 	deleteBefore(40)
 	f := newFetcher(&kafka.Dialer{Timeout: 5 * time.Second}, c.ListenAddrs(), topic, 0, 10)
-	defer f.close()
+	defer f.interrupt()
 	f.skipped = func(from, to int64) { skips = append(skips, [2]int64{from, to}) }
 	// Deleted before the fetcher connects: it starts at the first offset left.
 	got := fetchUntil(t, f, 60, nil)

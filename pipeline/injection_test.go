@@ -39,10 +39,14 @@ var messageCorpus = []string{
 	strings.Repeat("9", 256),
 }
 
-// runWorker runs a worker on cfg until stop is called; stop waits for it to return.
-func runWorker(t *testing.T, ctx context.Context, cfg Config) (stop func()) {
+// runWorker runs a worker on cfg, counting into metrics (nil: its own), until stop is
+// called; stop waits for it to return and fails the test if it returns an error.
+func runWorker(t *testing.T, ctx context.Context, cfg Config, metrics *Metrics) (stop func()) {
 	t.Helper()
-	w, err := NewWorker(ctx, cfg, testr.New(t), NewMetrics(prometheus.NewRegistry()))
+	if metrics == nil {
+		metrics = NewMetrics(prometheus.NewRegistry())
+	}
+	w, err := NewWorker(ctx, cfg, testr.New(t), metrics)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +121,7 @@ func TestMessageValuesStoredAsData(t *testing.T) {
 		want = append(want, []string{id, v, v, v})
 	}
 	produce(t, cfg.Kafka.Brokers, usage.Topic, msgs)
-	stop := runWorker(t, ctx, cfg)
+	stop := runWorker(t, ctx, cfg, nil)
 	testkit.Eventually(t, time.Minute, "every corpus message stored", func() (bool, string) {
 		s, err := StreamStats(ctx, ch, cfg.ClickHouse.Database, usage)
 		if err != nil {
@@ -172,7 +176,7 @@ func TestWorkerPII(t *testing.T) {
 	})
 	produce(t, cfg.Kafka.Brokers, plans.Topic, []kafka.Message{{Key: []byte(customer),
 		Value: []byte(`{"plan_id":"p1","customer":"` + customer + `","product":"api","period":"2027-01-01","quantity":5}`)}})
-	stop := runWorker(t, ctx, cfg)
+	stop := runWorker(t, ctx, cfg, nil)
 	var dead []kafka.Message
 	testkit.Eventually(t, time.Minute, "the rows and the dead letters", func() (bool, string) {
 		u, err1 := StreamStats(ctx, ch, cfg.ClickHouse.Database, usage)

@@ -291,7 +291,7 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 	}
 	stop := context.AfterFunc(ctx, f.interrupt)
 	defer stop()
-	defer f.close()
+	defer f.interrupt()
 	pr := w.newPartitionReader(stream, partition, rp, seen)
 	defer w.metrics.Lag.DeleteLabelValues(w.cfg.Loop, topic, strconv.Itoa(partition))
 	defer func() {
@@ -681,23 +681,13 @@ func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, ite
 	// generation ends, the batch being written, those handed over and finish's last one
 	// are still written and committed, within half the rebalance timeout of the stop,
 	// instead of being abandoned to be read again by the partitions' next owner.
+	// The grace starts at the stop itself, not where the loop notices it: the loop may be
+	// waiting on the flusher then.
 	flushCtx, cancelFlush := context.WithCancel(context.Background())
 	defer cancelFlush()
-	go func() {
-		select {
-		case <-ctx.Done():
-		case <-gctx.Done():
-		case <-flusherDone:
-			return
-		}
-		t := time.NewTimer(w.cfg.Kafka.RebalanceTimeout.Duration / 2)
-		defer t.Stop()
-		select {
-		case <-t.C:
-			cancelFlush()
-		case <-flusherDone:
-		}
-	}()
+	stopped, cancelStopped := mergeDone(ctx, gctx)
+	defer cancelStopped()
+	context.AfterFunc(stopped, func() { time.AfterFunc(w.cfg.Kafka.RebalanceTimeout.Duration/2, cancelFlush) })
 	go func() {
 		defer close(flusherDone)
 		for fb := range full {

@@ -277,22 +277,12 @@ func TestCleanStopWritesWhatWasRead(t *testing.T) {
 	produce(t, cfg.Kafka.Brokers, usage.Topic, msgs)
 
 	metrics := NewMetrics(prometheus.NewRegistry())
-	w, err := NewWorker(ctx, cfg, testr.New(t), metrics)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	wctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.Run(wctx) }()
+	stop := runWorker(t, ctx, cfg, metrics)
 	testkit.Eventually(t, time.Minute, "a third of the messages written", func() (bool, string) {
 		lt, err := ReadLedgerTotals(ctx, ch, cfg.ClickHouse.Database, usage.Topic)
 		return err == nil && lt.Messages >= 10000, fmt.Sprint(lt.Messages, err)
 	})
 	stop()
-	if err := <-done; err != nil {
-		t.Fatalf("Run returned %v after a clean stop", err)
-	}
 	received := int64(testutil.ToFloat64(metrics.ReceivedEvents.WithLabelValues(cfg.Loop, "usage")))
 	lt, err := ReadLedgerTotals(ctx, ch, cfg.ClickHouse.Database, usage.Topic)
 	if err != nil {
