@@ -334,14 +334,19 @@ func parseFloat(n []byte) (float64, error) {
 	return float64(u), nil
 }
 
+// finite reports whether f is a number ClickHouse can sum: the JSON parser takes NaN and
+// Infinity (in any case, with a sign) as numbers, and strconv parses them, but one NaN
+// stored would turn every sum, digest and accuracy figure of its product into nan.
+func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
+
 func parseNumber(v *fastjson.Value, out *value) (float64, error) {
 	if v.Type() != fastjson.TypeNumber {
 		return 0, wrongType(v, "a number")
 	}
 	n := numberText(v, out)
 	f, err := parseFloat(n)
-	if err != nil || math.IsInf(f, 0) {
-		return 0, outOfRange("%s does not fit a 64-bit float", n)
+	if err != nil || !finite(f) {
+		return 0, outOfRange("%s is not a finite 64-bit float", n)
 	}
 	return f, nil
 }
@@ -457,7 +462,7 @@ func parseTime(v *fastjson.Value, out *value) (time.Time, error) {
 	case fastjson.TypeNumber:
 		n := numberText(v, out)
 		f, err := parseFloat(n)
-		if err != nil || math.IsInf(f, 0) {
+		if err != nil || !finite(f) {
 			return time.Time{}, outOfRange("%s is not a usable epoch time", n)
 		}
 		if math.Abs(f) >= epochMillisThreshold {

@@ -180,9 +180,92 @@ func FuzzDecode(f *testing.F) {
 				if v == nil {
 					t.Fatalf("value %d is an untyped nil", i)
 				}
+				if f, ok := floatOf(v); ok && (math.IsNaN(f) || math.IsInf(f, 0)) {
+					t.Fatalf("value %d is %v: no non-finite number may be stored (%q)", i, f, msg)
+				}
 			}
 		}
 	})
+}
+
+// floatOf is a decoded value's float, if it is one.
+func floatOf(v any) (float64, bool) {
+	switch f := v.(type) {
+	case float64:
+		return f, true
+	case float32:
+		return float64(f), true
+	case *float64:
+		if f != nil {
+			return *f, true
+		}
+	case *float32:
+		if f != nil {
+			return float64(*f), true
+		}
+	}
+	return 0, false
+}
+
+// TestDecodeRefusesNonFinite: NaN and the infinities, in every spelling the JSON parser
+// takes, and numbers too large for a float, are dead-lettered wherever a number goes (a
+// usage quantity, a plan's quantity and confidence, float dimensions, epoch times), and
+// never stored: one NaN would make every sum of its customer and product nan.
+func TestDecodeRefusesNonFinite(t *testing.T) {
+	usage := StreamConfig{
+		Name: "usage", Kind: KindUsage, Topic: "u", DeadLetterTopic: "u.dlq",
+		Mapping: Mapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts", Quantity: "qty"},
+		Dimensions: []Dimension{
+			{Name: "f64", Field: "f64", Type: "Float64", Nullable: true},
+			{Name: "f32", Field: "f32", Type: "Float32", Nullable: true},
+			{Name: "seen_at", Field: "seen", Type: "DateTime", Nullable: true},
+			{Name: "signup", Field: "signup", Type: "Date", Nullable: true},
+		},
+	}
+	plan := sampleConfig().Streams[1]
+	decoders := map[string]*Decoder{"usage": mustDecoder(t, usage), "plans": mustDecoder(t, plan)}
+	fields := []struct{ stream, field, base string }{
+		{"usage", "qty", `"id":"e","customer":"c","product":"p","ts":1793449815`},
+		{"usage", "f64", `"id":"e","customer":"c","product":"p","ts":1793449815`},
+		{"usage", "f32", `"id":"e","customer":"c","product":"p","ts":1793449815`},
+		{"usage", "ts", `"id":"e","customer":"c","product":"p"`},
+		{"usage", "seen", `"id":"e","customer":"c","product":"p","ts":1793449815`},
+		{"usage", "signup", `"id":"e","customer":"c","product":"p","ts":1793449815`},
+		{"plans", "quantity", `"plan_id":"p","customer":"c","product":"p","period":"2027-01-01"`},
+		{"plans", "confidence", `"plan_id":"p","customer":"c","product":"p","period":"2027-01-01","quantity":1`},
+		{"plans", "submitted_at", `"plan_id":"p","customer":"c","product":"p","period":"2027-01-01","quantity":1`},
+		{"plans", "period", `"plan_id":"p","customer":"c","product":"p","quantity":1`},
+	}
+	spellings := []string{"NaN", "nan", "-NaN", "+NaN", "NAN", "Inf", "-Inf", "+Inf", "inf", "Infinity",
+		"-Infinity", "infinity", "INF", "1e400", "-1e400", "1e309"}
+	parsed := 0
+	for _, f := range fields {
+		for _, sp := range spellings {
+			msg := fmt.Sprintf(`{%s,%q:%s}`, f.base, f.field, sp)
+			_, err := decoders[f.stream].Decode([]byte(msg), time.Unix(1793449815, 0))
+			var de *DecodeError
+			if !errors.As(err, &de) {
+				t.Errorf("%s: accepted (%v), want a dead letter", msg, err)
+				continue
+			}
+			switch de.Reason {
+			case ReasonOutOfRange, ReasonWrongType:
+				parsed++ // the parser took it as a number (or a date field refused a number)
+			case ReasonInvalidJSON:
+			default:
+				t.Errorf("%s: reason %s (%v)", msg, de.Reason, err)
+			}
+		}
+	}
+	// fastjson takes NaN and Inf as numbers; if it ever stops, this test no longer
+	// covers what it was written for.
+	if parsed < len(fields)*3 {
+		t.Errorf("only %d of the non-finite spellings reached the number converters", parsed)
+	}
+	if _, err := decoders["usage"].Decode([]byte(`{"id":"b5","customer":"c","product":"p","ts":1793449815,"qty": NaN}`), time.Now()); err == nil ||
+		!strings.Contains(err.Error(), "finite") {
+		t.Errorf("the reported message: err = %v, want out of range as not finite", err)
+	}
 }
 
 func ptr[T any](v T) *T { return &v }
