@@ -49,7 +49,7 @@ func clusterUsageRows(n int, ts time.Time, extra ...any) [][]any {
 	for i := range n {
 		r := []any{fmt.Sprintf("e%d-%d", ts.Unix(), i), fmt.Sprintf("c%d", i), "p", ts, 1.0}
 		r = append(r, extra...)
-		rows = append(rows, append(r, "usage", int32(0), int64(i), ts))
+		rows = append(rows, append(r, "usage", int32(0), int64(i), ts, ts.UnixMilli()))
 	}
 	return rows
 }

@@ -203,7 +203,7 @@ func crashLeftovers(ctx context.Context, t *testing.T, node1 driver.Conn, db str
 		if err != nil {
 			t.Fatal(err)
 		}
-		rows = append(rows, append(row, s.Topic, int32(0), int64(i), time.Now().UTC().Truncate(time.Second)))
+		rows = append(rows, append(row, s.Topic, int32(0), int64(i), time.Now().UTC().Truncate(time.Second), time.Now().UnixMilli()))
 	}
 	if err := insertRows(syncInserts(ctx), node1, db, s, rows); err != nil {
 		t.Fatal(err)

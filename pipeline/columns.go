@@ -62,7 +62,8 @@ type colBuf struct {
 }
 
 // columns is a batch of one stream's rows, column by column: the decoded columns first,
-// then the source coordinates (_topic, _partition, _offset, _ingested_at). Message ids
+// then the source coordinates (_topic, _partition, _offset, _ingested_at,
+// _produced_at_ms). Message ids
 // and received times ride along for deduplication and freshness.
 type columns struct {
 	cols     []colBuf
@@ -84,6 +85,7 @@ const (
 	srcPartition
 	srcOffset
 	srcIngestedAt
+	srcProducedAt
 )
 
 func newColumns(d *Decoder, s *StreamConfig) *columns {
@@ -92,7 +94,7 @@ func newColumns(d *Decoder, s *StreamConfig) *columns {
 		c.cols = append(c.cols, colBuf{kind: f.kind, nullable: f.nullable})
 	}
 	if s != nil {
-		c.cols = append(c.cols, colBuf{kind: vString}, colBuf{kind: vInt32}, colBuf{kind: vInt64}, colBuf{kind: vDateTime})
+		c.cols = append(c.cols, colBuf{kind: vString}, colBuf{kind: vInt32}, colBuf{kind: vInt64}, colBuf{kind: vDateTime}, colBuf{kind: vInt64})
 	}
 	return c
 }
@@ -132,13 +134,15 @@ func (c *columns) appendDecoded() {
 	}
 }
 
-// appendSource completes a decoded row with where its message came from.
-func (c *columns) appendSource(topic string, partition int, offset int64, ingested time.Time, received time.Time) {
+// appendSource completes a decoded row with where its message came from; produced is
+// the message's produce time in Unix milliseconds (see producedAt).
+func (c *columns) appendSource(topic string, partition int, offset int64, ingested time.Time, produced int64, received time.Time) {
 	src := c.cols[c.decoded:]
 	src[srcTopic].str = append(src[srcTopic].str, topic)
 	src[srcPartition].i32 = append(src[srcPartition].i32, int32(partition))
 	src[srcOffset].i64 = append(src[srcOffset].i64, offset)
 	src[srcIngestedAt].i64 = append(src[srcIngestedAt].i64, ingested.Unix())
+	src[srcProducedAt].i64 = append(src[srcProducedAt].i64, produced)
 	c.received = append(c.received, received.UnixNano())
 	c.n++
 }

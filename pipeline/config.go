@@ -40,9 +40,9 @@ type Config struct {
 	// Consent, when set, is the loop's consent stream; workers withhold the messages of
 	// customers who withdrew.
 	Consent *ConsentConfig `json:"consent,omitempty"`
-	// MaxDedupIDs bounds each partition's duplicate window, and so its memory (40 to 80
+	// MaxDedupIDs bounds each partition's duplicate window, and so its memory (48 to 96
 	// bytes an id): past it the oldest ids are forgotten before dedupWindow has passed.
-	// 0 takes the default, 2^21 (80 MiB).
+	// 0 takes the default, 2^21 (96 MiB).
 	MaxDedupIDs int `json:"maxDedupIDs,omitempty"`
 	// Limits bound a message's fields, strings and nesting; see Limits.
 	Limits Limits `json:"limits,omitzero"`

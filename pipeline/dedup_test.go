@@ -12,11 +12,11 @@ import (
 	"github.com/segmentio/kafka-go"
 )
 
-// duplicate is check for one id: it reports whether id was ingested within the window
-// before now; if not, it records id as ingested at now.
+// duplicate is check for one id of a message produced at now: it reports whether the
+// message is a duplicate; if not, it records id as stored at now.
 func (d *dedupWindow) duplicate(id string, now time.Time) bool {
 	dup := []bool{false}
-	d.check([]idHash{hashID(id)}, now.UnixNano(), dup)
+	d.check([]idHash{hashID(id)}, []int64{now.UnixMilli()}, dup)
 	return dup[0]
 }
 
@@ -91,6 +91,7 @@ func TestDedupWindowMatchesModel(t *testing.T) {
 	d := newDedupWindow(window)
 	model := map[string]int64{}
 	now := time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)
+	ms := window.Milliseconds()
 	for step := range 300_000 {
 		// Bursts of traffic with pauses, so that the window fills, grows, drains and shrinks.
 		if step%20_000 < 15_000 {
@@ -99,14 +100,15 @@ func TestDedupWindowMatchesModel(t *testing.T) {
 			now = now.Add(time.Duration(rng.IntN(2000)) * time.Microsecond)
 		}
 		id := fmt.Sprintf("evt-%d", rng.IntN(20_000))
-		at := now.UnixNano()
-		for k, v := range model {
-			if at-v > int64(window) {
-				delete(model, k)
+		at := now.UnixMilli()
+		v, ok := model[id]
+		want := ok && at-v <= ms
+		if !want { // stored: the clock moves to at, and what it passed leaves
+			for k, v := range model {
+				if at-v > ms {
+					delete(model, k)
+				}
 			}
-		}
-		_, want := model[id]
-		if !want {
 			model[id] = at
 		}
 		if got := d.duplicate(id, now); got != want {
@@ -195,11 +197,13 @@ func BenchmarkDedupWindowPartitions(b *testing.B) {
 // and returns how many were duplicates.
 func benchDedupChunk(d *dedupWindow, ids []string, from, k int, now time.Time) int {
 	var hs [chunkItems]idHash
+	var ats [chunkItems]int64
 	var dup [chunkItems]bool
 	for j := range k {
 		hs[j] = hashID(ids[(from+j)%len(ids)])
+		ats[j] = now.UnixMilli()
 	}
-	d.check(hs[:k], now.UnixNano(), dup[:k])
+	d.check(hs[:k], ats[:k], dup[:k])
 	dups := 0
 	for _, x := range dup[:k] {
 		if x {
@@ -209,23 +213,27 @@ func benchDedupChunk(d *dedupWindow, ids []string, from, k int, now time.Time) i
 	return dups
 }
 
-// dedupModel is the duplicate window's rule, plainly: the ids ingested, oldest first,
-// each kept until the window has passed or max newer ones have come.
+// dedupModel is the duplicate window, plainly, for produce times that do not go back:
+// the ids stored, oldest first, each kept until the clock (the latest time stored) is
+// more than the window past it or max newer ones have come.
 type dedupModel struct {
 	window  int64
 	max     int
+	clock   int64
 	order   []string
 	at      map[string]int64
 	evicted int
 }
 
 func (m *dedupModel) duplicate(id string, at int64) bool {
-	for len(m.order) > 0 && at-m.at[m.order[0]] > m.window {
+	now := max(m.clock, at)
+	if a, ok := m.at[id]; ok && now-a <= m.window {
+		return true
+	}
+	m.clock = now
+	for len(m.order) > 0 && m.clock-m.at[m.order[0]] > m.window {
 		delete(m.at, m.order[0])
 		m.order = m.order[1:]
-	}
-	if _, ok := m.at[id]; ok {
-		return true
 	}
 	m.at[id] = at
 	m.order = append(m.order, id)
@@ -249,10 +257,11 @@ func TestDedupWindowCheckMatchesModel(t *testing.T) {
 			d := newDedupWindow(window)
 			evicted := prometheus.NewCounter(prometheus.CounterOpts{Name: "evicted"})
 			d.max, d.evicted = max, evicted
-			m := &dedupModel{window: int64(window), max: max, at: map[string]int64{}}
+			m := &dedupModel{window: window.Milliseconds(), max: max, at: map[string]int64{}}
 			now := time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)
 			var ids []string
 			var hs []idHash
+			var ats []int64
 			var dup []bool
 			var grew, shrank, ringShrank bool
 			for step := range 3000 {
@@ -268,8 +277,8 @@ func TestDedupWindowCheckMatchesModel(t *testing.T) {
 				default:
 					now = now.Add(time.Duration(rng.IntN(40)) * time.Millisecond)
 				}
-				at := now.UnixNano()
-				ids, hs = ids[:0], hs[:0]
+				at := now.UnixMilli()
+				ids, hs, ats = ids[:0], hs[:0], ats[:0]
 				for range 1 + rng.IntN(300) {
 					var id string
 					if len(ids) > 0 && rng.IntN(20) == 0 { // a retry within the chunk
@@ -279,6 +288,7 @@ func TestDedupWindowCheckMatchesModel(t *testing.T) {
 					}
 					ids = append(ids, id)
 					hs = append(hs, hashID(id))
+					ats = append(ats, at)
 				}
 				if step%7 == 0 { // one at a time
 					for _, id := range ids {
@@ -288,7 +298,7 @@ func TestDedupWindowCheckMatchesModel(t *testing.T) {
 					}
 				} else {
 					dup = append(dup[:0], make([]bool, len(hs))...)
-					d.check(hs, at, dup)
+					d.check(hs, ats, dup)
 					for i, id := range ids {
 						if want := m.duplicate(id, at); dup[i] != want {
 							t.Fatalf("step %d: id %d of the chunk, %s, duplicate = %v, want %v", step, i, id, dup[i], want)
@@ -426,4 +436,121 @@ func TestBatchDropsDuplicates(t *testing.T) {
 	now = now.Add(2 * time.Minute)
 	add(chunk(in{0, "a"}, in{0, "e"}, in{0, "a"}), 0, nil)
 	expect("after the window", want{rows: []string{"e", "a", "e"}, offsets: []int64{10, 14, 15}, dups: map[int]int{0: 4}})()
+}
+
+// TestDedupWindowRuleAndRebuild holds the window to its documented rule, computed plainly
+// (a message is a duplicate when the latest message stored with its id was stored at most
+// the window of clock ago, the clock being the latest produce time stored, and was
+// produced within the window of it), over produce times that jump back and forth as
+// producers' clocks do. Every few thousand
+// messages the window is thrown away, as a crash or a rebalance does, and rebuilt as
+// loadDedupWindow does from the rows stored before the cut; some of the stored messages
+// after the cut are already in ClickHouse (an unrecorded batch, partly landed) and are
+// stored as the worker stores them when it reads them again. The decisions never differ.
+func TestDedupWindowRuleAndRebuild(t *testing.T) {
+	const window = 5 * time.Second
+	ms := window.Milliseconds()
+	rng := rand.New(rand.NewPCG(5, 17))
+	type msg struct {
+		id string
+		at int64
+	}
+	var msgs []msg
+	base := time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC).UnixMilli()
+	for i := range 60_000 {
+		at := base + int64(i)*20
+		switch r := rng.IntN(100); {
+		case r < 5: // a producer whose clock is behind
+			at -= int64(rng.IntN(30_000))
+		case r < 8: // or ahead
+			at += int64(rng.IntN(10_000))
+		}
+		msgs = append(msgs, msg{fmt.Sprintf("evt-%d", rng.IntN(4000)), at})
+		if rng.IntN(30) == 0 { // a producer's retry, right behind or a while later
+			msgs = append(msgs, msg{msgs[len(msgs)-1].id, at + int64(rng.IntN(int(2*ms)))})
+		}
+	}
+	// The rule, plainly.
+	want := make([]bool, len(msgs))
+	var clock int64
+	type entry struct{ at, stored int64 }
+	latest := map[string]entry{}
+	dups, again := 0, 0
+	for i, m := range msgs {
+		e, ok := latest[m.id]
+		if ok && clock-e.stored <= ms && m.at-e.at <= ms && e.at-m.at <= ms {
+			want[i] = true
+			dups++
+			continue
+		}
+		if ok {
+			again++
+		}
+		clock = max(clock, m.at)
+		latest[m.id] = entry{m.at, clock}
+	}
+	if dups < 1000 || again < 1000 {
+		t.Fatalf("%d duplicates and %d ids stored again: the data does not exercise the rule", dups, again)
+	}
+
+	rebuild := func(cut int) *dedupWindow {
+		d := newDedupWindow(window)
+		var clock int64
+		stored := false
+		for i := range cut {
+			if !want[i] {
+				clock, stored = maxInt64(clock, msgs[i].at, stored), true
+			}
+		}
+		if !stored {
+			return d
+		}
+		first := 0
+		for want[first] || msgs[first].at < clock-ms {
+			first++
+		}
+		for i := first; i < cut; i++ {
+			if !want[i] {
+				d.store(hashID(msgs[i].id), msgs[i].at)
+			}
+		}
+		return d
+	}
+	d := newDedupWindow(window)
+	rebuilds := 0
+	for i := 0; i < len(msgs); {
+		if i > 0 && rng.IntN(8) == 0 {
+			d = rebuild(i)
+			rebuilds++
+			// Up to a batch of what follows is already in ClickHouse, some of it.
+			for end := min(i+rng.IntN(600), len(msgs)); i < end; i++ {
+				if !want[i] && rng.IntN(2) == 0 {
+					d.store(hashID(msgs[i].id), msgs[i].at)
+					continue
+				}
+				if got := d.duplicate(msgs[i].id, time.UnixMilli(msgs[i].at)); got != want[i] {
+					t.Fatalf("message %d (%s at %d), right after rebuild %d: duplicate = %v, want %v", i, msgs[i].id, msgs[i].at, rebuilds, got, want[i])
+				}
+			}
+		}
+		k := min(1+rng.IntN(2*chunkItems), len(msgs)-i)
+		hs, ats, dup := make([]idHash, k), make([]int64, k), make([]bool, k)
+		for j := range k {
+			hs[j], ats[j] = hashID(msgs[i+j].id), msgs[i+j].at
+		}
+		d.check(hs, ats, dup)
+		for j := range k {
+			if dup[j] != want[i+j] {
+				t.Fatalf("message %d (%s at %d): duplicate = %v, want %v", i+j, msgs[i+j].id, msgs[i+j].at, dup[j], want[i+j])
+			}
+		}
+		i += k
+	}
+	if rebuilds < 10 {
+		t.Fatalf("only %d rebuilds", rebuilds)
+	}
+	// What the window holds stays near what the rule needs, dead entries and all.
+	if d.held() > 4*d.len()+minDedupRing {
+		t.Errorf("the window holds %d entries for %d ids", d.held(), d.len())
+	}
 }

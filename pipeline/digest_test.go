@@ -109,7 +109,7 @@ func (d *digestData) insertUsage(t *testing.T, ctx context.Context, conn driver.
 	var rows [][]any
 	for _, e := range events {
 		*offset++
-		rows = append(rows, []any{fmt.Sprintf("e%d", *offset), e.customer, e.product, e.ts, e.qty, s.Topic, int32(0), *offset, d.now})
+		rows = append(rows, []any{fmt.Sprintf("e%d", *offset), e.customer, e.product, e.ts, e.qty, s.Topic, int32(0), *offset, d.now, d.now.UnixMilli()})
 		d.actual[gapKey{e.customer, e.product, startOfMonth(e.ts)}] += e.qty
 	}
 	if err := insertRows(ctx, conn, db, s, rows); err != nil {
@@ -123,7 +123,7 @@ func (d *digestData) insertPlans(t *testing.T, ctx context.Context, conn driver.
 	for _, v := range d.versions {
 		*offset++
 		conf := 0.7
-		rows = append(rows, []any{v.id, v.customer, v.product, v.period, v.qty, v.submitted, &conf, s.Topic, int32(0), *offset, d.now})
+		rows = append(rows, []any{v.id, v.customer, v.product, v.period, v.qty, v.submitted, &conf, s.Topic, int32(0), *offset, d.now, d.now.UnixMilli()})
 	}
 	if err := insertRows(ctx, conn, db, s, rows); err != nil {
 		t.Fatal(err)

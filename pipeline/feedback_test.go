@@ -129,7 +129,7 @@ func TestFeedbackViews(t *testing.T) {
 		for _, e := range events {
 			offset++
 			ts, qty := e[2].([2]any)[0].(time.Time), e[2].([2]any)[1].(float64)
-			rows = append(rows, []any{fmt.Sprintf("e%d", offset), e[0], e[1], ts, qty, usage.Topic, int32(0), offset, now})
+			rows = append(rows, []any{fmt.Sprintf("e%d", offset), e[0], e[1], ts, qty, usage.Topic, int32(0), offset, now, now.UnixMilli()})
 		}
 		if err := insertRows(ctx, ch, fc.Database, usage, rows); err != nil {
 			t.Fatal(err)
@@ -159,7 +159,7 @@ func TestFeedbackViews(t *testing.T) {
 	addPlan := func(v planVersion) {
 		offset++
 		conf := 0.8
-		planRows = append(planRows, []any{v.id, v.customer, v.product, v.period, v.qty, v.submitted, &conf, plans.Topic, int32(0), offset, now})
+		planRows = append(planRows, []any{v.id, v.customer, v.product, v.period, v.qty, v.submitted, &conf, plans.Topic, int32(0), offset, now, now.UnixMilli()})
 	}
 	id := 0
 	for c := range 6 {

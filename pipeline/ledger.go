@@ -83,8 +83,14 @@ func writeLedger(ctx context.Context, conn driver.Conn, db, batchID, worker stri
 type resumePoint struct {
 	// offset to read from; negative means "the consumer group's committed offset".
 	offset int64
-	// landed holds offsets past the ledger whose rows are already in the raw table.
-	landed map[int64]struct{}
+	// landed holds the rows past the ledger that are already in the raw table, by offset.
+	landed map[int64]landedRow
+}
+
+// landedRow is what the duplicate window needs of a row already in the raw table.
+type landedRow struct {
+	id idHash
+	at int64 // produced, Unix milliseconds
 }
 
 // clockSlack bounds how far apart the clocks of two workers may be when one recovers a
@@ -126,9 +132,9 @@ func recoverPartition(ctx context.Context, shards []shardReader, db string, s *S
 		}
 		end = end.merge(e)
 	}
-	rp := resumePoint{offset: -1, landed: map[int64]struct{}{}}
+	rp := resumePoint{offset: -1, landed: map[int64]landedRow{}}
 	for _, sh := range shards {
-		q := "SELECT _offset FROM " + sh.table(db, s.Table()) + " WHERE _topic = ? AND _partition = ?"
+		q := "SELECT _offset, " + QuoteIdent(idColumn(s.Kind)) + ", " + producedSQL + " FROM " + sh.table(db, s.Table()) + " WHERE _topic = ? AND _partition = ?"
 		args := []any{topic, int32(partition)}
 		if end.entries > 0 {
 			rp.offset = end.last + 1
@@ -142,7 +148,7 @@ func recoverPartition(ctx context.Context, shards []shardReader, db string, s *S
 	return rp, nil
 }
 
-func readLanded(ctx context.Context, conn driver.Conn, q string, args []any, landed map[int64]struct{}) error {
+func readLanded(ctx context.Context, conn driver.Conn, q string, args []any, landed map[int64]landedRow) error {
 	rows, err := conn.Query(ctx, q, args...)
 	if err != nil {
 		return err
@@ -150,10 +156,13 @@ func readLanded(ctx context.Context, conn driver.Conn, q string, args []any, lan
 	defer rows.Close()
 	for rows.Next() {
 		var off int64
-		if err := rows.Scan(&off); err != nil {
+		var id string
+		var r landedRow
+		if err := rows.Scan(&off, &id, &r.at); err != nil {
 			return err
 		}
-		landed[off] = struct{}{}
+		r.id = hashID(id)
+		landed[off] = r
 	}
 	return rows.Err()
 }

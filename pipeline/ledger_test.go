@@ -51,7 +51,7 @@ func TestResumeFromLedgerSkipsUnrecordedRows(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rows = append(rows, append(row, s.Topic, int32(0), int64(i), time.Now().UTC().Truncate(time.Second)))
+		rows = append(rows, append(row, s.Topic, int32(0), int64(i), time.Now().UTC().Truncate(time.Second), time.Now().UnixMilli()))
 	}
 	if err := insertRows(ctx, ch, cfg.ClickHouse.Database, s, rows); err != nil {
 		t.Fatal(err)

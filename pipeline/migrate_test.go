@@ -110,7 +110,7 @@ func TestMigrateOnServer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rows = append(rows, append(row, usage.Topic, int32(0), int64(len(rows)), time.Now().UTC().Truncate(time.Second)))
+		rows = append(rows, append(row, usage.Topic, int32(0), int64(len(rows)), time.Now().UTC().Truncate(time.Second), time.Now().UnixMilli()))
 	}
 	if err := insertRows(ctx, ch, cfg.ClickHouse.Database, usage, rows); err != nil {
 		t.Fatal(err)

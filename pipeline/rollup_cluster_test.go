@@ -188,7 +188,7 @@ func feedbackRows(rng *rand.Rand) (usage, plans [][]any) {
 		offset++
 		ts := month(rng.IntN(4)).Add(time.Duration(rng.IntN(28*24*3600)) * time.Second)
 		usage = append(usage, []any{fmt.Sprintf("e%d", offset), fmt.Sprintf("c%d", rng.IntN(12)), fmt.Sprintf("p%d", rng.IntN(3)),
-			ts, float64(rng.IntN(80)) / 4, "u", int32(0), offset, now})
+			ts, float64(rng.IntN(80)) / 4, "u", int32(0), offset, now, now.UnixMilli()})
 	}
 	for i := range 300 {
 		offset++
@@ -196,7 +196,7 @@ func feedbackRows(rng *rand.Rand) (usage, plans [][]any) {
 		submitted := period.AddDate(0, -rng.IntN(3), rng.IntN(40)-10)
 		var conf *float64
 		plans = append(plans, []any{fmt.Sprintf("plan%d", i%250), fmt.Sprintf("c%d", rng.IntN(12)), fmt.Sprintf("p%d", rng.IntN(3)),
-			period, float64(rng.IntN(400)) / 4, submitted, conf, "p", int32(0), offset, now})
+			period, float64(rng.IntN(400)) / 4, submitted, conf, "p", int32(0), offset, now, now.UnixMilli()})
 	}
 	return usage, plans
 }

@@ -211,7 +211,7 @@ func usageRows(rng *rand.Rand, offset *int64, n int, want map[rollupKey]*rollupT
 		var signup, seen *time.Time
 		var ratio *float32
 		rows = append(rows, []any{fmt.Sprintf("e%d", *offset), c, p, ts, qty, region, &seats, uint64(rng.IntN(1000)), ratio,
-			uint8(rng.IntN(2)), signup, seen, "acme.usage", int32(0), *offset, now})
+			uint8(rng.IntN(2)), signup, seen, "acme.usage", int32(0), *offset, now, now.UnixMilli()})
 		tot := want[k]
 		if tot == nil {
 			tot = &rollupTotals{min: qty, max: qty, customers: 1}

@@ -27,12 +27,15 @@ var dimensionTypes = map[string]string{
 }
 
 // sourceColumns record where every raw row came from; the (topic, partition, offset)
-// triple identifies a message.
+// triple identifies a message. _produced_at_ms is the message's Kafka timestamp (Unix
+// milliseconds), which the duplicate window runs on and is rebuilt from; rows written
+// before it existed read 0 there.
 var sourceColumns = []Column{
 	{"_topic", "String"},
 	{"_partition", "Int32"},
 	{"_offset", "Int64"},
 	{"_ingested_at", "DateTime"},
+	{"_produced_at_ms", "Int64"},
 }
 
 func coreColumns(kind Kind) []Column {

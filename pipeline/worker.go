@@ -170,6 +170,7 @@ type item struct {
 	seen   *dedupWindow // the partition's window of ingested ids
 	err    *DecodeError // set when the message is dead-lettered without decoding (oversize)
 	landed bool         // already in ClickHouse, from a batch that was not recorded
+	row    landedRow    // of a landed message, what the duplicate window needs
 }
 
 func (w *Worker) runGeneration(ctx context.Context, gen *kafka.Generation) {
@@ -271,8 +272,8 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 		if err != nil {
 			return err
 		}
-		seen, err = loadDedupWindow(ctx, shards, w.cfg.ClickHouse.Database, stream, partition, stream.DedupWindow.Duration,
-			w.cfg.MaxDedupIDs, w.metrics.DedupEvicted.WithLabelValues(w.cfg.Loop, stream.Name), time.Now())
+		seen, err = loadDedupWindow(ctx, shards, w.cfg.ClickHouse.Database, stream, partition, rp.offset, stream.DedupWindow.Duration,
+			w.cfg.MaxDedupIDs, w.metrics.DedupEvicted.WithLabelValues(w.cfg.Loop, stream.Name))
 		return err
 	}); err != nil {
 		return
@@ -401,8 +402,8 @@ func (pr *partitionReader) take(m kafka.Message) {
 	}
 	pr.chunk = append(pr.chunk, item{stream: pr.stream, msg: m, seen: pr.seen})
 	it := &pr.chunk[len(pr.chunk)-1]
-	if _, ok := pr.rp.landed[m.Offset]; ok {
-		it.landed = true
+	if row, ok := pr.rp.landed[m.Offset]; ok {
+		it.landed, it.row = true, row
 		delete(pr.rp.landed, m.Offset)
 		w.metrics.Discarded.WithLabelValues(w.cfg.Loop, pr.stream.Name, "already_landed").Inc()
 	} else if len(m.Value) > w.cfg.MaxMessageBytes {
@@ -459,23 +460,42 @@ type batch struct {
 		d      *Decoder
 	}
 	// pending are the rows added since the last settle whose ids are yet to be checked
-	// against their partitions' windows; dupHashes and dupFlags are settle's scratch.
+	// against their partitions' windows; dupHashes, dupTimes and dupFlags are settle's
+	// scratch.
 	pending   []pendingID
 	dupHashes []idHash
+	dupTimes  []int64
 	dupFlags  []bool
 }
 
-// pendingID is a decoded row whose id is yet to be checked against the duplicate window.
+// pendingID is a decoded row whose id is yet to be checked against the duplicate window,
+// or a row already in ClickHouse whose id the window is yet to record (landed).
 type pendingID struct {
 	seen   *dedupWindow
 	id     idHash
-	at     int64 // the time of ingestion, Unix nanoseconds
+	at     int64 // when the message was produced, Unix milliseconds
 	c      *columns
 	row    int
 	sp     *span
 	stream *StreamConfig
 	size   int // of the message
 	dup    bool
+	landed bool
+}
+
+// producedAt is when m was produced, in Unix milliseconds, for the duplicate window: its
+// Kafka timestamp, or now, the moment it is read, if that is earlier or the message has
+// no timestamp. A producer whose clock runs ahead so cannot move a partition's clock
+// past the present, which would end the window of every id stored before.
+func producedAt(m *kafka.Message, now time.Time) int64 {
+	read := now.UnixMilli()
+	if m.Time.IsZero() {
+		return read
+	}
+	if ms := m.Time.UnixMilli(); ms > 0 && ms < read {
+		return ms
+	}
+	return read
 }
 
 func newBatch(w *Worker) *batch {
@@ -510,6 +530,10 @@ func (b *batch) add(it *item, now time.Time) {
 	sp.messages++
 	b.n++
 	if it.landed {
+		if it.seen != nil {
+			// In order with the messages around it, as when it was first stored.
+			b.pending = append(b.pending, pendingID{seen: it.seen, id: it.row.id, at: it.row.at, landed: true})
+		}
 		return
 	}
 	c, d := b.last.c, b.last.d
@@ -523,6 +547,7 @@ func (b *batch) add(it *item, now time.Time) {
 			b.last.stream, b.last.c, b.last.d = it.stream, c, d
 		}
 	}
+	produced := producedAt(m, now)
 	if it.err == nil {
 		id, err := d.decodeInto(m.Value, m.Time, c)
 		switch {
@@ -539,7 +564,7 @@ func (b *batch) add(it *item, now time.Time) {
 		case it.seen != nil:
 			// Checked against the window in settle, together with the chunk's other ids,
 			// and dropped from the columns there if a duplicate.
-			b.pending = append(b.pending, pendingID{seen: it.seen, id: hashID(bytesString(id)), at: now.UnixNano(),
+			b.pending = append(b.pending, pendingID{seen: it.seen, id: hashID(bytesString(id)), at: produced,
 				c: c, row: c.n, sp: sp, stream: it.stream, size: len(m.Value)})
 		}
 	}
@@ -550,7 +575,7 @@ func (b *batch) add(it *item, now time.Time) {
 		return
 	}
 	c.appendDecoded()
-	c.appendSource(m.Topic, m.Partition, m.Offset, now, m.Time)
+	c.appendSource(m.Topic, m.Partition, m.Offset, now, produced, m.Time)
 	c.bytes += len(m.Value)
 }
 
@@ -575,17 +600,23 @@ func (b *batch) settle() {
 	}
 	dups := 0
 	for start := 0; start < len(p); {
-		// A run of ids of one window at one time; a chunk is one partition's.
+		if p[start].landed {
+			p[start].seen.store(p[start].id, p[start].at)
+			start++
+			continue
+		}
+		// A run of ids of one window; a chunk is one partition's.
 		end := start + 1
-		for end < len(p) && p[end].seen == p[start].seen && p[end].at == p[start].at {
+		for end < len(p) && p[end].seen == p[start].seen && !p[end].landed {
 			end++
 		}
-		hs, flags := b.dupHashes[:0], b.dupFlags[:0]
+		hs, ats, flags := b.dupHashes[:0], b.dupTimes[:0], b.dupFlags[:0]
 		for i := start; i < end; i++ {
 			hs = append(hs, p[i].id)
+			ats = append(ats, p[i].at)
 			flags = append(flags, false)
 		}
-		p[start].seen.check(hs, p[start].at, flags)
+		p[start].seen.check(hs, ats, flags)
 		for i, dup := range flags {
 			if dup {
 				q := &p[start+i]
@@ -596,7 +627,7 @@ func (b *batch) settle() {
 				dups++
 			}
 		}
-		b.dupHashes, b.dupFlags = hs, flags
+		b.dupHashes, b.dupTimes, b.dupFlags = hs, ats, flags
 		start = end
 	}
 	// Drop the duplicates' rows, each stream's columns from its first duplicate on (the

@@ -481,8 +481,9 @@ type StreamSpec struct {
 	// +kubebuilder:validation:MaxItems=64
 	Dimensions []Dimension `json:"dimensions,omitempty"`
 
-	// dedupWindow is how long an ingested event or plan id is remembered so that a
-	// producer's retry is not stored twice, as a duration ("1m"). Defaults to 1m.
+	// dedupWindow is how long a stored event or plan id is remembered so that a
+	// producer's retry is not stored twice, as a duration ("1m") of produce time (the
+	// messages' Kafka timestamps), whatever the consumers' lag. Defaults to 1m.
 	// +optional
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('24h')",message="dedupWindow must be a duration between 0s and 24h, e.g. \"5m\""

@@ -70,12 +70,12 @@ func TestPrintReport(t *testing.T) {
 		}
 	}
 	insert(pipeline.InsertSQL(db, cfg.Streams[0]),
-		[]any{"e1", "acme", "compute", at("2025-03-05 10:00:00"), 60.0, "u", int32(0), int64(1), now},
-		[]any{"e2", "acme", "compute", at("2025-03-20 10:00:00"), 30.0, "u", int32(0), int64(2), now},
-		[]any{"e3", "globex", "storage", at("2025-03-07 10:00:00"), 5.0, "u", int32(0), int64(3), now})
+		[]any{"e1", "acme", "compute", at("2025-03-05 10:00:00"), 60.0, "u", int32(0), int64(1), now, now.UnixMilli()},
+		[]any{"e2", "acme", "compute", at("2025-03-20 10:00:00"), 30.0, "u", int32(0), int64(2), now, now.UnixMilli()},
+		[]any{"e3", "globex", "storage", at("2025-03-07 10:00:00"), 5.0, "u", int32(0), int64(3), now, now.UnixMilli()})
 	insert(pipeline.InsertSQL(db, cfg.Streams[1]),
-		[]any{"p1", "acme", "compute", at("2025-03-01 00:00:00"), 100.0, at("2025-02-10 00:00:00"), (*float64)(nil), "p", int32(0), int64(1), now},
-		[]any{"p2", "acme", "compute", at("2025-03-01 00:00:00"), 120.0, at("2025-03-02 00:00:00"), (*float64)(nil), "p", int32(0), int64(2), now})
+		[]any{"p1", "acme", "compute", at("2025-03-01 00:00:00"), 100.0, at("2025-02-10 00:00:00"), (*float64)(nil), "p", int32(0), int64(1), now, now.UnixMilli()},
+		[]any{"p2", "acme", "compute", at("2025-03-01 00:00:00"), 120.0, at("2025-03-02 00:00:00"), (*float64)(nil), "p", int32(0), int64(2), now, now.UnixMilli()})
 
 	var out bytes.Buffer
 	if err := printReport(ctx, &out, conn, db, reportOptions{format: "json", view: "all"}); err != nil {

@@ -153,14 +153,14 @@ func (d *dataset) load(t *testing.T, ctx context.Context, addr, db string) drive
 	var usage [][]any
 	for k, a := range d.actual {
 		offset++
-		usage = append(usage, []any{fmt.Sprintf("e%d", offset), k.customer, k.product, k.period.Add(36 * time.Hour), a, "u", int32(0), offset, now})
+		usage = append(usage, []any{fmt.Sprintf("e%d", offset), k.customer, k.product, k.period.Add(36 * time.Hour), a, "u", int32(0), offset, now, now.UnixMilli()})
 	}
 	insert(cfg.Streams[0], usage)
 	var plans [][]any
 	for _, v := range d.plans {
 		offset++
 		conf := 0.5
-		plans = append(plans, []any{v.id, v.customer, v.product, v.period, v.qty, v.submitted, &conf, "p", int32(0), offset, now})
+		plans = append(plans, []any{v.id, v.customer, v.product, v.period, v.qty, v.submitted, &conf, "p", int32(0), offset, now, now.UnixMilli()})
 	}
 	insert(cfg.Streams[1], plans)
 	return conn

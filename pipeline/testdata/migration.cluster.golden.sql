@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS `acme`.`usage_raw` ON CLUSTER `customerloop`
     `_topic` String,
     `_partition` Int32,
     `_offset` Int64,
-    `_ingested_at` DateTime
+    `_ingested_at` DateTime,
+    `_produced_at_ms` Int64
 )
 ENGINE = Distributed('customerloop', 'acme', 'usage_raw_local', cityHash64(customer_id));
 

@@ -126,7 +126,8 @@ CREATE TABLE IF NOT EXISTS `acme`.`usage_raw_local` ON CLUSTER `customerloop`
     `_topic` String,
     `_partition` Int32,
     `_offset` Int64,
-    `_ingested_at` DateTime
+    `_ingested_at` DateTime,
+    `_produced_at_ms` Int64
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/customerloop/acme/usage_raw_local', '{replica}')
 PARTITION BY toYYYYMM(ts)
@@ -150,7 +151,8 @@ CREATE TABLE IF NOT EXISTS `acme`.`usage_raw` ON CLUSTER `customerloop`
     `_topic` String,
     `_partition` Int32,
     `_offset` Int64,
-    `_ingested_at` DateTime
+    `_ingested_at` DateTime,
+    `_produced_at_ms` Int64
 )
 ENGINE = Distributed('customerloop', 'acme', 'usage_raw_local', cityHash64(customer_id));
 
@@ -167,7 +169,8 @@ CREATE TABLE IF NOT EXISTS `acme`.`plans_raw_local` ON CLUSTER `customerloop`
     `_topic` String,
     `_partition` Int32,
     `_offset` Int64,
-    `_ingested_at` DateTime
+    `_ingested_at` DateTime,
+    `_produced_at_ms` Int64
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/customerloop/acme/plans_raw_local', '{replica}')
 PARTITION BY toYYYYMM(period)
@@ -186,13 +189,14 @@ CREATE TABLE IF NOT EXISTS `acme`.`plans_raw` ON CLUSTER `customerloop`
     `_topic` String,
     `_partition` Int32,
     `_offset` Int64,
-    `_ingested_at` DateTime
+    `_ingested_at` DateTime,
+    `_produced_at_ms` Int64
 )
 ENGINE = Distributed('customerloop', 'acme', 'plans_raw_local', cityHash64(customer_id));
 
 -- insert usage
-INSERT INTO `acme`.`usage_raw` (`event_id`, `customer_id`, `product`, `ts`, `quantity`, `region`, `seats`, `bytes`, `ratio`, `trial`, `signup`, `seen_at`, `_topic`, `_partition`, `_offset`, `_ingested_at`);
+INSERT INTO `acme`.`usage_raw` (`event_id`, `customer_id`, `product`, `ts`, `quantity`, `region`, `seats`, `bytes`, `ratio`, `trial`, `signup`, `seen_at`, `_topic`, `_partition`, `_offset`, `_ingested_at`, `_produced_at_ms`);
 
 -- insert plans
-INSERT INTO `acme`.`plans_raw` (`plan_id`, `customer_id`, `product`, `period`, `quantity`, `submitted_at`, `confidence`, `_topic`, `_partition`, `_offset`, `_ingested_at`);
+INSERT INTO `acme`.`plans_raw` (`plan_id`, `customer_id`, `product`, `period`, `quantity`, `submitted_at`, `confidence`, `_topic`, `_partition`, `_offset`, `_ingested_at`, `_produced_at_ms`);
 

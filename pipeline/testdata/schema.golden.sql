@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS `acme`.`usage_raw`
     `_topic` String,
     `_partition` Int32,
     `_offset` Int64,
-    `_ingested_at` DateTime
+    `_ingested_at` DateTime,
+    `_produced_at_ms` Int64
 )
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(ts)
@@ -56,15 +57,16 @@ CREATE TABLE IF NOT EXISTS `acme`.`plans_raw`
     `_topic` String,
     `_partition` Int32,
     `_offset` Int64,
-    `_ingested_at` DateTime
+    `_ingested_at` DateTime,
+    `_produced_at_ms` Int64
 )
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(period)
 ORDER BY (customer_id, product, period, submitted_at, plan_id);
 
 -- insert usage
-INSERT INTO `acme`.`usage_raw` (`event_id`, `customer_id`, `product`, `ts`, `quantity`, `region`, `seats`, `bytes`, `ratio`, `trial`, `signup`, `seen_at`, `_topic`, `_partition`, `_offset`, `_ingested_at`);
+INSERT INTO `acme`.`usage_raw` (`event_id`, `customer_id`, `product`, `ts`, `quantity`, `region`, `seats`, `bytes`, `ratio`, `trial`, `signup`, `seen_at`, `_topic`, `_partition`, `_offset`, `_ingested_at`, `_produced_at_ms`);
 
 -- insert plans
-INSERT INTO `acme`.`plans_raw` (`plan_id`, `customer_id`, `product`, `period`, `quantity`, `submitted_at`, `confidence`, `_topic`, `_partition`, `_offset`, `_ingested_at`);
+INSERT INTO `acme`.`plans_raw` (`plan_id`, `customer_id`, `product`, `period`, `quantity`, `submitted_at`, `confidence`, `_topic`, `_partition`, `_offset`, `_ingested_at`, `_produced_at_ms`);
 

@@ -553,7 +553,7 @@ func bareInsert(ctx context.Context, ch driver.Conn, db string, msgs [][]byte) (
 		if err != nil {
 			return 0, err
 		}
-		rows[i] = append(r, s.Topic, int32(0), int64(i), now)
+		rows[i] = append(r, s.Topic, int32(0), int64(i), now, now.UnixMilli())
 	}
 	start := time.Now()
 	for i := 0; i < len(rows); i += bareInsertRows {

@@ -25,20 +25,39 @@ import (
 	"customerloop.dev/customerloop/test/testkit"
 )
 
-// TestWorkerSurvivesSIGKILL kills the worker process with SIGKILL at random moments,
-// 20 times, while 200k messages (some malformed) are produced; then lets a last worker
-// finish. Every offset must land exactly once: raw rows = distinct offsets = messages
-// minus dead letters, and a materialized-view rollup equals the sums computed from what
-// was produced.
+// TestWorkerSurvivesSIGKILL runs two worker processes in one consumer group and kills one
+// of them with SIGKILL at random moments, 20 times, restarting it each time, while 200k
+// messages arrive: some malformed, and 5% followed right away by a producer's retry (the
+// same key and bytes). Meanwhile heavy queries keep the ClickHouse server busy. Then a
+// last worker finishes. Every offset must land exactly once (raw rows = distinct offsets
+// = messages minus dead letters minus retries), every retry must be dropped (each event
+// id stored once, the ledger counting each retry once as a duplicate), and a
+// materialized-view rollup equals the sums computed from what was produced.
+//
+// The stream's duplicate window is 2 s, shorter than the group takes to get over a kill,
+// so a window kept in the time of reading (as it once was) lets through retries whose
+// originals were stored before a kill: several per run. CRASH_RUNS repeats the test;
+// CRASH_BIN runs another build of the binary.
 func TestWorkerSurvivesSIGKILL(t *testing.T) {
 	requireStack(t)
+	bin := os.Getenv("CRASH_BIN")
+	if bin == "" {
+		bin = buildBinary(t)
+	}
+	runs, _ := strconv.Atoi(os.Getenv("CRASH_RUNS"))
+	for run := range max(runs, 1) {
+		t.Run(fmt.Sprintf("run%d", run+1), func(t *testing.T) { crashRun(t, bin) })
+	}
+}
+
+func crashRun(t *testing.T, bin string) {
 	const (
-		total     = 200_000
-		kills     = 20
-		badEvery  = 997
-		customers = 50
+		total      = 200_000
+		kills      = 20
+		badEvery   = 997
+		retryEvery = 20
+		customers  = 50
 	)
-	bin := buildBinary(t)
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.DefaultNumPartitions(6),
 		kfake.SeedTopics(6, "crash.usage"), kfake.AllowAutoTopicCreation(),
 		kfake.GroupMinSessionTimeout(500*time.Millisecond))
@@ -56,7 +75,8 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 		ClickHouse: pipeline.ClickHouseConfig{Addr: os.Getenv("CLICKHOUSE_ADDR"), Database: fmt.Sprintf("e2e_crash_%d", time.Now().UnixNano())},
 		Streams: []pipeline.StreamConfig{{
 			Name: "usage", Kind: pipeline.KindUsage, Topic: "crash.usage", DeadLetterTopic: "crash.usage.dlq",
-			Mapping: pipeline.Mapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts", Quantity: "qty"},
+			Mapping:     pipeline.Mapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts", Quantity: "qty"},
+			DedupWindow: pipeline.Duration{Duration: 2 * time.Second},
 		}},
 		Batch: pipeline.BatchConfig{MaxRows: 5000, MaxWait: pipeline.Duration{Duration: 200 * time.Millisecond}},
 	}
@@ -88,9 +108,10 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	wantQty, wantBad := 0.0, 0
+	wantQty, wantBad, retries := 0.0, 0, 0
 	var msgs []kafka.Message
-	for i := range total {
+	retryOf := map[int]int{} // a retry's index: its original's
+	for i := range total - total/retryEvery {
 		c := "c" + strconv.Itoa(i%customers)
 		if i%badEvery == 0 {
 			msgs = append(msgs, kafka.Message{Key: []byte(c), Value: []byte(`{"id":"broken-` + strconv.Itoa(i) + `"`)})
@@ -99,12 +120,25 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 		}
 		qty := i%13 + 1
 		wantQty += float64(qty)
-		msgs = append(msgs, kafka.Message{Key: []byte(c), Value: []byte(fmt.Sprintf(
+		m := kafka.Message{Key: []byte(c), Value: []byte(fmt.Sprintf(
 			`{"id":"e%d","customer":%q,"product":"p%d","ts":%d,"qty":%d,"note":"padding to make a realistic message of a couple hundred bytes"}`,
-			i, c, i%4, 1793449815+i, qty))})
+			i, c, i%4, 1793449815+i, qty))}
+		msgs = append(msgs, m)
+		if i%(retryEvery-1) == 1 && len(msgs) < total {
+			retryOf[len(msgs)] = len(msgs) - 1
+			msgs = append(msgs, m) // a producer's retry, right behind the original
+			retries++
+		}
 	}
-	// A slice of the messages arrives with each worker started, so that every kill lands
-	// while there is fresh data to ingest, however fast the workers drain it.
+	for len(msgs) < total { // fill up with more events, so that the total stays round
+		i := len(msgs) + total
+		c := "c" + strconv.Itoa(i%customers)
+		wantQty++
+		msgs = append(msgs, kafka.Message{Key: []byte(c), Value: []byte(fmt.Sprintf(
+			`{"id":"e%d","customer":%q,"product":"p0","ts":%d,"qty":1}`, i, c, 1793449815+i))})
+	}
+	// A slice of the messages arrives with each kill, so that every kill lands while
+	// there is fresh data to ingest, however fast the workers drain it.
 	produced, next := make(chan error, 1), make(chan struct{}, kills)
 	go func() {
 		w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: "crash.usage", Balancer: &kafka.Hash{},
@@ -114,7 +148,17 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 		for i := 0; i < len(msgs); i += per {
 			<-next
 			for j := i; j < min(i+per, len(msgs)); j += 2000 {
-				if err := w.WriteMessages(ctx, msgs[j:min(j+2000, i+per, len(msgs))]...); err != nil {
+				// Stamped as they go; a retry carries its original's timestamp, as a
+				// producer's retry of a batch does.
+				batch := msgs[j:min(j+2000, i+per, len(msgs))]
+				for k := range batch {
+					if o, ok := retryOf[j+k]; ok {
+						batch[k].Time = msgs[o].Time
+					} else {
+						batch[k].Time = time.Now()
+					}
+				}
+				if err := w.WriteMessages(ctx, batch...); err != nil {
 					produced <- err
 					return
 				}
@@ -123,19 +167,33 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 		}
 		produced <- nil
 	}()
+	// A busy server: heavy queries, one after another, until the kills are over.
+	busyCtx, stopBusy := context.WithCancel(ctx)
+	busyDone := make(chan int)
+	go func() {
+		n := 0
+		for busyCtx.Err() == nil {
+			var x uint64
+			if ch.QueryRow(busyCtx, "SELECT count() FROM numbers(100000000) WHERE cityHash64(number) % 7 = 3").Scan(&x) == nil {
+				n++
+			}
+		}
+		busyDone <- n
+	}()
 
 	logs := os.Getenv("CRASH_LOGS")
 	if logs == "" {
 		logs = t.TempDir()
 	}
 	metricsAddr := freeAddr(t)
+	logPath := func(i int) string { return filepath.Join(logs, fmt.Sprintf("worker-%02d.log", i)) }
 	start := func(i int) *exec.Cmd {
-		f, err := os.Create(filepath.Join(logs, fmt.Sprintf("worker-%02d.log", i)))
+		f, err := os.Create(logPath(i))
 		if err != nil {
 			t.Fatal(err)
 		}
 		addr := "127.0.0.1:0"
-		if i == kills {
+		if i == kills+2 {
 			addr = metricsAddr // the last worker's metrics are scraped
 		}
 		cmd := exec.Command(bin, "worker", "--config", cfgPath, "--metrics-bind-address", addr)
@@ -146,33 +204,42 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 		return cmd
 	}
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	// Two workers; each kill takes one of them, which comes back at once as a new process.
+	workers, logOf := [2]*exec.Cmd{start(0), start(1)}, [2]int{0, 1}
 	for i := range kills {
-		w := start(i)
 		next <- struct{}{}
+		k := rng.IntN(2)
 		if i%2 == 0 {
 			// Any moment: joining, rebalancing, recovering, reading or writing.
 			time.Sleep(time.Duration(200+rng.IntN(3000)) * time.Millisecond)
 		} else {
 			// A moment of ingestion: after the worker got its partitions.
-			waitForLine(t, filepath.Join(logs, fmt.Sprintf("worker-%02d.log", i)), "partitions assigned", time.Minute)
+			waitForLine(t, logPath(logOf[k]), "partitions assigned", time.Minute)
 			time.Sleep(time.Duration(rng.IntN(1500)) * time.Millisecond)
 		}
-		_ = w.Process.Signal(syscall.SIGKILL)
-		_ = w.Wait()
-		t.Logf("kill %d: %d rows, ledger at %d messages", i+1, count(t, ch, "SELECT count() FROM "+db+".usage_raw"),
+		_ = workers[k].Process.Signal(syscall.SIGKILL)
+		_ = workers[k].Wait()
+		t.Logf("kill %d (worker %d): %d rows, ledger at %d messages", i+1, logOf[k], count(t, ch, "SELECT count() FROM "+db+".usage_raw"),
 			count(t, ch, "SELECT sum(messages) FROM "+db+".customerloop_ledger"))
+		workers[k], logOf[k] = start(i+2), i+2
 	}
 	if err := <-produced; err != nil {
 		t.Fatal(err)
 	}
+	stopBusy()
+	t.Logf("the server ran %d heavy queries during the kills", <-busyDone)
+	for k := range workers {
+		_ = workers[k].Process.Signal(syscall.SIGKILL)
+		_ = workers[k].Wait()
+	}
 
-	last, lastStart := start(kills), time.Now()
-	waitForLine(t, filepath.Join(logs, fmt.Sprintf("worker-%02d.log", kills)), "partitions assigned", time.Minute)
+	last, lastStart := start(kills+2), time.Now()
+	waitForLine(t, logPath(kills+2), "partitions assigned", time.Minute)
 	deadline := time.Now().Add(3 * time.Minute)
 	for count(t, ch, "SELECT sum(messages) FROM "+db+".customerloop_ledger") < total {
 		if time.Now().After(deadline) {
 			_ = last.Process.Kill()
-			out, _ := os.ReadFile(filepath.Join(logs, fmt.Sprintf("worker-%02d.log", kills)))
+			out, _ := os.ReadFile(logPath(kills + 2))
 			t.Fatalf("the ledger did not cover all %d messages in time; last worker log:\n%s", total, out)
 		}
 		time.Sleep(250 * time.Millisecond)
@@ -194,7 +261,7 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 		t.Errorf("the last worker did not stop cleanly on SIGTERM: %v", err)
 	}
 
-	good := uint64(total - wantBad)
+	good := uint64(total - wantBad - retries)
 	if n := count(t, ch, "SELECT count() FROM "+db+".usage_raw"); n != good {
 		t.Errorf("raw rows = %d, want %d", n, good)
 	}
@@ -204,8 +271,14 @@ func TestWorkerSurvivesSIGKILL(t *testing.T) {
 	if n := count(t, ch, "SELECT count() FROM (SELECT _partition, _offset FROM "+db+".usage_raw GROUP BY _partition, _offset HAVING count() > 1)"); n != 0 {
 		t.Errorf("%d offsets are in the raw table more than once", n)
 	}
+	if n := count(t, ch, "SELECT count() FROM (SELECT event_id FROM "+db+".usage_raw GROUP BY event_id HAVING count() > 1)"); n != 0 {
+		t.Errorf("%d of the %d producer retries were stored twice", n, retries)
+	}
 	if n := count(t, ch, "SELECT sum(messages) FROM "+db+".customerloop_ledger"); n != total {
 		t.Errorf("the ledger covers %d messages, want exactly %d (no span recorded twice)", n, total)
+	}
+	if n := count(t, ch, "SELECT sum(duplicates) FROM "+db+".customerloop_ledger"); n != uint64(retries) {
+		t.Errorf("the ledger counts %d duplicates, want the %d retries", n, retries)
 	}
 	var qty float64
 	var events uint64
