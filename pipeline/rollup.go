@@ -335,7 +335,7 @@ func planRollup(ch ClickHouseConfig, streams []StreamConfig, r RollupConfig) (Ro
 		}
 		state := "_state_" + m.Name
 		out := []string{m.Name}
-		var fieldType string
+		var fieldType, argType string
 		if m.Function != FuncCount {
 			if m.Field == "" {
 				return fail("%s: %s needs a field", at, m.Function)
@@ -345,6 +345,12 @@ func planRollup(ch ClickHouseConfig, streams []StreamConfig, r RollupConfig) (Ro
 				return fail("%s: field %q is not a column of stream %s (columns: %s)", at, m.Field, s.Name, strings.Join(fields, ", "))
 			}
 			fieldType = strings.TrimSuffix(strings.TrimPrefix(t, "Nullable("), ")")
+			// The state's argument type is what the -State function makes of the
+			// column on this server (ServerFeatures.NullableStates).
+			argType = fieldType
+			if ch.Features.NullableStates {
+				argType = t
+			}
 			if m.Function != FuncUniq && !numericTypes[fieldType] {
 				var numeric []string
 				for _, f := range fields {
@@ -372,7 +378,7 @@ func planRollup(ch ClickHouseConfig, streams []StreamConfig, r RollupConfig) (Ro
 			read = append(read, "countMerge("+QuoteIdent(state)+") AS "+QuoteIdent(m.Name))
 		case FuncSum, FuncMin, FuncMax, FuncUniq:
 			fn := strings.ToLower(string(m.Function))
-			states = append(states, rollupColumn{state, "AggregateFunction(" + fn + ", " + fieldType + ")", fn + "State(" + field + ")"})
+			states = append(states, rollupColumn{state, "AggregateFunction(" + fn + ", " + argType + ")", fn + "State(" + field + ")"})
 			read = append(read, fn+"Merge("+QuoteIdent(state)+") AS "+QuoteIdent(m.Name))
 		case FuncQuantiles:
 			if len(m.Quantiles) == 0 {
@@ -385,7 +391,7 @@ func planRollup(ch ClickHouseConfig, streams []StreamConfig, r RollupConfig) (Ro
 				}
 			}
 			levels := strings.Join(m.Quantiles, ", ")
-			states = append(states, rollupColumn{state, "AggregateFunction(quantiles(" + levels + "), " + fieldType + ")",
+			states = append(states, rollupColumn{state, "AggregateFunction(quantiles(" + levels + "), " + argType + ")",
 				"quantilesState(" + levels + ")(" + field + ")"})
 			for j, q := range m.Quantiles {
 				name := m.Name + "_p" + quantileSuffix(q)
