@@ -379,7 +379,13 @@ func planRollup(ch ClickHouseConfig, streams []StreamConfig, r RollupConfig) (Ro
 		case FuncSum, FuncMin, FuncMax, FuncUniq:
 			fn := strings.ToLower(string(m.Function))
 			states = append(states, rollupColumn{state, "AggregateFunction(" + fn + ", " + argType + ")", fn + "State(" + field + ")"})
-			read = append(read, fn+"Merge("+QuoteIdent(state)+") AS "+QuoteIdent(m.Name))
+			merge := fn + "Merge(" + QuoteIdent(state) + ")"
+			if argType != fieldType && m.Function != FuncUniq {
+				// A Nullable state merges to NULL for a group whose field is always
+				// NULL; such a group reads 0, as on 18.16 (and as the README says).
+				merge = "ifNull(" + merge + ", 0)"
+			}
+			read = append(read, merge+" AS "+QuoteIdent(m.Name))
 		case FuncQuantiles:
 			if len(m.Quantiles) == 0 {
 				return fail("%s: Quantiles needs quantiles", at)
@@ -396,7 +402,11 @@ func planRollup(ch ClickHouseConfig, streams []StreamConfig, r RollupConfig) (Ro
 			for j, q := range m.Quantiles {
 				name := m.Name + "_p" + quantileSuffix(q)
 				out = append(out, name)
-				read = append(read, fmt.Sprintf("quantilesMerge(%s)(%s)[%d] AS %s", levels, QuoteIdent(state), j+1, QuoteIdent(name)))
+				merge := fmt.Sprintf("quantilesMerge(%s)(%s)[%d]", levels, QuoteIdent(state), j+1)
+				if argType != fieldType {
+					merge = "ifNull(" + merge + ", nan)" // 18.16's figure for a group of NULLs
+				}
+				read = append(read, merge+" AS "+QuoteIdent(name))
 			}
 		default:
 			return fail("%s: unknown function %q", at, m.Function)

@@ -1,9 +1,9 @@
--- rollup daily_usage version a7abc16d, read view columns: period, customer_id, product, region, events, used, smallest, largest, customers, seats_p50, seats_p99
-DROP TABLE IF EXISTS `acme`.`rollup_daily_usage_va7abc16d_mv`;
+-- rollup daily_usage version afa5faa9, read view columns: period, customer_id, product, region, events, used, smallest, largest, customers, seats_p50, seats_p99
+DROP TABLE IF EXISTS `acme`.`rollup_daily_usage_vafa5faa9_mv`;
 
-DROP TABLE IF EXISTS `acme`.`rollup_daily_usage_va7abc16d`;
+DROP TABLE IF EXISTS `acme`.`rollup_daily_usage_vafa5faa9`;
 
-CREATE TABLE IF NOT EXISTS `acme`.`rollup_daily_usage_va7abc16d`
+CREATE TABLE IF NOT EXISTS `acme`.`rollup_daily_usage_vafa5faa9`
 (
     `_period` Date,
     `customer_id` String,
@@ -21,7 +21,7 @@ ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(`_period`)
 ORDER BY (`_period`, `customer_id`, `product`, `_value_region`, `_null_region`);
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS `acme`.`rollup_daily_usage_va7abc16d_mv` TO `acme`.`rollup_daily_usage_va7abc16d` AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS `acme`.`rollup_daily_usage_vafa5faa9_mv` TO `acme`.`rollup_daily_usage_vafa5faa9` AS
 SELECT
     toDate(`ts`, 'UTC') AS `_period`,
     `customer_id`,
@@ -37,7 +37,7 @@ SELECT
 FROM `acme`.`usage_raw`
 GROUP BY `_period`, `customer_id`, `product`, `_value_region`, `_null_region`;
 
-INSERT INTO `acme`.`rollup_daily_usage_va7abc16d` (`_period`, `customer_id`, `product`, `_value_region`, `_null_region`, `_state_events`, `_state_used`, `_state_smallest`, `_state_largest`, `_state_customers`, `_state_seats`)
+INSERT INTO `acme`.`rollup_daily_usage_vafa5faa9` (`_period`, `customer_id`, `product`, `_value_region`, `_null_region`, `_state_events`, `_state_used`, `_state_smallest`, `_state_largest`, `_state_customers`, `_state_seats`)
 SELECT
     toDate(`ts`, 'UTC') AS `_period`,
     `customer_id`,
@@ -54,7 +54,7 @@ FROM `acme`.`usage_raw`
 WHERE toYYYYMM(`ts`) = 202610
 GROUP BY `_period`, `customer_id`, `product`, `_value_region`, `_null_region`;
 
-INSERT INTO `acme`.`rollup_daily_usage_va7abc16d` (`_period`, `customer_id`, `product`, `_value_region`, `_null_region`, `_state_events`, `_state_used`, `_state_smallest`, `_state_largest`, `_state_customers`, `_state_seats`)
+INSERT INTO `acme`.`rollup_daily_usage_vafa5faa9` (`_period`, `customer_id`, `product`, `_value_region`, `_null_region`, `_state_events`, `_state_used`, `_state_smallest`, `_state_largest`, `_state_customers`, `_state_seats`)
 SELECT
     toDate(`ts`, 'UTC') AS `_period`,
     `customer_id`,
@@ -84,9 +84,9 @@ SELECT
     minMerge(`_state_smallest`) AS `smallest`,
     maxMerge(`_state_largest`) AS `largest`,
     uniqMerge(`_state_customers`) AS `customers`,
-    quantilesMerge(0.5, 0.99)(`_state_seats`)[1] AS `seats_p50`,
-    quantilesMerge(0.5, 0.99)(`_state_seats`)[2] AS `seats_p99`
-FROM `acme`.`rollup_daily_usage_va7abc16d`
+    ifNull(quantilesMerge(0.5, 0.99)(`_state_seats`)[1], nan) AS `seats_p50`,
+    ifNull(quantilesMerge(0.5, 0.99)(`_state_seats`)[2], nan) AS `seats_p99`
+FROM `acme`.`rollup_daily_usage_vafa5faa9`
 GROUP BY `_period`, `customer_id`, `product`, `_value_region`, `_null_region`;
 
 -- rollup hourly version e6b2ca0d, read view columns: period, events
@@ -167,12 +167,12 @@ SELECT
 FROM `acme`.`rollup_weekly_trials_va81b3de4`
 GROUP BY `_period`, `trial`;
 
--- rollup monthly_plans version 62657ffb, read view columns: period, customer_id, planned, confidence
-DROP TABLE IF EXISTS `acme`.`rollup_monthly_plans_v62657ffb_mv`;
+-- rollup monthly_plans version 104ee89f, read view columns: period, customer_id, planned, confidence
+DROP TABLE IF EXISTS `acme`.`rollup_monthly_plans_v104ee89f_mv`;
 
-DROP TABLE IF EXISTS `acme`.`rollup_monthly_plans_v62657ffb`;
+DROP TABLE IF EXISTS `acme`.`rollup_monthly_plans_v104ee89f`;
 
-CREATE TABLE IF NOT EXISTS `acme`.`rollup_monthly_plans_v62657ffb`
+CREATE TABLE IF NOT EXISTS `acme`.`rollup_monthly_plans_v104ee89f`
 (
     `_period` Date,
     `customer_id` String,
@@ -183,7 +183,7 @@ ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(`_period`)
 ORDER BY (`_period`, `customer_id`);
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS `acme`.`rollup_monthly_plans_v62657ffb_mv` TO `acme`.`rollup_monthly_plans_v62657ffb` AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS `acme`.`rollup_monthly_plans_v104ee89f_mv` TO `acme`.`rollup_monthly_plans_v104ee89f` AS
 SELECT
     toStartOfMonth(`period`) AS `_period`,
     `customer_id`,
@@ -192,7 +192,7 @@ SELECT
 FROM `acme`.`plans_raw`
 GROUP BY `_period`, `customer_id`;
 
-INSERT INTO `acme`.`rollup_monthly_plans_v62657ffb` (`_period`, `customer_id`, `_state_planned`, `_state_confidence`)
+INSERT INTO `acme`.`rollup_monthly_plans_v104ee89f` (`_period`, `customer_id`, `_state_planned`, `_state_confidence`)
 SELECT
     toStartOfMonth(`period`) AS `_period`,
     `customer_id`,
@@ -208,7 +208,7 @@ SELECT
     `_period` AS `period`,
     `customer_id`,
     sumMerge(`_state_planned`) AS `planned`,
-    maxMerge(`_state_confidence`) AS `confidence`
-FROM `acme`.`rollup_monthly_plans_v62657ffb`
+    ifNull(maxMerge(`_state_confidence`), 0) AS `confidence`
+FROM `acme`.`rollup_monthly_plans_v104ee89f`
 GROUP BY `_period`, `customer_id`;
 
