@@ -98,6 +98,10 @@ cluster: ## Start (or reuse) the local three-node ClickHouse cluster with ZooKee
 cluster-stop: ## Stop the local ClickHouse cluster and its ZooKeeper.
 	hack/clickhouse-cluster.sh stop
 
+.PHONY: chdb
+chdb: ## Provide ClickHouse 26.x as chdb's in-process library (downloaded once, then cached); prints its path.
+	hack/chdb.sh
+
 .PHONY: control-plane
 control-plane: $(SETUP_ENVTEST) ## Provide etcd and kube-apiserver for envtest (built once, then cached).
 	SETUP_ENVTEST=$(SETUP_ENVTEST) ENVTEST_K8S_VERSION=$(ENVTEST_K8S_VERSION) hack/envtest.sh
@@ -118,6 +122,11 @@ STACK = \
 	assets=$$(SETUP_ENVTEST=$(SETUP_ENVTEST) ENVTEST_K8S_VERSION=$(ENVTEST_K8S_VERSION) hack/envtest.sh); \
 	export KUBEBUILDER_ASSETS=$$assets;
 
+# ClickHouse 26.x for test/modern, which runs the planners' SQL on it and on 18.16. The
+# first run downloads ~178 MB from the npm registry; later runs use the cache.
+CHDB_ENV = \
+	chdb_lib=$$(hack/chdb.sh); export CHDB_LIB_PATH=$$chdb_lib;
+
 ##@ Build, test, run
 
 .PHONY: build
@@ -126,7 +135,7 @@ build: ## Build bin/customerloop.
 
 .PHONY: test
 test: verify lint $(SETUP_ENVTEST) $(HELM) ## Provision the stack and run every test against it.
-	$(STACK) CUSTOMERLOOP_REQUIRE_STACK=1 HELM=$(HELM) go test -count=1 ./...
+	$(STACK) $(CHDB_ENV) CUSTOMERLOOP_REQUIRE_STACK=1 HELM=$(HELM) go test -count=1 ./...
 	for f in FuzzDecode FuzzDDLPlanners FuzzParseConsent; do go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./pipeline || exit 1; done
 	$(STACK) CUSTOMERLOOP_REQUIRE_STACK=1 go test -race -count=1 -run '$(RACE_TESTS)' ./pipeline
 

@@ -33,6 +33,10 @@ func (r *CustomerLoopReconciler) reconcileConsent(ctx context.Context, loop *loo
 		return false, err
 	}
 	defer conn.Close()
+	// The rollups rebuilt after a withdrawal are planned for this server.
+	if cfg.ClickHouse.Features, err = pipeline.ReadServerFeatures(ctx, conn); err != nil {
+		return false, err
+	}
 	if _, err := pipeline.PullConsent(ctx, conn, cfg); err != nil {
 		return false, fmt.Errorf("consent topic %s: %w", cfg.Consent.Topic, err)
 	}

@@ -158,8 +158,7 @@ func (r *CustomerLoopReconciler) reconcileFeedback(ctx context.Context, loop *lo
 	if fc == nil {
 		return nil
 	}
-	stmts, err := pipeline.PlanFeedback(*fc)
-	if err != nil {
+	if _, err := pipeline.PlanFeedback(*fc); err != nil {
 		obs.schemaErr, obs.schemaReady = &specError{msg: err.Error()}, false
 		return obs.schemaErr
 	}
@@ -169,6 +168,16 @@ func (r *CustomerLoopReconciler) reconcileFeedback(ctx context.Context, loop *lo
 		return err
 	}
 	defer conn.Close()
+	// Modern servers need the views' joined subqueries named; 18.16's views stay as they were.
+	if fc.Features, err = pipeline.ReadServerFeatures(ctx, conn); err != nil {
+		obs.schemaErr, obs.schemaReady = err, false
+		return err
+	}
+	stmts, err := pipeline.PlanFeedback(*fc)
+	if err != nil {
+		obs.schemaErr, obs.schemaReady = &specError{msg: err.Error()}, false
+		return obs.schemaErr
+	}
 	if fc.Cluster == "" {
 		err = pipeline.ApplyFeedback(ctx, conn, fc.Database, stmts)
 	} else {
@@ -312,6 +321,9 @@ func (r *CustomerLoopReconciler) dropTables(ctx context.Context, loop *loopsv1al
 		return err
 	}
 	defer conn.Close()
+	if cfg.ClickHouse.Features, err = pipeline.ReadServerFeatures(ctx, conn); err != nil {
+		return err
+	}
 	if err := pipeline.ApplySchema(ctx, conn, pipeline.PlanDrop(cfg)); err != nil {
 		return err
 	}

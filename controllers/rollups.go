@@ -42,8 +42,9 @@ func rollupConfigs(loop *loopsv1alpha1.CustomerLoop) []pipeline.RollupConfig {
 // exists). It returns false while the workers are still stopping: the caller leaves
 // them stopped and comes back.
 func (r *CustomerLoopReconciler) reconcileRollups(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config, obs *observation) (bool, error) {
-	plans, err := pipeline.PlanRollups(cfg)
-	if err != nil {
+	// A definition that does not fit its stream is reported whether or not ClickHouse
+	// answers; what is built is planned for the server's features.
+	if _, err := pipeline.PlanRollups(cfg); err != nil {
 		obs.schemaErr, obs.schemaReady = err, false
 		return false, err
 	}
@@ -53,6 +54,15 @@ func (r *CustomerLoopReconciler) reconcileRollups(ctx context.Context, loop *loo
 		return false, err
 	}
 	defer conn.Close()
+	if cfg.ClickHouse.Features, err = pipeline.ReadServerFeatures(ctx, conn); err != nil {
+		obs.schemaErr, obs.schemaReady = err, false
+		return false, err
+	}
+	plans, err := pipeline.PlanRollups(cfg)
+	if err != nil {
+		obs.schemaErr, obs.schemaReady = err, false
+		return false, err
+	}
 	key := types.NamespacedName{Namespace: loop.Namespace, Name: loop.Name}
 	var waiting string
 	quiesce := func(rebuild []string) (bool, error) {

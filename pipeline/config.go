@@ -102,6 +102,9 @@ type ClickHouseConfig struct {
 	// the public name, and reads that exactly-once depends on go to a synced replica of
 	// every shard. See cluster.go.
 	Cluster string `json:"cluster,omitempty"`
+	// Features is what the server supports beyond 18.16 (ReadServerFeatures): the
+	// controller reads it before planning rollups. It is not part of the spec.
+	Features ServerFeatures `json:"-"`
 }
 
 // StreamConfig is one topic of customer data.

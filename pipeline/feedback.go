@@ -31,6 +31,9 @@ type FeedbackConfig struct {
 	// (ClickHouseConfig.Cluster): the views are created on every node, over the
 	// Distributed tables, which the table names above then are.
 	Cluster string `json:"cluster,omitempty"`
+	// Features is what the server supports beyond 18.16 (ReadServerFeatures); the
+	// controller reads it before planning the views.
+	Features ServerFeatures `json:"-"`
 }
 
 // The views the feedback loop hands to product teams, in the loop's database. Every
@@ -133,6 +136,12 @@ func PlanFeedback(cfg FeedbackConfig) ([]FeedbackStatement, error) {
 	planPeriod, planIndex := g.periodSQL("p_period", true)
 	_, submittedIndex := g.periodSQL("p_submitted_at", false)
 	current, _ := g.periodSQL("now()", false)
+	// The joined subqueries are named where the server requires it; on 18.16 the views
+	// stay as they were, so that their fingerprints do not change.
+	planSide, actualSide := "", ""
+	if cfg.Features.SubqueryAliases {
+		planSide, actualSide = " AS plans", " AS actuals"
+	}
 
 	bodies := map[string]string{
 		ViewActuals: `SELECT customer_id, product, ` + eventPeriod + ` AS period,
@@ -168,11 +177,11 @@ FROM
         countIf(horizon >= 1) AS versions_before
     FROM ` + view(ViewPlanVersions) + `
     GROUP BY customer_id, product, period
-)
+)` + planSide + `
 ALL FULL OUTER JOIN
 (
     SELECT customer_id, product, period, actual, events FROM ` + view(ViewActuals) + `
-) USING (customer_id, product, period)`,
+)` + actualSide + ` USING (customer_id, product, period)`,
 
 		ViewAccuracy: `SELECT product, horizon, count() AS n, sum(p) AS planned, sum(a) AS actual,
     if(sum(a) > 0, sum(p - a) / sum(a), NULL) AS bias,
@@ -183,11 +192,11 @@ FROM
     FROM ` + view(ViewPlanVersions) + `
     WHERE horizon >= 0 AND period < ` + current + `
     GROUP BY customer_id, product, period, horizon
-)
+)` + planSide + `
 ALL LEFT JOIN
 (
     SELECT customer_id, product, period, actual AS a FROM ` + view(ViewActuals) + `
-) USING (customer_id, product, period)
+)` + actualSide + ` USING (customer_id, product, period)
 GROUP BY product, horizon
 ORDER BY product, horizon`,
 	}

@@ -29,7 +29,7 @@ func feedbackConfig(db string) (Config, FeedbackConfig) {
 }
 
 func TestPlanFeedbackGolden(t *testing.T) {
-	testPlanFeedbackGolden(t, "", "feedback.golden.sql")
+	testPlanFeedbackGolden(t, "", ServerFeatures{}, "feedback.golden.sql")
 	if _, err := PlanFeedback(FeedbackConfig{Database: "a`b", UsageTable: "u", PlanTable: "p", Grain: GrainMonth}); err == nil {
 		t.Error("an invalid database name was accepted")
 	}
@@ -41,7 +41,7 @@ func TestPlanFeedbackGolden(t *testing.T) {
 // TestPlanFeedbackClusterGolden: on a cluster the same views (same fingerprints) are
 // created ON CLUSTER over the Distributed table names.
 func TestPlanFeedbackClusterGolden(t *testing.T) {
-	testPlanFeedbackGolden(t, "analytics", "feedback.cluster.golden.sql")
+	testPlanFeedbackGolden(t, "analytics", ServerFeatures{}, "feedback.cluster.golden.sql")
 	_, fc := feedbackConfig("acme")
 	single, _ := PlanFeedback(fc)
 	fc.Cluster = "analytics"
@@ -53,10 +53,16 @@ func TestPlanFeedbackClusterGolden(t *testing.T) {
 	}
 }
 
-func testPlanFeedbackGolden(t *testing.T, cluster, file string) {
+// TestPlanFeedbackModernGolden: a server that requires aliases on joined subqueries
+// (every modern ClickHouse) gets them; test/modern runs these views on 26.x.
+func TestPlanFeedbackModernGolden(t *testing.T) {
+	testPlanFeedbackGolden(t, "", ServerFeatures{SubqueryAliases: true}, "feedback.modern.golden.sql")
+}
+
+func testPlanFeedbackGolden(t *testing.T, cluster string, f ServerFeatures, file string) {
 	t.Helper()
 	_, fc := feedbackConfig("acme")
-	fc.Cluster = cluster
+	fc.Cluster, fc.Features = cluster, f
 	var b strings.Builder
 	for _, g := range []Grain{GrainMonth, GrainWeek} {
 		fc.Grain = g

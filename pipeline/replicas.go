@@ -311,7 +311,7 @@ func (w *Worker) insertContext(ctx context.Context, batchID, table string, rows 
 	}
 	f := w.features.Load()
 	if f == nil {
-		read, err := readServerFeatures(ctx, w.ch)
+		read, err := ReadServerFeatures(ctx, w.ch)
 		if err != nil {
 			return nil, err
 		}
@@ -332,28 +332,12 @@ func (s *replicaSet) close() error {
 	return errors.Join(errs...)
 }
 
-// serverFeatures is what the loop's server supports beyond 18.16.
-type serverFeatures struct {
-	// dedupToken: the insert_deduplication_token setting (servers from 22.2 on).
-	dedupToken bool
-}
-
-// readServerFeatures asks the server which of the settings CustomerLoop may use it knows,
-// rather than inferring that from its version.
-func readServerFeatures(ctx context.Context, conn driver.Conn) (serverFeatures, error) {
-	var n uint64
-	if err := conn.QueryRow(ctx, "SELECT count() FROM system.settings WHERE name = 'insert_deduplication_token'").Scan(&n); err != nil {
-		return serverFeatures{}, fmt.Errorf("reading the server's settings: %w", err)
-	}
-	return serverFeatures{dedupToken: n > 0}, nil
-}
-
 // clusterInsertSettings are the settings of an insert into a Distributed table. 18.16
 // takes settings from the client only as ints and bools; the token, a string, goes only to
 // servers that have it.
-func clusterInsertSettings(f serverFeatures, token string) clickhouse.Settings {
+func clusterInsertSettings(f ServerFeatures, token string) clickhouse.Settings {
 	s := clickhouse.Settings{"insert_distributed_sync": 1}
-	if f.dedupToken && token != "" {
+	if f.DedupToken && token != "" {
 		s["insert_deduplication_token"] = token
 	}
 	return s

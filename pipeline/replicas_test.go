@@ -62,13 +62,13 @@ func TestLedgerEndMergeIgnoresShardsWithoutEntries(t *testing.T) {
 func TestClusterInsertSettingsPerServer(t *testing.T) {
 	cases := []struct {
 		name     string
-		features serverFeatures
+		features ServerFeatures
 		want     clickhouse.Settings
 	}{
 		{"18.16: synchronous distributed inserts only, no string setting",
-			serverFeatures{}, clickhouse.Settings{"insert_distributed_sync": 1}},
+			ServerFeatures{}, clickhouse.Settings{"insert_distributed_sync": 1}},
 		{"a server with deduplication tokens",
-			serverFeatures{dedupToken: true}, clickhouse.Settings{"insert_distributed_sync": 1, "insert_deduplication_token": "b1/usage_raw/500"}},
+			ServerFeatures{DedupToken: true}, clickhouse.Settings{"insert_distributed_sync": 1, "insert_deduplication_token": "b1/usage_raw/500"}},
 	}
 	for _, c := range cases {
 		if got := clusterInsertSettings(c.features, insertToken("b1", "usage_raw", 500)); !reflect.DeepEqual(got, c.want) {

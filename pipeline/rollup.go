@@ -335,7 +335,7 @@ func planRollup(ch ClickHouseConfig, streams []StreamConfig, r RollupConfig) (Ro
 		}
 		state := "_state_" + m.Name
 		out := []string{m.Name}
-		var fieldType string
+		var fieldType, argType string
 		if m.Function != FuncCount {
 			if m.Field == "" {
 				return fail("%s: %s needs a field", at, m.Function)
@@ -345,6 +345,12 @@ func planRollup(ch ClickHouseConfig, streams []StreamConfig, r RollupConfig) (Ro
 				return fail("%s: field %q is not a column of stream %s (columns: %s)", at, m.Field, s.Name, strings.Join(fields, ", "))
 			}
 			fieldType = strings.TrimSuffix(strings.TrimPrefix(t, "Nullable("), ")")
+			// The state's argument type is what the -State function makes of the
+			// column on this server (ServerFeatures.NullableStates).
+			argType = fieldType
+			if ch.Features.NullableStates {
+				argType = t
+			}
 			if m.Function != FuncUniq && !numericTypes[fieldType] {
 				var numeric []string
 				for _, f := range fields {
@@ -372,8 +378,14 @@ func planRollup(ch ClickHouseConfig, streams []StreamConfig, r RollupConfig) (Ro
 			read = append(read, "countMerge("+QuoteIdent(state)+") AS "+QuoteIdent(m.Name))
 		case FuncSum, FuncMin, FuncMax, FuncUniq:
 			fn := strings.ToLower(string(m.Function))
-			states = append(states, rollupColumn{state, "AggregateFunction(" + fn + ", " + fieldType + ")", fn + "State(" + field + ")"})
-			read = append(read, fn+"Merge("+QuoteIdent(state)+") AS "+QuoteIdent(m.Name))
+			states = append(states, rollupColumn{state, "AggregateFunction(" + fn + ", " + argType + ")", fn + "State(" + field + ")"})
+			merge := fn + "Merge(" + QuoteIdent(state) + ")"
+			if argType != fieldType && m.Function != FuncUniq {
+				// A Nullable state merges to NULL for a group whose field is always
+				// NULL; such a group reads 0, as on 18.16 (and as the README says).
+				merge = "ifNull(" + merge + ", 0)"
+			}
+			read = append(read, merge+" AS "+QuoteIdent(m.Name))
 		case FuncQuantiles:
 			if len(m.Quantiles) == 0 {
 				return fail("%s: Quantiles needs quantiles", at)
@@ -385,12 +397,16 @@ func planRollup(ch ClickHouseConfig, streams []StreamConfig, r RollupConfig) (Ro
 				}
 			}
 			levels := strings.Join(m.Quantiles, ", ")
-			states = append(states, rollupColumn{state, "AggregateFunction(quantiles(" + levels + "), " + fieldType + ")",
+			states = append(states, rollupColumn{state, "AggregateFunction(quantiles(" + levels + "), " + argType + ")",
 				"quantilesState(" + levels + ")(" + field + ")"})
 			for j, q := range m.Quantiles {
 				name := m.Name + "_p" + quantileSuffix(q)
 				out = append(out, name)
-				read = append(read, fmt.Sprintf("quantilesMerge(%s)(%s)[%d] AS %s", levels, QuoteIdent(state), j+1, QuoteIdent(name)))
+				merge := fmt.Sprintf("quantilesMerge(%s)(%s)[%d]", levels, QuoteIdent(state), j+1)
+				if argType != fieldType {
+					merge = "ifNull(" + merge + ", nan)" // 18.16's figure for a group of NULLs
+				}
+				read = append(read, merge+" AS "+QuoteIdent(name))
 			}
 		default:
 			return fail("%s: unknown function %q", at, m.Function)

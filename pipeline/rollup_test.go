@@ -47,6 +47,24 @@ func TestPlanRollupsGolden(t *testing.T) {
 	testPlanRollupsGolden(t, rollupConfig(), "rollup.golden.sql")
 }
 
+// TestPlanRollupsModernGolden: on a server whose -State of a Nullable column keeps the
+// Nullable in its type (every modern ClickHouse), the state columns of nullable fields
+// say so, or the materialized view cannot write them (code 70); test/modern runs these
+// statements on 26.x. Rollups without a nullable field are the same on every server.
+func TestPlanRollupsModernGolden(t *testing.T) {
+	cfg := rollupConfig()
+	cfg.ClickHouse.Features = ServerFeatures{NullableStates: true}
+	testPlanRollupsGolden(t, cfg, "rollup.modern.golden.sql")
+	old, _ := PlanRollups(rollupConfig())
+	modern, _ := PlanRollups(cfg)
+	for i, p := range modern {
+		nullableField := p.Name == "daily_usage" || p.Name == "monthly_plans"
+		if same := p.Version == old[i].Version; same == nullableField {
+			t.Errorf("rollup %s: version %s on a modern server, %s on 18.16", p.Name, p.Version, old[i].Version)
+		}
+	}
+}
+
 // TestPlanRollupsClusterGolden: on a cluster every version is a Replicated local table
 // behind a Distributed table, created and dropped ON CLUSTER; the materialized views read
 // the raw local tables and write the local version tables; backfills and read views go

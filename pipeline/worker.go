@@ -34,7 +34,7 @@ type Worker struct {
 	// replicas reaches every replica for the reads exactly-once depends on; nil without a
 	// cluster. features is read from the server at the first insert on a cluster.
 	replicas *replicaSet
-	features atomic.Pointer[serverFeatures]
+	features atomic.Pointer[ServerFeatures]
 	// consent is the consent state the current generation ingests under; nil without
 	// a consent stream.
 	consent atomic.Pointer[ConsentState]

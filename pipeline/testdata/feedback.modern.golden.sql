@@ -1,0 +1,136 @@
+-- Month acme.feedback_actuals
+CREATE VIEW IF NOT EXISTS `acme`.`feedback_actuals` AS
+SELECT customer_id, product, toStartOfMonth(ts, 'UTC') AS period,
+    sum(quantity) AS actual, count() AS events, max(ts) AS last_event_at
+FROM `acme`.`usage_raw`
+WHERE 'customerloop:b957935a734a' != ''
+GROUP BY customer_id, product, period;
+
+-- Month acme.feedback_plan_versions
+CREATE VIEW IF NOT EXISTS `acme`.`feedback_plan_versions` AS
+SELECT plan_id, p_customer_id AS customer_id, p_product AS product,
+    toStartOfMonth(p_period) AS period, p_quantity AS quantity, p_submitted_at AS submitted_at,
+    p_confidence AS confidence, toRelativeMonthNum(p_period) - toRelativeMonthNum(p_submitted_at, 'UTC') AS horizon
+FROM
+(
+    SELECT plan_id,
+        argMax(customer_id, _offset) AS p_customer_id, argMax(product, _offset) AS p_product,
+        argMax(period, _offset) AS p_period, argMax(quantity, _offset) AS p_quantity,
+        argMax(submitted_at, _offset) AS p_submitted_at, argMax(confidence, _offset) AS p_confidence
+    FROM `acme`.`plans_raw`
+    GROUP BY plan_id
+)
+WHERE 'customerloop:922478685c4e' != '';
+
+-- Month acme.feedback_gaps
+CREATE VIEW IF NOT EXISTS `acme`.`feedback_gaps` AS
+SELECT customer_id, product, period,
+    if(versions > 0, planned, NULL) AS planned_latest,
+    if(versions_before > 0, planned_before, NULL) AS planned_at_start,
+    versions, actual, events,
+    if(versions > 0, actual - planned, NULL) AS gap,
+    if(versions > 0 AND planned != 0, (actual - planned) / planned, NULL) AS gap_ratio,
+    if(versions > 0 AND planned != 0, actual / planned, NULL) AS consumed_share
+FROM
+(
+    SELECT customer_id, product, period,
+        argMax(quantity, (submitted_at, plan_id)) AS planned, count() AS versions,
+        argMaxIf(quantity, (submitted_at, plan_id), horizon >= 1) AS planned_before,
+        countIf(horizon >= 1) AS versions_before
+    FROM `acme`.`feedback_plan_versions`
+    GROUP BY customer_id, product, period
+) AS plans
+ALL FULL OUTER JOIN
+(
+    SELECT customer_id, product, period, actual, events FROM `acme`.`feedback_actuals`
+) AS actuals USING (customer_id, product, period)
+WHERE 'customerloop:89c987ec326f' != '';
+
+-- Month acme.feedback_accuracy
+CREATE VIEW IF NOT EXISTS `acme`.`feedback_accuracy` AS
+SELECT product, horizon, count() AS n, sum(p) AS planned, sum(a) AS actual,
+    if(sum(a) > 0, sum(p - a) / sum(a), NULL) AS bias,
+    if(sum(a) > 0, sum(abs(p - a)) / sum(a), NULL) AS wape
+FROM
+(
+    SELECT customer_id, product, period, horizon, argMax(quantity, (submitted_at, plan_id)) AS p
+    FROM `acme`.`feedback_plan_versions`
+    WHERE horizon >= 0 AND period < toStartOfMonth(now(), 'UTC')
+    GROUP BY customer_id, product, period, horizon
+) AS plans
+ALL LEFT JOIN
+(
+    SELECT customer_id, product, period, actual AS a FROM `acme`.`feedback_actuals`
+) AS actuals USING (customer_id, product, period)
+WHERE 'customerloop:4313b0c387c3' != ''
+GROUP BY product, horizon
+ORDER BY product, horizon;
+
+-- Week acme.feedback_actuals
+CREATE VIEW IF NOT EXISTS `acme`.`feedback_actuals` AS
+SELECT customer_id, product, toMonday(ts, 'UTC') AS period,
+    sum(quantity) AS actual, count() AS events, max(ts) AS last_event_at
+FROM `acme`.`usage_raw`
+WHERE 'customerloop:d2ce69a814c8' != ''
+GROUP BY customer_id, product, period;
+
+-- Week acme.feedback_plan_versions
+CREATE VIEW IF NOT EXISTS `acme`.`feedback_plan_versions` AS
+SELECT plan_id, p_customer_id AS customer_id, p_product AS product,
+    toMonday(p_period) AS period, p_quantity AS quantity, p_submitted_at AS submitted_at,
+    p_confidence AS confidence, toRelativeWeekNum(p_period) - toRelativeWeekNum(p_submitted_at, 'UTC') AS horizon
+FROM
+(
+    SELECT plan_id,
+        argMax(customer_id, _offset) AS p_customer_id, argMax(product, _offset) AS p_product,
+        argMax(period, _offset) AS p_period, argMax(quantity, _offset) AS p_quantity,
+        argMax(submitted_at, _offset) AS p_submitted_at, argMax(confidence, _offset) AS p_confidence
+    FROM `acme`.`plans_raw`
+    GROUP BY plan_id
+)
+WHERE 'customerloop:774b3a970a84' != '';
+
+-- Week acme.feedback_gaps
+CREATE VIEW IF NOT EXISTS `acme`.`feedback_gaps` AS
+SELECT customer_id, product, period,
+    if(versions > 0, planned, NULL) AS planned_latest,
+    if(versions_before > 0, planned_before, NULL) AS planned_at_start,
+    versions, actual, events,
+    if(versions > 0, actual - planned, NULL) AS gap,
+    if(versions > 0 AND planned != 0, (actual - planned) / planned, NULL) AS gap_ratio,
+    if(versions > 0 AND planned != 0, actual / planned, NULL) AS consumed_share
+FROM
+(
+    SELECT customer_id, product, period,
+        argMax(quantity, (submitted_at, plan_id)) AS planned, count() AS versions,
+        argMaxIf(quantity, (submitted_at, plan_id), horizon >= 1) AS planned_before,
+        countIf(horizon >= 1) AS versions_before
+    FROM `acme`.`feedback_plan_versions`
+    GROUP BY customer_id, product, period
+) AS plans
+ALL FULL OUTER JOIN
+(
+    SELECT customer_id, product, period, actual, events FROM `acme`.`feedback_actuals`
+) AS actuals USING (customer_id, product, period)
+WHERE 'customerloop:89c987ec326f' != '';
+
+-- Week acme.feedback_accuracy
+CREATE VIEW IF NOT EXISTS `acme`.`feedback_accuracy` AS
+SELECT product, horizon, count() AS n, sum(p) AS planned, sum(a) AS actual,
+    if(sum(a) > 0, sum(p - a) / sum(a), NULL) AS bias,
+    if(sum(a) > 0, sum(abs(p - a)) / sum(a), NULL) AS wape
+FROM
+(
+    SELECT customer_id, product, period, horizon, argMax(quantity, (submitted_at, plan_id)) AS p
+    FROM `acme`.`feedback_plan_versions`
+    WHERE horizon >= 0 AND period < toMonday(now(), 'UTC')
+    GROUP BY customer_id, product, period, horizon
+) AS plans
+ALL LEFT JOIN
+(
+    SELECT customer_id, product, period, actual AS a FROM `acme`.`feedback_actuals`
+) AS actuals USING (customer_id, product, period)
+WHERE 'customerloop:b610ce5c9912' != ''
+GROUP BY product, horizon
+ORDER BY product, horizon;
+
