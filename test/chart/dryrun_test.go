@@ -22,8 +22,9 @@ const samplesNamespace = "samples"
 // config/default and config/samples, and each sample file, applied with a server-side
 // dry run. Apply validates strictly, so a misspelt or misplaced field fails as well as
 // an invalid value; CustomerLoops go through the CRD's OpenAPI schema and CEL rules.
-// The ServiceMonitor and PodMonitor go through stand-in CRDs (testdata/crds) that check
-// their kind and metadata, not the Prometheus Operator's schema.
+// The ServiceMonitor, PodMonitor and PrometheusRule go through stand-in CRDs
+// (testdata/crds) that check their kind and metadata, not the Prometheus Operator's
+// schema.
 func TestServerSideDryRun(t *testing.T) {
 	c := newClient(t)
 	ensureNamespace(t, c, namespace)
