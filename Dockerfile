@@ -18,6 +18,11 @@ RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/cache/go-bu
     go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/customerloop ./cmd/customerloop
 
 FROM gcr.io/distroless/static:nonroot
+ARG VERSION=dev
+LABEL org.opencontainers.image.title="customerloop" \
+      org.opencontainers.image.description="CustomerLoop: customers' usage events and plans from Kafka into ClickHouse, and plan against actual back to product teams" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}"
 COPY --from=build /out/customerloop /customerloop
 # The numeric user lets the kubelet check runAsNonRoot without resolving a name.
 USER 65532:65532

@@ -26,7 +26,6 @@ const (
 	workerConfigFile  = "config.json"
 	workerCADir       = "/etc/customerloop/kafka-ca"
 	workerMetricsPort = 8080
-	workerUID         = 65532
 
 	// ChecksumAnnotation on the pod template changes with the worker config and the
 	// referenced Secrets' data, so that either rolls the pods.
@@ -131,14 +130,13 @@ func secretEnv(name, secret, key string) corev1.EnvVar {
 }
 
 // buildWorkerDeployment runs the loop's workers: "customerloop worker" pods in one
-// consumer group, non-root on a read-only root filesystem, with credentials from the
+// consumer group, non-root (any UID) on a read-only root filesystem, with credentials from the
 // loop's Secrets and metrics on a named port.
 //
 // defaults are the resources of workers whose loop sets none (the manager's
 // --worker-resources).
 func buildWorkerDeployment(loop *loopsv1alpha1.CustomerLoop, image, checksum string, defaults corev1.ResourceRequirements) *appsv1.Deployment {
 	yes, no := true, false
-	uid := int64(workerUID)
 	replicas := loop.GetReplicas()
 	labels := workerLabels(loop)
 
@@ -200,8 +198,10 @@ func buildWorkerDeployment(loop *loopsv1alpha1.CustomerLoop, image, checksum str
 				},
 				Spec: corev1.PodSpec{
 					AutomountServiceAccountToken: &no,
+					// No fixed UID: the image's numeric USER runs on plain Kubernetes, and
+					// OpenShift's restricted SCC assigns one of the namespace's range.
 					SecurityContext: &corev1.PodSecurityContext{
-						RunAsNonRoot: &yes, RunAsUser: &uid, RunAsGroup: &uid,
+						RunAsNonRoot:   &yes,
 						SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 					},
 					// A worker flushes and commits what it holds before it leaves its group.

@@ -159,11 +159,13 @@ func (r *CustomerLoopReconciler) reconcileDigests(ctx context.Context, loop *loo
 			e.status = *before.DeepCopy()
 		}
 		r.digests.put(key, e)
+		startDigestMetrics(loop.Namespace, loop.Name)
 	}
 	now := time.Now()
 	if !now.Before(e.next) {
 		e.next = now.Add(interval)
 		res, err := e.pub.PublishOnce(ctx)
+		recordDigestRound(loop.Namespace, loop.Name, err)
 		if err != nil {
 			e.status.Message = err.Error()
 			log.FromContext(ctx).Error(err, "publishing digests", "topic", dc.Topic)

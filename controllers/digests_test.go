@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	eventsv1 "k8s.io/api/events/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -135,6 +136,14 @@ func TestFeedbackDigests(t *testing.T) {
 			f.CustomersWithPlans == 2 && f.WAPE == "0.3750" && f.DigestsPublished >= 4 && f.Message == "" &&
 			slices.Contains(l.Status.Objects, loop.Spec.ClickHouse.Database+"."+pipeline.DigestTable), fmt.Sprintf("%+v", *f)
 	})
+
+	// The rounds are counted for alerts: some succeeded (the digests are there), none failed.
+	if got := testutil.ToFloat64(digestRounds.WithLabelValues(loop.Namespace, loop.Name, digestSuccess)); got < 1 {
+		t.Errorf("%s rounds counted as succeeded: %v, want at least 1", loop.Name, got)
+	}
+	if got := testutil.ToFloat64(digestRounds.WithLabelValues(loop.Namespace, loop.Name, digestFailure)); got != 0 {
+		t.Errorf("%s rounds counted as failed: %v, want 0", loop.Name, got)
+	}
 
 	// The manager's dashboard lists the loop and reads its figures with the Secret's
 	// credentials.

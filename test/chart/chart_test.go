@@ -50,6 +50,8 @@ var valueSets = []struct {
 	{name: "default"},
 	// Deployment runner, two replicas, ServiceMonitor and PodMonitor on.
 	{name: "deployment-runner", files: []string{chartDir + "/ci/deployment-runner-values.yaml"}},
+	// Three replicas with a PodDisruptionBudget, a NetworkPolicy, monitors and alerts.
+	{name: "production", files: []string{chartDir + "/ci/production-values.yaml"}},
 }
 
 var (

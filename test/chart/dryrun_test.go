@@ -17,13 +17,18 @@ import (
 // put them in the current one.
 const samplesNamespace = "samples"
 
+// sampleDirs are the kustomizations of config/samples: the loops that run standalone,
+// and those that need Secrets or a ClickHouse cluster.
+var sampleDirs = []string{"samples", "samples/secure", "samples/cluster"}
+
 // TestServerSideDryRun proves every manifest is accepted by a real kube-apiserver: each
 // object the chart renders (CRDs included, for each value set), the kustomize output of
-// config/default and config/samples, and each sample file, applied with a server-side
-// dry run. Apply validates strictly, so a misspelt or misplaced field fails as well as
-// an invalid value; CustomerLoops go through the CRD's OpenAPI schema and CEL rules.
-// The ServiceMonitor and PodMonitor go through stand-in CRDs (testdata/crds) that check
-// their kind and metadata, not the Prometheus Operator's schema.
+// config/default and of each kustomization under config/samples, and each sample file,
+// applied with a server-side dry run. Apply validates strictly, so a misspelt or
+// misplaced field fails as well as an invalid value; CustomerLoops go through the CRD's
+// OpenAPI schema and CEL rules. The ServiceMonitor, PodMonitor and PrometheusRule go
+// through stand-in CRDs (testdata/crds) that check their kind and metadata, not the
+// Prometheus Operator's schema.
 func TestServerSideDryRun(t *testing.T) {
 	c := newClient(t)
 	ensureNamespace(t, c, namespace)
@@ -34,15 +39,18 @@ func TestServerSideDryRun(t *testing.T) {
 		sets["chart "+vs.name] = decode(t, helmTemplate(t, vs.files, "--include-crds"))
 	}
 	sets["kustomize config-default"] = decode(t, kustomize(t, "../../config/default"))
-	sets["kustomize config-samples"] = decode(t, kustomize(t, "../../config/samples"))
-	samples, err := filepath.Glob("../../config/samples/*.yaml")
+	for _, dir := range sampleDirs {
+		sets["kustomize config-"+strings.ReplaceAll(dir, "/", "-")] = decode(t, kustomize(t, "../../config/"+dir))
+	}
+	samples, err := filepath.Glob("../../config/samples/loops_*.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range samples {
-		if filepath.Base(f) == "kustomization.yaml" {
-			continue
-		}
+	more, err := filepath.Glob("../../config/samples/*/loops_*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range append(samples, more...) {
 		sets["sample "+filepath.Base(f)] = readObjects(t, f)
 	}
 

@@ -88,9 +88,18 @@ func sampleStreams(t testing.TB) map[string]pipeline.StreamConfig {
 		secret("clickhouse-credentials", map[string]string{"user": "u", "password": "p"}),
 	).Build()
 
-	samples, err := filepath.Glob(filepath.Join(repoRoot(t), "config", "samples", "loops_*.yaml"))
-	if err != nil || len(samples) == 0 {
-		t.Fatalf("no samples: %v", err)
+	// The samples that run standalone, and those in directories of their own (secure/,
+	// cluster/) because they need Secrets or a ClickHouse cluster.
+	var samples []string
+	for _, pattern := range []string{"loops_*.yaml", "*/loops_*.yaml"} {
+		found, err := filepath.Glob(filepath.Join(repoRoot(t), "config", "samples", pattern))
+		if err != nil {
+			t.Fatal(err)
+		}
+		samples = append(samples, found...)
+	}
+	if len(samples) < 4 {
+		t.Fatalf("found %d samples under config/samples, want at least 4", len(samples))
 	}
 	streams := map[string]pipeline.StreamConfig{}
 	for _, path := range samples {
