@@ -111,7 +111,7 @@ func generate(now time.Time) data {
 		d.usage = append(d.usage, []any{
 			fmt.Sprintf("e%05d", i), customers[r.IntN(len(customers))], products[r.IntN(len(products))], ts,
 			float64(r.IntN(100000)) / 37, region, seats, uint64(r.Int64N(1 << 40)), uint8(r.IntN(2)),
-			"acme.usage", int32(i % 3), int64(i), ingested,
+			"acme.usage", int32(i % 3), int64(i), ingested, ingested.UnixMilli(),
 		})
 	}
 	offset := int64(0)
@@ -128,7 +128,7 @@ func generate(now time.Time) data {
 					}
 					id := fmt.Sprintf("%s-%s-%d-%d", c, p, target, v)
 					row := []any{id, c, p, period, float64(r.IntN(200000)) / 7, submitted, confidence,
-						"acme.plans", int32(offset % 2), offset, ingested}
+						"acme.plans", int32(offset % 2), offset, ingested, ingested.UnixMilli()}
 					d.plans = append(d.plans, row)
 					offset++
 					if r.IntN(20) == 0 {
