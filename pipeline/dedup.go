@@ -153,6 +153,10 @@ func (d *dedupWindow) advance(now int64) bool {
 		return false
 	}
 	d.clock = now
+	// Most messages move the clock without taking the oldest id out of the window.
+	if e := &d.ring[d.head&uint32(len(d.ring)-1)]; d.head == d.tail || (e.id != (idHash{}) && now-e.stored <= d.window) {
+		return false
+	}
 	return d.expire()
 }
 
