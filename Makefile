@@ -130,8 +130,12 @@ CHDB_ENV = \
 ##@ Build, test, run
 
 .PHONY: build
-build: ## Build bin/customerloop.
+build: ## Build bin/customerloop, and bin/kubectl-customerloop (the same binary) for kubectl.
 	go build -o $(LOCALBIN)/customerloop ./cmd/customerloop
+	ln -sf customerloop $(LOCALBIN)/kubectl-customerloop
+	printf '#!/bin/sh\n# Completion of "kubectl customerloop ..." (kubectl 1.26 and later run this).\nexec kubectl-customerloop __complete "$$@"\n' \
+		> $(LOCALBIN)/kubectl_complete-customerloop
+	chmod +x $(LOCALBIN)/kubectl_complete-customerloop
 
 .PHONY: test
 test: verify lint $(SETUP_ENVTEST) $(HELM) ## Provision the stack and run every test against it.

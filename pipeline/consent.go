@@ -255,7 +255,7 @@ func readRange(ctx context.Context, sec kafkaSecurity, brokers []string, topic s
 	for {
 		m, err := r.FetchMessage(rctx)
 		if err != nil {
-			return nil, fmt.Errorf("reading consent %s/%d at %d: %w", topic, partition, from, err)
+			return nil, fmt.Errorf("reading %s/%d at %d: %w", topic, partition, from, err)
 		}
 		if m.Offset >= end {
 			return out, nil
@@ -687,4 +687,71 @@ func ApplyConsent(ctx context.Context, conn driver.Conn, cfg Config, plans []Rol
 		audits[i].CompletedAt = now
 	}
 	return audits, rebuilt, WriteConsentAudit(ctx, conn, db, audits)
+}
+
+// ConsentCustomer is how the consent tables record a customer: its hash under the
+// loop's key when every stream hashes customer ids, else the id itself.
+func (c Config) ConsentCustomer(customer string) string {
+	if c.consentHashed() {
+		return HashPII(c.HMACKey, []byte(customer))
+	}
+	return customer
+}
+
+// ConsentRecord is one consent message of a customer and, once applied, its audit.
+type ConsentRecord struct {
+	Event ConsentEvent
+	// Audit is nil while the message waits to be applied.
+	Audit *ConsentAudit
+	// AuditError is the error the audit recorded, if any.
+	AuditError string
+}
+
+// ConsentTrail returns a customer's consent messages, in the order they apply, each with
+// its audit record. customer is as the consent tables record it: see ConsentCustomer.
+func ConsentTrail(ctx context.Context, conn driver.Conn, db, customer string) ([]ConsentRecord, error) {
+	rows, err := conn.Query(ctx, consentSelect+QualifiedTable(db, ConsentTable)+" WHERE customer_id = ? ORDER BY ts, _partition, _offset", customer)
+	if err != nil {
+		return nil, fmt.Errorf("reading the consent messages: %w", err)
+	}
+	events, err := scanConsent(rows)
+	if err != nil {
+		return nil, err
+	}
+	type key struct {
+		topic     string
+		partition int32
+		offset    int64
+	}
+	audits := map[key]ConsentRecord{}
+	rows, err = conn.Query(ctx, "SELECT tables, rows_deleted, mutation_ids, completed_at, error, _topic, _partition, _offset FROM "+
+		QualifiedTable(db, ConsentAuditTable)+" WHERE customer_id = ?", customer)
+	if err != nil {
+		return nil, fmt.Errorf("reading the consent audit: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			a   ConsentAudit
+			rec ConsentRecord
+			k   key
+		)
+		if err := rows.Scan(&a.Tables, &a.RowsDeleted, &a.MutationIDs, &a.CompletedAt, &rec.AuditError, &k.topic, &k.partition, &k.offset); err != nil {
+			return nil, fmt.Errorf("reading the consent audit: %w", err)
+		}
+		rec.Audit = &a
+		audits[k] = rec
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]ConsentRecord, len(events))
+	for i, e := range events {
+		out[i] = audits[key{e.Topic, int32(e.Partition), e.Offset}]
+		out[i].Event = e
+		if out[i].Audit != nil {
+			out[i].Audit.Event = e
+		}
+	}
+	return out, nil
 }

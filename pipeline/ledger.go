@@ -313,3 +313,39 @@ func ReadLedgerTotals(ctx context.Context, conn driver.Conn, db, topic string) (
 	}
 	return t, rows.Err()
 }
+
+// LedgerPartition is what the ledger records of one partition.
+type LedgerPartition struct {
+	Partition int
+	// Next is the next offset to ingest.
+	Next                                         int64
+	Messages, DeadLettered, Duplicates, Withheld int64
+	// LastWritten is when the partition's latest batch was recorded.
+	LastWritten time.Time
+}
+
+// ReadLedgerPartitions returns the ledger's entries for a topic summed per partition, in
+// partition order.
+func ReadLedgerPartitions(ctx context.Context, conn driver.Conn, db, topic string) ([]LedgerPartition, error) {
+	rows, err := conn.Query(ctx, "SELECT partition, max(last_offset), sum(messages), sum(dead_lettered), sum(duplicates), sum(withheld), max(written_at) FROM "+
+		QualifiedTable(db, LedgerTable)+" WHERE topic = ? GROUP BY partition ORDER BY partition", topic)
+	if err != nil {
+		return nil, fmt.Errorf("reading the ledger for %s: %w", topic, err)
+	}
+	defer rows.Close()
+	var out []LedgerPartition
+	for rows.Next() {
+		var (
+			p                     int32
+			last                  int64
+			msgs, dead, dup, held uint64
+			at                    time.Time
+		)
+		if err := rows.Scan(&p, &last, &msgs, &dead, &dup, &held, &at); err != nil {
+			return nil, fmt.Errorf("reading the ledger for %s: %w", topic, err)
+		}
+		out = append(out, LedgerPartition{Partition: int(p), Next: last + 1, Messages: int64(msgs), DeadLettered: int64(dead),
+			Duplicates: int64(dup), Withheld: int64(held), LastWritten: at.UTC()})
+	}
+	return out, rows.Err()
+}

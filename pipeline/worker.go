@@ -681,18 +681,22 @@ func deadLetter(it *item, d *Decoder, maxBytes int, now time.Time) kafka.Message
 	if withheld != "" {
 		headers = append(headers, kafka.Header{Key: HeaderWithheld, Value: []byte(withheld)})
 	}
+	headers = append(headers,
+		kafka.Header{Key: HeaderReason, Value: []byte(it.err.Reason)},
+		kafka.Header{Key: HeaderError, Value: []byte(d.scrubError(it.err))},
+		kafka.Header{Key: HeaderSourceTopic, Value: []byte(m.Topic)},
+		kafka.Header{Key: HeaderSourcePartition, Value: []byte(strconv.Itoa(m.Partition))},
+		kafka.Header{Key: HeaderSourceOffset, Value: []byte(strconv.FormatInt(m.Offset, 10))},
+	)
+	if !m.Time.IsZero() {
+		// A replay sends the message again with this time: see DeadLetter.ReplayMessage.
+		headers = append(headers, kafka.Header{Key: HeaderSourceTimestamp, Value: []byte(m.Time.UTC().Format(time.RFC3339Nano))})
+	}
 	return kafka.Message{
-		Topic: it.stream.DeadLetterTopic,
-		Key:   d.scrubKey(m.Key),
-		Value: body,
-		Headers: append(headers,
-			kafka.Header{Key: "customerloop.reason", Value: []byte(it.err.Reason)},
-			kafka.Header{Key: "customerloop.error", Value: []byte(d.scrubError(it.err))},
-			kafka.Header{Key: "customerloop.source.topic", Value: []byte(m.Topic)},
-			kafka.Header{Key: "customerloop.source.partition", Value: []byte(strconv.Itoa(m.Partition))},
-			kafka.Header{Key: "customerloop.source.offset", Value: []byte(strconv.FormatInt(m.Offset, 10))},
-			kafka.Header{Key: "customerloop.dead_lettered_at", Value: []byte(now.UTC().Format(time.RFC3339Nano))},
-		),
+		Topic:   it.stream.DeadLetterTopic,
+		Key:     d.scrubKey(m.Key),
+		Value:   body,
+		Headers: append(headers, kafka.Header{Key: HeaderDeadLetteredAt, Value: []byte(now.UTC().Format(time.RFC3339Nano))}),
 	}
 }
 
@@ -942,7 +946,7 @@ func (w *Worker) observeInsert(s *StreamConfig, c *columns, rows, bytes int, too
 // sourceTopic reads the source topic a dead letter carries.
 func sourceTopic(m kafka.Message) string {
 	for _, h := range m.Headers {
-		if h.Key == "customerloop.source.topic" {
+		if h.Key == HeaderSourceTopic {
 			return string(h.Value)
 		}
 	}

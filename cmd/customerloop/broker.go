@@ -1,12 +1,11 @@
 package main
 
 import (
-	"context"
-	"flag"
 	"fmt"
 	"net"
 	"strconv"
 
+	"github.com/spf13/cobra"
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
@@ -30,26 +29,34 @@ func startBroker(port, partitions int, dataDir string) (*kfake.Cluster, error) {
 	return c, nil
 }
 
-func runBroker(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("broker", flag.ContinueOnError)
-	addr := fs.String("addr", "127.0.0.1:9092", "listen address; the broker binds loopback only")
-	partitions := fs.Int("partitions", 6, "partitions of topics created on first use")
-	dataDir := fs.String("data-dir", "", "keep topics and offsets in this directory across restarts (default: memory only)")
-	if err := fs.Parse(args); err != nil {
-		return err
+func newBrokerCommand() *cobra.Command {
+	var (
+		addr, dataDir string
+		partitions    int
+	)
+	cmd := &cobra.Command{
+		Use:   "broker",
+		Short: "Run a local Kafka-protocol broker for development",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			port, err := portOf(addr)
+			if err != nil {
+				return err
+			}
+			c, err := startBroker(port, partitions, dataDir)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			fmt.Fprintf(cmd.OutOrStdout(), "Kafka-protocol broker listening on %v; try: kcat -b %s -L\n", c.ListenAddrs(), addr)
+			<-cmd.Context().Done()
+			return nil
+		},
 	}
-	port, err := portOf(*addr)
-	if err != nil {
-		return err
-	}
-	c, err := startBroker(port, *partitions, *dataDir)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	fmt.Printf("Kafka-protocol broker listening on %v; try: kcat -b %s -L\n", c.ListenAddrs(), *addr)
-	<-ctx.Done()
-	return nil
+	cmd.Flags().StringVar(&addr, "addr", "127.0.0.1:9092", "listen address; the broker binds loopback only")
+	cmd.Flags().IntVar(&partitions, "partitions", 6, "partitions of topics created on first use")
+	cmd.Flags().StringVar(&dataDir, "data-dir", "", "keep topics and offsets in this directory across restarts (default: memory only)")
+	return cmd
 }
 
 func portOf(addr string) (int, error) {

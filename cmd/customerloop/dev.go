@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/segmentio/kafka-go"
+	"github.com/spf13/cobra"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -50,9 +50,23 @@ type devOptions struct {
 	dashboardAddr  string
 }
 
-func runDev(ctx context.Context, args []string) error {
+func newDevCommand() *cobra.Command {
 	var o devOptions
-	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run the whole stack locally (control plane, broker, manager) with a demo workload",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.assets == "" {
+				return errors.New("no control-plane binaries: pass --control-plane-bin or set KUBEBUILDER_ASSETS (hack/envtest.sh prints the directory; make demo does all this)")
+			}
+			if err := os.MkdirAll(o.workdir, 0o755); err != nil {
+				return err
+			}
+			return (&devStack{o: o}).run(cmd.Context())
+		},
+	}
+	fs := cmd.Flags()
 	fs.StringVar(&o.clickhouseAddr, "clickhouse-addr", envOr("CLICKHOUSE_ADDR", "127.0.0.1:19000"), "ClickHouse native address (hack/clickhouse.sh starts one)")
 	fs.StringVar(&o.assets, "control-plane-bin", os.Getenv("KUBEBUILDER_ASSETS"), "directory with kube-apiserver, etcd and kubectl (hack/envtest.sh provides it)")
 	fs.StringVar(&o.kafkaAddr, "kafka-addr", "127.0.0.1:9092", "address of the embedded Kafka-protocol broker")
@@ -63,16 +77,7 @@ func runDev(ctx context.Context, args []string) error {
 	fs.IntVar(&o.products, "products", 3, "products per customer in the synthetic workload")
 	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "how long to wait for the workload to land")
 	fs.StringVar(&o.dashboardAddr, "dashboard-addr", "127.0.0.1:8090", "where to serve the read-only plan-against-actual dashboard (empty: none)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if o.assets == "" {
-		return errors.New("no control-plane binaries: pass --control-plane-bin or set KUBEBUILDER_ASSETS (hack/envtest.sh prints the directory; make demo does all this)")
-	}
-	if err := os.MkdirAll(o.workdir, 0o755); err != nil {
-		return err
-	}
-	return (&devStack{o: o}).run(ctx)
+	return cmd
 }
 
 type devStack struct {
@@ -223,7 +228,7 @@ func (d *devStack) startControlPlane(ctx context.Context) error {
 		return err
 	}
 	d.teardown = append(d.teardown, func() { _ = logFile.Close() })
-	log, err := newLogger(logFile, "info")
+	log, err := newLogger(logFile, "info", "text")
 	if err != nil {
 		return err
 	}

@@ -1,76 +1,120 @@
-// Command customerloop is CustomerLoop's one binary: the operator, its workers and the
-// local development stack.
+// Command customerloop is CustomerLoop's one binary: the operator, its workers, the
+// local development stack, and the commands that show a loop to the people who run it.
+// Installed as kubectl-customerloop it is a kubectl plugin: kubectl customerloop ...
 package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/go-logr/logr"
+	"github.com/spf13/cobra"
 )
 
 var version = "dev"
 
-const usage = `customerloop closes the loop between customers' usage, their plans and product teams.
-
-Usage:
-  customerloop <command> [flags]
-
-Commands:
-  manager   run the operator: reconcile CustomerLoops into ClickHouse schema and workers
-  worker    run one loop's ingestion from a pipeline config file
-  report    print a loop's plan-against-actual gaps and plan accuracy by horizon
-  dev       run the whole stack locally (control plane, broker, manager) with a demo workload
-  broker    run a local Kafka-protocol broker for development
-  version   print the version
-
-Run 'customerloop <command> -h' for the flags of a command.
-`
+// pluginName is the name kubectl runs the binary under as a plugin.
+const pluginName = "kubectl-customerloop"
 
 func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprint(os.Stderr, usage)
-		os.Exit(2)
-	}
-	cmds := map[string]func(context.Context, []string) error{
-		"manager": runManager,
-		"worker":  runWorker,
-		"report":  runReport,
-		"dev":     runDev,
-		"broker":  runBroker,
-		"version": func(context.Context, []string) error { fmt.Println(version); return nil },
-	}
-	cmd, ok := cmds[os.Args[1]]
-	if !ok {
-		if os.Args[1] != "-h" && os.Args[1] != "--help" && os.Args[1] != "help" {
-			fmt.Fprintf(os.Stderr, "unknown command %q\n\n", os.Args[1])
-		}
-		fmt.Fprint(os.Stderr, usage)
-		os.Exit(2)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := cmd(ctx, os.Args[2:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintf(os.Stderr, "customerloop %s: %v\n", os.Args[1], err)
+	root := newRootCommand(filepath.Base(os.Args[0]), os.Stdout, os.Stderr)
+	if cmd, err := root.ExecuteContextC(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", cmd.CommandPath(), err)
 		os.Exit(1)
 	}
 }
 
+// newRootCommand builds the command tree. argv0 is the name the binary was run as:
+// as kubectl-customerloop, usage reads "kubectl customerloop ..." and the commands that
+// run CustomerLoop itself (manager, worker, dev, broker) are hidden from it.
+func newRootCommand(argv0 string, out, errOut io.Writer) *cobra.Command {
+	plugin := strings.HasPrefix(argv0, pluginName)
+	root := &cobra.Command{
+		Use:   "customerloop",
+		Short: "CustomerLoop closes the loop between customers' usage, their plans and product teams",
+		Long: `customerloop closes the loop between customers' usage, their plans and product teams.
+
+It runs the operator and its workers, and shows a CustomerLoop to the people who run it:
+its status, its dead letters (and replays them after a fix), a customer's consent trail,
+and the plan-against-actual report. Those commands read the loop through your
+kubeconfig, like kubectl.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version,
+	}
+	if plugin {
+		root.Annotations = map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl customerloop"}
+	}
+	root.SetOut(out)
+	root.SetErr(errOut)
+	root.AddGroup(&cobra.Group{ID: "loops", Title: "Commands for a CustomerLoop:"})
+	if !plugin {
+		root.AddGroup(&cobra.Group{ID: "run", Title: "Commands that run CustomerLoop:"})
+	}
+	for _, c := range []*cobra.Command{newStatusCommand(), newDLQCommand(), newConsentCommand(), newReportCommand()} {
+		c.GroupID = "loops"
+		root.AddCommand(c)
+	}
+	for _, c := range []*cobra.Command{newManagerCommand(), newWorkerCommand(), newDevCommand(), newBrokerCommand()} {
+		if plugin {
+			c.Hidden = true
+		} else {
+			c.GroupID = "run"
+		}
+		root.AddCommand(c)
+	}
+	root.AddCommand(&cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version) },
+	})
+	if plugin {
+		pluginExamples(root)
+	}
+	return root
+}
+
+// pluginExamples writes the examples as a kubectl user types them.
+func pluginExamples(c *cobra.Command) {
+	c.Example = strings.ReplaceAll(c.Example, "  customerloop ", "  kubectl customerloop ")
+	for _, sub := range c.Commands() {
+		pluginExamples(sub)
+	}
+}
+
+// logFlags are the logging flags of the long-running commands.
+type logFlags struct{ level, format string }
+
+func (l *logFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&l.level, "log-level", "info", "debug, info, warn or error")
+	cmd.Flags().StringVar(&l.format, "log-format", "text", "text (logfmt-like key=value) or json (one JSON object a line)")
+}
+
+func (l logFlags) logger(w io.Writer) (logr.Logger, error) { return newLogger(w, l.level, l.format) }
+
 // newLogger returns a structured logger writing to w at the given level (debug, info,
-// warn, error).
-func newLogger(w *os.File, level string) (logr.Logger, error) {
+// warn, error), as text or JSON.
+func newLogger(w io.Writer, level, format string) (logr.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return logr.Logger{}, fmt.Errorf("--log-level: %w", err)
 	}
-	return logr.FromSlogHandler(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text", "":
+		return logr.FromSlogHandler(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return logr.FromSlogHandler(slog.NewJSONHandler(w, opts)), nil
+	}
+	return logr.Logger{}, fmt.Errorf("--log-format %q: want text or json", format)
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -28,48 +29,63 @@ import (
 	"customerloop.dev/customerloop/pipeline/dashboard"
 )
 
-func runManager(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
-	config.RegisterFlags(fs) // --kubeconfig; then KUBECONFIG, in-cluster, ~/.kube/config
-	runner := fs.String("runner", "inprocess", "where workers run: inprocess (goroutines of the manager) or deployment (a Deployment of worker pods per loop)")
-	workerImage := fs.String("worker-image", "customerloop:"+version, "image of the worker pods (with --runner=deployment)")
-	metricsAddr := fs.String("metrics-bind-address", ":8080", "address of the metrics endpoint; 0 disables it")
-	probeAddr := fs.String("health-probe-bind-address", ":8081", "address of the health and readiness probes")
-	leaderElect := fs.Bool("leader-elect", false, "elect a leader so that only one of several replicas reconciles")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	workerResources := fs.String("worker-resources", "", `resources of worker containers whose loop sets no spec.workers.resources (with --runner=deployment), as JSON, e.g. {"requests":{"cpu":"500m","memory":"256Mi"},"limits":{"memory":"512Mi"}}`)
-	var batch pipeline.BatchConfig
+func newManagerCommand() *cobra.Command {
+	var (
+		runner, workerImage, metricsAddr, probeAddr, workerResources, dashboardAddr string
+		leaderElect                                                                 bool
+		logs                                                                        logFlags
+		batch                                                                       pipeline.BatchConfig
+	)
+	cmd := &cobra.Command{
+		Use:   "manager",
+		Short: "Run the operator: reconcile CustomerLoops into ClickHouse schema and workers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var resources corev1.ResourceRequirements
+			if workerResources != "" {
+				if err := json.Unmarshal([]byte(workerResources), &resources); err != nil {
+					return fmt.Errorf("--worker-resources: %w", err)
+				}
+			}
+			log, err := logs.logger(os.Stderr)
+			if err != nil {
+				return err
+			}
+			ctrl.SetLogger(log)
+			restCfg, err := config.GetConfig()
+			if err != nil {
+				return fmt.Errorf("finding the cluster: %w", err)
+			}
+			ctx := cmd.Context()
+			mgr, err := newManager(ctx, restCfg, managerOptions{
+				runner: runner, workerImage: workerImage, metricsAddr: metricsAddr, probeAddr: probeAddr, leaderElect: leaderElect, log: log,
+				dashboardAddr: dashboardAddr, workerResources: resources, batch: batch,
+			})
+			if err != nil {
+				return err
+			}
+			log.Info("starting manager", "version", version, "runner", runner)
+			return mgr.Start(ctx)
+		},
+	}
+	// --kubeconfig as controller-runtime reads it: the flag, then KUBECONFIG, in-cluster,
+	// ~/.kube/config.
+	goFlags := flag.NewFlagSet("manager", flag.ContinueOnError)
+	config.RegisterFlags(goFlags)
+	fs := cmd.Flags()
+	fs.AddGoFlagSet(goFlags)
+	fs.StringVar(&runner, "runner", "inprocess", "where workers run: inprocess (goroutines of the manager) or deployment (a Deployment of worker pods per loop)")
+	fs.StringVar(&workerImage, "worker-image", "customerloop:"+version, "image of the worker pods (with --runner=deployment)")
+	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the metrics endpoint; 0 disables it")
+	fs.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of the health and readiness probes")
+	fs.BoolVar(&leaderElect, "leader-elect", false, "elect a leader so that only one of several replicas reconciles")
+	logs.add(cmd)
+	fs.StringVar(&workerResources, "worker-resources", "", `resources of worker containers whose loop sets no spec.workers.resources (with --runner=deployment), as JSON, e.g. {"requests":{"cpu":"500m","memory":"256Mi"},"limits":{"memory":"512Mi"}}`)
 	fs.IntVar(&batch.MaxRows, "worker-batch-max-rows", 0, "rows per insert of loops that set no spec.workers.batch.maxRows (0: the pipeline's default, 20000)")
 	fs.IntVar(&batch.MaxBytes, "worker-batch-max-bytes", 0, "message bytes per insert of loops that set no spec.workers.batch.maxBytes (0: the pipeline's default, 32 MiB)")
 	fs.DurationVar(&batch.MaxWait.Duration, "worker-batch-max-wait", 0, "longest a message waits for its batch in loops that set no spec.workers.batch.maxWait (0: the pipeline's default, 1s)")
-	dashboardAddr := fs.String("dashboard-bind-address", ":8082", "address of the read-only plan-against-actual dashboard, served by every replica; 0 disables it")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	var resources corev1.ResourceRequirements
-	if *workerResources != "" {
-		if err := json.Unmarshal([]byte(*workerResources), &resources); err != nil {
-			return fmt.Errorf("--worker-resources: %w", err)
-		}
-	}
-	log, err := newLogger(os.Stderr, *logLevel)
-	if err != nil {
-		return err
-	}
-	ctrl.SetLogger(log)
-	restCfg, err := config.GetConfig()
-	if err != nil {
-		return fmt.Errorf("finding the cluster: %w", err)
-	}
-	mgr, err := newManager(ctx, restCfg, managerOptions{
-		runner: *runner, workerImage: *workerImage, metricsAddr: *metricsAddr, probeAddr: *probeAddr, leaderElect: *leaderElect, log: log,
-		dashboardAddr: *dashboardAddr, workerResources: resources, batch: batch,
-	})
-	if err != nil {
-		return err
-	}
-	log.Info("starting manager", "version", version, "runner", *runner)
-	return mgr.Start(ctx)
+	fs.StringVar(&dashboardAddr, "dashboard-bind-address", ":8082", "address of the read-only plan-against-actual dashboard, served by every replica; 0 disables it")
+	return cmd
 }
 
 type managerOptions struct {

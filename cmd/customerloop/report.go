@@ -4,25 +4,15 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/types"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/client/config"
+	"github.com/spf13/cobra"
 
-	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
-	"customerloop.dev/customerloop/controllers"
 	"customerloop.dev/customerloop/pipeline"
 )
 
@@ -31,100 +21,72 @@ type reportOptions struct {
 	filter       pipeline.GapFilter
 }
 
-// runReport prints a loop's plan-against-actual figures: the gap per customer, product
-// and period, and plan accuracy per product and horizon.
-func runReport(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("report", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "Usage: customerloop report LOOP [flags]\n\nPrints the loop's plan-against-actual gaps and accuracy by horizon.\n\n")
-		fs.PrintDefaults()
+func newReportCommand() *cobra.Command {
+	var (
+		o        reportOptions
+		from, to string
+	)
+	cmd := &cobra.Command{
+		Use:   "report LOOP",
+		Short: "Print a loop's plan-against-actual gaps and plan accuracy by horizon",
+		Long:  "Prints the loop's plan-against-actual gaps per customer, product and period, and plan accuracy per product and horizon, from its feedback views.",
+		Example: `  customerloop report acme -n default
+  customerloop report acme --product compute --from 2026-10-01 --format json`,
+		Args: cobra.ExactArgs(1),
 	}
-	config.RegisterFlags(fs)
-	namespace := fs.String("namespace", "default", "namespace of the CustomerLoop")
-	fs.StringVar(namespace, "n", "default", "shorthand for --namespace")
-	var o reportOptions
+	k := addKubeFlags(cmd)
+	k.addClickHouseFlag(cmd)
+	cmd.ValidArgsFunction = k.completeLoops
+	fs := cmd.Flags()
 	fs.StringVar(&o.format, "format", "table", "table, json or csv")
 	fs.StringVar(&o.view, "view", "all", "gaps, accuracy or all (csv prints one view: gaps unless accuracy)")
 	fs.StringVar(&o.filter.Product, "product", "", "only this product")
 	fs.StringVar(&o.filter.Customer, "customer", "", "only this customer (gaps)")
-	from := fs.String("from", "", "only periods starting on or after this date, YYYY-MM-DD (gaps)")
-	to := fs.String("to", "", "only periods starting on or before this date, YYYY-MM-DD (gaps)")
-	chAddr := fs.String("clickhouse", "", "read ClickHouse at this host:port instead of the loop's address (e.g. through a port-forward)")
-	// The loop's name may come before or after the flags.
-	var name string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		name, args = args[0], args[1:]
-	}
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if name == "" && fs.NArg() > 0 {
-		name = fs.Arg(0)
-	}
-	if name == "" {
-		fs.Usage()
-		return errors.New("the name of a CustomerLoop is required")
-	}
-	switch o.format {
-	case "table", "json", "csv":
-	default:
-		return fmt.Errorf("--format %q: want table, json or csv", o.format)
-	}
-	switch o.view {
-	case "gaps", "accuracy", "all":
-	default:
-		return fmt.Errorf("--view %q: want gaps, accuracy or all", o.view)
-	}
-	for _, d := range []struct {
-		flag string
-		in   string
-		out  *time.Time
-	}{{"--from", *from, &o.filter.From}, {"--to", *to, &o.filter.To}} {
-		if d.in == "" {
-			continue
+	fs.StringVar(&from, "from", "", "only periods starting on or after this date, YYYY-MM-DD (gaps)")
+	fs.StringVar(&to, "to", "", "only periods starting on or before this date, YYYY-MM-DD (gaps)")
+	_ = cmd.RegisterFlagCompletionFunc("format", cobra.FixedCompletions([]string{"table", "json", "csv"}, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.RegisterFlagCompletionFunc("view", cobra.FixedCompletions([]string{"gaps", "accuracy", "all"}, cobra.ShellCompDirectiveNoFileComp))
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		switch o.format {
+		case "table", "json", "csv":
+		default:
+			return fmt.Errorf("--format %q: want table, json or csv", o.format)
 		}
-		t, err := time.Parse(time.DateOnly, d.in)
+		switch o.view {
+		case "gaps", "accuracy", "all":
+		default:
+			return fmt.Errorf("--view %q: want gaps, accuracy or all", o.view)
+		}
+		for _, d := range []struct {
+			flag string
+			in   string
+			out  *time.Time
+		}{{"--from", from, &o.filter.From}, {"--to", to, &o.filter.To}} {
+			if d.in == "" {
+				continue
+			}
+			t, err := time.Parse(time.DateOnly, d.in)
+			if err != nil {
+				return fmt.Errorf("%s %q: want a date like 2026-11-01", d.flag, d.in)
+			}
+			*d.out = t
+		}
+		ctx := cmd.Context()
+		loop, cfg, err := k.loopConfig(ctx, args[0])
 		if err != nil {
-			return fmt.Errorf("%s %q: want a date like 2026-11-01", d.flag, d.in)
+			return err
 		}
-		*d.out = t
+		if loop.Spec.Feedback == nil {
+			return fmt.Errorf("CustomerLoop %s/%s has no spec.feedback: name its usage and plan streams there to get gap reports", loop.Namespace, loop.Name)
+		}
+		conn, err := k.openClickHouse(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		return printReport(ctx, cmd.OutOrStdout(), conn, cfg.ClickHouse.Database, o)
 	}
-
-	restCfg, err := config.GetConfig()
-	if err != nil {
-		return fmt.Errorf("finding the cluster: %w", err)
-	}
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return err
-	}
-	if err := loopsv1alpha1.AddToScheme(scheme); err != nil {
-		return err
-	}
-	c, err := client.New(restCfg, client.Options{Scheme: scheme})
-	if err != nil {
-		return err
-	}
-	loop := &loopsv1alpha1.CustomerLoop{}
-	if err := c.Get(ctx, types.NamespacedName{Namespace: *namespace, Name: name}, loop); err != nil {
-		return fmt.Errorf("reading CustomerLoop %s/%s: %w", *namespace, name, err)
-	}
-	if loop.Spec.Feedback == nil {
-		return fmt.Errorf("CustomerLoop %s/%s has no spec.feedback: name its usage and plan streams there to get gap reports", *namespace, name)
-	}
-	cfg, err := controllers.LoopConfig(ctx, c, loop)
-	if err != nil {
-		return err
-	}
-	if *chAddr != "" {
-		cfg.ClickHouse.Addr = *chAddr
-	}
-	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	return printReport(ctx, os.Stdout, conn, cfg.ClickHouse.Database, o)
+	return cmd
 }
 
 // printReport reads the loop's feedback views and writes them in the chosen format.

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"net"
 	"net/http"
@@ -15,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
 
 	"customerloop.dev/customerloop/pipeline"
 )
@@ -29,30 +29,43 @@ const (
 	hmacKeyEnv      = "CUSTOMERLOOP_PII_HMAC_KEY"
 )
 
-func runWorker(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
-	path := fs.String("config", "", "pipeline config file (JSON), as the operator renders it")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	metricsAddr := fs.String("metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint; 0 disables it")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until the worker stops")
-	pprofAddr := fs.String("pprof-bind-address", "0", "serve Go's /debug/pprof on this address; 0 disables it")
-	if err := fs.Parse(args); err != nil {
-		return err
+type workerOptions struct {
+	path, metricsAddr, cpuProfile, pprofAddr string
+	logs                                     logFlags
+}
+
+func newWorkerCommand() *cobra.Command {
+	var o workerOptions
+	cmd := &cobra.Command{
+		Use:   "worker",
+		Short: "Run one loop's ingestion from a pipeline config file",
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return runWorker(cmd.Context(), o) },
 	}
-	if *path == "" {
+	fs := cmd.Flags()
+	fs.StringVar(&o.path, "config", "", "pipeline config file (JSON), as the operator renders it")
+	o.logs.add(cmd)
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint; 0 disables it")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile to this file until the worker stops")
+	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "0", "serve Go's /debug/pprof on this address; 0 disables it")
+	return cmd
+}
+
+func runWorker(ctx context.Context, o workerOptions) error {
+	if o.path == "" {
 		return fmt.Errorf("--config is required")
 	}
-	log, err := newLogger(os.Stderr, *logLevel)
+	log, err := o.logs.logger(os.Stderr)
 	if err != nil {
 		return err
 	}
-	raw, err := os.ReadFile(*path)
+	raw, err := os.ReadFile(o.path)
 	if err != nil {
 		return err
 	}
 	var cfg pipeline.Config
 	if err := json.Unmarshal(raw, &cfg); err != nil {
-		return fmt.Errorf("reading %s: %w", *path, err)
+		return fmt.Errorf("reading %s: %w", o.path, err)
 	}
 	if u := os.Getenv(userEnv); u != "" {
 		cfg.ClickHouse.Username = u
@@ -64,8 +77,8 @@ func runWorker(ctx context.Context, args []string) error {
 	if k := os.Getenv(hmacKeyEnv); k != "" {
 		cfg.HMACKey = []byte(k)
 	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
 		if err != nil {
 			return err
 		}
@@ -74,25 +87,25 @@ func runWorker(ctx context.Context, args []string) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	if *pprofAddr != "0" {
+	if o.pprofAddr != "0" {
 		mux := http.NewServeMux()
 		mux.HandleFunc("/debug/pprof/", httppprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
-		srv := &http.Server{Addr: *pprofAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		srv := &http.Server{Addr: o.pprofAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = srv.ListenAndServe() }()
 		defer srv.Close()
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := pipeline.NewMetrics(reg)
-	if *metricsAddr != "0" {
+	if o.metricsAddr != "0" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		// The worker is alive while it serves; a failing ClickHouse or Kafka shows in its
 		// metrics and logs, not in restarts that would not help.
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-		srv := &http.Server{Addr: *metricsAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		ln, err := net.Listen("tcp", *metricsAddr)
+		srv := &http.Server{Addr: o.metricsAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		ln, err := net.Listen("tcp", o.metricsAddr)
 		if err != nil {
 			return fmt.Errorf("metrics endpoint: %w", err)
 		}

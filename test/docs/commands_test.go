@@ -345,6 +345,9 @@ func TestKubectlCommands(t *testing.T) {
 		t.Fatalf("read %d global flags from kubectl options; the help format changed", len(h.global))
 	}
 	for _, c := range cmds {
+		if len(c.words) > 1 && c.words[1] == "customerloop" {
+			continue // the plugin: TestCustomerloopCommands checks it
+		}
 		path, err := h.check(t, c)
 		if err != nil {
 			t.Errorf("%s\n  %v", c, err)
@@ -390,12 +393,17 @@ func TestHelmCommands(t *testing.T) {
 	t.Logf("checked %d helm commands", len(cmds))
 }
 
-var goFlagRe = regexp.MustCompile(`(?m)^  -([\w-]+)`)
-
-// Every customerloop command names a subcommand of the binary built from cmd/customerloop
-// and only flags that subcommand defines.
+// Every customerloop command, and every kubectl customerloop command (the binary as a
+// kubectl plugin), names real subcommands of the binary built from cmd/customerloop and
+// only flags those subcommands take, read from their --help as for kubectl.
 func TestCustomerloopCommands(t *testing.T) {
-	cmds := commandsOf(documentedCommands(t), "customerloop")
+	all := documentedCommands(t)
+	cmds := commandsOf(all, "customerloop")
+	for _, c := range commandsOf(all, "kubectl") {
+		if len(c.words) > 1 && c.words[1] == "customerloop" {
+			cmds = append(cmds, command{file: c.file, line: c.line, words: c.words[1:]})
+		}
+	}
 	if len(cmds) < 3 {
 		t.Fatalf("found %d customerloop commands in the docs; the extraction is broken", len(cmds))
 	}
@@ -405,52 +413,17 @@ func TestCustomerloopCommands(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building customerloop: %v\n%s", err, out)
 	}
-	usage, _ := exec.Command(bin).CombinedOutput() // exits 2 with the usage
-	subcommands := map[string]bool{}
-	inCmds := false
-	for _, l := range strings.Split(string(usage), "\n") {
-		if strings.HasPrefix(l, "Commands:") {
-			inCmds = true
-			continue
-		}
-		if inCmds {
-			if m := helpCmdRe.FindStringSubmatch(l); m != nil {
-				subcommands[m[1]] = true
-			} else {
-				inCmds = false
-			}
-		}
+	h := &cobraHelp{bin: bin, cache: map[string]helpPage{}, global: map[string]bool{}}
+	root, err := h.page(t, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !subcommands["report"] {
-		t.Fatalf("read no commands from customerloop's usage:\n%s", usage)
+	if !root.subcommands["report"] || !root.subcommands["manager"] {
+		t.Fatalf("read no commands from customerloop --help: %v", root.subcommands)
 	}
-	flagsOf := map[string]map[string]bool{}
 	for _, c := range cmds {
-		if len(c.words) < 2 || !subcommands[c.words[1]] {
-			t.Errorf("%s\n  not a customerloop command", c)
-			continue
-		}
-		sub := c.words[1]
-		if flagsOf[sub] == nil {
-			out, err := exec.Command(bin, sub, "-h").CombinedOutput()
-			if err != nil {
-				t.Fatalf("customerloop %s -h: %v\n%s", sub, err, out)
-			}
-			flagsOf[sub] = map[string]bool{}
-			for _, m := range goFlagRe.FindAllStringSubmatch(string(out), -1) {
-				flagsOf[sub][m[1]] = true
-			}
-		}
-		for _, a := range c.words[2:] {
-			if a == "--" {
-				break
-			}
-			if f := flagName(a); f != "" {
-				name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
-				if !flagsOf[sub][name] {
-					t.Errorf("%s\n  customerloop %s has no flag %s", c, sub, f)
-				}
-			}
+		if _, err := h.check(t, c); err != nil {
+			t.Errorf("%s\n  %v", c, err)
 		}
 	}
 	t.Logf("checked %d customerloop commands", len(cmds))
