@@ -35,6 +35,7 @@ import (
 // first test that needs it, and stops after the last.
 
 type cliStack struct {
+	env        *envtest.Environment
 	k8s        client.Client
 	kubeconfig string // its current context's namespace is cliNamespace
 	brokers    []string
@@ -89,6 +90,7 @@ func startCLIStack() (*cliStack, error) {
 		return s, fmt.Errorf("starting envtest: %w", err)
 	}
 	s.stop = append(s.stop, func() { _ = env.Stop() })
+	s.env = env
 	user, err := env.ControlPlane.AddUser(envtest.User{Name: "operator", Groups: []string{"system:masters"}}, nil)
 	if err != nil {
 		return s, err

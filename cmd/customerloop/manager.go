@@ -18,7 +18,9 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -32,6 +34,7 @@ import (
 func newManagerCommand() *cobra.Command {
 	var (
 		runner, workerImage, metricsAddr, probeAddr, workerResources, dashboardAddr string
+		watchNamespaces                                                             []string
 		leaderElect                                                                 bool
 		logs                                                                        logFlags
 		batch                                                                       pipeline.BatchConfig
@@ -59,7 +62,7 @@ func newManagerCommand() *cobra.Command {
 			ctx := cmd.Context()
 			mgr, err := newManager(ctx, restCfg, managerOptions{
 				runner: runner, workerImage: workerImage, metricsAddr: metricsAddr, probeAddr: probeAddr, leaderElect: leaderElect, log: log,
-				dashboardAddr: dashboardAddr, workerResources: resources, batch: batch,
+				dashboardAddr: dashboardAddr, workerResources: resources, batch: batch, watchNamespaces: watchNamespaces,
 			})
 			if err != nil {
 				return err
@@ -85,6 +88,7 @@ func newManagerCommand() *cobra.Command {
 	fs.IntVar(&batch.MaxBytes, "worker-batch-max-bytes", 0, "message bytes per insert of loops that set no spec.workers.batch.maxBytes (0: the pipeline's default, 32 MiB)")
 	fs.DurationVar(&batch.MaxWait.Duration, "worker-batch-max-wait", 0, "longest a message waits for its batch in loops that set no spec.workers.batch.maxWait (0: the pipeline's default, 1s)")
 	fs.StringVar(&dashboardAddr, "dashboard-bind-address", ":8082", "address of the read-only plan-against-actual dashboard, served by every replica; 0 disables it")
+	fs.StringSliceVar(&watchNamespaces, "watch-namespaces", nil, "namespaces whose CustomerLoops (and their Secrets) the manager watches, comma separated; all when empty. With a list the manager needs to read Secrets only there: the chart then grants it namespaced Roles instead of a cluster-wide rule")
 	return cmd
 }
 
@@ -99,8 +103,13 @@ type managerOptions struct {
 	// workerResources are the Deployment runner's default worker resources.
 	workerResources corev1.ResourceRequirements
 	batch           pipeline.BatchConfig
-	refresh         time.Duration
-	log             logr.Logger
+	// watchNamespaces limits what the manager watches and reads; empty is every namespace.
+	watchNamespaces []string
+	// several lets more than one manager run in one process, as tests do: controller
+	// names must otherwise be unique per process.
+	several bool
+	refresh time.Duration
+	log     logr.Logger
 }
 
 // newManager builds the controller manager with the CustomerLoop reconciler and the
@@ -131,6 +140,8 @@ func newManager(ctx context.Context, restCfg *rest.Config, o managerOptions) (ct
 		LeaderElection:         o.leaderElect,
 		LeaderElectionID:       "customerloop-manager.loops.customerloop.dev",
 		Logger:                 o.log,
+		Cache:                  cacheOptions(o.watchNamespaces),
+		Controller:             ctrlconfig.Controller{SkipNameValidation: &o.several},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating manager: %w", err)
@@ -192,4 +203,18 @@ func (h *httpRunnable) Start(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// cacheOptions limits the manager's informers to the watched namespaces, so that it lists
+// and watches CustomerLoops, Secrets and worker objects only there and needs no
+// cluster-wide right to read Secrets.
+func cacheOptions(namespaces []string) cache.Options {
+	if len(namespaces) == 0 {
+		return cache.Options{}
+	}
+	o := cache.Options{DefaultNamespaces: map[string]cache.Config{}}
+	for _, ns := range namespaces {
+		o.DefaultNamespaces[ns] = cache.Config{}
+	}
+	return o
 }

@@ -3,7 +3,9 @@ package chart
 import (
 	"fmt"
 	"os"
+	"slices"
 	"sort"
+	"strings"
 	"testing"
 
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -113,4 +115,104 @@ func samePermissions(t *testing.T, what, source string, want, got map[string]boo
 	if len(missing) > 0 {
 		t.Errorf("%s lacks permissions of %s: %v", what, source, missing)
 	}
+}
+
+// TestWatchNamespacesNarrowSecrets: with watchNamespaces the ClusterRole grants nothing on
+// Secrets, a Role in each watched namespace grants exactly the generated rules on Secrets
+// to the manager's ServiceAccount, the manager is told to watch those namespaces, and
+// together the roles still grant all that the code needs. Without it, the ClusterRole
+// keeps reading Secrets cluster-wide.
+func TestWatchNamespacesNarrowSecrets(t *testing.T) {
+	generated := permissions(t, onlyOfKind(t, readObjects(t, "../../config/rbac/role.yaml"), "ClusterRole"))
+	onSecrets := map[string]bool{}
+	for p := range generated {
+		if strings.HasSuffix(p, " /secrets") {
+			onSecrets[p] = true
+		}
+	}
+	if len(onSecrets) == 0 {
+		t.Fatal("the generated rules grant nothing on Secrets: the test checks nothing")
+	}
+	bySecrets := func(perms map[string]bool) (secrets, others map[string]bool) {
+		secrets, others = map[string]bool{}, map[string]bool{}
+		for p := range perms {
+			if onSecrets[p] {
+				secrets[p] = true
+			} else {
+				others[p] = true
+			}
+		}
+		return secrets, others
+	}
+
+	objs := decode(t, helmTemplate(t, nil, "--set", "watchNamespaces={team-a,team-b}"))
+	secrets, _ := bySecrets(permissions(t, onlyOfKind(t, objs, "ClusterRole")))
+	if len(secrets) > 0 {
+		t.Errorf("with watchNamespaces the ClusterRole still grants %v", secrets)
+	}
+	_, others := bySecrets(generated)
+	_, clusterOthers := bySecrets(permissions(t, onlyOfKind(t, objs, "ClusterRole")))
+	samePermissions(t, "the ClusterRole's other rules", "config/rbac/role.yaml", others, clusterOthers)
+	roles, bindings := map[string]*unstructured.Unstructured{}, map[string]*unstructured.Unstructured{}
+	for _, o := range objs {
+		if !strings.HasSuffix(o.GetName(), "-secrets") || o.GetNamespace() == namespace {
+			continue
+		}
+		switch o.GetKind() {
+		case "Role":
+			roles[o.GetNamespace()] = o
+		case "RoleBinding":
+			bindings[o.GetNamespace()] = o
+		}
+	}
+	for _, ns := range []string{"team-a", "team-b"} {
+		if roles[ns] == nil || bindings[ns] == nil {
+			t.Fatalf("no Role and RoleBinding for Secrets in %s: roles %v, bindings %v", ns, names(roles), names(bindings))
+		}
+		samePermissions(t, "the Role in "+ns, "the generated rules on Secrets", onSecrets, permissions(t, roles[ns]))
+		var b rbacv1.RoleBinding
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(bindings[ns].Object, &b); err != nil {
+			t.Fatal(err)
+		}
+		if b.RoleRef.Name != roles[ns].GetName() || len(b.Subjects) != 1 || b.Subjects[0].Kind != "ServiceAccount" || b.Subjects[0].Namespace != namespace {
+			t.Errorf("the RoleBinding in %s binds %+v to %+v, want the Role to the manager's ServiceAccount", ns, b.RoleRef, b.Subjects)
+		}
+	}
+	if len(roles) != 2 {
+		t.Errorf("Roles for Secrets in %v, want team-a and team-b only", names(roles))
+	}
+	args := managerArgs(t, objs)
+	if !slices.Contains(args, "--watch-namespaces=team-a,team-b") {
+		t.Errorf("the manager's args %v lack --watch-namespaces=team-a,team-b", args)
+	}
+
+	objs = decode(t, helmTemplate(t, nil))
+	secrets, _ = bySecrets(permissions(t, onlyOfKind(t, objs, "ClusterRole")))
+	samePermissions(t, "the ClusterRole's rules on Secrets", "config/rbac/role.yaml", onSecrets, secrets)
+	for _, a := range managerArgs(t, objs) {
+		if strings.HasPrefix(a, "--watch-namespaces") {
+			t.Errorf("without watchNamespaces the manager is given %s", a)
+		}
+	}
+}
+
+func names(m map[string]*unstructured.Unstructured) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// managerArgs are the args of the manager Deployment's first container.
+func managerArgs(t *testing.T, objs []*unstructured.Unstructured) []string {
+	t.Helper()
+	d := onlyOfKind(t, objs, "Deployment")
+	containers, _, _ := unstructured.NestedSlice(d.Object, "spec", "template", "spec", "containers")
+	if len(containers) == 0 {
+		t.Fatal("the manager Deployment has no containers")
+	}
+	args, _, _ := unstructured.NestedStringSlice(containers[0].(map[string]any), "args")
+	return args
 }
