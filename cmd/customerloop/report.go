@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -117,7 +118,7 @@ func runReport(ctx context.Context, args []string) error {
 		return err
 	}
 	if *chAddr != "" {
-		cfg.ClickHouse.Addr = *chAddr
+		overrideAddr(&cfg.ClickHouse, *chAddr)
 	}
 	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
@@ -222,4 +223,18 @@ func percent(p *float64) string {
 		return "-"
 	}
 	return strconv.FormatFloat(*p*100, 'f', 1, 64) + "%"
+}
+
+// overrideAddr points the connection at addr alone, such as a port-forward. Over TLS the
+// server's certificate is still checked against the loop's own server name (the host of
+// its first address when the loop sets none), not against the forward's.
+func overrideAddr(ch *pipeline.ClickHouseConfig, addr string) {
+	if t := ch.TLS; t != nil && t.ServerName == "" {
+		tc := *t
+		if host, _, err := net.SplitHostPort(ch.Addr); err == nil {
+			tc.ServerName = host
+		}
+		ch.TLS = &tc
+	}
+	ch.Addr, ch.Failover = addr, nil
 }
