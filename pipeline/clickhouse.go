@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -110,7 +111,7 @@ func withTLSHint(err error, useTLS bool) error {
 	var hint string
 	switch {
 	case errors.As(err, &unknownCA):
-		hint = "the CA given does not sign the server's certificate"
+		hint = "the server's certificate is not signed by the CA given, or by the system's roots when none is"
 	case errors.As(err, &hostname):
 		hint = "the server's certificate is not for this name: set the TLS server name to one it carries"
 	case errors.As(err, &record) && useTLS:
@@ -120,7 +121,11 @@ func withTLSHint(err error, useTLS bool) error {
 	case strings.Contains(msg, "remote error: tls: unknown certificate authority"),
 		strings.Contains(msg, "remote error: tls: bad certificate"):
 		hint = "the server refused the client certificate: its CA does not sign it"
-	case !useTLS && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)):
+	case useTLS && errors.Is(err, syscall.ECONNRESET):
+		// With TLS 1.3 the client finishes its handshake before the server checks the
+		// client's certificate, and the server's refusal may come as a reset.
+		hint = "the server closed the connection after the TLS handshake: it may ask for a client certificate, or refuse the one given"
+	case !useTLS && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)):
 		hint = "if this is a secure native port, the connection needs TLS"
 	}
 	if hint == "" {
