@@ -179,9 +179,10 @@ func TestClickHouseTLS(t *testing.T) {
 		{name: "a server name the certificate does not carry", mutate: func(c *ClickHouseConfig) { c.TLS.ServerName = "other.customerloop.test" },
 			wantErr: []string{"not other.customerloop.test", "set the TLS server name"}},
 		// The server asks every client for a certificate and checks one presented: that
-		// it refuses this one shows the client presents it.
+		// it refuses this one shows the client presents it. The refusal comes as an
+		// alert or, when the client writes first (TLS 1.3), as a reset: both explained.
 		{name: "a client certificate of another CA", mutate: func(c *ClickHouseConfig) { c.TLS.CertPEM, c.TLS.KeyPEM = otherCert, otherKey },
-			wantErr: []string{"the server refused the client certificate"}},
+			wantErr: []string{"client certificate"}},
 		{name: "a client certificate with another key", mutate: func(c *ClickHouseConfig) {
 			c.TLS.CertPEM, c.TLS.KeyPEM = readPEM(t, certs, "client.crt"), otherKey
 		}, wantErr: []string{"client certificate", "private key does not match public key"}},
