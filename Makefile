@@ -90,6 +90,14 @@ clickhouse: ## Start (or reuse) the local ClickHouse server.
 clickhouse-stop: ## Stop the local ClickHouse server.
 	hack/clickhouse.sh stop
 
+.PHONY: clickhouse-tls
+clickhouse-tls: ## Start (or reuse) the local ClickHouse server with a secure native port (TLS tests).
+	hack/clickhouse-tls.sh
+
+.PHONY: clickhouse-tls-stop
+clickhouse-tls-stop: ## Stop the local ClickHouse server with a secure native port.
+	hack/clickhouse-tls.sh stop
+
 .PHONY: cluster
 cluster: ## Start (or reuse) the local three-node ClickHouse cluster with ZooKeeper.
 	hack/clickhouse-cluster.sh
@@ -109,7 +117,11 @@ control-plane: $(SETUP_ENVTEST) ## Provide etcd and kube-apiserver for envtest (
 # Provisions the stack and exports its coordinates for the command that follows. The
 # private server's "customerloop" user has a password, so the tests exercise credentials
 # from a Secret; with CLICKHOUSE_ADDR given, set CLICKHOUSE_USER/CLICKHOUSE_PASSWORD too.
-# The three-node cluster (same users) backs the tests of the cluster planners.
+# The three-node cluster (same users) backs the tests of the cluster planners, and a
+# server of its own with a secure native port (same users) the tests of TLS to ClickHouse.
+TLS_ENV = \
+	tls_addr=$$(hack/clickhouse-tls.sh); tls_certs=$$(hack/clickhouse-tls.sh certs); \
+	export CLICKHOUSE_TLS_ADDR=$$tls_addr CLICKHOUSE_TLS_CERTS=$$tls_certs;
 CLUSTER_ENV = \
 	cluster_addrs=$$(hack/clickhouse-cluster.sh); \
 	export CLICKHOUSE_CLUSTER=customerloop CLICKHOUSE_CLUSTER_ADDRS=$$cluster_addrs;
@@ -118,6 +130,7 @@ STACK = \
 		export CLICKHOUSE_USER=customerloop CLICKHOUSE_PASSWORD="$${CLICKHOUSE_DEV_PASSWORD:-customerloop-dev}"; \
 	fi; \
 	addr=$$(hack/clickhouse.sh); export CLICKHOUSE_ADDR=$$addr; \
+	$(TLS_ENV) \
 	$(CLUSTER_ENV) \
 	assets=$$(SETUP_ENVTEST=$(SETUP_ENVTEST) ENVTEST_K8S_VERSION=$(ENVTEST_K8S_VERSION) hack/envtest.sh); \
 	export KUBEBUILDER_ASSETS=$$assets;

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -38,11 +39,13 @@ func (r *CustomerLoopReconciler) pipelineConfig(ctx context.Context, loop *loops
 			Group:   loop.GetConsumerGroup(),
 		},
 		ClickHouse: pipeline.ClickHouseConfig{
-			Addr:     spec.ClickHouse.Address,
 			Database: spec.ClickHouse.Database,
 			Cluster:  spec.ClickHouse.Cluster,
 		},
 		Batch: r.Batch,
+	}
+	if addrs := spec.ClickHouse.GetAddresses(); len(addrs) > 0 {
+		cfg.ClickHouse.Addr, cfg.ClickHouse.Failover = addrs[0], addrs[1:]
 	}
 	if c := spec.Consent; c != nil {
 		cfg.Consent = &pipeline.ConsentConfig{Topic: c.Topic}
@@ -122,24 +125,73 @@ func (r *CustomerLoopReconciler) pipelineConfig(ctx context.Context, loop *loops
 		}
 		cfg.ClickHouse.Username, cfg.ClickHouse.Password = user, pass
 	}
-	if t := spec.Kafka.TLS; t != nil {
-		cfg.Kafka.TLS = &pipeline.TLSConfig{ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify}
-		if ref := t.CASecretRef; ref != nil {
-			ca, err := r.secretValue(ctx, loop.Namespace, "kafka.tls.caSecretRef", ref.Name, ref.GetKey())
-			if err != nil {
-				return cfg, err
-			}
-			cfg.Kafka.TLS.CAPEM = ca
+	if t := spec.ClickHouse.TLS; t != nil {
+		tc, err := r.tlsConfig(ctx, loop.Namespace, "clickhouse.tls", t.CASecretRef, t.ClientCertSecretRef)
+		if err != nil {
+			return cfg, err
 		}
+		tc.ServerName = t.ServerName
+		cfg.ClickHouse.TLS = tc
+	}
+	if t := spec.Kafka.TLS; t != nil {
+		tc, err := r.tlsConfig(ctx, loop.Namespace, "kafka.tls", t.CASecretRef, t.ClientCertSecretRef)
+		if err != nil {
+			return cfg, err
+		}
+		tc.ServerName, tc.InsecureSkipVerify = t.ServerName, t.InsecureSkipVerify
+		cfg.Kafka.TLS = tc
 	}
 	if sa := spec.Kafka.SASL; sa != nil {
-		user, pass, err := r.credentials(ctx, loop.Namespace, "kafka.sasl.credentialsSecretRef", &sa.CredentialsSecretRef)
+		ref := &sa.CredentialsSecretRef
+		var user, pass string
+		var err error
+		if sa.Username != "" {
+			var b []byte
+			b, err = r.secretValue(ctx, loop.Namespace, "kafka.sasl.credentialsSecretRef", ref.Name, ref.GetPasswordKey())
+			user, pass = sa.Username, string(b)
+		} else {
+			user, pass, err = r.credentials(ctx, loop.Namespace, "kafka.sasl.credentialsSecretRef", ref)
+		}
 		if err != nil {
 			return cfg, err
 		}
 		cfg.Kafka.SASL = &pipeline.SASLConfig{Mechanism: string(sa.Mechanism), Username: user, Password: pass}
 	}
 	return cfg, nil
+}
+
+// tlsConfig reads a CA bundle and a client certificate with its key from the loop's
+// Secrets. A certificate or key that does not parse stalls the loop with what is wrong,
+// never with what the Secret holds; changing the Secret reconciles the loop again.
+func (r *CustomerLoopReconciler) tlsConfig(ctx context.Context, namespace, field string, ca *loopsv1alpha1.SecretKeyRef, cert *loopsv1alpha1.ClientCertSecretRef) (*pipeline.TLSConfig, error) {
+	tc := &pipeline.TLSConfig{}
+	if ca != nil {
+		v, err := r.secretValue(ctx, namespace, field+".caSecretRef", ca.Name, ca.GetKey())
+		if err != nil {
+			return nil, err
+		}
+		tc.CAPEM = v
+	}
+	if cert != nil {
+		var err error
+		if tc.CertPEM, err = r.secretValue(ctx, namespace, field+".clientCertSecretRef", cert.Name, cert.GetCertKey()); err != nil {
+			return nil, err
+		}
+		if tc.KeyPEM, err = r.secretValue(ctx, namespace, field+".clientCertSecretRef", cert.Name, cert.GetKeyKey()); err != nil {
+			return nil, err
+		}
+	}
+	if err := pipeline.CheckTLS(tc); err != nil {
+		var names []string
+		if ca != nil {
+			names = append(names, namespace+"/"+ca.Name)
+		}
+		if cert != nil && (ca == nil || cert.Name != ca.Name) {
+			names = append(names, namespace+"/"+cert.Name)
+		}
+		return nil, &specError{msg: fmt.Sprintf("%s (Secret %s): %v", field, strings.Join(names, ", "), err)}
+	}
+	return tc, nil
 }
 
 // secretValue reads one key of a Secret in the loop's namespace. Errors name the field,

@@ -421,6 +421,32 @@ func TestInvalidSpecsRefused(t *testing.T) {
 		{"unknown dimension type", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Dimensions[0].Type = "Array(String)" }, "spec.streams[0].dimensions[0].type"},
 		{"dead-letter topic is a stream topic", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].DeadLetterTopic = l.Spec.Streams[1].Topic }, "deadLetterTopic must not be the topic"},
 		{"broker without a port", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Kafka.Brokers = []string{"kafka"} }, "spec.kafka.brokers[0]"},
+		{"address and addresses", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.ClickHouse.Addresses = []string{"clickhouse-0:9440", "clickhouse-1:9440"}
+		}, "set clickhouse.address (one server) or clickhouse.addresses (several, tried in order), not both"},
+		{"no ClickHouse address", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.ClickHouse.Address = "" }, "set clickhouse.address"},
+		{"an address listed twice", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.ClickHouse.Address, l.Spec.ClickHouse.Addresses = "", []string{"clickhouse-0:9440", "clickhouse-0:9440"}
+		}, "clickhouse.addresses lists an address twice"},
+		{"an address without a port", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.ClickHouse.Address, l.Spec.ClickHouse.Addresses = "", []string{"clickhouse-0:9440", "clickhouse-1"}
+		}, "spec.clickhouse.addresses[1]"},
+		{"nine addresses", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.ClickHouse.Address = ""
+			for i := range 9 {
+				l.Spec.ClickHouse.Addresses = append(l.Spec.ClickHouse.Addresses, fmt.Sprintf("clickhouse-%d:9440", i))
+			}
+		}, "spec.clickhouse.addresses"},
+		{"a TLS server name with a space", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.ClickHouse.TLS = &loopsv1alpha1.ClickHouseTLS{ServerName: "clickhouse .example"}
+		}, "spec.clickhouse.tls.serverName"},
+		{"a client certificate key with a slash", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Kafka.TLS = &loopsv1alpha1.KafkaTLS{ClientCertSecretRef: &loopsv1alpha1.ClientCertSecretRef{Name: "user", KeyKey: "../user.key"}}
+		}, "spec.kafka.tls.clientCertSecretRef.keyKey"},
+		{"a SASL username and a usernameKey", func(l *loopsv1alpha1.CustomerLoop) {
+			l.Spec.Kafka.SASL = &loopsv1alpha1.KafkaSASL{Mechanism: "SCRAM-SHA-512", Username: "acme-loop",
+				CredentialsSecretRef: loopsv1alpha1.CredentialsSecretRef{Name: "acme-loop", UsernameKey: "user"}}
+		}, "set username (the user name itself) or credentialsSecretRef.usernameKey"},
 		{"no streams", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams = nil }, "spec.streams"},
 		{"field path with spaces", func(l *loopsv1alpha1.CustomerLoop) { l.Spec.Streams[0].Mapping.CustomerID = "customer id" }, "spec.streams[0].mapping.customerId"},
 		{"bad batch duration", func(l *loopsv1alpha1.CustomerLoop) {

@@ -22,10 +22,15 @@ import (
 // pipeline config into the ConfigMap and Deployment the Deployment runner applies, so
 // that golden files pin them down without a cluster.
 const (
-	workerConfigDir   = "/etc/customerloop/config"
-	workerConfigFile  = "config.json"
-	workerCADir       = "/etc/customerloop/kafka-ca"
-	workerMetricsPort = 8080
+	workerConfigDir  = "/etc/customerloop/config"
+	workerConfigFile = "config.json"
+	workerCADir      = "/etc/customerloop/kafka-ca"
+	// Client certificates and the ClickHouse CA are mounted like the Kafka CA, each
+	// Secret in its own directory.
+	workerKafkaCertDir      = "/etc/customerloop/kafka-client-cert"
+	workerClickHouseCADir   = "/etc/customerloop/clickhouse-ca"
+	workerClickHouseCertDir = "/etc/customerloop/clickhouse-client-cert"
+	workerMetricsPort       = 8080
 
 	// ChecksumAnnotation on the pod template changes with the worker config and the
 	// referenced Secrets' data, so that either rolls the pods.
@@ -57,16 +62,16 @@ func workerSelector(loop *loopsv1alpha1.CustomerLoop) string {
 
 // renderWorkerConfig is the config file of the loop's worker pods: the pipeline config
 // without credentials (they come from the Secrets through the environment) and with the
-// Kafka CA read from its mounted Secret.
+// CAs and client certificates read from their mounted Secrets.
 func renderWorkerConfig(loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config) ([]byte, error) {
 	cfg.ClickHouse.Username, cfg.ClickHouse.Password = "", ""
 	if t := cfg.Kafka.TLS; t != nil {
-		tc := *t
-		tc.CAPEM = nil
-		if ref := loop.Spec.Kafka.TLS.CASecretRef; ref != nil {
-			tc.CAFile = path.Join(workerCADir, ref.GetKey())
-		}
-		cfg.Kafka.TLS = &tc
+		spec := loop.Spec.Kafka.TLS
+		cfg.Kafka.TLS = mountedTLS(t, spec.CASecretRef, workerCADir, spec.ClientCertSecretRef, workerKafkaCertDir)
+	}
+	if t := cfg.ClickHouse.TLS; t != nil {
+		spec := loop.Spec.ClickHouse.TLS
+		cfg.ClickHouse.TLS = mountedTLS(t, spec.CASecretRef, workerClickHouseCADir, spec.ClientCertSecretRef, workerClickHouseCertDir)
 	}
 	if s := cfg.Kafka.SASL; s != nil {
 		cfg.Kafka.SASL = &pipeline.SASLConfig{Mechanism: s.Mechanism}
@@ -76,6 +81,42 @@ func renderWorkerConfig(loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config) (
 		return nil, fmt.Errorf("rendering the worker config: %w", err)
 	}
 	return append(b, '\n'), nil
+}
+
+// mountedTLS is a TLS config with its PEM replaced by the paths where the worker pod
+// mounts the Secrets holding it.
+func mountedTLS(t *pipeline.TLSConfig, ca *loopsv1alpha1.SecretKeyRef, caDir string, cert *loopsv1alpha1.ClientCertSecretRef, certDir string) *pipeline.TLSConfig {
+	tc := *t
+	tc.CAPEM, tc.CertPEM, tc.KeyPEM = nil, nil, nil
+	if ca != nil {
+		tc.CAFile = path.Join(caDir, ca.GetKey())
+	}
+	if cert != nil {
+		tc.CertFile, tc.KeyFile = path.Join(certDir, cert.GetCertKey()), path.Join(certDir, cert.GetKeyKey())
+	}
+	return &tc
+}
+
+// tlsVolumes mount the Secrets of a TLS config: the CA bundle readable by all, the client
+// certificate's key by the worker's group only.
+func tlsVolumes(prefix string, ca *loopsv1alpha1.SecretKeyRef, caDir string, cert *loopsv1alpha1.ClientCertSecretRef, certDir string) ([]corev1.Volume, []corev1.VolumeMount) {
+	var (
+		volumes []corev1.Volume
+		mounts  []corev1.VolumeMount
+	)
+	if ca != nil {
+		volumes = append(volumes, corev1.Volume{Name: prefix + "-ca", VolumeSource: corev1.VolumeSource{
+			Secret: &corev1.SecretVolumeSource{SecretName: ca.Name,
+				Items: []corev1.KeyToPath{{Key: ca.GetKey(), Path: ca.GetKey()}}}}})
+		mounts = append(mounts, corev1.VolumeMount{Name: prefix + "-ca", MountPath: caDir, ReadOnly: true})
+	}
+	if cert != nil {
+		volumes = append(volumes, corev1.Volume{Name: prefix + "-client-cert", VolumeSource: corev1.VolumeSource{
+			Secret: &corev1.SecretVolumeSource{SecretName: cert.Name,
+				Items: []corev1.KeyToPath{{Key: cert.GetCertKey(), Path: cert.GetCertKey()}, {Key: cert.GetKeyKey(), Path: cert.GetKeyKey()}}}}})
+		mounts = append(mounts, corev1.VolumeMount{Name: prefix + "-client-cert", MountPath: certDir, ReadOnly: true})
+	}
+	return volumes, mounts
 }
 
 // workerChecksum identifies a worker config and the data of the Secrets it refers to,
@@ -147,8 +188,11 @@ func buildWorkerDeployment(loop *loopsv1alpha1.CustomerLoop, image, checksum str
 	}
 	if s := loop.Spec.Kafka.SASL; s != nil {
 		ref := s.CredentialsSecretRef
-		env = append(env, secretEnv(envSASLUser, ref.Name, ref.GetUsernameKey()),
-			secretEnv(envSASLPass, ref.Name, ref.GetPasswordKey()))
+		user := secretEnv(envSASLUser, ref.Name, ref.GetUsernameKey())
+		if s.Username != "" {
+			user = corev1.EnvVar{Name: envSASLUser, Value: s.Username}
+		}
+		env = append(env, user, secretEnv(envSASLPass, ref.Name, ref.GetPasswordKey()))
 	}
 	if p := loop.Spec.Privacy; p != nil {
 		env = append(env, secretEnv(envHMACKey, p.HMACKeySecretRef.Name, p.HMACKeySecretRef.GetKey()))
@@ -167,11 +211,13 @@ func buildWorkerDeployment(loop *loopsv1alpha1.CustomerLoop, image, checksum str
 		{Name: "config", MountPath: workerConfigDir, ReadOnly: true},
 		{Name: "tmp", MountPath: "/tmp"},
 	}
-	if t := loop.Spec.Kafka.TLS; t != nil && t.CASecretRef != nil {
-		volumes = append(volumes, corev1.Volume{Name: "kafka-ca", VolumeSource: corev1.VolumeSource{
-			Secret: &corev1.SecretVolumeSource{SecretName: t.CASecretRef.Name,
-				Items: []corev1.KeyToPath{{Key: t.CASecretRef.GetKey(), Path: t.CASecretRef.GetKey()}}}}})
-		mounts = append(mounts, corev1.VolumeMount{Name: "kafka-ca", MountPath: workerCADir, ReadOnly: true})
+	if t := loop.Spec.Kafka.TLS; t != nil {
+		v, m := tlsVolumes("kafka", t.CASecretRef, workerCADir, t.ClientCertSecretRef, workerKafkaCertDir)
+		volumes, mounts = append(volumes, v...), append(mounts, m...)
+	}
+	if t := loop.Spec.ClickHouse.TLS; t != nil {
+		v, m := tlsVolumes("clickhouse", t.CASecretRef, workerClickHouseCADir, t.ClientCertSecretRef, workerClickHouseCertDir)
+		volumes, mounts = append(volumes, v...), append(mounts, m...)
 	}
 	resources := *defaults.DeepCopy()
 	if r := loop.Spec.Workers.Resources; r != nil {

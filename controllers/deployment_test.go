@@ -37,12 +37,15 @@ func goldenLoop(paused bool) *loopsv1alpha1.CustomerLoop {
 		Spec: loopsv1alpha1.CustomerLoopSpec{
 			Kafka: loopsv1alpha1.KafkaSpec{
 				Brokers: []string{"kafka-0.kafka:9093"},
-				TLS:     &loopsv1alpha1.KafkaTLS{CASecretRef: &loopsv1alpha1.SecretKeyRef{Name: "kafka-ca"}},
+				TLS: &loopsv1alpha1.KafkaTLS{CASecretRef: &loopsv1alpha1.SecretKeyRef{Name: "kafka-ca"},
+					ClientCertSecretRef: &loopsv1alpha1.ClientCertSecretRef{Name: "acme-loop", CertKey: "user.crt", KeyKey: "user.key"}},
 				SASL: &loopsv1alpha1.KafkaSASL{Mechanism: "SCRAM-SHA-512",
 					CredentialsSecretRef: loopsv1alpha1.CredentialsSecretRef{Name: "kafka-user", UsernameKey: "user"}},
 			},
-			ClickHouse: loopsv1alpha1.ClickHouseSpec{Address: "clickhouse:9000", Database: "acme",
-				CredentialsSecretRef: &loopsv1alpha1.CredentialsSecretRef{Name: "clickhouse"}},
+			ClickHouse: loopsv1alpha1.ClickHouseSpec{Addresses: []string{"clickhouse-0:9440", "clickhouse-1:9440"}, Database: "acme",
+				CredentialsSecretRef: &loopsv1alpha1.CredentialsSecretRef{Name: "clickhouse"},
+				TLS: &loopsv1alpha1.ClickHouseTLS{CASecretRef: &loopsv1alpha1.SecretKeyRef{Name: "clickhouse-ca"}, ServerName: "clickhouse.acme.internal",
+					ClientCertSecretRef: &loopsv1alpha1.ClientCertSecretRef{Name: "clickhouse-client"}}},
 			Streams: []loopsv1alpha1.StreamSpec{{
 				Name: "usage", Kind: loopsv1alpha1.StreamUsage, Topic: "acme.usage",
 				Mapping:    loopsv1alpha1.FieldMapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts"},
@@ -66,9 +69,13 @@ func goldenConfig() pipeline.Config {
 	return pipeline.Config{
 		Loop: "billing/acme",
 		Kafka: pipeline.KafkaConfig{Brokers: []string{"kafka-0.kafka:9093"}, Group: "customerloop.billing.acme",
-			TLS:  &pipeline.TLSConfig{CAPEM: []byte("-----BEGIN CERTIFICATE-----ca-secret")},
+			TLS: &pipeline.TLSConfig{CAPEM: []byte("-----BEGIN CERTIFICATE-----ca-secret"),
+				CertPEM: []byte("kafka-cert-secret"), KeyPEM: []byte("kafka-key-secret")},
 			SASL: &pipeline.SASLConfig{Mechanism: "SCRAM-SHA-512", Username: "kafka-user-secret", Password: "kafka-pass-secret"}},
-		ClickHouse: pipeline.ClickHouseConfig{Addr: "clickhouse:9000", Database: "acme", Username: "ch-user-secret", Password: "ch-pass-secret"},
+		ClickHouse: pipeline.ClickHouseConfig{Addr: "clickhouse-0:9440", Failover: []string{"clickhouse-1:9440"}, Database: "acme",
+			Username: "ch-user-secret", Password: "ch-pass-secret",
+			TLS: &pipeline.TLSConfig{ServerName: "clickhouse.acme.internal", CAPEM: []byte("ch-ca-secret"),
+				CertPEM: []byte("ch-cert-secret"), KeyPEM: []byte("ch-key-secret")}},
 		Streams: []pipeline.StreamConfig{{Name: "usage", Kind: pipeline.KindUsage, Topic: "acme.usage", DeadLetterTopic: "acme.usage.dlq",
 			Mapping:    pipeline.Mapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts"},
 			PII:        &pipeline.CorePII{CustomerID: pipeline.PIIHash},
@@ -78,7 +85,8 @@ func goldenConfig() pipeline.Config {
 	}
 }
 
-var secretValues = []string{"ca-secret", "kafka-user-secret", "kafka-pass-secret", "ch-user-secret", "ch-pass-secret", "hmac-key-secret"}
+var secretValues = []string{"ca-secret", "kafka-user-secret", "kafka-pass-secret", "ch-user-secret", "ch-pass-secret", "hmac-key-secret",
+	"kafka-cert-secret", "kafka-key-secret", "ch-ca-secret", "ch-cert-secret", "ch-key-secret"}
 
 func checkGolden(t *testing.T, name string, got []byte) {
 	t.Helper()
@@ -125,6 +133,25 @@ func TestWorkerObjectsGolden(t *testing.T) {
 			name = "worker-paused.golden.yaml"
 		}
 		checkGolden(t, name, out)
+	}
+}
+
+// TestWorkerSASLUsername: a SASL user name given in the spec (a Strimzi KafkaUser's
+// name) reaches the worker as a plain value, the password still from the Secret.
+func TestWorkerSASLUsername(t *testing.T) {
+	loop := goldenLoop(false)
+	loop.Spec.Kafka.SASL = &loopsv1alpha1.KafkaSASL{Mechanism: "SCRAM-SHA-512", Username: "acme-loop",
+		CredentialsSecretRef: loopsv1alpha1.CredentialsSecretRef{Name: "acme-loop"}}
+	env := map[string]corev1.EnvVar{}
+	for _, e := range buildWorkerDeployment(loop, "customerloop:1.0", "sum", corev1.ResourceRequirements{}).Spec.Template.Spec.Containers[0].Env {
+		env[e.Name] = e
+	}
+	if u := env[envSASLUser]; u.Value != "acme-loop" || u.ValueFrom != nil {
+		t.Errorf("%s = %+v, want the value acme-loop", envSASLUser, u)
+	}
+	if p := env[envSASLPass]; p.ValueFrom == nil || p.ValueFrom.SecretKeyRef == nil ||
+		p.ValueFrom.SecretKeyRef.Name != "acme-loop" || p.ValueFrom.SecretKeyRef.Key != "password" {
+		t.Errorf("%s = %+v, want key password of Secret acme-loop", envSASLPass, p)
 	}
 }
 

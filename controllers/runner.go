@@ -96,9 +96,13 @@ func configHash(cfg pipeline.Config) string {
 			h.Write([]byte(v))
 		}
 	}
-	if t := cfg.Kafka.TLS; t != nil {
-		h.Write([]byte{0})
-		h.Write(t.CAPEM)
+	for _, t := range []*pipeline.TLSConfig{cfg.Kafka.TLS, cfg.ClickHouse.TLS} {
+		if t != nil {
+			for _, v := range [][]byte{t.CAPEM, t.CertPEM, t.KeyPEM} {
+				h.Write([]byte{0})
+				h.Write(v)
+			}
+		}
 	}
 	h.Write([]byte{0})
 	h.Write(cfg.HMACKey)

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -38,7 +39,9 @@ func randomSecret(prefix string) string {
 // TestSecretsNeverShown runs loops on the real stack with known secret values — the
 // ClickHouse password, a SASL/SCRAM password on a broker that requires it, an HMAC key
 // — and with wrong ones (a ClickHouse password and a SASL password that are refused,
-// so that the failures are logged, evented and put in status), then scans everything a
+// so that the failures are logged, evented and put in status), plus loops over TLS with
+// client certificates and Strimzi's SCRAM Secret (a key that does not match its
+// certificate among them), then scans everything a
 // person or a scraper can read for each value, as it is and base64-encoded: every log
 // line of the managers and in-process workers at every level, every Event, every
 // loop's status, the worker ConfigMap and Deployment the Deployment runner applied, and
@@ -98,6 +101,25 @@ func TestSecretsNeverShown(t *testing.T) {
 	badCH := newSecretLoop("default", chWrong, saslPass)
 	badSASL := newSecretLoop("default", chPass, saslWrong)
 	deployed := newSecretLoop(deploymentNamespace, chPass, saslPass)
+	workerObjects := []*loopsv1alpha1.CustomerLoop{deployed}
+
+	// Loops over TLS with client certificates and Strimzi's SCRAM Secret (tls_test.go):
+	// one that ingests, one whose ClickHouse client key does not match its certificate
+	// (it stalls, and says why), and one whose workers are Deployments.
+	var tlsGood, tlsBadKey *loopsv1alpha1.CustomerLoop
+	if os.Getenv("CLICKHOUSE_TLS_ADDR") != "" || os.Getenv("CUSTOMERLOOP_REQUIRE_STACK") != "" {
+		f := newTLSFixture(t)
+		wrongKey := otherKey(t)
+		secrets["SCRAM password"] = f.saslPass
+		for what, key := range map[string][]byte{"client key": f.file(t, "client.key"), "mismatched client key": wrongKey} {
+			for i, line := range pemBodyLines(key) {
+				secrets[fmt.Sprintf("%s (PEM line %d)", what, i+1)] = line
+			}
+		}
+		tlsGood, tlsBadKey = f.loop(t, "default", nil), f.loop(t, "default", wrongKey)
+		workerObjects = append(workerObjects, f.loop(t, deploymentNamespace, nil))
+		f.produce(t, tlsGood, 20)
+	}
 
 	mech, err := scram.Mechanism(scram.SHA256, saslUser, saslPass)
 	if err != nil {
@@ -136,11 +158,23 @@ func TestSecretsNeverShown(t *testing.T) {
 		}
 		return n >= 2, fmt.Sprintf("%d error lines", n)
 	})
-	testkit.Eventually(t, 60*time.Second, "the worker of the deployed loop rendered", func() (bool, string) {
-		var dep appsv1.Deployment
-		err := k8s.Get(ctx, types.NamespacedName{Namespace: deploymentNamespace, Name: workerName(deployed)}, &dep)
-		return err == nil, fmt.Sprint(err)
-	})
+	for _, l := range workerObjects {
+		testkit.Eventually(t, 60*time.Second, "the worker of the deployed loop rendered", func() (bool, string) {
+			var dep appsv1.Deployment
+			err := k8s.Get(ctx, types.NamespacedName{Namespace: deploymentNamespace, Name: workerName(l)}, &dep)
+			return err == nil, fmt.Sprint(err)
+		})
+	}
+	if tlsGood != nil {
+		testkit.Eventually(t, 90*time.Second, "the TLS loop's rows counted", func() (bool, string) {
+			l := get(t, tlsGood)
+			return l.Status.RowsIngested == 20, fmt.Sprintf("Ready=%s rows=%d", condition(l, "Ready"), l.Status.RowsIngested)
+		})
+		testkit.Eventually(t, 30*time.Second, "the loop with a mismatched client key stalled", func() (bool, string) {
+			a := get(t, tlsBadKey)
+			return condition(a, "Ready") == "False/"+ReasonInvalidSpec, "Ready=" + condition(a, "Ready")
+		})
+	}
 	// Let the failing workers retry, and log, a few times.
 	time.Sleep(3 * time.Second)
 
@@ -170,13 +204,18 @@ func TestSecretsNeverShown(t *testing.T) {
 	if !strings.Contains(sources["status of default/"+badCH.Name], "message") {
 		t.Errorf("the loop with a wrong ClickHouse password has no condition message: %s", sources["status of default/"+badCH.Name])
 	}
-	for _, obj := range []client.Object{&corev1.ConfigMap{}, &appsv1.Deployment{}} {
-		if err := k8s.Get(ctx, types.NamespacedName{Namespace: deploymentNamespace, Name: workerName(deployed)}, obj); err != nil {
-			t.Fatal(err)
+	for _, l := range workerObjects {
+		for _, obj := range []client.Object{&corev1.ConfigMap{}, &appsv1.Deployment{}} {
+			if err := k8s.Get(ctx, types.NamespacedName{Namespace: deploymentNamespace, Name: workerName(l)}, obj); err != nil {
+				t.Fatal(err)
+			}
+			sources[fmt.Sprintf("worker %T of %s", obj, l.Name)] = mustJSON(t, obj)
 		}
-		sources[fmt.Sprintf("worker %T", obj)] = mustJSON(t, obj)
 	}
-	if !strings.Contains(sources["worker *v1.Deployment"], envHMACKey) {
+	if len(workerObjects) > 1 && !strings.Contains(sources["worker *v1.Deployment of "+workerObjects[1].Name], workerClickHouseCertDir) {
+		t.Errorf("the TLS loop's worker Deployment does not mount the ClickHouse client certificate")
+	}
+	if !strings.Contains(sources["worker *v1.Deployment of "+deployed.Name], envHMACKey) {
 		t.Errorf("the worker Deployment does not take the HMAC key from its Secret")
 	}
 	for name, reg := range map[string]prometheus.Gatherer{"manager metrics": ctrlmetrics.Registry, "worker metrics": workerMetrics} {
@@ -208,6 +247,18 @@ func TestSecretsNeverShown(t *testing.T) {
 			}
 		}
 	}
+}
+
+// pemBodyLines are the base64 lines of a PEM block: a leak of part of it, or of the
+// whole with escaped newlines, shows in one of them.
+func pemBodyLines(b []byte) []string {
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if line != "" && !strings.HasPrefix(line, "-----") {
+			out = append(out, line)
+		}
+	}
+	return out
 }
 
 func mustJSON(t *testing.T, v any) string {

@@ -239,6 +239,8 @@ type nodeConn struct {
 // the loop's credentials: what only a node itself knows (system.parts, system.mutations
 // of its replicas) is read there. A node that does not answer is left out, as long as
 // every shard has one that does (its replicas hold the same data); close closes them.
+// With TLS the nodes are reached over TLS at the ports system.clusters lists, so the
+// cluster's <remote_servers> must name their secure native ports.
 func connectNodes(ctx context.Context, conn driver.Conn, ch ClickHouseConfig) (nodes []nodeConn, closeAll func(), err error) {
 	hosts, err := clusterHosts(ctx, conn, ch.Cluster)
 	if err != nil {
@@ -252,7 +254,7 @@ func connectNodes(ctx context.Context, conn driver.Conn, ch ClickHouseConfig) (n
 	reached := map[uint32]bool{}
 	var down []error
 	for _, h := range hosts {
-		c, err := OpenClickHouse(ctx, ClickHouseConfig{Addr: h.Addr, Username: ch.Username, Password: ch.Password})
+		c, err := OpenClickHouse(ctx, ClickHouseConfig{Addr: h.Addr, TLS: ch.TLS, Username: ch.Username, Password: ch.Password})
 		if err != nil {
 			down = append(down, err)
 			continue

@@ -69,14 +69,22 @@ type KafkaConfig struct {
 	SASL *SASLConfig `json:"sasl,omitempty"`
 }
 
-// TLSConfig is TLS to the brokers. The CA comes from a file (a mounted Secret in a worker
-// pod) or, in-process, from memory.
+// TLSConfig is TLS to the brokers or to ClickHouse. The CA and the client certificate
+// come from files (mounted Secrets in a worker pod) or, in-process, from memory. The PEM
+// held in memory is never serialised.
 type TLSConfig struct {
-	// CAFile is a PEM bundle of the CAs that sign the brokers' certificates; empty means
+	// CAFile is a PEM bundle of the CAs that sign the servers' certificates; empty means
 	// the system's roots.
 	CAFile string `json:"caFile,omitempty"`
 	// CAPEM is the same bundle in memory; it wins over CAFile.
-	CAPEM              []byte `json:"-"`
+	CAPEM []byte `json:"-"`
+	// CertFile and KeyFile are a client certificate (followed by its intermediates) and
+	// its private key, PEM, for servers that authenticate clients by certificate.
+	CertFile string `json:"certFile,omitempty"`
+	KeyFile  string `json:"keyFile,omitempty"`
+	// CertPEM and KeyPEM are the same in memory; they win over the files.
+	CertPEM            []byte `json:"-"`
+	KeyPEM             []byte `json:"-"`
 	ServerName         string `json:"serverName,omitempty"`
 	InsecureSkipVerify bool   `json:"insecureSkipVerify,omitempty"`
 }
@@ -93,10 +101,17 @@ type SASLConfig struct {
 // ClickHouseConfig is the ClickHouse connection. The password is never serialised: the
 // worker takes it from its environment.
 type ClickHouseConfig struct {
-	Addr     string `json:"addr"`
-	Database string `json:"database"`
-	Username string `json:"username,omitempty"`
-	Password string `json:"-"`
+	// Addr is the native protocol's host:port.
+	Addr string `json:"addr"`
+	// Failover are further addresses of servers holding the same data: each connection
+	// goes to the first of Addr and Failover that accepts it, in order. See
+	// OpenClickHouse.
+	Failover []string `json:"failover,omitempty"`
+	// TLS, when set, encrypts the connections (the addresses are secure native ports).
+	TLS      *TLSConfig `json:"tls,omitempty"`
+	Database string     `json:"database"`
+	Username string     `json:"username,omitempty"`
+	Password string     `json:"-"`
 	// Cluster, when set, names a cluster of the server's <remote_servers>: every object is
 	// created ON CLUSTER, tables are Replicated on each shard behind a Distributed table of
 	// the public name, and reads that exactly-once depends on go to a synced replica of
@@ -251,6 +266,17 @@ func (c Config) Validate() error {
 	}
 	if c.ClickHouse.Addr == "" {
 		errs = append(errs, errors.New("clickhouse.addr is required"))
+	}
+	for _, a := range c.ClickHouse.Failover {
+		if a == "" || a == c.ClickHouse.Addr {
+			errs = append(errs, fmt.Errorf("clickhouse.failover: %q is empty or the same as clickhouse.addr", a))
+		}
+	}
+	if err := c.ClickHouse.TLS.validate(); err != nil {
+		errs = append(errs, fmt.Errorf("clickhouse.tls: %w", err))
+	}
+	if err := c.Kafka.TLS.validate(); err != nil {
+		errs = append(errs, fmt.Errorf("kafka.tls: %w", err))
 	}
 	if err := ValidIdent(c.ClickHouse.Database); err != nil {
 		errs = append(errs, fmt.Errorf("clickhouse.database: %w", err))

@@ -3,10 +3,8 @@ package pipeline
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -24,27 +22,12 @@ type kafkaSecurity struct {
 
 func (c KafkaConfig) security() (kafkaSecurity, error) {
 	var sec kafkaSecurity
-	if t := c.TLS; t != nil {
-		cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify} //nolint:gosec // opt-in, documented as for tests
-		pem := t.CAPEM
-		if len(pem) == 0 && t.CAFile != "" {
-			b, err := os.ReadFile(t.CAFile)
-			if err != nil {
-				return sec, fmt.Errorf("kafka.tls.caFile: %w", err)
-			}
-			pem = b
-		}
-		if len(pem) > 0 {
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return sec, errors.New("kafka TLS CA: no PEM certificate found")
-			}
-			cfg.RootCAs = pool
-		}
-		sec.tls = cfg
+	tlsCfg, err := c.TLS.build()
+	if err != nil {
+		return sec, fmt.Errorf("kafka TLS: %w", err)
 	}
+	sec.tls = tlsCfg
 	if s := c.SASL; s != nil {
-		var err error
 		switch s.Mechanism {
 		case "PLAIN":
 			sec.sasl = plain.Mechanism{Username: s.Username, Password: s.Password}

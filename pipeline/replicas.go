@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -131,7 +132,7 @@ func (s *replicaSet) topology(ctx context.Context) ([][]replica, error) {
 	}
 	rs := make([]replica, len(hosts))
 	for i, h := range hosts {
-		rs[i] = replica{shard: int(h.Shard), num: i, addr: h.Addr, local: h.Addr == s.ch.Addr}
+		rs[i] = replica{shard: int(h.Shard), num: i, addr: h.Addr, local: slices.Contains(s.ch.Addresses(), h.Addr)}
 	}
 	return shardsOf(rs), nil
 }
@@ -143,7 +144,7 @@ func (s *replicaSet) conn(ctx context.Context, addr string) (driver.Conn, error)
 		return c, nil
 	}
 	cfg := s.ch
-	cfg.Addr = addr
+	cfg.Addr, cfg.Failover = addr, nil
 	c, err := OpenClickHouse(ctx, cfg)
 	if err != nil {
 		return nil, err

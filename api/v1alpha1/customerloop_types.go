@@ -341,19 +341,64 @@ type KafkaTLS struct {
 	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`
 	ServerName string `json:"serverName,omitempty"`
 
+	// clientCertSecretRef names a Secret with a client certificate and its key, for
+	// brokers that authenticate clients by certificate (mutual TLS). For a Strimzi
+	// KafkaUser with authentication type tls, name the user's Secret with certKey
+	// user.crt and keyKey user.key.
+	// +optional
+	ClientCertSecretRef *ClientCertSecretRef `json:"clientCertSecretRef,omitempty"`
+
 	// insecureSkipVerify accepts any broker certificate. For tests only.
 	// +optional
 	InsecureSkipVerify bool `json:"insecureSkipVerify,omitempty"`
 }
 
+// ClientCertSecretRef names a Secret in the loop's namespace holding a client
+// certificate and its private key, both PEM. The default keys are those of a
+// kubernetes.io/tls Secret, which cert-manager writes: tls.crt and tls.key.
+type ClientCertSecretRef struct {
+	// name of the Secret.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
+	Name string `json:"name"`
+
+	// certKey is the Secret key holding the certificate, followed by any intermediate
+	// CA certificates. Defaults to "tls.crt".
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	CertKey string `json:"certKey,omitempty"`
+
+	// keyKey is the Secret key holding the certificate's private key. Defaults to
+	// "tls.key".
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	KeyKey string `json:"keyKey,omitempty"`
+}
+
 // KafkaSASL configures SASL authentication to the brokers.
+// +kubebuilder:validation:XValidation:rule="!has(self.username) || !has(self.credentialsSecretRef.usernameKey)",message="set username (the user name itself) or credentialsSecretRef.usernameKey (the Secret key holding it), not both"
 type KafkaSASL struct {
 	// mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512. PLAIN sends the password as it
 	// is; use it only with tls.
 	// +required
 	Mechanism SASLMechanism `json:"mechanism"`
 
-	// credentialsSecretRef names the Secret with the SASL user name and password.
+	// username is the SASL user name, for Secrets that hold only the password. A Strimzi
+	// KafkaUser's Secret is one (keys password and sasl.jaas.config): the user name is
+	// the KafkaUser's name, so set username to it and credentialsSecretRef.name to the
+	// Secret Strimzi made. Without it the user name is read from the Secret.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^\S+$`
+	Username string `json:"username,omitempty"`
+
+	// credentialsSecretRef names the Secret with the SASL password and, unless username
+	// is set, the user name.
 	// +required
 	CredentialsSecretRef CredentialsSecretRef `json:"credentialsSecretRef"`
 }
@@ -376,12 +421,34 @@ type SecretKeyRef struct {
 
 // ClickHouseSpec is the ClickHouse connection of a loop.
 // +kubebuilder:validation:XValidation:rule="has(self.cluster) == has(oldSelf.cluster) && (!has(self.cluster) || self.cluster == oldSelf.cluster)",message="cluster is immutable; the loop's tables stay where they were created: create a new CustomerLoop to move to or from a cluster"
+// +kubebuilder:validation:XValidation:rule="has(self.address) != has(self.addresses)",message="set clickhouse.address (one server) or clickhouse.addresses (several, tried in order), not both"
 type ClickHouseSpec struct {
-	// address is the host:port of ClickHouse's native protocol (usually port 9000).
-	// +required
+	// address is the host:port of ClickHouse's native protocol: usually port 9000, or
+	// 9440 with tls. Set address or addresses, not both.
+	// +optional
 	// +kubebuilder:validation:MaxLength=261
 	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:[0-9]{1,5}$`
-	Address string `json:"address"`
+	Address string `json:"address,omitempty"`
+
+	// addresses are several host:port of the native protocol, for failover: each
+	// connection goes to the first address that accepts it, in the order listed. The
+	// addresses must serve the same data (replicas of one cluster, or endpoints of one
+	// service): CustomerLoop fails over connections, it does not replicate. Set address
+	// or addresses, not both.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=8
+	// +kubebuilder:validation:items:MaxLength=261
+	// +kubebuilder:validation:items:Pattern=`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:[0-9]{1,5}$`
+	// +kubebuilder:validation:XValidation:rule="self.all(a, self.exists_one(b, b == a))",message="clickhouse.addresses lists an address twice"
+	Addresses []string `json:"addresses,omitempty"`
+
+	// tls encrypts the connections to ClickHouse and checks the server's certificate.
+	// The address must then be the server's secure native port (tcp_port_secure, 9440
+	// on ClickHouse Cloud).
+	// +optional
+	TLS *ClickHouseTLS `json:"tls,omitempty"`
 
 	// database holds the loop's tables. It is created when missing and cannot be changed
 	// afterwards (the data would be left behind).
@@ -408,6 +475,29 @@ type ClickHouseSpec struct {
 	// and password. Without it the server's default user is used.
 	// +optional
 	CredentialsSecretRef *CredentialsSecretRef `json:"credentialsSecretRef,omitempty"`
+}
+
+// ClickHouseTLS configures TLS to ClickHouse's secure native port.
+type ClickHouseTLS struct {
+	// caSecretRef names a Secret key with the PEM CA bundle that signs the server's
+	// certificate. Without it the system's roots are used, which is right for servers
+	// with a publicly trusted certificate such as ClickHouse Cloud's.
+	// +optional
+	CASecretRef *SecretKeyRef `json:"caSecretRef,omitempty"`
+
+	// serverName is the name checked in the server's certificate. Defaults to the host
+	// of the address connected to; set it when that is an IP address or a name the
+	// certificate does not carry.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`
+	ServerName string `json:"serverName,omitempty"`
+
+	// clientCertSecretRef names a Secret with a client certificate and its key, for
+	// servers that ask for one (verificationMode strict in the server's openSSL
+	// config).
+	// +optional
+	ClientCertSecretRef *ClientCertSecretRef `json:"clientCertSecretRef,omitempty"`
 }
 
 // CredentialsSecretRef points at a username and a password in a Secret of the loop's

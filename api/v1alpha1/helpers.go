@@ -60,6 +60,35 @@ func (r *SecretKeyRef) GetKey() string {
 	return "ca.crt"
 }
 
+// GetCertKey returns the Secret key of the client certificate, "tls.crt" when unset.
+func (r *ClientCertSecretRef) GetCertKey() string {
+	if r.CertKey != "" {
+		return r.CertKey
+	}
+	return "tls.crt"
+}
+
+// GetKeyKey returns the Secret key of the client certificate's private key, "tls.key"
+// when unset.
+func (r *ClientCertSecretRef) GetKeyKey() string {
+	if r.KeyKey != "" {
+		return r.KeyKey
+	}
+	return "tls.key"
+}
+
+// GetAddresses returns the ClickHouse addresses in the order they are tried: address, or
+// addresses.
+func (c *ClickHouseSpec) GetAddresses() []string {
+	if len(c.Addresses) > 0 {
+		return append([]string(nil), c.Addresses...)
+	}
+	if c.Address == "" {
+		return nil
+	}
+	return []string{c.Address}
+}
+
 // GetReplicas returns the number of worker pods the spec asks for: zero when paused.
 func (l *CustomerLoop) GetReplicas() int32 {
 	if l.Spec.Paused {
@@ -79,14 +108,27 @@ func (l *CustomerLoop) GetDeletionPolicy() DeletionPolicy {
 	return l.Spec.DeletionPolicy
 }
 
-// SecretNames returns the names of every Secret the loop references.
+// SecretNames returns the names of every Secret the loop references, each once.
 func (l *CustomerLoop) SecretNames() []string {
 	var names []string
 	if r := l.Spec.ClickHouse.CredentialsSecretRef; r != nil {
 		names = append(names, r.Name)
 	}
-	if t := l.Spec.Kafka.TLS; t != nil && t.CASecretRef != nil {
-		names = append(names, t.CASecretRef.Name)
+	if t := l.Spec.ClickHouse.TLS; t != nil {
+		if t.CASecretRef != nil {
+			names = append(names, t.CASecretRef.Name)
+		}
+		if t.ClientCertSecretRef != nil {
+			names = append(names, t.ClientCertSecretRef.Name)
+		}
+	}
+	if t := l.Spec.Kafka.TLS; t != nil {
+		if t.CASecretRef != nil {
+			names = append(names, t.CASecretRef.Name)
+		}
+		if t.ClientCertSecretRef != nil {
+			names = append(names, t.ClientCertSecretRef.Name)
+		}
 	}
 	if s := l.Spec.Kafka.SASL; s != nil {
 		names = append(names, s.CredentialsSecretRef.Name)
@@ -94,5 +136,15 @@ func (l *CustomerLoop) SecretNames() []string {
 	if p := l.Spec.Privacy; p != nil {
 		names = append(names, p.HMACKeySecretRef.Name)
 	}
-	return names
+	// One Secret may serve several refs (a Strimzi user's Secret holds its CA, certificate
+	// and key).
+	seen := map[string]bool{}
+	out := names[:0]
+	for _, n := range names {
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	return out
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -96,9 +97,23 @@ func (k *kubeFlags) renderConfig(ctx context.Context, c client.Client, loop *loo
 		return pipeline.Config{}, fmt.Errorf("CustomerLoop %s/%s: %w", loop.Namespace, loop.Name, err)
 	}
 	if k.clickhouse != "" {
-		cfg.ClickHouse.Addr = k.clickhouse
+		overrideAddr(&cfg.ClickHouse, k.clickhouse)
 	}
 	return cfg, nil
+}
+
+// overrideAddr points the connection at addr alone, such as a port-forward. Over TLS the
+// server's certificate is still checked against the loop's own server name (the host of
+// its first address when the loop sets none), not against the forward's.
+func overrideAddr(ch *pipeline.ClickHouseConfig, addr string) {
+	if t := ch.TLS; t != nil && t.ServerName == "" {
+		tc := *t
+		if host, _, err := net.SplitHostPort(ch.Addr); err == nil {
+			tc.ServerName = host
+		}
+		ch.TLS = &tc
+	}
+	ch.Addr, ch.Failover = addr, nil
 }
 
 func (k *kubeFlags) openClickHouse(ctx context.Context, cfg pipeline.Config) (driver.Conn, error) {

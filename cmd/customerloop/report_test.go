@@ -118,3 +118,27 @@ func TestPrintReport(t *testing.T) {
 		t.Errorf("table for product compute:\n%s", s)
 	}
 }
+
+// TestOverrideAddr: --clickhouse reads through one address, and over TLS still checks the
+// loop's own server name rather than the forward's.
+func TestOverrideAddr(t *testing.T) {
+	ch := pipeline.ClickHouseConfig{Addr: "clickhouse-0.clickhouse:9440", Failover: []string{"clickhouse-1.clickhouse:9440"},
+		TLS: &pipeline.TLSConfig{CAPEM: []byte("ca")}}
+	overrideAddr(&ch, "127.0.0.1:9440")
+	if got := ch.Addresses(); len(got) != 1 || got[0] != "127.0.0.1:9440" {
+		t.Errorf("addresses = %v, want only the forward", got)
+	}
+	if ch.TLS.ServerName != "clickhouse-0.clickhouse" || string(ch.TLS.CAPEM) != "ca" {
+		t.Errorf("TLS = %+v, want the CA kept and the loop's first host as the server name", ch.TLS)
+	}
+	named := pipeline.ClickHouseConfig{Addr: "10.0.0.1:9440", TLS: &pipeline.TLSConfig{ServerName: "clickhouse.example.com"}}
+	overrideAddr(&named, "127.0.0.1:9440")
+	if named.TLS.ServerName != "clickhouse.example.com" {
+		t.Errorf("the loop's own server name became %q", named.TLS.ServerName)
+	}
+	plain := pipeline.ClickHouseConfig{Addr: "clickhouse:9000"}
+	overrideAddr(&plain, "127.0.0.1:9000")
+	if plain.TLS != nil || plain.Addr != "127.0.0.1:9000" {
+		t.Errorf("plain connection = %+v", plain)
+	}
+}

@@ -7,7 +7,14 @@ package docs
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
+	"math/big"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -83,7 +90,7 @@ func sampleStreams(t testing.TB) map[string]pipeline.StreamConfig {
 		return s
 	}
 	c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(
-		secret("kafka-ca", map[string]string{"ca.crt": "stand-in"}),
+		secret("kafka-ca", map[string]string{"ca.crt": standInCA(t)}),
 		secret("kafka-user", map[string]string{"username": "u", "password": "p"}),
 		secret("clickhouse-credentials", map[string]string{"user": "u", "password": "p"}),
 	).Build()
@@ -117,6 +124,20 @@ func sampleStreams(t testing.TB) map[string]pipeline.StreamConfig {
 		}
 	}
 	return streams
+}
+
+// standInCA is a self-signed CA certificate, PEM: the controller refuses a CA bundle
+// that holds none.
+func standInCA(t testing.TB) string {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "stand-in CA"},
+		NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }
 
 // sampleStream returns the named stream of the sample loop the message docs describe.
