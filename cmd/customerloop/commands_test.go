@@ -109,6 +109,13 @@ func TestLoopCommands(t *testing.T) {
 		if out, err := s.run(t, "status", "acme", "-n", "elsewhere"); err == nil || !strings.Contains(err.Error(), "elsewhere/acme") {
 			t.Errorf("status -n elsewhere read a loop: %v\n%s", err, out)
 		}
+		// kubectl's flags stand anywhere, before the command too.
+		if out, err := s.run(t, "-n", "elsewhere", "status", "acme"); err == nil || !strings.Contains(err.Error(), "elsewhere/acme") {
+			t.Errorf("-n elsewhere status read a loop: %v\n%s", err, out)
+		}
+		if out := s.mustRun(t, "--namespace", cliNamespace, "status", "acme"); !strings.Contains(out, "acme") {
+			t.Errorf("--namespace %s status acme:\n%s", cliNamespace, out)
+		}
 		// Shell completion offers the namespace's loops and a loop's streams.
 		t.Setenv("KUBECONFIG", s.kubeconfig)
 		for _, c := range []struct {

@@ -9,11 +9,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
 
 	"customerloop.dev/customerloop/pipeline"
 )
 
-func newConsentCommand() *cobra.Command {
+func newConsentCommand(config *genericclioptions.ConfigFlags) *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
 		Use:   "consent LOOP CUSTOMER",
@@ -28,7 +29,7 @@ the tables are queried.`,
   customerloop consent acme acme-01 -o json`,
 		Args: cobra.ExactArgs(2),
 	}
-	k := addKubeFlags(cmd)
+	k := addKubeFlags(config)
 	k.addClickHouseFlag(cmd)
 	cmd.ValidArgsFunction = k.completeLoops
 	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json (default: a table)")

@@ -13,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
 
 	"customerloop.dev/customerloop/pipeline"
 )
@@ -81,7 +82,7 @@ func (f *dlqFilter) read(ctx context.Context, cfg pipeline.Config, now time.Time
 	return out, nil
 }
 
-func newDLQCommand() *cobra.Command {
+func newDLQCommand(config *genericclioptions.ConfigFlags) *cobra.Command {
 	var (
 		f      dlqFilter
 		limit  int
@@ -99,7 +100,7 @@ and value (truncated; in full with -o json). Credentials are never printed.`,
   customerloop dlq acme --stream usage --limit 0 -o json`,
 		Args: cobra.ExactArgs(1),
 	}
-	k := addKubeFlags(cmd)
+	k := addKubeFlags(config)
 	cmd.ValidArgsFunction = k.completeLoops
 	f.add(cmd, k, "only this stream's dead letters (default: every stream)")
 	cmd.Flags().IntVar(&limit, "limit", 20, "print at most this many dead letters, the latest; 0 prints all")
@@ -126,7 +127,7 @@ and value (truncated; in full with -o json). Credentials are never printed.`,
 		}
 		return printDLQ(cmd.OutOrStdout(), letters, limit)
 	}
-	cmd.AddCommand(newReplayCommand())
+	cmd.AddCommand(newReplayCommand(config))
 	return cmd
 }
 

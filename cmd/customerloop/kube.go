@@ -28,10 +28,17 @@ type kubeFlags struct {
 	clickhouse string
 }
 
-func addKubeFlags(cmd *cobra.Command) *kubeFlags {
-	k := &kubeFlags{config: genericclioptions.NewConfigFlags(true)}
-	k.config.AddFlags(cmd.Flags())
-	return k
+// newKubeConfigFlags are the flags of every command that reads a loop. They are the
+// root's persistent flags, so that they may stand before the command too, as
+// `customerloop -n team-a status acme`.
+func newKubeConfigFlags(root *cobra.Command) *genericclioptions.ConfigFlags {
+	c := genericclioptions.NewConfigFlags(true)
+	c.AddFlags(root.PersistentFlags())
+	return c
+}
+
+func addKubeFlags(config *genericclioptions.ConfigFlags) *kubeFlags {
+	return &kubeFlags{config: config}
 }
 
 // addClickHouseFlag adds --clickhouse, for commands that read the loop's ClickHouse.

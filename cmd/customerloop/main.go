@@ -16,6 +16,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 var version = "dev"
@@ -60,7 +61,8 @@ kubeconfig, like kubectl.`,
 	if !plugin {
 		root.AddGroup(&cobra.Group{ID: "run", Title: "Commands that run CustomerLoop:"})
 	}
-	for _, c := range []*cobra.Command{newStatusCommand(), newDLQCommand(), newConsentCommand(), newReportCommand()} {
+	kube := newKubeConfigFlags(root)
+	for _, c := range []*cobra.Command{newStatusCommand(kube), newDLQCommand(kube), newConsentCommand(kube), newReportCommand(kube)} {
 		c.GroupID = "loops"
 		root.AddCommand(c)
 	}
@@ -70,6 +72,14 @@ kubeconfig, like kubectl.`,
 		} else {
 			c.GroupID = "run"
 		}
+		// The kubectl flags are for the commands that read a loop: the help of the
+		// commands that run CustomerLoop leaves them out (the manager has its own
+		// --kubeconfig).
+		help := root.HelpFunc()
+		c.SetHelpFunc(func(cmd *cobra.Command, args []string) {
+			root.PersistentFlags().VisitAll(func(f *pflag.Flag) { f.Hidden = true })
+			help(cmd, args)
+		})
 		root.AddCommand(c)
 	}
 	root.AddCommand(&cobra.Command{

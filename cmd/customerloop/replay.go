@@ -13,6 +13,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/segmentio/kafka-go"
 	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
 
 	"customerloop.dev/customerloop/pipeline"
 )
@@ -24,7 +25,7 @@ type replayOptions struct {
 	force   bool
 }
 
-func newReplayCommand() *cobra.Command {
+func newReplayCommand(config *genericclioptions.ConfigFlags) *cobra.Command {
 	var o replayOptions
 	cmd := &cobra.Command{
 		Use:   "replay LOOP --stream STREAM",
@@ -49,7 +50,7 @@ second. Not re-sent:
   customerloop dlq replay acme --stream plans --since 2h`,
 		Args: cobra.ExactArgs(1),
 	}
-	k := addKubeFlags(cmd)
+	k := addKubeFlags(config)
 	k.addClickHouseFlag(cmd)
 	cmd.ValidArgsFunction = k.completeLoops
 	o.filter.add(cmd, k, "the stream whose dead letters to re-send (required)")

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
 
 	"customerloop.dev/customerloop/pipeline"
 )
@@ -21,7 +22,7 @@ type reportOptions struct {
 	filter       pipeline.GapFilter
 }
 
-func newReportCommand() *cobra.Command {
+func newReportCommand(config *genericclioptions.ConfigFlags) *cobra.Command {
 	var (
 		o        reportOptions
 		from, to string
@@ -34,7 +35,7 @@ func newReportCommand() *cobra.Command {
   customerloop report acme --product compute --from 2026-10-01 --format json`,
 		Args: cobra.ExactArgs(1),
 	}
-	k := addKubeFlags(cmd)
+	k := addKubeFlags(config)
 	k.addClickHouseFlag(cmd)
 	cmd.ValidArgsFunction = k.completeLoops
 	fs := cmd.Flags()

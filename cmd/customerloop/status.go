@@ -11,13 +11,14 @@ import (
 
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
 )
 
-func newStatusCommand() *cobra.Command {
+func newStatusCommand(config *genericclioptions.ConfigFlags) *cobra.Command {
 	var allNamespaces bool
 	cmd := &cobra.Command{
 		Use:   "status [LOOP]",
@@ -30,7 +31,7 @@ from ClickHouse now, when it answers. Without LOOP, lists the loops of the names
   customerloop status -A`,
 		Args: cobra.MaximumNArgs(1),
 	}
-	k := addKubeFlags(cmd)
+	k := addKubeFlags(config)
 	k.addClickHouseFlag(cmd)
 	cmd.ValidArgsFunction = k.completeLoops
 	cmd.Flags().BoolVarP(&allNamespaces, "all-namespaces", "A", false, "list the loops of every namespace")
