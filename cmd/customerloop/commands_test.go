@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+	"customerloop.dev/customerloop/cmd/internal/cli"
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/test/testkit"
 )
@@ -366,7 +367,7 @@ func TestRunCommandsKeepTheirFlags(t *testing.T) {
 
 func TestLogFormat(t *testing.T) {
 	var buf bytes.Buffer
-	log, err := newLogger(&buf, "info", "json")
+	log, err := cli.NewLogger(&buf, "info", "json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -376,7 +377,7 @@ func TestLogFormat(t *testing.T) {
 	if err := json.Unmarshal(buf.Bytes(), &line); err != nil || line["msg"] != "flushed" || line["messages"] != 3.0 {
 		t.Errorf("json log %q: %v", buf.String(), err)
 	}
-	if _, err := newLogger(&buf, "info", "xml"); err == nil {
+	if _, err := cli.NewLogger(&buf, "info", "xml"); err == nil {
 		t.Error("--log-format=xml accepted")
 	}
 }

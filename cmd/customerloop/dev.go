@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+	"customerloop.dev/customerloop/cmd/internal/cli"
 	"customerloop.dev/customerloop/config/crd"
 	"customerloop.dev/customerloop/config/samples"
 	"customerloop.dev/customerloop/controllers"
@@ -228,16 +229,16 @@ func (d *devStack) startControlPlane(ctx context.Context) error {
 		return err
 	}
 	d.teardown = append(d.teardown, func() { _ = logFile.Close() })
-	log, err := newLogger(logFile, "info", "text")
+	log, err := cli.NewLogger(logFile, "info", "text")
 	if err != nil {
 		return err
 	}
 	ctrl.SetLogger(log)
 	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	mgr, err := newManager(mctx, restCfg, managerOptions{
-		runner: "inprocess", metricsAddr: "0", probeAddr: "0", log: log,
-		batch:   pipeline.BatchConfig{MaxRows: 10_000, MaxWait: pipeline.Duration{Duration: 300 * time.Millisecond}},
-		refresh: 2 * time.Second,
+	mgr, err := cli.NewManager(mctx, restCfg, cli.ManagerOptions{
+		Runner: "inprocess", MetricsAddr: "0", ProbeAddr: "0", Log: log,
+		Batch:   pipeline.BatchConfig{MaxRows: 10_000, MaxWait: pipeline.Duration{Duration: 300 * time.Millisecond}},
+		Refresh: 2 * time.Second,
 	})
 	if err != nil {
 		cancel()
@@ -529,7 +530,7 @@ func (d *devStack) gapReport(ctx context.Context) error {
 	defer conn.Close()
 	step("Plan against actual, as product teams see it (customerloop report %s):", d.loop.Name)
 	fmt.Println()
-	if err := printReport(ctx, os.Stdout, conn, d.loop.Spec.ClickHouse.Database, reportOptions{format: "table", view: "all"}); err != nil {
+	if err := cli.PrintReport(ctx, os.Stdout, conn, d.loop.Spec.ClickHouse.Database, cli.ReportOptions{Format: "table", View: "all"}); err != nil {
 		return err
 	}
 	fmt.Println()
@@ -612,8 +613,8 @@ func (d *devStack) publishDigests(ctx context.Context) error {
 		if g.Flagged {
 			flag = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t\n", g.Product, g.Period.Format(time.DateOnly), round(g.PlannedLatest),
-			round(&g.Actual), percent(g.GapRatio), g.CustomersWithPlans, percent(wape), flag, g.Version)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t\n", g.Product, g.Period.Format(time.DateOnly), cli.Round(g.PlannedLatest),
+			cli.Round(&g.Actual), cli.Percent(g.GapRatio), g.CustomersWithPlans, cli.Percent(wape), flag, g.Version)
 	}
 	_ = tw.Flush()
 	fmt.Println()

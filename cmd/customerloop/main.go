@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -16,6 +15,8 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
+
+	"customerloop.dev/customerloop/cmd/internal/cli"
 )
 
 var version = "dev"
@@ -100,21 +101,6 @@ func (l *logFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&l.format, "log-format", "text", "text (logfmt-like key=value) or json (one JSON object a line)")
 }
 
-func (l logFlags) logger(w io.Writer) (logr.Logger, error) { return newLogger(w, l.level, l.format) }
-
-// newLogger returns a structured logger writing to w at the given level (debug, info,
-// warn, error), as text or JSON.
-func newLogger(w io.Writer, level, format string) (logr.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return logr.Logger{}, fmt.Errorf("--log-level: %w", err)
-	}
-	opts := &slog.HandlerOptions{Level: l}
-	switch format {
-	case "text", "":
-		return logr.FromSlogHandler(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return logr.FromSlogHandler(slog.NewJSONHandler(w, opts)), nil
-	}
-	return logr.Logger{}, fmt.Errorf("--log-format %q: want text or json", format)
+func (l logFlags) logger(w io.Writer) (logr.Logger, error) {
+	return cli.NewLogger(w, l.level, l.format)
 }
