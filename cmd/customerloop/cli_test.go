@@ -81,11 +81,10 @@ func needStack(t *testing.T) *cliStack {
 
 func startCLIStack() (*cliStack, error) {
 	s := &cliStack{chAddr: os.Getenv("CLICKHOUSE_ADDR"), logs: &syncBuffer{}}
-	crds, err := loadCRDs()
-	if err != nil {
-		return s, err
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
 	}
-	env := &envtest.Environment{CRDs: crds}
 	restCfg, err := env.Start()
 	if err != nil {
 		return s, fmt.Errorf("starting envtest: %w", err)

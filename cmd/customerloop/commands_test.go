@@ -350,8 +350,6 @@ func TestRunCommandsKeepTheirFlags(t *testing.T) {
 			"--kubeconfig", "k", "--log-format=json"},
 		{"worker", "--config=/etc/customerloop/config.json", "--metrics-bind-address=:8080"},
 		{"worker", "--config", "c.json", "--metrics-bind-address", "127.0.0.1:0", "--log-level", "debug", "--log-format", "json"},
-		{"dev", "--keep-running", "--clickhouse-addr", "127.0.0.1:19000", "--timeout", "1m"},
-		{"broker", "--addr", "127.0.0.1:9092", "--partitions", "3"},
 	} {
 		root := newRootCommand("customerloop", &bytes.Buffer{}, &bytes.Buffer{})
 		cmd, rest, err := root.Find(args)

@@ -1,5 +1,6 @@
-// Command customerloop is CustomerLoop's one binary: the operator, its workers, the
-// local development stack, and the commands that show a loop to the people who run it.
+// Command customerloop is CustomerLoop's binary: the operator, its workers, and the
+// commands that show a loop to the people who run it. The local development stack is
+// customerloop-dev, so that this binary links no test framework.
 // Installed as kubectl-customerloop it is a kubectl plugin: kubectl customerloop ...
 package main
 
@@ -36,7 +37,7 @@ func main() {
 
 // newRootCommand builds the command tree. argv0 is the name the binary was run as:
 // as kubectl-customerloop, usage reads "kubectl customerloop ..." and the commands that
-// run CustomerLoop itself (manager, worker, dev, broker) are hidden from it.
+// run CustomerLoop itself (manager, worker) are hidden from it.
 func newRootCommand(argv0 string, out, errOut io.Writer) *cobra.Command {
 	plugin := strings.HasPrefix(argv0, pluginName)
 	root := &cobra.Command{
@@ -65,7 +66,7 @@ kubeconfig, like kubectl.`,
 		c.GroupID = "loops"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{newManagerCommand(), newWorkerCommand(), newDevCommand(), newBrokerCommand()} {
+	for _, c := range []*cobra.Command{newManagerCommand(), newWorkerCommand()} {
 		if plugin {
 			c.Hidden = true
 		} else {

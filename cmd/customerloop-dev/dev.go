@@ -751,7 +751,7 @@ The stack keeps running until you press Ctrl-C. From another terminal:
   clickhouse-client --host %[4]s --port %[5]s --query \
     'SELECT customer_id, product, count() AS events, sum(quantity) AS used FROM %[6]s.usage_raw GROUP BY customer_id, product ORDER BY customer_id, product'
 
-`, d.kubeconfigPath(), time.Now().UTC().Format(time.RFC3339), strings.Join(d.brokers, ","), chHost, chPort, db, os.Args[0], dashboardHint(d.dashboardURL), d.digestTopic())
+`, d.kubeconfigPath(), time.Now().UTC().Format(time.RFC3339), strings.Join(d.brokers, ","), chHost, chPort, db, customerloopCommand(), dashboardHint(d.dashboardURL), d.digestTopic())
 }
 
 // deleteLoop deletes the sample and waits until the finalizer has stopped its worker.
@@ -781,6 +781,16 @@ func (d *devStack) deleteLoop() error {
 	}
 	step("Deleted the CustomerLoop; its worker stopped and consumer group %s has no members left", group)
 	return nil
+}
+
+// customerloopCommand is how to run the customerloop command from here: the binary beside
+// this one (make build builds both into bin/), else the one on PATH.
+func customerloopCommand() string {
+	beside := filepath.Join(filepath.Dir(os.Args[0]), "customerloop")
+	if st, err := os.Stat(beside); err == nil && !st.IsDir() {
+		return beside
+	}
+	return "customerloop"
 }
 
 func dashboardHint(url string) string {
