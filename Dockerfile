@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# The one customerloop binary (manager, worker, report, ...) on a distroless base:
-# static, no shell, non-root.
+# The customerloop binary (manager, worker, report, ...) on a distroless base: static,
+# no shell, non-root. customerloop-dev, the local stack with its test control plane and
+# broker, stays out of the image.
 
 FROM golang:1.26 AS build
 WORKDIR /src

@@ -143,8 +143,9 @@ CHDB_ENV = \
 ##@ Build, test, run
 
 .PHONY: build
-build: ## Build bin/customerloop, and bin/kubectl-customerloop (the same binary) for kubectl.
+build: ## Build bin/customerloop (and bin/kubectl-customerloop, the same binary, for kubectl) and bin/customerloop-dev.
 	go build -o $(LOCALBIN)/customerloop ./cmd/customerloop
+	go build -o $(LOCALBIN)/customerloop-dev ./cmd/customerloop-dev
 	ln -sf customerloop $(LOCALBIN)/kubectl-customerloop
 	printf '#!/bin/sh\n# Completion of "kubectl customerloop ..." (kubectl 1.26 and later run this).\nexec kubectl-customerloop __complete "$$@"\n' \
 		> $(LOCALBIN)/kubectl_complete-customerloop
@@ -172,7 +173,7 @@ fuzz: ## Fuzz the decoders and the DDL planners for longer (FUZZTIME=2000000x ex
 
 .PHONY: demo
 demo: build $(SETUP_ENVTEST) ## Run the whole loop on the local stack with a synthetic workload (ARGS=--keep-running to stay up).
-	$(STACK) $(LOCALBIN)/customerloop dev $(ARGS)
+	$(STACK) $(LOCALBIN)/customerloop-dev dev $(ARGS)
 
 .PHONY: bench
 bench: build ## Measure ingestion against the Kafka engine and the bare client ceilings (BENCH_OUT=bench-results.json).

@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+	"customerloop.dev/customerloop/cmd/internal/cli"
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/test/testkit"
 )
@@ -80,11 +81,10 @@ func needStack(t *testing.T) *cliStack {
 
 func startCLIStack() (*cliStack, error) {
 	s := &cliStack{chAddr: os.Getenv("CLICKHOUSE_ADDR"), logs: &syncBuffer{}}
-	crds, err := loadCRDs()
-	if err != nil {
-		return s, err
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
 	}
-	env := &envtest.Environment{CRDs: crds}
 	restCfg, err := env.Start()
 	if err != nil {
 		return s, fmt.Errorf("starting envtest: %w", err)
@@ -129,14 +129,14 @@ func startCLIStack() (*cliStack, error) {
 	}
 	s.stop = append(s.stop, func() { _ = s.ch.Close() })
 
-	log, err := newLogger(s.logs, "info", "text")
+	log, err := cli.NewLogger(s.logs, "info", "text")
 	if err != nil {
 		return s, err
 	}
 	ctrl.SetLogger(log)
 	ctx, cancel := context.WithCancel(context.Background())
-	mgr, err := newManager(ctx, restCfg, managerOptions{runner: "inprocess", metricsAddr: "0", probeAddr: "0", log: log,
-		batch: pipeline.BatchConfig{MaxWait: pipeline.Duration{Duration: 100 * time.Millisecond}}, refresh: time.Second})
+	mgr, err := cli.NewManager(ctx, restCfg, cli.ManagerOptions{Runner: "inprocess", MetricsAddr: "0", ProbeAddr: "0", Log: log,
+		Batch: pipeline.BatchConfig{MaxWait: pipeline.Duration{Duration: 100 * time.Millisecond}}, Refresh: time.Second})
 	if err != nil {
 		cancel()
 		return s, err

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+	"customerloop.dev/customerloop/cmd/internal/cli"
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/test/testkit"
 )
@@ -356,8 +357,6 @@ func TestRunCommandsKeepTheirFlags(t *testing.T) {
 			"--kubeconfig", "k", "--log-format=json"},
 		{"worker", "--config=/etc/customerloop/config.json", "--metrics-bind-address=:8080"},
 		{"worker", "--config", "c.json", "--metrics-bind-address", "127.0.0.1:0", "--log-level", "debug", "--log-format", "json"},
-		{"dev", "--keep-running", "--clickhouse-addr", "127.0.0.1:19000", "--timeout", "1m"},
-		{"broker", "--addr", "127.0.0.1:9092", "--partitions", "3"},
 	} {
 		root := newRootCommand("customerloop", &bytes.Buffer{}, &bytes.Buffer{})
 		cmd, rest, err := root.Find(args)
@@ -373,7 +372,7 @@ func TestRunCommandsKeepTheirFlags(t *testing.T) {
 
 func TestLogFormat(t *testing.T) {
 	var buf bytes.Buffer
-	log, err := newLogger(&buf, "info", "json")
+	log, err := cli.NewLogger(&buf, "info", "json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -383,7 +382,7 @@ func TestLogFormat(t *testing.T) {
 	if err := json.Unmarshal(buf.Bytes(), &line); err != nil || line["msg"] != "flushed" || line["messages"] != 3.0 {
 		t.Errorf("json log %q: %v", buf.String(), err)
 	}
-	if _, err := newLogger(&buf, "info", "xml"); err == nil {
+	if _, err := cli.NewLogger(&buf, "info", "xml"); err == nil {
 		t.Error("--log-format=xml accepted")
 	}
 }

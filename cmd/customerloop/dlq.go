@@ -167,6 +167,13 @@ func summarize(letters []streamLetters) []reasonSummary {
 	return out
 }
 
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
 func maxTime(a, b time.Time) time.Time {
 	if b.After(a) {
 		return b

@@ -1,5 +1,6 @@
-// Command customerloop is CustomerLoop's one binary: the operator, its workers, the
-// local development stack, and the commands that show a loop to the people who run it.
+// Command customerloop is CustomerLoop's binary: the operator, its workers, and the
+// commands that show a loop to the people who run it. The local development stack is
+// customerloop-dev, so that this binary links no test framework.
 // Installed as kubectl-customerloop it is a kubectl plugin: kubectl customerloop ...
 package main
 
@@ -7,7 +8,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -17,6 +17,8 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"customerloop.dev/customerloop/cmd/internal/cli"
 )
 
 var version = "dev"
@@ -36,7 +38,7 @@ func main() {
 
 // newRootCommand builds the command tree. argv0 is the name the binary was run as:
 // as kubectl-customerloop, usage reads "kubectl customerloop ..." and the commands that
-// run CustomerLoop itself (manager, worker, dev, broker) are hidden from it.
+// run CustomerLoop itself (manager, worker) are hidden from it.
 func newRootCommand(argv0 string, out, errOut io.Writer) *cobra.Command {
 	plugin := strings.HasPrefix(argv0, pluginName)
 	root := &cobra.Command{
@@ -66,7 +68,7 @@ kubeconfig, like kubectl.`,
 		c.GroupID = "loops"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{newManagerCommand(), newWorkerCommand(), newDevCommand(), newBrokerCommand()} {
+	for _, c := range []*cobra.Command{newManagerCommand(), newWorkerCommand()} {
 		if plugin {
 			c.Hidden = true
 		} else {
@@ -110,21 +112,6 @@ func (l *logFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&l.format, "log-format", "text", "text (logfmt-like key=value) or json (one JSON object a line)")
 }
 
-func (l logFlags) logger(w io.Writer) (logr.Logger, error) { return newLogger(w, l.level, l.format) }
-
-// newLogger returns a structured logger writing to w at the given level (debug, info,
-// warn, error), as text or JSON.
-func newLogger(w io.Writer, level, format string) (logr.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return logr.Logger{}, fmt.Errorf("--log-level: %w", err)
-	}
-	opts := &slog.HandlerOptions{Level: l}
-	switch format {
-	case "text", "":
-		return logr.FromSlogHandler(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return logr.FromSlogHandler(slog.NewJSONHandler(w, opts)), nil
-	}
-	return logr.Logger{}, fmt.Errorf("--log-format %q: want text or json", format)
+func (l logFlags) logger(w io.Writer) (logr.Logger, error) {
+	return cli.NewLogger(w, l.level, l.format)
 }

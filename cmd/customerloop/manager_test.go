@@ -13,6 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
+
+	"customerloop.dev/customerloop/cmd/internal/cli"
 )
 
 // TestManagerWithNamespacedSecretAccess gives a manager the permissions the chart grants
@@ -72,7 +74,7 @@ func TestManagerWithNamespacedSecretAccess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, err := newLogger(s.logs, "info", "text")
+	log, err := cli.NewLogger(s.logs, "info", "text")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,8 +85,8 @@ func TestManagerWithNamespacedSecretAccess(t *testing.T) {
 		mctx, stop := context.WithCancel(ctx)
 		// The Deployment runner: the in-process one would register the workers' metrics
 		// a second time in this process.
-		mgr, err := newManager(mctx, user.Config(), managerOptions{runner: "deployment", metricsAddr: "0", probeAddr: "0",
-			log: log.WithName("narrow"), watchNamespaces: namespaces, several: true})
+		mgr, err := cli.NewManager(mctx, user.Config(), cli.ManagerOptions{Runner: "deployment", MetricsAddr: "0", ProbeAddr: "0",
+			Log: log.WithName("narrow"), WatchNamespaces: namespaces, Several: true})
 		if err != nil {
 			stop()
 			t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"customerloop.dev/customerloop/cmd/internal/cli"
 	"customerloop.dev/customerloop/pipeline"
 )
 
@@ -78,7 +79,7 @@ func TestPrintReport(t *testing.T) {
 		[]any{"p2", "acme", "compute", at("2025-03-01 00:00:00"), 120.0, at("2025-03-02 00:00:00"), (*float64)(nil), "p", int32(0), int64(2), now, now.UnixMilli()})
 
 	var out bytes.Buffer
-	if err := printReport(ctx, &out, conn, db, reportOptions{format: "json", view: "all"}); err != nil {
+	if err := cli.PrintReport(ctx, &out, conn, db, cli.ReportOptions{Format: "json", View: "all"}); err != nil {
 		t.Fatal(err)
 	}
 	var rep struct {
@@ -98,7 +99,7 @@ func TestPrintReport(t *testing.T) {
 	}
 
 	out.Reset()
-	if err := printReport(ctx, &out, conn, db, reportOptions{format: "csv", view: "all", filter: pipeline.GapFilter{Customer: "globex"}}); err != nil {
+	if err := cli.PrintReport(ctx, &out, conn, db, cli.ReportOptions{Format: "csv", View: "all", Filter: pipeline.GapFilter{Customer: "globex"}}); err != nil {
 		t.Fatal(err)
 	}
 	records, err := csv.NewReader(&out).ReadAll()
@@ -110,8 +111,8 @@ func TestPrintReport(t *testing.T) {
 	}
 
 	out.Reset()
-	if err := printReport(ctx, &out, conn, db, reportOptions{format: "table", view: "all",
-		filter: pipeline.GapFilter{Product: "compute", From: time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC), To: time.Date(2025, 3, 31, 0, 0, 0, 0, time.UTC)}}); err != nil {
+	if err := cli.PrintReport(ctx, &out, conn, db, cli.ReportOptions{Format: "table", View: "all",
+		Filter: pipeline.GapFilter{Product: "compute", From: time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC), To: time.Date(2025, 3, 31, 0, 0, 0, 0, time.UTC)}}); err != nil {
 		t.Fatal(err)
 	}
 	if s := out.String(); !strings.Contains(s, "-25.0%") || strings.Contains(s, "globex") || !strings.Contains(s, "accuracy by horizon") {

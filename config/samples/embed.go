@@ -1,4 +1,4 @@
-// Package samples embeds the sample CustomerLoops, which `customerloop dev` applies.
+// Package samples embeds the sample CustomerLoops, which `customerloop-dev dev` applies.
 package samples
 
 import _ "embed"

@@ -47,7 +47,7 @@ type Source interface {
 // ErrNotFound is wrapped by Source.Open for an unknown loop.
 var ErrNotFound = errors.New("loop not found")
 
-// StaticSource is a fixed set of loops, for `customerloop dev` and tests.
+// StaticSource is a fixed set of loops, for `customerloop-dev dev` and tests.
 type StaticSource map[LoopRef]Loop
 
 // Loops returns the loops ordered by namespace and name.

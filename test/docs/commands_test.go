@@ -395,7 +395,8 @@ func TestHelmCommands(t *testing.T) {
 
 // Every customerloop command, and every kubectl customerloop command (the binary as a
 // kubectl plugin), names real subcommands of the binary built from cmd/customerloop and
-// only flags those subcommands take, read from their --help as for kubectl.
+// only flags those subcommands take, read from their --help as for kubectl. The same
+// holds for customerloop-dev, the development binary (dev, broker).
 func TestCustomerloopCommands(t *testing.T) {
 	all := documentedCommands(t)
 	cmds := commandsOf(all, "customerloop")
@@ -407,26 +408,40 @@ func TestCustomerloopCommands(t *testing.T) {
 	if len(cmds) < 3 {
 		t.Fatalf("found %d customerloop commands in the docs; the extraction is broken", len(cmds))
 	}
-	bin := filepath.Join(t.TempDir(), "customerloop")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/customerloop")
+	checkCommands(t, "customerloop", cmds, "report", "manager")
+	dev := commandsOf(all, "customerloop-dev")
+	if len(dev) < 2 {
+		t.Fatalf("found %d customerloop-dev commands in the docs, want its dev and broker", len(dev))
+	}
+	checkCommands(t, "customerloop-dev", dev, "dev", "broker")
+}
+
+// checkCommands builds cmd/<name> and checks the documented commands against its help;
+// its root help must list the given subcommands.
+func checkCommands(t *testing.T, name string, cmds []command, subcommands ...string) {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), name)
+	build := exec.Command("go", "build", "-o", bin, "./cmd/"+name)
 	build.Dir = repoRoot(t)
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building customerloop: %v\n%s", err, out)
+		t.Fatalf("building %s: %v\n%s", name, err, out)
 	}
 	h := &cobraHelp{bin: bin, cache: map[string]helpPage{}, global: map[string]bool{}}
 	root, err := h.page(t, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !root.subcommands["report"] || !root.subcommands["manager"] {
-		t.Fatalf("read no commands from customerloop --help: %v", root.subcommands)
+	for _, s := range subcommands {
+		if !root.subcommands[s] {
+			t.Fatalf("read no %s command from %s --help: %v", s, name, root.subcommands)
+		}
 	}
 	for _, c := range cmds {
 		if _, err := h.check(t, c); err != nil {
 			t.Errorf("%s\n  %v", c, err)
 		}
 	}
-	t.Logf("checked %d customerloop commands", len(cmds))
+	t.Logf("checked %d %s commands", len(cmds), name)
 }
 
 var makeTargetRe = regexp.MustCompile(`(?m)^([A-Za-z0-9][\w.-]*)\s*:([^=]|$)`)

@@ -13,11 +13,11 @@ import (
 	"time"
 )
 
-// TestDevDemo runs `customerloop dev`, the command behind `make demo`: it must bring the
+// TestDevDemo runs `customerloop-dev dev`, the command behind `make demo`: it must bring the
 // stack up, land every produced message, print matching counts, and tear down cleanly.
 func TestDevDemo(t *testing.T) {
 	requireStack(t)
-	bin := buildBinary(t)
+	bin := buildCommand(t, "customerloop-dev")
 	db := fmt.Sprintf("e2e_demo_%d", time.Now().UnixNano())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -29,9 +29,9 @@ func TestDevDemo(t *testing.T) {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
-	t.Logf("customerloop dev:\n%s", out.String())
+	t.Logf("customerloop-dev dev:\n%s", out.String())
 	if err != nil {
-		t.Fatalf("customerloop dev failed: %v", err)
+		t.Fatalf("customerloop-dev dev failed: %v", err)
 	}
 	for _, want := range []string{
 		"Loop Ready",

@@ -25,8 +25,14 @@ func requireStack(t *testing.T) {
 // buildBinary builds the customerloop binary as users get it.
 func buildBinary(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "customerloop")
-	out, err := exec.Command("go", "build", "-o", bin, "../../cmd/customerloop").CombinedOutput()
+	return buildCommand(t, "customerloop")
+}
+
+// buildCommand builds the command cmd/<name>.
+func buildCommand(t *testing.T, name string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), name)
+	out, err := exec.Command("go", "build", "-o", bin, "../../cmd/"+name).CombinedOutput()
 	if err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}

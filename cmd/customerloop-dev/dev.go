@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+	"customerloop.dev/customerloop/cmd/internal/cli"
 	"customerloop.dev/customerloop/config/crd"
 	"customerloop.dev/customerloop/config/samples"
 	"customerloop.dev/customerloop/controllers"
@@ -228,16 +229,16 @@ func (d *devStack) startControlPlane(ctx context.Context) error {
 		return err
 	}
 	d.teardown = append(d.teardown, func() { _ = logFile.Close() })
-	log, err := newLogger(logFile, "info", "text")
+	log, err := cli.NewLogger(logFile, "info", "text")
 	if err != nil {
 		return err
 	}
 	ctrl.SetLogger(log)
 	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	mgr, err := newManager(mctx, restCfg, managerOptions{
-		runner: "inprocess", metricsAddr: "0", probeAddr: "0", log: log,
-		batch:   pipeline.BatchConfig{MaxRows: 10_000, MaxWait: pipeline.Duration{Duration: 300 * time.Millisecond}},
-		refresh: 2 * time.Second,
+	mgr, err := cli.NewManager(mctx, restCfg, cli.ManagerOptions{
+		Runner: "inprocess", MetricsAddr: "0", ProbeAddr: "0", Log: log,
+		Batch:   pipeline.BatchConfig{MaxRows: 10_000, MaxWait: pipeline.Duration{Duration: 300 * time.Millisecond}},
+		Refresh: 2 * time.Second,
 	})
 	if err != nil {
 		cancel()
@@ -529,7 +530,7 @@ func (d *devStack) gapReport(ctx context.Context) error {
 	defer conn.Close()
 	step("Plan against actual, as product teams see it (customerloop report %s):", d.loop.Name)
 	fmt.Println()
-	if err := printReport(ctx, os.Stdout, conn, d.loop.Spec.ClickHouse.Database, reportOptions{format: "table", view: "all"}); err != nil {
+	if err := cli.PrintReport(ctx, os.Stdout, conn, d.loop.Spec.ClickHouse.Database, cli.ReportOptions{Format: "table", View: "all"}); err != nil {
 		return err
 	}
 	fmt.Println()
@@ -612,8 +613,8 @@ func (d *devStack) publishDigests(ctx context.Context) error {
 		if g.Flagged {
 			flag = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t\n", g.Product, g.Period.Format(time.DateOnly), round(g.PlannedLatest),
-			round(&g.Actual), percent(g.GapRatio), g.CustomersWithPlans, percent(wape), flag, g.Version)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t\n", g.Product, g.Period.Format(time.DateOnly), cli.Round(g.PlannedLatest),
+			cli.Round(&g.Actual), cli.Percent(g.GapRatio), g.CustomersWithPlans, cli.Percent(wape), flag, g.Version)
 	}
 	_ = tw.Flush()
 	fmt.Println()
@@ -750,7 +751,7 @@ The stack keeps running until you press Ctrl-C. From another terminal:
   clickhouse-client --host %[4]s --port %[5]s --query \
     'SELECT customer_id, product, count() AS events, sum(quantity) AS used FROM %[6]s.usage_raw GROUP BY customer_id, product ORDER BY customer_id, product'
 
-`, d.kubeconfigPath(), time.Now().UTC().Format(time.RFC3339), strings.Join(d.brokers, ","), chHost, chPort, db, os.Args[0], dashboardHint(d.dashboardURL), d.digestTopic())
+`, d.kubeconfigPath(), time.Now().UTC().Format(time.RFC3339), strings.Join(d.brokers, ","), chHost, chPort, db, customerloopCommand(), dashboardHint(d.dashboardURL), d.digestTopic())
 }
 
 // deleteLoop deletes the sample and waits until the finalizer has stopped its worker.
@@ -780,6 +781,16 @@ func (d *devStack) deleteLoop() error {
 	}
 	step("Deleted the CustomerLoop; its worker stopped and consumer group %s has no members left", group)
 	return nil
+}
+
+// customerloopCommand is how to run the customerloop command from here: the binary beside
+// this one (make build builds both into bin/), else the one on PATH.
+func customerloopCommand() string {
+	beside := filepath.Join(filepath.Dir(os.Args[0]), "customerloop")
+	if st, err := os.Stat(beside); err == nil && !st.IsDir() {
+		return beside
+	}
+	return "customerloop"
 }
 
 func dashboardHint(url string) string {

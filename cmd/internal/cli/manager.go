@@ -1,0 +1,159 @@
+// Package cli holds what the customerloop command and the development command
+// customerloop-dev share: the operator's manager, the logger of the long-running commands
+// and the plan-against-actual report. It links no test framework, so the production
+// binary can import it.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+	"customerloop.dev/customerloop/controllers"
+	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/dashboard"
+)
+
+// ManagerOptions configure NewManager.
+type ManagerOptions struct {
+	Runner      string
+	WorkerImage string
+	MetricsAddr string
+	ProbeAddr   string
+	LeaderElect bool
+	// DashboardAddr serves the dashboard; "" or "0" does not.
+	DashboardAddr string
+	// WorkerResources are the Deployment runner's default worker resources.
+	WorkerResources corev1.ResourceRequirements
+	Batch           pipeline.BatchConfig
+	// WatchNamespaces limits what the manager watches and reads; empty is every namespace.
+	WatchNamespaces []string
+	// Several lets more than one manager run in one process, as tests do: controller
+	// names must otherwise be unique per process.
+	Several bool
+	Refresh time.Duration
+	Log     logr.Logger
+}
+
+// NewManager builds the controller manager with the CustomerLoop reconciler and the
+// chosen worker runner.
+func NewManager(ctx context.Context, restCfg *rest.Config, o ManagerOptions) (ctrl.Manager, error) {
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := loopsv1alpha1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	var runner controllers.Runner
+	switch o.Runner {
+	case "inprocess":
+		// Workers' metrics are served with the manager's, on its metrics endpoint.
+		runner = controllers.NewInProcessRunner(o.Log.WithName("worker"), pipeline.NewMetrics(ctrlmetrics.Registry))
+	case "deployment":
+		// The client is the manager's, set below once it exists.
+		runner = &controllers.DeploymentRunner{Image: o.WorkerImage, DefaultResources: o.WorkerResources}
+	default:
+		return nil, fmt.Errorf("--runner=%q: want inprocess or deployment", o.Runner)
+	}
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
+		HealthProbeBindAddress: o.ProbeAddr,
+		LeaderElection:         o.LeaderElect,
+		LeaderElectionID:       "customerloop-manager.loops.customerloop.dev",
+		Logger:                 o.Log,
+		Cache:                  cacheOptions(o.WatchNamespaces),
+		Controller:             ctrlconfig.Controller{SkipNameValidation: &o.Several},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating manager: %w", err)
+	}
+	if o.ProbeAddr != "0" {
+		if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+			return nil, err
+		}
+		if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+			return nil, err
+		}
+	}
+	if d, ok := runner.(*controllers.DeploymentRunner); ok {
+		d.Client = mgr.GetClient()
+	}
+	r := &controllers.CustomerLoopReconciler{
+		Client:          mgr.GetClient(),
+		Runner:          runner,
+		Recorder:        mgr.GetEventRecorder("customerloop-controller"),
+		Batch:           o.Batch,
+		RefreshInterval: o.Refresh,
+	}
+	if err := r.SetupWithManager(ctx, mgr); err != nil {
+		return nil, fmt.Errorf("setting up the controller: %w", err)
+	}
+	if o.DashboardAddr != "" && o.DashboardAddr != "0" {
+		h := dashboard.New(controllers.DashboardSource{Client: mgr.GetClient()}, o.Log.WithName("dashboard"))
+		if err := mgr.Add(&httpRunnable{addr: o.DashboardAddr, handler: h, log: o.Log.WithName("dashboard")}); err != nil {
+			return nil, err
+		}
+	}
+	return mgr, nil
+}
+
+// httpRunnable serves a read-only handler for as long as the manager runs, on every
+// replica: it needs no leader.
+type httpRunnable struct {
+	addr    string
+	handler http.Handler
+	log     logr.Logger
+}
+
+func (h *httpRunnable) NeedLeaderElection() bool { return false }
+
+func (h *httpRunnable) Start(ctx context.Context) error {
+	ln, err := net.Listen("tcp", h.addr)
+	if err != nil {
+		return fmt.Errorf("dashboard: %w", err)
+	}
+	srv := &http.Server{Handler: h.handler, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	h.log.Info("serving the dashboard", "address", ln.Addr().String())
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// cacheOptions limits the manager's informers to the watched namespaces, so that it lists
+// and watches CustomerLoops, Secrets and worker objects only there and needs no
+// cluster-wide right to read Secrets.
+func cacheOptions(namespaces []string) cache.Options {
+	if len(namespaces) == 0 {
+		return cache.Options{}
+	}
+	o := cache.Options{DefaultNamespaces: map[string]cache.Config{}}
+	for _, ns := range namespaces {
+		o.DefaultNamespaces[ns] = cache.Config{}
+	}
+	return o
+}
