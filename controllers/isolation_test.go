@@ -50,24 +50,27 @@ func TestSecretRefsHaveNoNamespace(t *testing.T) {
 	}
 }
 
-// TestWorkerServiceAccountCannotReadSecrets: worker pods run as their namespace's default
-// ServiceAccount without a mounted token, and that account, impersonated against the
-// real API server's RBAC, can get no Secret: neither of its own namespace nor of another.
-// A control account bound to a Role that grants get on Secrets can, so the check is
-// RBAC's answer and not a broken impersonation.
+// TestWorkerServiceAccountCannotReadSecrets: worker pods run as their loop's own
+// ServiceAccount, whose token they mount to have their scrapers' tokens reviewed, and
+// that account, bound as the runner binds it (system:auth-delegator) and impersonated
+// against the real API server's RBAC, can get no Secret: neither of its own namespace
+// nor of another. A control account bound to a Role that grants get on Secrets can, so
+// the check is RBAC's answer and not a broken impersonation.
 func TestWorkerServiceAccountCannotReadSecrets(t *testing.T) {
 	ctx := context.Background()
 	loop := newLoop(t)
 	loop.Namespace = deploymentNamespace
-	dep := buildWorkerDeployment(loop, "customerloop:test", "x", corev1.ResourceRequirements{})
+	dep := buildWorkerDeployment(loop, "customerloop:test", "x", corev1.ResourceRequirements{}, true)
 	pod := dep.Spec.Template.Spec
-	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
-		t.Errorf("worker pods mount a service account token: automountServiceAccountToken = %v", pod.AutomountServiceAccountToken)
-	}
 	sa := pod.ServiceAccountName
-	if sa == "" {
-		sa = "default"
+	if sa != workerName(loop) {
+		t.Errorf("worker pods run as ServiceAccount %q, want the loop's own %q", sa, workerName(loop))
 	}
+	delegator := buildWorkerAuthBinding(loop)
+	if err := k8s.Create(ctx, delegator); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(ctx, delegator) })
 
 	other := fmt.Sprintf("isolation-%d", testSeq)
 	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: other}}); err != nil {

@@ -20,7 +20,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/controllers"
@@ -34,6 +33,8 @@ func runManager(ctx context.Context, args []string) error {
 	runner := fs.String("runner", "inprocess", "where workers run: inprocess (goroutines of the manager) or deployment (a Deployment of worker pods per loop)")
 	workerImage := fs.String("worker-image", "customerloop:"+version, "image of the worker pods (with --runner=deployment)")
 	metricsAddr := fs.String("metrics-bind-address", ":8080", "address of the metrics endpoint; 0 disables it")
+	metricsSecure := fs.Bool("metrics-secure", true, metricsSecureUsage+"; the worker pods of --runner=deployment follow it")
+	metricsCertDir := fs.String("metrics-cert-dir", "", "directory with tls.crt and tls.key of the metrics endpoint (with --metrics-secure); without them a self-signed certificate")
 	probeAddr := fs.String("health-probe-bind-address", ":8081", "address of the health and readiness probes")
 	leaderElect := fs.Bool("leader-elect", false, "elect a leader so that only one of several replicas reconciles")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
@@ -43,6 +44,7 @@ func runManager(ctx context.Context, args []string) error {
 	fs.IntVar(&batch.MaxBytes, "worker-batch-max-bytes", 0, "message bytes per insert of loops that set no spec.workers.batch.maxBytes (0: the pipeline's default, 32 MiB)")
 	fs.DurationVar(&batch.MaxWait.Duration, "worker-batch-max-wait", 0, "longest a message waits for its batch in loops that set no spec.workers.batch.maxWait (0: the pipeline's default, 1s)")
 	dashboardAddr := fs.String("dashboard-bind-address", ":8082", "address of the read-only plan-against-actual dashboard, served by every replica; 0 disables it")
+	dashboardAuth := fs.Bool("dashboard-auth", true, dashboardAuthUsage)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -63,7 +65,8 @@ func runManager(ctx context.Context, args []string) error {
 	}
 	mgr, err := newManager(ctx, restCfg, managerOptions{
 		runner: *runner, workerImage: *workerImage, metricsAddr: *metricsAddr, probeAddr: *probeAddr, leaderElect: *leaderElect, log: log,
-		dashboardAddr: *dashboardAddr, workerResources: resources, batch: batch,
+		metricsSecure: *metricsSecure, metricsCertDir: *metricsCertDir,
+		dashboardAddr: *dashboardAddr, dashboardAuth: *dashboardAuth, workerResources: resources, batch: batch,
 	})
 	if err != nil {
 		return err
@@ -76,10 +79,16 @@ type managerOptions struct {
 	runner      string
 	workerImage string
 	metricsAddr string
-	probeAddr   string
-	leaderElect bool
+	// metricsSecure serves metrics over HTTPS to authorized tokens only, the manager's
+	// and the worker pods'.
+	metricsSecure  bool
+	metricsCertDir string
+	probeAddr      string
+	leaderElect    bool
 	// dashboardAddr serves the dashboard; "" or "0" does not.
 	dashboardAddr string
+	// dashboardAuth lets in only readers with a token, each to the loops it may get.
+	dashboardAuth bool
 	// workerResources are the Deployment runner's default worker resources.
 	workerResources corev1.ResourceRequirements
 	batch           pipeline.BatchConfig
@@ -104,13 +113,13 @@ func newManager(ctx context.Context, restCfg *rest.Config, o managerOptions) (ct
 		runner = controllers.NewInProcessRunner(o.log.WithName("worker"), pipeline.NewMetrics(ctrlmetrics.Registry))
 	case "deployment":
 		// The client is the manager's, set below once it exists.
-		runner = &controllers.DeploymentRunner{Image: o.workerImage, DefaultResources: o.workerResources}
+		runner = &controllers.DeploymentRunner{Image: o.workerImage, DefaultResources: o.workerResources, SecureMetrics: o.metricsSecure}
 	default:
 		return nil, fmt.Errorf("--runner=%q: want inprocess or deployment", o.runner)
 	}
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
 		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
+		Metrics:                managerMetrics(o.metricsAddr, o.metricsSecure, o.metricsCertDir),
 		HealthProbeBindAddress: o.probeAddr,
 		LeaderElection:         o.leaderElect,
 		LeaderElectionID:       "customerloop-manager.loops.customerloop.dev",
@@ -140,13 +149,36 @@ func newManager(ctx context.Context, restCfg *rest.Config, o managerOptions) (ct
 	if err := r.SetupWithManager(ctx, mgr); err != nil {
 		return nil, fmt.Errorf("setting up the controller: %w", err)
 	}
+	if o.metricsAddr != "0" && !o.metricsSecure && !loopback(o.metricsAddr) {
+		o.log.Info("WARNING: metrics are served over plain HTTP to anyone who reaches the port (--metrics-secure=false)", "address", o.metricsAddr)
+	}
 	if o.dashboardAddr != "" && o.dashboardAddr != "0" {
-		h := dashboard.New(controllers.DashboardSource{Client: mgr.GetClient()}, o.log.WithName("dashboard"))
-		if err := mgr.Add(&httpRunnable{addr: o.dashboardAddr, handler: h, log: o.log.WithName("dashboard")}); err != nil {
+		log := o.log.WithName("dashboard")
+		h, err := dashboardHandler(mgr, controllers.DashboardSource{Client: mgr.GetClient()}, o.dashboardAuth, log)
+		if err != nil {
+			return nil, err
+		}
+		if !o.dashboardAuth && !loopback(o.dashboardAddr) {
+			log.Info("WARNING: the dashboard shows every loop to anyone who reaches the port (--dashboard-auth=false)", "address", o.dashboardAddr)
+		}
+		if err := mgr.Add(&httpRunnable{addr: o.dashboardAddr, handler: h, log: log}); err != nil {
 			return nil, err
 		}
 	}
 	return mgr, nil
+}
+
+// dashboardHandler is the dashboard of src: with auth, to readers with a token the API
+// server accepts, each seeing the loops it may get; without, every loop to anyone.
+func dashboardHandler(mgr ctrl.Manager, src dashboard.Source, auth bool, log logr.Logger) (http.Handler, error) {
+	if !auth {
+		return dashboard.New(src, log), nil
+	}
+	a, err := controllers.NewDashboardAuth(mgr.GetConfig(), mgr.GetHTTPClient(), log)
+	if err != nil {
+		return nil, err
+	}
+	return a.Handler(src), nil
 }
 
 // httpRunnable serves a read-only handler for as long as the manager runs, on every

@@ -5,17 +5,20 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	httppprof "net/http/pprof"
 	"os"
 	"runtime/pprof"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"customerloop.dev/customerloop/controllers"
 	"customerloop.dev/customerloop/pipeline"
 )
 
@@ -33,7 +36,9 @@ func runWorker(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	path := fs.String("config", "", "pipeline config file (JSON), as the operator renders it")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	metricsAddr := fs.String("metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint; 0 disables it")
+	metricsAddr := fs.String("metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint (and /healthz); 0 disables it")
+	metricsSecure := fs.Bool("metrics-secure", true, metricsSecureUsage+"; /healthz is served to anyone")
+	config.RegisterFlags(fs) // --kubeconfig, for --metrics-secure's reviews; in a pod its ServiceAccount
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to this file until the worker stops")
 	pprofAddr := fs.String("pprof-bind-address", "0", "serve Go's /debug/pprof on this address; 0 disables it")
 	if err := fs.Parse(args); err != nil {
@@ -86,18 +91,11 @@ func runWorker(ctx context.Context, args []string) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := pipeline.NewMetrics(reg)
 	if *metricsAddr != "0" {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		// The worker is alive while it serves; a failing ClickHouse or Kafka shows in its
-		// metrics and logs, not in restarts that would not help.
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-		srv := &http.Server{Addr: *metricsAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		ln, err := net.Listen("tcp", *metricsAddr)
+		stop, err := serveWorkerMetrics(*metricsAddr, *metricsSecure, reg, log.WithName("metrics"))
 		if err != nil {
-			return fmt.Errorf("metrics endpoint: %w", err)
+			return err
 		}
-		go func() { _ = srv.Serve(ln) }()
-		defer srv.Close()
+		defer stop()
 	}
 	w, err := pipeline.NewWorker(ctx, cfg, log.WithValues("loop", cfg.Loop), metrics)
 	if err != nil {
@@ -105,4 +103,37 @@ func runWorker(ctx context.Context, args []string) error {
 	}
 	defer w.Close()
 	return w.Run(ctx)
+}
+
+// serveWorkerMetrics serves the worker's metrics endpoint until stop is called; when
+// secure, to the tokens the API server (found as --kubeconfig says, in a pod through its
+// ServiceAccount) accepts and allows to get /metrics.
+func serveWorkerMetrics(addr string, secure bool, reg prometheus.Gatherer, log logr.Logger) (stop func(), err error) {
+	var filter metricsserver.Filter
+	if secure {
+		restCfg, err := config.GetConfig()
+		if err != nil {
+			return nil, fmt.Errorf("--metrics-secure needs the Kubernetes API to review tokens: %w", err)
+		}
+		httpClient, err := rest.HTTPClientFor(restCfg)
+		if err != nil {
+			return nil, err
+		}
+		if filter, err = controllers.MetricsFilter(restCfg, httpClient); err != nil {
+			return nil, err
+		}
+	} else if !loopback(addr) {
+		log.Info("WARNING: metrics are served over plain HTTP to anyone who reaches the port (--metrics-secure=false)", "address", addr)
+	}
+	h, err := workerMetricsHandler(reg, filter, log)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := listenMetrics(addr, secure)
+	if err != nil {
+		return nil, fmt.Errorf("metrics endpoint: %w", err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return func() { _ = srv.Close() }, nil
 }
