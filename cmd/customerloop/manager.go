@@ -99,11 +99,8 @@ type managerOptions struct {
 // newManager builds the controller manager with the CustomerLoop reconciler and the
 // chosen worker runner.
 func newManager(ctx context.Context, restCfg *rest.Config, o managerOptions) (ctrl.Manager, error) {
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return nil, err
-	}
-	if err := loopsv1alpha1.AddToScheme(scheme); err != nil {
+	scheme, err := newScheme()
+	if err != nil {
 		return nil, err
 	}
 	var runner controllers.Runner
@@ -179,6 +176,18 @@ func dashboardHandler(mgr ctrl.Manager, src dashboard.Source, auth bool, log log
 		return nil, err
 	}
 	return a.Handler(src), nil
+}
+
+// newScheme holds Kubernetes' built-in types and CustomerLoop's.
+func newScheme() (*runtime.Scheme, error) {
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := loopsv1alpha1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	return scheme, nil
 }
 
 // httpRunnable serves a read-only handler for as long as the manager runs, on every

@@ -91,7 +91,15 @@ func runWorker(ctx context.Context, args []string) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := pipeline.NewMetrics(reg)
 	if *metricsAddr != "0" {
-		stop, err := serveWorkerMetrics(*metricsAddr, *metricsSecure, reg, log.WithName("metrics"))
+		var filter metricsserver.Filter
+		if *metricsSecure {
+			if filter, err = workerMetricsFilter(); err != nil {
+				return err
+			}
+		} else if !loopback(*metricsAddr) {
+			log.Info("WARNING: metrics are served over plain HTTP to anyone who reaches the port (--metrics-secure=false)", "address", *metricsAddr)
+		}
+		stop, err := serveWorkerMetrics(*metricsAddr, filter, reg, log.WithName("metrics"))
 		if err != nil {
 			return err
 		}
@@ -105,31 +113,28 @@ func runWorker(ctx context.Context, args []string) error {
 	return w.Run(ctx)
 }
 
-// serveWorkerMetrics serves the worker's metrics endpoint until stop is called; when
-// secure, to the tokens the API server (found as --kubeconfig says, in a pod through its
-// ServiceAccount) accepts and allows to get /metrics.
-func serveWorkerMetrics(addr string, secure bool, reg prometheus.Gatherer, log logr.Logger) (stop func(), err error) {
-	var filter metricsserver.Filter
-	if secure {
-		restCfg, err := config.GetConfig()
-		if err != nil {
-			return nil, fmt.Errorf("--metrics-secure needs the Kubernetes API to review tokens: %w", err)
-		}
-		httpClient, err := rest.HTTPClientFor(restCfg)
-		if err != nil {
-			return nil, err
-		}
-		if filter, err = controllers.MetricsFilter(restCfg, httpClient); err != nil {
-			return nil, err
-		}
-	} else if !loopback(addr) {
-		log.Info("WARNING: metrics are served over plain HTTP to anyone who reaches the port (--metrics-secure=false)", "address", addr)
+// workerMetricsFilter lets in the tokens the API server (found as --kubeconfig says; in
+// a pod through its ServiceAccount) accepts and allows to get /metrics.
+func workerMetricsFilter() (metricsserver.Filter, error) {
+	restCfg, err := config.GetConfig()
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-secure needs the Kubernetes API to review tokens: %w", err)
 	}
+	httpClient, err := rest.HTTPClientFor(restCfg)
+	if err != nil {
+		return nil, err
+	}
+	return controllers.MetricsFilter(restCfg, httpClient)
+}
+
+// serveWorkerMetrics serves the worker's metrics endpoint until stop is called; with a
+// filter, over HTTPS and to the requests it lets through.
+func serveWorkerMetrics(addr string, filter metricsserver.Filter, reg prometheus.Gatherer, log logr.Logger) (stop func(), err error) {
 	h, err := workerMetricsHandler(reg, filter, log)
 	if err != nil {
 		return nil, err
 	}
-	ln, err := listenMetrics(addr, secure)
+	ln, err := listenMetrics(addr, filter != nil)
 	if err != nil {
 		return nil, fmt.Errorf("metrics endpoint: %w", err)
 	}
