@@ -119,7 +119,7 @@ func TestEndpointsAuthenticate(t *testing.T) {
 
 	t.Run("each reader sees the loops of its namespaces", func(t *testing.T) {
 		for _, c := range []struct {
-			who        string
+			who         string
 			sees, hides []string
 		}{
 			{"reader-a", []string{nsA + "/" + loopA}, []string{loopB, nsB}},
