@@ -10,6 +10,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -170,13 +171,54 @@ func secretEnv(name, secret, key string) corev1.EnvVar {
 	}}}
 }
 
+// authDelegator is Kubernetes' built-in ClusterRole that may create TokenReviews and
+// SubjectAccessReviews, and nothing else: what a worker needs to check who scrapes it.
+const authDelegator = "system:auth-delegator"
+
+// workerAuthBindingName names the ClusterRoleBinding of a loop's worker ServiceAccount.
+// Colons appear in neither namespaces nor names, so no two loops share one.
+func workerAuthBindingName(namespace, name string) string {
+	return "customerloop-worker:" + namespace + ":" + name
+}
+
+// buildWorkerServiceAccount is the identity of a loop's worker pods when their metrics
+// are secure: the API server reviews scrapers' tokens for them.
+func buildWorkerServiceAccount(loop *loopsv1alpha1.CustomerLoop) *corev1.ServiceAccount {
+	return &corev1.ServiceAccount{
+		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"},
+		ObjectMeta: metav1.ObjectMeta{
+			Name: workerName(loop), Namespace: loop.Namespace, Labels: workerLabels(loop),
+			OwnerReferences: []metav1.OwnerReference{ownerRef(loop)},
+		},
+	}
+}
+
+// buildWorkerAuthBinding lets the worker ServiceAccount review tokens and access
+// (system:auth-delegator). Cluster-scoped, it cannot be owned by the loop: the runner
+// deletes it when the loop's workers stop.
+func buildWorkerAuthBinding(loop *loopsv1alpha1.CustomerLoop) *rbacv1.ClusterRoleBinding {
+	labels := workerLabels(loop)
+	labels[workerNamespaceLabel] = loop.Namespace
+	return &rbacv1.ClusterRoleBinding{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "ClusterRoleBinding"},
+		ObjectMeta: metav1.ObjectMeta{Name: workerAuthBindingName(loop.Namespace, loop.Name), Labels: labels},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: authDelegator},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: workerName(loop), Namespace: loop.Namespace}},
+	}
+}
+
+// workerNamespaceLabel tells, on a cluster-scoped object, the namespace of its loop.
+const workerNamespaceLabel = "loops.customerloop.dev/namespace"
+
 // buildWorkerDeployment runs the loop's workers: "customerloop worker" pods in one
 // consumer group, non-root (any UID) on a read-only root filesystem, with credentials from the
 // loop's Secrets and metrics on a named port.
 //
 // defaults are the resources of workers whose loop sets none (the manager's
-// --worker-resources).
-func buildWorkerDeployment(loop *loopsv1alpha1.CustomerLoop, image, checksum string, defaults corev1.ResourceRequirements) *appsv1.Deployment {
+// --worker-resources). With secureMetrics the pods serve metrics over HTTPS to
+// authorized tokens only, and run as the loop's worker ServiceAccount, with its token,
+// to have them reviewed; without, as the namespace's default one without a token.
+func buildWorkerDeployment(loop *loopsv1alpha1.CustomerLoop, image, checksum string, defaults corev1.ResourceRequirements, secureMetrics bool) *appsv1.Deployment {
 	yes, no := true, false
 	replicas := loop.GetReplicas()
 	labels := workerLabels(loop)
@@ -223,9 +265,13 @@ func buildWorkerDeployment(loop *loopsv1alpha1.CustomerLoop, image, checksum str
 	if r := loop.Spec.Workers.Resources; r != nil {
 		resources = *r.DeepCopy()
 	}
+	scheme, serviceAccount, automount := corev1.URISchemeHTTP, "", &no
+	if secureMetrics {
+		scheme, serviceAccount, automount = corev1.URISchemeHTTPS, workerName(loop), &yes
+	}
 	probe := func(path string) *corev1.Probe {
 		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-			Path: path, Port: intstr.FromString("metrics")}}, PeriodSeconds: 10}
+			Path: path, Port: intstr.FromString("metrics"), Scheme: scheme}}, PeriodSeconds: 10}
 	}
 
 	return &appsv1.Deployment{
@@ -243,7 +289,8 @@ func buildWorkerDeployment(loop *loopsv1alpha1.CustomerLoop, image, checksum str
 					Annotations: map[string]string{ChecksumAnnotation: checksum},
 				},
 				Spec: corev1.PodSpec{
-					AutomountServiceAccountToken: &no,
+					ServiceAccountName:           serviceAccount,
+					AutomountServiceAccountToken: automount,
 					// No fixed UID: the image's numeric USER runs on plain Kubernetes, and
 					// OpenShift's restricted SCC assigns one of the namespace's range.
 					SecurityContext: &corev1.PodSecurityContext{
@@ -257,7 +304,8 @@ func buildWorkerDeployment(loop *loopsv1alpha1.CustomerLoop, image, checksum str
 						Image: image,
 						Args: []string{"worker",
 							"--config=" + path.Join(workerConfigDir, workerConfigFile),
-							fmt.Sprintf("--metrics-bind-address=:%d", workerMetricsPort)},
+							fmt.Sprintf("--metrics-bind-address=:%d", workerMetricsPort),
+							fmt.Sprintf("--metrics-secure=%t", secureMetrics)},
 						Env:            env,
 						Ports:          []corev1.ContainerPort{{Name: "metrics", ContainerPort: workerMetricsPort, Protocol: corev1.ProtocolTCP}},
 						LivenessProbe:  probe("/healthz"),

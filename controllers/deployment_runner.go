@@ -7,6 +7,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -30,11 +31,18 @@ type DeploymentRunner struct {
 	// DefaultResources are the worker containers' resources when a loop sets none in
 	// spec.workers.resources.
 	DefaultResources corev1.ResourceRequirements
+	// SecureMetrics has the worker pods serve metrics over HTTPS to authorized tokens
+	// only, as the manager's --metrics-secure does for its own.
+	SecureMetrics bool
 }
 
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=pods,verbs=list
+// Secure worker metrics: a ServiceAccount per loop bound to system:auth-delegator, which
+// the manager may bind since it holds the same two permissions itself.
+// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get;create;update;patch;delete
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterrolebindings,verbs=get;create;update;patch;delete
 
 // Ensure implements Runner.
 func (r *DeploymentRunner) Ensure(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config) (WorkerState, error) {
@@ -53,7 +61,15 @@ func (r *DeploymentRunner) Ensure(ctx context.Context, loop *loopsv1alpha1.Custo
 	if err := r.apply(ctx, buildWorkerConfigMap(loop, config)); err != nil {
 		return WorkerState{}, err
 	}
-	if err := r.apply(ctx, buildWorkerDeployment(loop, r.Image, workerChecksum(config, secrets), r.DefaultResources)); err != nil {
+	if r.SecureMetrics {
+		if err := r.apply(ctx, buildWorkerServiceAccount(loop)); err != nil {
+			return WorkerState{}, err
+		}
+		if err := r.apply(ctx, buildWorkerAuthBinding(loop)); err != nil {
+			return WorkerState{}, err
+		}
+	}
+	if err := r.apply(ctx, buildWorkerDeployment(loop, r.Image, workerChecksum(config, secrets), r.DefaultResources, r.SecureMetrics)); err != nil {
 		return WorkerState{}, err
 	}
 	var dep appsv1.Deployment
@@ -104,10 +120,12 @@ func (r *DeploymentRunner) apply(ctx context.Context, obj client.Object) error {
 	return nil
 }
 
-// Stop implements Runner: it deletes the loop's worker Deployment and ConfigMap.
+// Stop implements Runner: it deletes the loop's worker Deployment, ConfigMap,
+// ServiceAccount and the ServiceAccount's ClusterRoleBinding.
 func (r *DeploymentRunner) Stop(ctx context.Context, key types.NamespacedName) error {
 	meta := metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name + "-worker"}
-	for _, obj := range []client.Object{&appsv1.Deployment{ObjectMeta: meta}, &corev1.ConfigMap{ObjectMeta: meta}} {
+	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: workerAuthBindingName(key.Namespace, key.Name)}}
+	for _, obj := range []client.Object{&appsv1.Deployment{ObjectMeta: meta}, &corev1.ConfigMap{ObjectMeta: meta}, &corev1.ServiceAccount{ObjectMeta: meta}, binding} {
 		if err := r.Client.Delete(ctx, obj, client.PropagationPolicy(metav1.DeletePropagationBackground)); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("deleting the workers of %s: %w", key, err)
 		}

@@ -14,6 +14,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -106,9 +107,11 @@ func checkGolden(t *testing.T, name string, got []byte) {
 }
 
 // TestWorkerObjectsGolden pins down the ConfigMap and Deployment of a loop's workers, and
-// checks that no credential reaches them.
+// checks that no credential reaches them. The running loop's workers have secure metrics
+// (with their ServiceAccount and its binding), the paused one's plain ones.
 func TestWorkerObjectsGolden(t *testing.T) {
 	for _, paused := range []bool{false, true} {
+		secure := !paused
 		loop := goldenLoop(paused)
 		config, err := renderWorkerConfig(loop, goldenConfig())
 		if err != nil {
@@ -116,7 +119,11 @@ func TestWorkerObjectsGolden(t *testing.T) {
 		}
 		sum := workerChecksum(config, map[string]map[string][]byte{"clickhouse": {"password": []byte("ch-pass-secret")}})
 		var out []byte
-		for _, obj := range []any{buildWorkerConfigMap(loop, config), buildWorkerDeployment(loop, "customerloop:1.0", sum, corev1.ResourceRequirements{})} {
+		objs := []any{buildWorkerConfigMap(loop, config)}
+		if secure {
+			objs = append(objs, buildWorkerServiceAccount(loop), buildWorkerAuthBinding(loop))
+		}
+		for _, obj := range append(objs, buildWorkerDeployment(loop, "customerloop:1.0", sum, corev1.ResourceRequirements{}, secure)) {
 			b, err := yaml.Marshal(obj)
 			if err != nil {
 				t.Fatal(err)
@@ -143,7 +150,7 @@ func TestWorkerSASLUsername(t *testing.T) {
 	loop.Spec.Kafka.SASL = &loopsv1alpha1.KafkaSASL{Mechanism: "SCRAM-SHA-512", Username: "acme-loop",
 		CredentialsSecretRef: loopsv1alpha1.CredentialsSecretRef{Name: "acme-loop"}}
 	env := map[string]corev1.EnvVar{}
-	for _, e := range buildWorkerDeployment(loop, "customerloop:1.0", "sum", corev1.ResourceRequirements{}).Spec.Template.Spec.Containers[0].Env {
+	for _, e := range buildWorkerDeployment(loop, "customerloop:1.0", "sum", corev1.ResourceRequirements{}, true).Spec.Template.Spec.Containers[0].Env {
 		env[e.Name] = e
 	}
 	if u := env[envSASLUser]; u.Value != "acme-loop" || u.ValueFrom != nil {
@@ -237,6 +244,23 @@ func TestDeploymentRunner(t *testing.T) {
 	if len(d.OwnerReferences) != 1 || d.OwnerReferences[0].Name != loop.Name {
 		t.Errorf("Deployment owners = %+v", d.OwnerReferences)
 	}
+	// Secure metrics: the pods run as the loop's own ServiceAccount, with its token, bound
+	// to system:auth-delegator to review their scrapers' tokens.
+	pod := d.Spec.Template.Spec
+	if pod.ServiceAccountName != key.Name || pod.AutomountServiceAccountToken == nil || !*pod.AutomountServiceAccountToken {
+		t.Errorf("worker pods run as %q with automountServiceAccountToken %v, want %s with its token", pod.ServiceAccountName, pod.AutomountServiceAccountToken, key.Name)
+	}
+	if err := k8s.Get(ctx, key, &corev1.ServiceAccount{}); err != nil {
+		t.Errorf("the worker ServiceAccount: %v", err)
+	}
+	bindingKey := types.NamespacedName{Name: workerAuthBindingName(loop.Namespace, loop.Name)}
+	var binding rbacv1.ClusterRoleBinding
+	if err := k8s.Get(ctx, bindingKey, &binding); err != nil {
+		t.Errorf("the worker ServiceAccount's ClusterRoleBinding: %v", err)
+	} else if binding.RoleRef.Name != "system:auth-delegator" || len(binding.Subjects) != 1 ||
+		binding.Subjects[0].Name != key.Name || binding.Subjects[0].Namespace != key.Namespace {
+		t.Errorf("ClusterRoleBinding %s binds %+v to %s", binding.Name, binding.Subjects, binding.RoleRef.Name)
+	}
 
 	// The pods become available (envtest runs no Deployment controller: play its part).
 	d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: 2, UpdatedReplicas: 2, ReadyReplicas: 2, AvailableReplicas: 2}
@@ -292,7 +316,10 @@ func TestDeploymentRunner(t *testing.T) {
 	testkit.Eventually(t, 30*time.Second, "the workers gone with the loop", func() (bool, string) {
 		err1 := k8s.Get(ctx, key, &appsv1.Deployment{})
 		err2 := k8s.Get(ctx, key, &corev1.ConfigMap{})
-		return apierrors.IsNotFound(err1) && apierrors.IsNotFound(err2), fmt.Sprint(err1, err2)
+		err3 := k8s.Get(ctx, key, &corev1.ServiceAccount{})
+		err4 := k8s.Get(ctx, bindingKey, &rbacv1.ClusterRoleBinding{})
+		return apierrors.IsNotFound(err1) && apierrors.IsNotFound(err2) && apierrors.IsNotFound(err3) && apierrors.IsNotFound(err4),
+			fmt.Sprint(err1, err2, err3, err4)
 	})
 }
 
@@ -305,13 +332,13 @@ func TestWorkerDefaultResources(t *testing.T) {
 	}
 	loop := goldenLoop(false)
 	loop.Spec.Workers.Resources = nil
-	got := buildWorkerDeployment(loop, "customerloop:1.0", "sum", defaults).Spec.Template.Spec.Containers[0].Resources
+	got := buildWorkerDeployment(loop, "customerloop:1.0", "sum", defaults, true).Spec.Template.Spec.Containers[0].Resources
 	if !equality.Semantic.DeepEqual(got, defaults) {
 		t.Errorf("resources without spec.workers.resources = %v, want the defaults %v", got, defaults)
 	}
 	own := corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")}}
 	loop.Spec.Workers.Resources = &own
-	got = buildWorkerDeployment(loop, "customerloop:1.0", "sum", defaults).Spec.Template.Spec.Containers[0].Resources
+	got = buildWorkerDeployment(loop, "customerloop:1.0", "sum", defaults, true).Spec.Template.Spec.Containers[0].Resources
 	if !equality.Semantic.DeepEqual(got, own) {
 		t.Errorf("resources with spec.workers.resources = %v, want the loop's %v", got, own)
 	}

@@ -3,6 +3,8 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 )
@@ -50,24 +53,27 @@ func TestSecretRefsHaveNoNamespace(t *testing.T) {
 	}
 }
 
-// TestWorkerServiceAccountCannotReadSecrets: worker pods run as their namespace's default
-// ServiceAccount without a mounted token, and that account, impersonated against the
-// real API server's RBAC, can get no Secret: neither of its own namespace nor of another.
-// A control account bound to a Role that grants get on Secrets can, so the check is
-// RBAC's answer and not a broken impersonation.
+// TestWorkerServiceAccountCannotReadSecrets: worker pods run as their loop's own
+// ServiceAccount, whose token they mount to have their scrapers' tokens reviewed, and
+// that account, bound as the runner binds it (system:auth-delegator) and impersonated
+// against the real API server's RBAC, can get no Secret: neither of its own namespace
+// nor of another. A control account bound to a Role that grants get on Secrets can, so
+// the check is RBAC's answer and not a broken impersonation.
 func TestWorkerServiceAccountCannotReadSecrets(t *testing.T) {
 	ctx := context.Background()
 	loop := newLoop(t)
 	loop.Namespace = deploymentNamespace
-	dep := buildWorkerDeployment(loop, "customerloop:test", "x", corev1.ResourceRequirements{})
+	dep := buildWorkerDeployment(loop, "customerloop:test", "x", corev1.ResourceRequirements{}, true)
 	pod := dep.Spec.Template.Spec
-	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
-		t.Errorf("worker pods mount a service account token: automountServiceAccountToken = %v", pod.AutomountServiceAccountToken)
-	}
 	sa := pod.ServiceAccountName
-	if sa == "" {
-		sa = "default"
+	if sa != workerName(loop) {
+		t.Errorf("worker pods run as ServiceAccount %q, want the loop's own %q", sa, workerName(loop))
 	}
+	delegator := buildWorkerAuthBinding(loop)
+	if err := k8s.Create(ctx, delegator); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(ctx, delegator) })
 
 	other := fmt.Sprintf("isolation-%d", testSeq)
 	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: other}}); err != nil {
@@ -127,5 +133,74 @@ func TestWorkerServiceAccountCannotReadSecrets(t *testing.T) {
 	}
 	if err := get(reader, other); !apierrors.IsForbidden(err) {
 		t.Errorf("the control account got a Secret of another namespace: %v, want Forbidden", err)
+	}
+}
+
+// TestManagerMayBindWorkerReviews: with exactly the ClusterRole generated from this
+// package's RBAC markers (config/rbac/role.yaml), the manager may create a loop's worker
+// ServiceAccount and bind it to system:auth-delegator: RBAC lets a binding through only
+// when its author holds every permission of the role bound. An account allowed to create
+// ClusterRoleBindings but not to review tokens is refused the same binding, so the check
+// is RBAC's escalation rule and not a broken impersonation.
+func TestManagerMayBindWorkerReviews(t *testing.T) {
+	ctx := context.Background()
+	raw, err := os.ReadFile(filepath.Join("..", "config", "rbac", "role.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	generated := &rbacv1.ClusterRole{}
+	if err := yaml.Unmarshal(raw, generated); err != nil {
+		t.Fatal(err)
+	}
+	ns := fmt.Sprintf("escalation-%d", testSeq)
+	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}) })
+	bindOnly := []rbacv1.PolicyRule{{APIGroups: []string{rbacv1.GroupName}, Resources: []string{"clusterrolebindings"}, Verbs: []string{"create"}}}
+	for name, rules := range map[string][]rbacv1.PolicyRule{"manager": generated.Rules, "binder": bindOnly} {
+		role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: ns + "-" + name}, Rules: rules}
+		binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: ns + "-" + name},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+			Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: name, Namespace: ns}}}
+		for _, o := range []client.Object{role, binding} {
+			if err := k8s.Create(ctx, o); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = k8s.Delete(ctx, o) })
+		}
+	}
+	as := func(name string) client.Client {
+		cfg := rest.CopyConfig(restCfg)
+		cfg.Impersonate = rest.ImpersonationConfig{
+			UserName: "system:serviceaccount:" + ns + ":" + name,
+			Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+		}
+		c, err := client.New(cfg, client.Options{Scheme: k8s.Scheme()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	loop := newLoop(t)
+	loop.Namespace = ns
+	loop.UID = "0b5d6a1e-7c7e-4c1a-9d47-0d0c2b9b4f11"
+	binder := buildWorkerAuthBinding(loop)
+	if err := as("binder").Create(ctx, binder.DeepCopy()); !apierrors.IsForbidden(err) {
+		_ = k8s.Delete(ctx, binder)
+		t.Fatalf("an account without the reviews' permissions bound system:auth-delegator: %v, want Forbidden", err)
+	}
+	manager := as("manager")
+	sa := buildWorkerServiceAccount(loop)
+	sa.OwnerReferences = nil // the loop is not created here
+	if err := manager.Create(ctx, sa); err != nil {
+		t.Errorf("the manager creating the worker ServiceAccount: %v", err)
+	}
+	if err := manager.Create(ctx, binder); err != nil {
+		t.Errorf("the manager binding the worker ServiceAccount to system:auth-delegator: %v", err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(ctx, binder) })
+	if err := manager.Delete(ctx, binder); err != nil {
+		t.Errorf("the manager deleting the binding: %v", err)
 	}
 }

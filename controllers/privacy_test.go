@@ -26,7 +26,7 @@ func TestHMACKeyReachesWorkers(t *testing.T) {
 	if strings.Contains(string(config), string(cfg.HMACKey)) {
 		t.Fatalf("the worker config holds the HMAC key:\n%s", config)
 	}
-	dep := buildWorkerDeployment(loop, "customerloop:1.0", "sum", corev1.ResourceRequirements{})
+	dep := buildWorkerDeployment(loop, "customerloop:1.0", "sum", corev1.ResourceRequirements{}, true)
 	found := false
 	for _, e := range dep.Spec.Template.Spec.Containers[0].Env {
 		if e.Name != envHMACKey {

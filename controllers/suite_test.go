@@ -151,7 +151,7 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	depRunner := &DeploymentRunner{Client: depMgr.GetClient(), Image: "customerloop:test"}
+	depRunner := &DeploymentRunner{Client: depMgr.GetClient(), Image: "customerloop:test", SecureMetrics: true}
 	if err := (&CustomerLoopReconciler{
 		Client:          depMgr.GetClient(),
 		Runner:          depRunner,

@@ -77,7 +77,7 @@ func newDevCommand() *cobra.Command {
 	fs.IntVar(&o.customers, "customers", 4, "customers in the synthetic workload")
 	fs.IntVar(&o.products, "products", 3, "products per customer in the synthetic workload")
 	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "how long to wait for the workload to land")
-	fs.StringVar(&o.dashboardAddr, "dashboard-addr", "127.0.0.1:8090", "where to serve the read-only plan-against-actual dashboard (empty: none)")
+	fs.StringVar(&o.dashboardAddr, "dashboard-addr", "127.0.0.1:8090", "where to serve the read-only plan-against-actual dashboard, without authentication, on a loopback address (empty: none)")
 	return cmd
 }
 
@@ -691,10 +691,14 @@ func (d *devStack) grain() pipeline.Grain {
 
 // serveDashboard serves the read-only dashboard of the demo loop until the demo ends. A
 // busy address is reported and skipped: the dashboard is a convenience of the demo, not
-// what it checks.
+// what it checks. It is served without authentication, as the manager's is with
+// --dashboard-auth=false, so only on a loopback address.
 func (d *devStack) serveDashboard(ctx context.Context) error {
 	if d.o.dashboardAddr == "" {
 		return nil
+	}
+	if !cli.Loopback(d.o.dashboardAddr) {
+		return fmt.Errorf("--dashboard-addr=%s: the demo's dashboard has no authentication and is served on loopback addresses only", d.o.dashboardAddr)
 	}
 	ln, err := net.Listen("tcp", d.o.dashboardAddr)
 	if err != nil {
@@ -719,7 +723,7 @@ func (d *devStack) serveDashboard(ctx context.Context) error {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), "compute") {
 		return fmt.Errorf("the dashboard at %s answered %s without the workload's first product", d.dashboardURL, resp.Status)
 	}
-	step("Dashboard of plan against actual: %s", d.dashboardURL)
+	step("Dashboard of plan against actual: %s (no authentication: served on loopback only, like the manager's --dashboard-auth=false)", d.dashboardURL)
 	return nil
 }
 

@@ -17,11 +17,11 @@ import (
 
 func newManagerCommand() *cobra.Command {
 	var (
-		runner, workerImage, metricsAddr, probeAddr, workerResources, dashboardAddr string
-		watchNamespaces                                                             []string
-		leaderElect                                                                 bool
-		logs                                                                        logFlags
-		batch                                                                       pipeline.BatchConfig
+		runner, workerImage, metricsAddr, probeAddr, workerResources, dashboardAddr, metricsCertDir string
+		watchNamespaces                                                                             []string
+		leaderElect, metricsSecure, dashboardAuth                                                   bool
+		logs                                                                                        logFlags
+		batch                                                                                       pipeline.BatchConfig
 	)
 	cmd := &cobra.Command{
 		Use:   "manager",
@@ -46,7 +46,8 @@ func newManagerCommand() *cobra.Command {
 			ctx := cmd.Context()
 			mgr, err := cli.NewManager(ctx, restCfg, cli.ManagerOptions{
 				Runner: runner, WorkerImage: workerImage, MetricsAddr: metricsAddr, ProbeAddr: probeAddr, LeaderElect: leaderElect, Log: log,
-				DashboardAddr: dashboardAddr, WorkerResources: resources, Batch: batch, WatchNamespaces: watchNamespaces,
+				MetricsSecure: metricsSecure, MetricsCertDir: metricsCertDir,
+				DashboardAddr: dashboardAddr, DashboardAuth: dashboardAuth, WorkerResources: resources, Batch: batch, WatchNamespaces: watchNamespaces,
 			})
 			if err != nil {
 				return err
@@ -64,6 +65,8 @@ func newManagerCommand() *cobra.Command {
 	fs.StringVar(&runner, "runner", "inprocess", "where workers run: inprocess (goroutines of the manager) or deployment (a Deployment of worker pods per loop)")
 	fs.StringVar(&workerImage, "worker-image", "customerloop:"+version, "image of the worker pods (with --runner=deployment)")
 	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the metrics endpoint; 0 disables it")
+	fs.BoolVar(&metricsSecure, "metrics-secure", true, cli.MetricsSecureUsage+"; the worker pods of --runner=deployment follow it")
+	fs.StringVar(&metricsCertDir, "metrics-cert-dir", "", "directory with tls.crt and tls.key of the metrics endpoint (with --metrics-secure); without them a self-signed certificate")
 	fs.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of the health and readiness probes")
 	fs.BoolVar(&leaderElect, "leader-elect", false, "elect a leader so that only one of several replicas reconciles")
 	logs.add(cmd)
@@ -72,6 +75,7 @@ func newManagerCommand() *cobra.Command {
 	fs.IntVar(&batch.MaxBytes, "worker-batch-max-bytes", 0, "message bytes per insert of loops that set no spec.workers.batch.maxBytes (0: the pipeline's default, 32 MiB)")
 	fs.DurationVar(&batch.MaxWait.Duration, "worker-batch-max-wait", 0, "longest a message waits for its batch in loops that set no spec.workers.batch.maxWait (0: the pipeline's default, 1s)")
 	fs.StringVar(&dashboardAddr, "dashboard-bind-address", ":8082", "address of the read-only plan-against-actual dashboard, served by every replica; 0 disables it")
+	fs.BoolVar(&dashboardAuth, "dashboard-auth", true, cli.DashboardAuthUsage)
 	fs.StringSliceVar(&watchNamespaces, "watch-namespaces", nil, "namespaces whose CustomerLoops (and their Secrets) the manager watches, comma separated; all when empty. With a list the manager needs to read Secrets only there: the chart then grants it namespaced Roles instead of a cluster-wide rule")
 	return cmd
 }

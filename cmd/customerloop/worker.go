@@ -3,19 +3,24 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	httppprof "net/http/pprof"
 	"os"
 	"runtime/pprof"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"customerloop.dev/customerloop/cmd/internal/cli"
+	"customerloop.dev/customerloop/controllers"
 	"customerloop.dev/customerloop/pipeline"
 )
 
@@ -31,6 +36,7 @@ const (
 
 type workerOptions struct {
 	path, metricsAddr, cpuProfile, pprofAddr string
+	metricsSecure                            bool
 	logs                                     logFlags
 }
 
@@ -45,7 +51,12 @@ func newWorkerCommand() *cobra.Command {
 	fs := cmd.Flags()
 	fs.StringVar(&o.path, "config", "", "pipeline config file (JSON), as the operator renders it")
 	o.logs.add(cmd)
-	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint; 0 disables it")
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint (and /healthz); 0 disables it")
+	fs.BoolVar(&o.metricsSecure, "metrics-secure", true, cli.MetricsSecureUsage+"; /healthz is served to anyone")
+	// --kubeconfig, for --metrics-secure's token reviews; in a pod its ServiceAccount.
+	goFlags := flag.NewFlagSet("worker", flag.ContinueOnError)
+	config.RegisterFlags(goFlags)
+	fs.AddGoFlagSet(goFlags)
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile to this file until the worker stops")
 	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "0", "serve Go's /debug/pprof on this address; 0 disables it")
 	return cmd
@@ -99,18 +110,19 @@ func runWorker(ctx context.Context, o workerOptions) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := pipeline.NewMetrics(reg)
 	if o.metricsAddr != "0" {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		// The worker is alive while it serves; a failing ClickHouse or Kafka shows in its
-		// metrics and logs, not in restarts that would not help.
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-		srv := &http.Server{Addr: o.metricsAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		ln, err := net.Listen("tcp", o.metricsAddr)
-		if err != nil {
-			return fmt.Errorf("metrics endpoint: %w", err)
+		var filter metricsserver.Filter
+		if o.metricsSecure {
+			if filter, err = workerMetricsFilter(); err != nil {
+				return err
+			}
+		} else if !cli.Loopback(o.metricsAddr) {
+			log.Info("WARNING: metrics are served over plain HTTP to anyone who reaches the port (--metrics-secure=false)", "address", o.metricsAddr)
 		}
-		go func() { _ = srv.Serve(ln) }()
-		defer srv.Close()
+		stop, err := serveWorkerMetrics(o.metricsAddr, filter, reg, log.WithName("metrics"))
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	w, err := pipeline.NewWorker(ctx, cfg, log.WithValues("loop", cfg.Loop), metrics)
 	if err != nil {
@@ -118,4 +130,34 @@ func runWorker(ctx context.Context, o workerOptions) error {
 	}
 	defer w.Close()
 	return w.Run(ctx)
+}
+
+// workerMetricsFilter lets in the tokens the API server (found as --kubeconfig says; in
+// a pod through its ServiceAccount) accepts and allows to get /metrics.
+func workerMetricsFilter() (metricsserver.Filter, error) {
+	restCfg, err := config.GetConfig()
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-secure needs the Kubernetes API to review tokens: %w", err)
+	}
+	httpClient, err := rest.HTTPClientFor(restCfg)
+	if err != nil {
+		return nil, err
+	}
+	return controllers.MetricsFilter(restCfg, httpClient)
+}
+
+// serveWorkerMetrics serves the worker's metrics endpoint until stop is called; with a
+// filter, over HTTPS and to the requests it lets through.
+func serveWorkerMetrics(addr string, filter metricsserver.Filter, reg prometheus.Gatherer, log logr.Logger) (stop func(), err error) {
+	h, err := cli.WorkerMetricsHandler(reg, filter, log)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := cli.ListenMetrics(addr, filter != nil)
+	if err != nil {
+		return nil, fmt.Errorf("metrics endpoint: %w", err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return func() { _ = srv.Close() }, nil
 }

@@ -30,10 +30,35 @@ func New(src Source, log logr.Logger) *Handler {
 
 // ServeHTTP serves the routes of the package documentation.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	// Everything is inline: refuse any load from elsewhere, scripts included.
-	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
+	securityHeaders(w)
 	h.mux.ServeHTTP(w, r)
+}
+
+// securityHeaders: everything is inline, so refuse any load from elsewhere, scripts
+// included; forms post only back here.
+func securityHeaders(w http.ResponseWriter) {
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+}
+
+// LoginPath is where Login's form posts a bearer token, for a wrapper that
+// authenticates the dashboard's readers to serve.
+const LoginPath = "/login"
+
+// Login writes the sign-in page with status: a form that posts a bearer token to
+// LoginPath, and message above it. The dashboard itself knows nothing of tokens; the
+// wrapper that checks them serves this page to a browser that has none.
+func Login(w http.ResponseWriter, status int, message string) {
+	var b bytes.Buffer
+	if err := pages.ExecuteTemplate(&b, "login", struct{ Message, Action string }{message, LoginPath}); err != nil {
+		http.Error(w, "rendering the sign-in page", http.StatusInternalServerError)
+		return
+	}
+	securityHeaders(w)
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = w.Write(b.Bytes())
 }
 
 const queryTimeout = 30 * time.Second

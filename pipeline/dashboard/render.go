@@ -150,7 +150,15 @@ svg text{font-size:11px;fill:#59636e} .planned{stroke:#0969da;stroke-dasharray:6
 <h1>CustomerLoop</h1><p class="meta">Plan against actual, per loop.</p>
 <h2>Loops</h2>
 {{if .Loops}}<ul>{{range .Loops}}<li><a href="/loops/{{.Namespace}}/{{.Name}}">{{.Namespace}}/{{.Name}}</a></li>{{end}}</ul>
-{{else}}<p>No loop has feedback views yet.</p>{{end}}
+{{else}}<p>No loop to show: none has feedback views yet, or none is in a namespace you may read.</p>{{end}}
+</body></html>{{end}}
+
+{{define "login"}}{{template "head" "Sign in"}}
+<h1>CustomerLoop</h1><p class="meta">Sign in with a Kubernetes bearer token, e.g. from <code>kubectl create token</code>. You see the loops of the namespaces where you may get customerloops.</p>
+{{if .Message}}<p class="neg">{{.Message}}</p>{{end}}
+<form method="post" action="{{.Action}}"><p><label for="token">Token</label><br>
+<textarea id="token" name="token" rows="6" cols="72" autocomplete="off" spellcheck="false" required></textarea></p>
+<p><button type="submit">Sign in</button></p></form>
 </body></html>{{end}}
 
 {{define "error"}}{{template "head" "Error"}}

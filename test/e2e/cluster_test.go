@@ -125,7 +125,7 @@ func TestClusterScaleOut(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(bin, "worker", "--config", path, "--metrics-bind-address", "127.0.0.1:0")
+		cmd := exec.Command(bin, "worker", "--config", path, "--metrics-bind-address", "127.0.0.1:0", "--metrics-secure=false")
 		// The password never goes into the config file; workers read it from the environment.
 		cmd.Env = append(os.Environ(), "CUSTOMERLOOP_CLICKHOUSE_PASSWORD="+pass)
 		cmd.Stdout, cmd.Stderr = f, f

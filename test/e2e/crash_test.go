@@ -196,7 +196,7 @@ func crashRun(t *testing.T, bin string) {
 		if i == kills+2 {
 			addr = metricsAddr // the last worker's metrics are scraped
 		}
-		cmd := exec.Command(bin, "worker", "--config", cfgPath, "--metrics-bind-address", addr)
+		cmd := exec.Command(bin, "worker", "--config", cfgPath, "--metrics-bind-address", addr, "--metrics-secure=false")
 		cmd.Stdout, cmd.Stderr = f, f
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

@@ -80,7 +80,7 @@ func TestWorkerBinaryPII(t *testing.T) {
 	_ = w.Close()
 	metricsAddr := freeAddr(t)
 	var log bytes.Buffer
-	cmd = exec.Command(bin, "worker", "--config", cfgPath, "--metrics-bind-address", metricsAddr, "--log-level", "debug")
+	cmd = exec.Command(bin, "worker", "--config", cfgPath, "--metrics-bind-address", metricsAddr, "--metrics-secure=false", "--log-level", "debug")
 	cmd.Env = append(env, "CUSTOMERLOOP_PII_HMAC_KEY="+key)
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -22,7 +23,6 @@ import (
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/controllers"
@@ -35,17 +35,24 @@ type ManagerOptions struct {
 	Runner      string
 	WorkerImage string
 	MetricsAddr string
-	ProbeAddr   string
-	LeaderElect bool
+	// MetricsSecure serves metrics over HTTPS to authorized tokens only, the manager's
+	// and the worker pods'.
+	MetricsSecure  bool
+	MetricsCertDir string
+	ProbeAddr      string
+	LeaderElect    bool
 	// DashboardAddr serves the dashboard; "" or "0" does not.
 	DashboardAddr string
+	// DashboardAuth lets in only readers with a token, each to the loops it may get.
+	DashboardAuth bool
 	// WorkerResources are the Deployment runner's default worker resources.
 	WorkerResources corev1.ResourceRequirements
 	Batch           pipeline.BatchConfig
 	// WatchNamespaces limits what the manager watches and reads; empty is every namespace.
 	WatchNamespaces []string
 	// Several lets more than one manager run in one process, as tests do: controller
-	// names must otherwise be unique per process.
+	// names must otherwise be unique per process, and only the first manager's in-process
+	// workers export their metrics.
 	Several bool
 	Refresh time.Duration
 	Log     logr.Logger
@@ -54,27 +61,29 @@ type ManagerOptions struct {
 // NewManager builds the controller manager with the CustomerLoop reconciler and the
 // chosen worker runner.
 func NewManager(ctx context.Context, restCfg *rest.Config, o ManagerOptions) (ctrl.Manager, error) {
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return nil, err
-	}
-	if err := loopsv1alpha1.AddToScheme(scheme); err != nil {
+	scheme, err := NewScheme()
+	if err != nil {
 		return nil, err
 	}
 	var runner controllers.Runner
 	switch o.Runner {
 	case "inprocess":
 		// Workers' metrics are served with the manager's, on its metrics endpoint.
-		runner = controllers.NewInProcessRunner(o.Log.WithName("worker"), pipeline.NewMetrics(ctrlmetrics.Registry))
+		// Another manager of the same process (tests run several) has registered them.
+		var reg prometheus.Registerer = ctrlmetrics.Registry
+		if o.Several {
+			reg = nil
+		}
+		runner = controllers.NewInProcessRunner(o.Log.WithName("worker"), pipeline.NewMetrics(reg))
 	case "deployment":
 		// The client is the manager's, set below once it exists.
-		runner = &controllers.DeploymentRunner{Image: o.WorkerImage, DefaultResources: o.WorkerResources}
+		runner = &controllers.DeploymentRunner{Image: o.WorkerImage, DefaultResources: o.WorkerResources, SecureMetrics: o.MetricsSecure}
 	default:
 		return nil, fmt.Errorf("--runner=%q: want inprocess or deployment", o.Runner)
 	}
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
 		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
+		Metrics:                ManagerMetrics(o.MetricsAddr, o.MetricsSecure, o.MetricsCertDir),
 		HealthProbeBindAddress: o.ProbeAddr,
 		LeaderElection:         o.LeaderElect,
 		LeaderElectionID:       "customerloop-manager.loops.customerloop.dev",
@@ -106,13 +115,48 @@ func NewManager(ctx context.Context, restCfg *rest.Config, o ManagerOptions) (ct
 	if err := r.SetupWithManager(ctx, mgr); err != nil {
 		return nil, fmt.Errorf("setting up the controller: %w", err)
 	}
+	if o.MetricsAddr != "0" && !o.MetricsSecure && !Loopback(o.MetricsAddr) {
+		o.Log.Info("WARNING: metrics are served over plain HTTP to anyone who reaches the port (--metrics-secure=false)", "address", o.MetricsAddr)
+	}
 	if o.DashboardAddr != "" && o.DashboardAddr != "0" {
-		h := dashboard.New(controllers.DashboardSource{Client: mgr.GetClient()}, o.Log.WithName("dashboard"))
-		if err := mgr.Add(&httpRunnable{addr: o.DashboardAddr, handler: h, log: o.Log.WithName("dashboard")}); err != nil {
+		log := o.Log.WithName("dashboard")
+		h, err := DashboardHandler(mgr, controllers.DashboardSource{Client: mgr.GetClient()}, o.DashboardAuth, log)
+		if err != nil {
+			return nil, err
+		}
+		if !o.DashboardAuth && !Loopback(o.DashboardAddr) {
+			log.Info("WARNING: the dashboard shows every loop to anyone who reaches the port (--dashboard-auth=false)", "address", o.DashboardAddr)
+		}
+		if err := mgr.Add(&httpRunnable{addr: o.DashboardAddr, handler: h, log: log}); err != nil {
 			return nil, err
 		}
 	}
 	return mgr, nil
+}
+
+// DashboardHandler is the dashboard of src: with auth, to readers with a token the API
+// server accepts, each seeing the loops it may get; without, every loop to anyone.
+func DashboardHandler(mgr ctrl.Manager, src dashboard.Source, auth bool, log logr.Logger) (http.Handler, error) {
+	if !auth {
+		return dashboard.New(src, log), nil
+	}
+	a, err := controllers.NewDashboardAuth(mgr.GetConfig(), mgr.GetHTTPClient(), log)
+	if err != nil {
+		return nil, err
+	}
+	return a.Handler(src), nil
+}
+
+// NewScheme holds Kubernetes' built-in types and CustomerLoop's.
+func NewScheme() (*runtime.Scheme, error) {
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := loopsv1alpha1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	return scheme, nil
 }
 
 // httpRunnable serves a read-only handler for as long as the manager runs, on every
