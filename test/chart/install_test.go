@@ -45,7 +45,8 @@ func TestHelmInstallUpgradeUninstall(t *testing.T) {
 	}
 
 	out := helm("install", release, chartDir, "--create-namespace")
-	for _, want := range []string{"kubectl apply -f config/samples/", "kubectl get customerloops",
+	for _, want := range []string{"kubectl apply -f config/samples/", "kubectl get customerloops", "kubectl customerloop status acme",
+		"create token", "https://127.0.0.1:",
 		"rollout status deployment/" + release + "-manager"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("install notes lack %q:\n%s", want, out)
