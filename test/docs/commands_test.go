@@ -353,7 +353,8 @@ func TestKubectlCommands(t *testing.T) {
 			t.Errorf("%s\n  %v", c, err)
 			continue
 		}
-		if path[0] == "create" && len(path) > 1 {
+		// create token asks the API server for a token: it has no offline dry run.
+		if path[0] == "create" && len(path) > 1 && path[1] != "token" {
 			args := append(append([]string{}, c.words[1:]...), "--dry-run=client", "-o", "yaml")
 			cmd := exec.Command(kubectl.path, args...)
 			cmd.Env = append(os.Environ(), "KUBECONFIG="+filepath.Join(t.TempDir(), "none"))

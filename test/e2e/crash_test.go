@@ -242,6 +242,8 @@ func crashRun(t *testing.T, bin string) {
 	last := []*exec.Cmd{start(kills + 2)}
 	waitForLine(t, logPath(kills+2), "partitions assigned", time.Minute)
 	last = append(last, start(kills+3))
+	// Started: a SIGTERM before the process handles signals would kill it outright.
+	waitForLine(t, logPath(kills+3), "worker started", time.Minute)
 	deadline := time.Now().Add(3 * time.Minute)
 	for count(t, ch, "SELECT sum(messages) FROM "+db+".customerloop_ledger") < total {
 		if time.Now().After(deadline) {
