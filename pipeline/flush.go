@@ -47,9 +47,9 @@ func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, ite
 			free <- fb
 		}
 	}()
-	// stop ends the flusher once it has written what it holds, and reports whether every
-	// batch it was given was written.
-	stop := func() bool {
+	// endFlusher ends the flusher once it has written what it holds, and reports whether
+	// every batch it was given was written.
+	endFlusher := func() bool {
 		close(full)
 		<-flusherDone
 		select {
@@ -60,9 +60,9 @@ func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, ite
 		}
 	}
 	b := <-free
-	// handOver gives the filled batch to the flusher and takes the other one, waiting for
-	// its write to end if need be.
-	handOver := func() bool {
+	// swap gives the filled batch to the flusher and takes the other one, waiting for its
+	// write to end if need be.
+	swap := func() bool {
 		b.settle() // the flusher must find no row whose id is not yet checked
 		if b.n == 0 {
 			return true
@@ -93,8 +93,8 @@ func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, ite
 				b.held += w.weight(&chunk[i].msg)
 				if b.n >= w.cfg.Batch.MaxRows || b.held >= int64(w.cfg.Batch.MaxBytes) {
 					timer.Stop()
-					if !handOver() {
-						stop()
+					if !swap() {
+						endFlusher()
 						return
 					}
 				}
@@ -102,20 +102,20 @@ func (w *Worker) batchLoop(ctx, gctx context.Context, gen *kafka.Generation, ite
 			b.settle()
 			recycle(chunk)
 		case <-timer.C:
-			if !handOver() {
-				stop()
+			if !swap() {
+				endFlusher()
 				return
 			}
 		case <-failed:
-			stop()
+			endFlusher()
 			return
 		case <-ctx.Done():
-			if stop() {
+			if endFlusher() {
 				w.finish(flushCtx, gen, items, readers, b)
 			}
 			return
 		case <-gctx.Done():
-			if stop() {
+			if endFlusher() {
 				w.finish(flushCtx, gen, items, readers, b)
 			}
 			return

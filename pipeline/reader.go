@@ -143,7 +143,7 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 		pr.handOver()
 		return true
 	}
-	take := func(m kafka.Message) bool {
+	accept := func(m kafka.Message) bool {
 		if len(pr.chunk) == 0 {
 			lingerEnd = time.Now().Add(chunkLinger)
 		}
@@ -156,7 +156,7 @@ func (w *Worker) readPartition(ctx, gctx context.Context, topic string, partitio
 		if len(pr.chunk) > 0 {
 			wait = min(wait, time.Until(lingerEnd))
 		}
-		err := f.fetch(ctx, wait, take)
+		err := f.fetch(ctx, wait, accept)
 		if ctx.Err() != nil || errors.Is(err, errStopReading) {
 			return
 		}
