@@ -163,22 +163,12 @@ func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) err
 		if c.n == 0 {
 			continue
 		}
-		rows, retried := c.n, false
+		rows := c.n
 		var took time.Duration
-		if err := w.retry(ctx, StageInsert, "insert "+s.Table(), func() error {
-			if retried {
-				shards, err := w.readers(ctx, s.Table())
-				if err != nil {
-					return err
-				}
-				if err := withoutLanded(ctx, shards, db, s, c); err != nil {
-					return err
-				}
-				if c.n == 0 {
-					return nil
-				}
-			}
-			retried = true
+		if err := w.retryWrite(ctx, StageInsert, "insert "+s.Table(), s.Table(), func(shards []shardReader) (bool, error) {
+			err := withoutLanded(ctx, shards, db, s, c)
+			return c.n == 0, err
+		}, func() error {
 			ictx, err := w.insertContext(ctx, batchID, s.Table(), c.n)
 			if err != nil {
 				return err
@@ -202,23 +192,15 @@ func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) err
 			w.metrics.DeadLettered.WithLabelValues(loop, w.streams[sourceTopic(m)].Name, string(b.reasons[i])).Inc()
 		}
 	}
-	retried := false
-	if err := w.retry(ctx, StageLedger, "ledger", func() error {
-		spans := b.spans
-		if retried {
-			shards, err := w.readers(ctx, LedgerTable)
-			if err != nil {
-				return err
-			}
-			done, err := ledgerRecorded(ctx, shards, db, batchID)
-			if err != nil {
-				return err
-			}
-			if spans = unrecorded(spans, done); len(spans) == 0 {
-				return nil
-			}
+	spans := b.spans
+	if err := w.retryWrite(ctx, StageLedger, "ledger", LedgerTable, func(shards []shardReader) (bool, error) {
+		done, err := ledgerRecorded(ctx, shards, db, batchID)
+		if err != nil {
+			return false, err
 		}
-		retried = true
+		spans = unrecorded(b.spans, done)
+		return len(spans) == 0, nil
+	}, func() error {
 		ictx, err := w.insertContext(ctx, batchID, LedgerTable, len(spans))
 		if err != nil {
 			return err
@@ -234,6 +216,27 @@ func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) err
 	}
 	w.log.V(1).Info("flushed", "messages", b.n, "deadLettered", len(b.dead), "took", time.Since(start))
 	return nil
+}
+
+// retryWrite retries write to table like retry, but before each attempt after the first
+// it calls landed with the table's readers: a failed insert may have landed all the same,
+// and writing it again would store it twice. landed drops from the write what is already
+// there and reports whether nothing is left.
+func (w *Worker) retryWrite(ctx context.Context, stage, what, table string, landed func([]shardReader) (bool, error), write func() error) error {
+	retried := false
+	return w.retry(ctx, stage, what, func() error {
+		if retried {
+			shards, err := w.readers(ctx, table)
+			if err != nil {
+				return err
+			}
+			if done, err := landed(shards); err != nil || done {
+				return err
+			}
+		}
+		retried = true
+		return write()
+	})
 }
 
 // observeInsert records a successful insert: events and bytes sent, batch size, insert
