@@ -132,7 +132,7 @@ CFG
     setsid java -Xms32m -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
       -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -Dzookeeper.admin.enableServer=false \
       -cp "$cp" org.apache.zookeeper.server.ZooKeeperServerMain "$zkdir/zoo.cfg" \
-      >>"$zkdir/log/zookeeper.log" 2>&1 </dev/null &
+      >>"$zkdir/log/zookeeper.log" 2>&1 </dev/null 9>&- &
     echo $! >"$zkdir/zookeeper.pid"
   fi
   for _ in $(seq 1 120); do
@@ -266,7 +266,7 @@ spawn_node() {
   write_node_config "$n"
   log "starting node$n on 127.0.0.1:$(tcp_port "$n") (data in $dir)"
   # setsid does not fork in a non-interactive shell: $! is the server.
-  setsid clickhouse-server --config-file="$dir/config.xml" >"$dir/log/stdout.log" 2>&1 </dev/null &
+  setsid clickhouse-server --config-file="$dir/config.xml" >"$dir/log/stdout.log" 2>&1 </dev/null 9>&- &
   echo $! >"$dir/server.pid"
 }
 
@@ -316,6 +316,14 @@ stop_all() {
 
 case "${1:-start}" in
   start)
+    # A test that stops a node on purpose holds this lock (testkit.LockCluster). A start
+    # from another checkout waits for it instead of bringing the node back under the
+    # test; the tests themselves only stop and start single nodes. The servers started
+    # below do not inherit the lock (9>&-).
+    if command -v flock >/dev/null 2>&1; then
+      exec 9>"${TMPDIR:-/tmp}/customerloop-test-cluster.lock"
+      flock -n 9 || { log "waiting for a test that holds the cluster"; flock 9; }
+    fi
     install_missing
     start_zk
     for n in "${nodes[@]}"; do spawn_node "$n"; done
