@@ -1,20 +1,17 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -37,6 +34,7 @@ import (
 	"customerloop.dev/customerloop/config/samples"
 	"customerloop.dev/customerloop/controllers"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/test/testkit"
 )
 
 // authStack is a real kube-apiserver (envtest, RBAC on) with two teams' namespaces, a
@@ -45,24 +43,7 @@ type authStack struct {
 	cfg    *rest.Config
 	k8s    client.Client
 	tokens map[string]string // by ServiceAccount name
-	logs   *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	logs   *syncBuffer
 }
 
 const (
@@ -81,7 +62,7 @@ func TestEndpointsAuthenticate(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	dashAddr, metricsAddr := freeAddr(t), freeAddr(t)
+	dashAddr, metricsAddr := testkit.FreeAddr(t), testkit.FreeAddr(t)
 	log := logr.FromSlogHandler(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.Level(-8)}))
 	mgr, err := cli.NewManager(ctx, s.cfg, cli.ManagerOptions{
 		Runner: "inprocess", MetricsAddr: metricsAddr, MetricsSecure: true, ProbeAddr: "0",
@@ -100,7 +81,7 @@ func TestEndpointsAuthenticate(t *testing.T) {
 		return fetch(t, http.DefaultClient, dash+path, token, header...)
 	}
 	// Admin-equivalent: the loops are reconciled and their views read.
-	waitFor(t, 2*time.Minute, "the loops' dashboards", func() (bool, string) {
+	testkit.Eventually(t, 2*time.Minute, "the loops' dashboards", func() (bool, string) {
 		ca, _ := get(t, "/loops/"+nsA+"/"+loopA, s.tokens["everywhere"])
 		cb, _ := get(t, "/loops/"+nsB+"/"+loopB, s.tokens["everywhere"])
 		return ca == http.StatusOK && cb == http.StatusOK, fmt.Sprintf("%d %d", ca, cb)
@@ -221,7 +202,7 @@ func TestEndpointsAuthenticate(t *testing.T) {
 	})
 
 	t.Run("manager metrics with --metrics-secure=false", func(t *testing.T) {
-		addr := freeAddr(t)
+		addr := testkit.FreeAddr(t)
 		httpClient, err := rest.HTTPClientFor(s.cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -233,7 +214,7 @@ func TestEndpointsAuthenticate(t *testing.T) {
 		mctx, stop := context.WithCancel(ctx)
 		defer stop()
 		go func() { _ = srv.Start(mctx) }()
-		waitFor(t, 10*time.Second, "the plain metrics endpoint", func() (bool, string) {
+		testkit.Eventually(t, 10*time.Second, "the plain metrics endpoint", func() (bool, string) {
 			code, _ := fetch(t, http.DefaultClient, "http://"+addr+"/metrics", "")
 			return code == http.StatusOK, fmt.Sprint(code)
 		})
@@ -250,7 +231,7 @@ func TestEndpointsAuthenticate(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		addr := freeAddr(t)
+		addr := testkit.FreeAddr(t)
 		stop, err := serveWorkerMetrics(addr, filter, reg, log)
 		if err != nil {
 			t.Fatal(err)
@@ -261,7 +242,7 @@ func TestEndpointsAuthenticate(t *testing.T) {
 			t.Errorf("the kubelet's probe of /healthz without a token: %d, want 200", code)
 		}
 
-		plain := freeAddr(t)
+		plain := testkit.FreeAddr(t)
 		stop2, err := serveWorkerMetrics(plain, nil, reg, log)
 		if err != nil {
 			t.Fatal(err)
@@ -345,7 +326,7 @@ func startAuthStack(t *testing.T) *authStack {
 	}
 	t.Cleanup(broker.Close)
 
-	s := &authStack{cfg: cfg, tokens: map[string]string{}, logs: &lockedBuffer{}}
+	s := &authStack{cfg: cfg, tokens: map[string]string{}, logs: &syncBuffer{}}
 	scheme, err := cli.NewScheme()
 	if err != nil {
 		t.Fatal(err)
@@ -430,31 +411,6 @@ func authLoop(t *testing.T, ns, name, chAddr string, brokers []string, create fu
 		}
 	})
 	return loop
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-func waitFor(t *testing.T, timeout time.Duration, what string, f func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, state := f()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s (last: %s)", what, timeout, state)
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -185,7 +184,7 @@ func crashRun(t *testing.T, bin string) {
 	if logs == "" {
 		logs = t.TempDir()
 	}
-	metricsAddr := freeAddr(t)
+	metricsAddr := testkit.FreeAddr(t)
 	logPath := func(i int) string { return filepath.Join(logs, fmt.Sprintf("worker-%02d.log", i)) }
 	start := func(i int) *exec.Cmd {
 		f, err := os.Create(logPath(i))
@@ -330,17 +329,6 @@ func count(t *testing.T, ch driver.Conn, q string) uint64 {
 		t.Fatalf("%s: %v", q, err)
 	}
 	return n
-}
-
-// freeAddr returns a loopback address with a port that was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // waitForLine waits until a log file contains a line with substr.

@@ -78,7 +78,7 @@ func TestWorkerBinaryPII(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = w.Close()
-	metricsAddr := freeAddr(t)
+	metricsAddr := testkit.FreeAddr(t)
 	var log bytes.Buffer
 	cmd = exec.Command(bin, "worker", "--config", cfgPath, "--metrics-bind-address", metricsAddr, "--metrics-secure=false", "--log-level", "debug")
 	cmd.Env = append(env, "CUSTOMERLOOP_PII_HMAC_KEY="+key)

@@ -3,6 +3,7 @@ package testkit
 
 import (
 	"context"
+	"net"
 	"testing"
 	"time"
 
@@ -24,6 +25,17 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() (o
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Fatalf("timed out after %s waiting for %s; last state: %s", timeout, what, last)
+}
+
+// FreeAddr returns a loopback address with a port that was free a moment ago.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 // ReadTopic reads every message of a topic, across its partitions, up to the current end.
