@@ -283,3 +283,26 @@ func signedSetting(conn driver.Conn, v int) int {
 }
 
 const settingsAsStringsRevision = 54429
+
+// ClusterNodes opens a connection, with the loop's credentials, to every node of the
+// loop's cluster as system.clusters lists it (host_name and native port), for reads that
+// must see each node's own objects: a Distributed read or the cluster() table function
+// reaches one replica per shard only. A node that does not answer is left out while
+// another replica of its shard answers (the cluster's DDL queue brings it in line when it
+// is back). The caller closes the connections.
+func ClusterNodes(ctx context.Context, ch ClickHouseConfig) ([]driver.Conn, error) {
+	conn, err := OpenClickHouse(ctx, ch)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	nodes, _, err := connectNodes(ctx, conn, ch)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]driver.Conn, len(nodes))
+	for i, n := range nodes {
+		out[i] = n.conn
+	}
+	return out, nil
+}
