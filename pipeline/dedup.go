@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"hash/maphash"
+	"math"
 	"slices"
 	"time"
 
@@ -344,33 +345,33 @@ const producedSQL = "if(_produced_at_ms = 0, toInt64(_ingested_at) * 1000, _prod
 //
 // shards come from Worker.readers for the raw table; on a cluster a partition's rows are
 // spread over the shards by customer, read from a synced replica of each, and put in
-// offset order together. At most max ids are held (0: no bound); evicted counts those
+// offset order together. At most maxIDs ids are held (0: no bound); evicted counts those
 // dropped early.
-func loadDedupWindow(ctx context.Context, shards []shardReader, db string, s *StreamConfig, partition int, next int64, window time.Duration, max int, evicted prometheus.Counter) (*dedupWindow, error) {
+func loadDedupWindow(ctx context.Context, shards []shardReader, db string, s *StreamConfig, partition int, next int64, window time.Duration, maxIDs int, evicted prometheus.Counter) (*dedupWindow, error) {
 	d := newDedupWindow(window)
-	d.max, d.evicted = max, evicted
+	d.max, d.evicted = maxIDs, evicted
 	if next < 0 {
 		return d, nil
 	}
 	where := " WHERE _topic = ? AND _partition = ? AND _offset < ?"
 	args := []any{s.Topic, int32(partition), next}
-	// The max or min of no rows is a zero, not a time or an offset: count the rows.
-	var clock, first int64
-	found := false
+	// Produce times are positive, so the clock of no rows is 0: the window starts empty.
+	var clock int64
 	for _, sh := range shards {
 		var c int64
 		var n uint64
 		if err := sh.conn.QueryRow(ctx, "SELECT max("+producedSQL+"), count() FROM "+sh.table(db, s.Table())+where, args...).Scan(&c, &n); err != nil {
 			return nil, fmt.Errorf("reading the duplicate window's clock of %s/%d: %w", s.Topic, partition, err)
 		}
-		if n > 0 {
-			clock, found = maxInt64(clock, c, found), true
+		if n > 0 { // the max of no rows is a zero, not a time
+			clock = max(clock, c)
 		}
 	}
-	if !found {
+	if clock == 0 {
 		return d, nil
 	}
-	found = false
+	// The row at the clock has a time of at least clock-window: first is one of them.
+	first := int64(math.MaxInt64)
 	for _, sh := range shards {
 		var o int64
 		var n uint64
@@ -379,7 +380,7 @@ func loadDedupWindow(ctx context.Context, shards []shardReader, db string, s *St
 			return nil, fmt.Errorf("reading where the duplicate window of %s/%d begins: %w", s.Topic, partition, err)
 		}
 		if n > 0 {
-			first, found = -maxInt64(-first, -o, found), true
+			first = min(first, o)
 		}
 	}
 	type row struct {
@@ -417,12 +418,4 @@ func loadDedupWindow(ctx context.Context, shards []shardReader, db string, s *St
 		d.store(r.id, r.at)
 	}
 	return d, nil
-}
-
-// maxInt64 is the larger of a and b, or b when a is not set.
-func maxInt64(a, b int64, aSet bool) int64 {
-	if !aSet {
-		return b
-	}
-	return max(a, b)
 }

@@ -495,14 +495,13 @@ func TestDedupWindowRuleAndRebuild(t *testing.T) {
 
 	rebuild := func(cut int) *dedupWindow {
 		d := newDedupWindow(window)
-		var clock int64
-		stored := false
+		var clock int64 // the times are positive: 0 is none stored
 		for i := range cut {
 			if !want[i] {
-				clock, stored = maxInt64(clock, msgs[i].at, stored), true
+				clock = max(clock, msgs[i].at)
 			}
 		}
-		if !stored {
+		if clock == 0 {
 			return d
 		}
 		first := 0
