@@ -182,7 +182,7 @@ func PullConsent(ctx context.Context, conn driver.Conn, cfg Config) (int, error)
 	if err := rows.Err(); err != nil {
 		return 0, err
 	}
-	sec, err := cfg.Kafka.security()
+	sec, err := securityOf(cfg.Kafka)
 	if err != nil {
 		return 0, err
 	}

@@ -206,7 +206,7 @@ func ReadDeadLetters(ctx context.Context, kc KafkaConfig, topic string, since ti
 			}
 		}
 	}
-	sec, err := kc.security()
+	sec, err := securityOf(kc)
 	if err != nil {
 		return nil, err
 	}
@@ -241,7 +241,7 @@ func ReadDeadLetters(ctx context.Context, kc KafkaConfig, topic string, since ti
 // SendReplays writes replay messages (see ReplayMessage) to topic, each to the partition
 // ReplayBalancer chooses, and returns once the brokers have acknowledged all of them.
 func SendReplays(ctx context.Context, kc KafkaConfig, topic string, msgs []kafka.Message) error {
-	sec, err := kc.security()
+	sec, err := securityOf(kc)
 	if err != nil {
 		return err
 	}
@@ -259,7 +259,7 @@ func SendReplays(ctx context.Context, kc KafkaConfig, topic string, msgs []kafka
 // MessageID is the id (event_id, plan_id) a worker would store for a message of the
 // stream, read by the stream's mapping; false when the message is not a JSON object or
 // has no usable id. A stream that hashes its ids stores their hash instead.
-func (s StreamConfig) MessageID(msg []byte) (string, bool) {
+func MessageID(s StreamConfig, msg []byte) (string, bool) {
 	field := s.Mapping.EventID
 	if s.Kind == KindPlan {
 		field = s.Mapping.PlanID

@@ -261,7 +261,7 @@ func readDigests(t *testing.T, k KafkaConfig, topic string) []kafka.Message {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sec, err := k.security()
+	sec, err := securityOf(k)
 	if err != nil {
 		t.Fatal(err)
 	}

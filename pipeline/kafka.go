@@ -20,7 +20,7 @@ type kafkaSecurity struct {
 	sasl sasl.Mechanism
 }
 
-func (c KafkaConfig) security() (kafkaSecurity, error) {
+func securityOf(c KafkaConfig) (kafkaSecurity, error) {
 	var sec kafkaSecurity
 	tlsCfg, err := c.TLS.build()
 	if err != nil {
@@ -57,7 +57,7 @@ func (s kafkaSecurity) transport() *kafka.Transport {
 // KafkaClient returns a client for admin requests (offsets, group descriptions) with the
 // config's TLS and SASL settings.
 func KafkaClient(c KafkaConfig) (*kafka.Client, error) {
-	sec, err := c.security()
+	sec, err := securityOf(c)
 	if err != nil {
 		return nil, err
 	}

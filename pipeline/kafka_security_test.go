@@ -110,7 +110,7 @@ func TestWorkerOverTLSAndSASL(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	sec, err := cfg.Kafka.security()
+	sec, err := securityOf(cfg.Kafka)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +203,7 @@ func TestWorkerOverKafkaMTLS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	sec, err := cfg.Kafka.security()
+	sec, err := securityOf(cfg.Kafka)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -63,7 +63,7 @@ func NewPublisher(cfg DigestConfig, conn driver.Conn, log logr.Logger) (*Publish
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid digest config: %w", err)
 	}
-	sec, err := cfg.Kafka.security()
+	sec, err := securityOf(cfg.Kafka)
 	if err != nil {
 		return nil, err
 	}

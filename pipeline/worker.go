@@ -75,7 +75,7 @@ func NewWorker(ctx context.Context, cfg Config, log logr.Logger, metrics *Metric
 		}
 		w.decoders[s.Topic], w.streams[s.Topic] = d, s
 	}
-	sec, err := cfg.Kafka.security()
+	sec, err := securityOf(cfg.Kafka)
 	if err != nil {
 		return nil, err
 	}

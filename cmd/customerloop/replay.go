@@ -163,7 +163,7 @@ func planReplay(ctx context.Context, conn driver.Conn, db string, s pipeline.Str
 		}
 		matched[at] = true
 		it := replayItem{letter: d}
-		switch id, ok := s.MessageID(d.Value); {
+		switch id, ok := pipeline.MessageID(s, d.Value); {
 		case d.Origin.Partition >= 0 && origins[d.Origin]:
 			// A worker that crashed after dead-lettering may dead-letter a message twice.
 			it.skip = skipSame
