@@ -154,8 +154,9 @@ build: ## Build bin/customerloop (and bin/kubectl-customerloop, the same binary,
 .PHONY: test
 test: verify lint $(SETUP_ENVTEST) $(HELM) ## Provision the stack and run every test against it.
 	$(STACK) $(CHDB_ENV) CUSTOMERLOOP_REQUIRE_STACK=1 HELM=$(HELM) go test -count=1 ./...
-	for f in FuzzDecode FuzzDDLPlanners FuzzParseConsent; do go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./pipeline || exit 1; done
-	$(STACK) CUSTOMERLOOP_REQUIRE_STACK=1 go test -race -count=1 -run '$(RACE_TESTS)' ./pipeline
+	for f in ingest:FuzzDecode ddl:FuzzDDLPlanners .:FuzzParseConsent; do \
+		go test -run '^$$' -fuzz "^$${f#*:}\$$" -fuzztime $(FUZZTIME) ./pipeline/$${f%%:*} || exit 1; done
+	$(STACK) CUSTOMERLOOP_REQUIRE_STACK=1 go test -race -count=1 -run '$(RACE_TESTS)' ./pipeline/ingest
 
 # The tests of the worker's concurrent parts, which make test also runs under the race
 # detector (a race there once let two workers in one process copy each other's strings).
@@ -167,8 +168,8 @@ race: $(SETUP_ENVTEST) $(HELM) ## Run every test of the pipeline and the command
 
 .PHONY: fuzz
 fuzz: ## Fuzz the decoders and the DDL planners for longer (FUZZTIME=2000000x executions each, or a duration).
-	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(if $(filter 50000x,$(FUZZTIME)),2000000x,$(FUZZTIME)) ./pipeline
-	go test -run '^$$' -fuzz '^FuzzDDLPlanners$$' -fuzztime $(if $(filter 50000x,$(FUZZTIME)),2000000x,$(FUZZTIME)) ./pipeline
+	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(if $(filter 50000x,$(FUZZTIME)),2000000x,$(FUZZTIME)) ./pipeline/ingest
+	go test -run '^$$' -fuzz '^FuzzDDLPlanners$$' -fuzztime $(if $(filter 50000x,$(FUZZTIME)),2000000x,$(FUZZTIME)) ./pipeline/ddl
 	go test -run '^$$' -fuzz '^FuzzParseConsent$$' -fuzztime $(if $(filter 50000x,$(FUZZTIME)),2000000x,$(FUZZTIME)) ./pipeline
 
 .PHONY: demo

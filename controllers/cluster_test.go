@@ -13,6 +13,7 @@ import (
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/test/testkit"
 )
 
@@ -23,7 +24,7 @@ func clusterNodes(t *testing.T) (string, []string, []driver.Conn) {
 	name, addrs := testkit.Cluster(t)
 	var conns []driver.Conn
 	for _, a := range addrs {
-		c, err := pipeline.OpenClickHouse(context.Background(), pipeline.ClickHouseConfig{Addr: a, Username: chUser, Password: chPass})
+		c, err := connect.OpenClickHouse(context.Background(), pipeline.ClickHouseConfig{Addr: a, Username: chUser, Password: chPass})
 		if err != nil {
 			t.Fatal(err)
 		}

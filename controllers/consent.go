@@ -11,6 +11,9 @@ import (
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/ddl"
+	"customerloop.dev/customerloop/pipeline/feedback"
 )
 
 // ReasonConsent is the reason of the events recording applied consent messages.
@@ -28,7 +31,7 @@ func (r *CustomerLoopReconciler) reconcileConsent(ctx context.Context, loop *loo
 	if cfg.Consent == nil {
 		return true, nil
 	}
-	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
 		return false, err
 	}
@@ -37,11 +40,11 @@ func (r *CustomerLoopReconciler) reconcileConsent(ctx context.Context, loop *loo
 	if cfg.ClickHouse.Features, err = pipeline.ReadServerFeatures(ctx, conn); err != nil {
 		return false, err
 	}
-	if _, err := pipeline.PullConsent(ctx, conn, cfg); err != nil {
+	if _, err := connect.PullConsent(ctx, conn, cfg); err != nil {
 		return false, fmt.Errorf("consent topic %s: %w", cfg.Consent.Topic, err)
 	}
 	db := cfg.ClickHouse.Database
-	pending, err := pipeline.PendingConsent(ctx, conn, db)
+	pending, err := connect.PendingConsent(ctx, conn, db)
 	if err != nil || len(pending) == 0 {
 		return err == nil, err
 	}
@@ -58,11 +61,11 @@ func (r *CustomerLoopReconciler) reconcileConsent(ctx context.Context, loop *loo
 			return false, nil
 		}
 	}
-	plans, err := pipeline.PlanRollups(cfg)
+	plans, err := ddl.PlanRollups(cfg)
 	if err != nil {
 		return false, err
 	}
-	audits, rebuilt, err := pipeline.ApplyConsent(ctx, conn, cfg, plans, pending)
+	audits, rebuilt, err := feedback.ApplyConsent(ctx, conn, cfg, plans, pending)
 	if err != nil {
 		return false, fmt.Errorf("applying consent: %w", err)
 	}

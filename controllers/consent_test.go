@@ -9,6 +9,7 @@ import (
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/ingest"
 	"customerloop.dev/customerloop/test/testkit"
 )
 
@@ -55,7 +56,7 @@ func TestConsentWithdrawalAndGrant(t *testing.T) {
 	settled := func(what string, produced int64, want map[dailyKey]dailyTotals) {
 		t.Helper()
 		testkit.Eventually(t, 90*time.Second, what, func() (bool, string) {
-			led, err := pipeline.ReadLedgerTotals(ctx, ch, db, topic)
+			led, err := ingest.ReadLedgerTotals(ctx, ch, db, topic)
 			if err != nil {
 				return false, err.Error()
 			}
@@ -119,7 +120,7 @@ func TestConsentWithdrawalAndGrant(t *testing.T) {
 	if n := countRows(t, "SELECT count() FROM "+plans); n != 6 {
 		t.Errorf("plans holds %d rows, want the other customers' 6", n)
 	}
-	led, err := pipeline.ReadLedgerTotals(ctx, ch, db, topic)
+	led, err := ingest.ReadLedgerTotals(ctx, ch, db, topic)
 	if err != nil {
 		t.Fatal(err)
 	}

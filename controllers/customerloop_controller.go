@@ -29,6 +29,9 @@ import (
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/ddl"
+	"customerloop.dev/customerloop/pipeline/ingest"
 )
 
 // CustomerLoopReconciler turns a CustomerLoop into ClickHouse tables and running workers,
@@ -126,17 +129,17 @@ func (r *CustomerLoopReconciler) Reconcile(ctx context.Context, req ctrl.Request
 // columns new dimensions need. A change the tables cannot follow stalls the loop; the
 // workers keep running the config they have.
 func (r *CustomerLoopReconciler) reconcileSchema(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config, obs *observation) error {
-	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
 		obs.schemaErr = err
 		return err
 	}
 	defer conn.Close()
-	if err := pipeline.CheckCluster(ctx, conn, cfg.ClickHouse); err != nil {
+	if err := connect.CheckCluster(ctx, conn, cfg.ClickHouse); err != nil {
 		obs.schemaErr = err
 		return err
 	}
-	stmts, err := pipeline.Migrate(ctx, conn, cfg)
+	stmts, err := ddl.Migrate(ctx, conn, cfg)
 	if err = r.ddlPending(ctx, loop, err); err != nil {
 		obs.schemaErr = err
 		return err
@@ -158,11 +161,11 @@ func (r *CustomerLoopReconciler) reconcileFeedback(ctx context.Context, loop *lo
 	if fc == nil {
 		return nil
 	}
-	if _, err := pipeline.PlanFeedback(*fc); err != nil {
+	if _, err := ddl.PlanFeedback(*fc); err != nil {
 		obs.schemaErr, obs.schemaReady = &specError{msg: err.Error()}, false
 		return obs.schemaErr
 	}
-	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
 		obs.schemaErr, obs.schemaReady = err, false
 		return err
@@ -173,18 +176,18 @@ func (r *CustomerLoopReconciler) reconcileFeedback(ctx context.Context, loop *lo
 		obs.schemaErr, obs.schemaReady = err, false
 		return err
 	}
-	stmts, err := pipeline.PlanFeedback(*fc)
+	stmts, err := ddl.PlanFeedback(*fc)
 	if err != nil {
 		obs.schemaErr, obs.schemaReady = &specError{msg: err.Error()}, false
 		return obs.schemaErr
 	}
 	if fc.Cluster == "" {
-		err = pipeline.ApplyFeedback(ctx, conn, fc.Database, stmts)
+		err = ddl.ApplyFeedback(ctx, conn, fc.Database, stmts)
 	} else {
 		// Each node's views are checked: a Distributed read reaches one replica per shard.
 		var nodes []driver.Conn
-		if nodes, err = pipeline.ClusterNodes(ctx, cfg.ClickHouse); err == nil {
-			err = pipeline.ApplyFeedbackNodes(ctx, conn, nodes, fc.Database, stmts)
+		if nodes, err = connect.ClusterNodes(ctx, cfg.ClickHouse); err == nil {
+			err = ddl.ApplyFeedbackNodes(ctx, conn, nodes, fc.Database, stmts)
 			for _, n := range nodes {
 				_ = n.Close()
 			}
@@ -205,7 +208,7 @@ func (r *CustomerLoopReconciler) reconcileFeedback(ctx context.Context, loop *lo
 // that is a warning, not a failure. The hosts that are up have the schema, ingestion goes
 // on through them, and the others catch up from the queue when they are back.
 func (r *CustomerLoopReconciler) ddlPending(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, err error) error {
-	if !errors.Is(err, pipeline.ErrDDLPending) {
+	if !errors.Is(err, connect.ErrDDLPending) {
 		return err
 	}
 	log.FromContext(ctx).Info("schema applied on the hosts that answered; the others run it from the DDL queue", "pending", err.Error())
@@ -250,29 +253,29 @@ func (r *CustomerLoopReconciler) reconcileWorkers(ctx context.Context, loop *loo
 // observeStreams reads each stream's ingestion from the systems of record: its raw table
 // and the ledger in ClickHouse, and its topic's end offsets in Kafka for the lag.
 func (r *CustomerLoopReconciler) observeStreams(ctx context.Context, cfg pipeline.Config, obs *observation) {
-	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
 		obs.statsErr = err
 		return
 	}
 	defer conn.Close()
-	kc, kerr := pipeline.KafkaClient(cfg.Kafka)
+	kc, kerr := connect.KafkaClient(cfg.Kafka)
 	db := cfg.ClickHouse.Database
 	for _, s := range cfg.Streams {
 		so := streamObservation{stream: s}
-		if so.stats, err = pipeline.StreamStats(ctx, conn, db, s); err != nil {
+		if so.stats, err = ingest.StreamStats(ctx, conn, db, s); err != nil {
 			obs.statsErr = err
 			return
 		}
-		if so.ledger, err = pipeline.ReadLedgerTotals(ctx, conn, db, s.Topic); err != nil {
+		if so.ledger, err = ingest.ReadLedgerTotals(ctx, conn, db, s.Topic); err != nil {
 			obs.statsErr = err
 			return
 		}
 		// Lag needs Kafka; without it the rest of the status is still true.
 		if kerr == nil {
-			var offsets map[int]pipeline.OffsetRange
-			if offsets, kerr = pipeline.TopicOffsets(ctx, kc, s.Topic); kerr == nil {
-				so.lag, so.lagKnown = pipeline.Lag(offsets, so.ledger.Next), true
+			var offsets map[int]connect.OffsetRange
+			if offsets, kerr = connect.TopicOffsets(ctx, kc, s.Topic); kerr == nil {
+				so.lag, so.lagKnown = connect.Lag(offsets, so.ledger.Next), true
 			}
 		}
 		obs.streams = append(obs.streams, so)
@@ -316,7 +319,7 @@ func (r *CustomerLoopReconciler) dropTables(ctx context.Context, loop *loopsv1al
 	if err != nil {
 		return err
 	}
-	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
 		return err
 	}
@@ -324,7 +327,7 @@ func (r *CustomerLoopReconciler) dropTables(ctx context.Context, loop *loopsv1al
 	if cfg.ClickHouse.Features, err = pipeline.ReadServerFeatures(ctx, conn); err != nil {
 		return err
 	}
-	if err := pipeline.ApplySchema(ctx, conn, pipeline.PlanDrop(cfg)); err != nil {
+	if err := ddl.ApplySchema(ctx, conn, ddl.PlanDrop(cfg)); err != nil {
 		return err
 	}
 	return dropRollupLeftovers(ctx, conn, cfg.ClickHouse.Database)
@@ -335,8 +338,8 @@ func (r *CustomerLoopReconciler) dropTables(ctx context.Context, loop *loopsv1al
 // else is retried with backoff.
 func (r *CustomerLoopReconciler) resultFor(err error) (ctrl.Result, error) {
 	var se *specError
-	var ue *pipeline.UnsafeChangeError
-	var re *pipeline.RollupError
+	var ue *ddl.UnsafeChangeError
+	var re *ddl.RollupError
 	if errors.As(err, &se) || errors.As(err, &ue) || errors.As(err, &re) {
 		return ctrl.Result{}, reconcile.TerminalError(err)
 	}

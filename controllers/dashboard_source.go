@@ -10,7 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
-	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/pipeline/dashboard"
 )
 
@@ -56,7 +56,7 @@ func (s DashboardSource) Open(ctx context.Context, ref dashboard.LoopRef) (dashb
 	if err != nil {
 		return dashboard.Loop{}, err
 	}
-	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
 		return dashboard.Loop{}, err
 	}

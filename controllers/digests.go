@@ -18,6 +18,8 @@ import (
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/feedback"
 )
 
 // Event reasons of the digest publisher.
@@ -39,7 +41,7 @@ type digestPublishers struct {
 type digestEntry struct {
 	hash      string // of the publisher's config and credentials
 	conn      driver.Conn
-	pub       *pipeline.Publisher
+	pub       *feedback.Publisher
 	next      time.Time // the next round is due
 	published int64
 	status    loopsv1alpha1.FeedbackStatus
@@ -74,7 +76,7 @@ func (d *digestPublishers) stop(key types.NamespacedName) {
 
 // digestConfig builds the publisher's config from the spec, or returns nil when the loop
 // publishes no digests.
-func digestConfig(loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config) (*pipeline.DigestConfig, time.Duration, error) {
+func digestConfig(loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config) (*feedback.DigestConfig, time.Duration, error) {
 	f := loop.Spec.Feedback
 	if f == nil || f.Publish == nil {
 		return nil, 0, nil
@@ -89,7 +91,7 @@ func digestConfig(loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config) (*pipel
 	}
 	kafka := cfg.Kafka
 	kafka.Group = ""
-	dc := &pipeline.DigestConfig{
+	dc := &feedback.DigestConfig{
 		Loop:      cfg.Loop,
 		Kafka:     kafka,
 		Topic:     f.Publish.Topic,
@@ -119,7 +121,7 @@ func publisherName() string {
 	return n
 }
 
-func digestHash(dc *pipeline.DigestConfig, cfg pipeline.Config) string {
+func digestHash(dc *feedback.DigestConfig, cfg pipeline.Config) string {
 	b, _ := json.Marshal(dc)
 	h := sha256.New()
 	h.Write(b)
@@ -145,11 +147,11 @@ func (r *CustomerLoopReconciler) reconcileDigests(ctx context.Context, loop *loo
 		e = nil
 	}
 	if e == nil {
-		conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+		conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
 		if err != nil {
 			return 0, err
 		}
-		pub, err := pipeline.NewPublisher(*dc, conn, log.FromContext(ctx).WithName("digests"))
+		pub, err := feedback.NewPublisher(*dc, conn, log.FromContext(ctx).WithName("digests"))
 		if err != nil {
 			_ = conn.Close()
 			return 0, &specError{msg: err.Error()}
@@ -186,7 +188,7 @@ func (r *CustomerLoopReconciler) reconcileDigests(ctx context.Context, loop *loo
 	return time.Until(e.next), nil
 }
 
-func feedbackStatus(res pipeline.PublishResult, published int64) loopsv1alpha1.FeedbackStatus {
+func feedbackStatus(res feedback.PublishResult, published int64) loopsv1alpha1.FeedbackStatus {
 	st := loopsv1alpha1.FeedbackStatus{
 		CustomersWithPlans: int64(res.CustomersWithPlans),
 		DigestsPublished:   published,

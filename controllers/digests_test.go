@@ -16,6 +16,7 @@ import (
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/dashboard"
+	"customerloop.dev/customerloop/pipeline/feedback"
 	"customerloop.dev/customerloop/test/testkit"
 )
 
@@ -78,11 +79,11 @@ func TestFeedbackDigests(t *testing.T) {
 	for _, c := range cells {
 		want[c.product+"/"+c.period.Format(time.DateOnly)] = c
 	}
-	var latest map[string]pipeline.Digest
+	var latest map[string]feedback.Digest
 	testkit.Eventually(t, 2*time.Minute, "the digests of every product and month, with the produced figures", func() (bool, string) {
-		latest = map[string]pipeline.Digest{}
+		latest = map[string]feedback.Digest{}
 		for _, m := range testkit.ReadTopic(t, brokers, topic) {
-			var d pipeline.Digest
+			var d feedback.Digest
 			if err := json.Unmarshal(m.Value, &d); err != nil {
 				t.Fatalf("digest %s is not JSON: %v", m.Value, err)
 			}

@@ -9,6 +9,8 @@ import (
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/ddl"
 )
 
 // ReasonRetention is the reason of the events recording partitions dropped by retention.
@@ -27,7 +29,7 @@ func (r *CustomerLoopReconciler) reconcileRetention(ctx context.Context, loop *l
 	if len(days) == 0 {
 		return nil
 	}
-	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
 		return err
 	}
@@ -42,7 +44,7 @@ func (r *CustomerLoopReconciler) reconcileRetention(ctx context.Context, loop *l
 		if !ok {
 			continue
 		}
-		dropped, err := pipeline.ApplyRetention(ctx, conn, v, cfg.ClickHouse, s, d, now)
+		dropped, err := ddl.ApplyRetention(ctx, conn, v, cfg.ClickHouse, s, d, now)
 		if err != nil {
 			return fmt.Errorf("retention of stream %s: %w", s.Name, err)
 		}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/ingest"
 	"customerloop.dev/customerloop/test/testkit"
 )
 
@@ -35,7 +36,7 @@ func TestRetentionDropsOldMonths(t *testing.T) {
 	produceJSON(t, topic, msgs)
 	raw := pipeline.QualifiedTable(db, "usage_raw")
 	testkit.Eventually(t, 60*time.Second, "the old months dropped, the recent rows kept", func() (bool, string) {
-		led, err := pipeline.ReadLedgerTotals(ctx, ch, db, topic)
+		led, err := ingest.ReadLedgerTotals(ctx, ch, db, topic)
 		if err != nil {
 			return false, err.Error()
 		}

@@ -13,6 +13,8 @@ import (
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/ddl"
 )
 
 // rollupConfigs renders the spec's rollups for the pipeline.
@@ -44,11 +46,11 @@ func rollupConfigs(loop *loopsv1alpha1.CustomerLoop) []pipeline.RollupConfig {
 func (r *CustomerLoopReconciler) reconcileRollups(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config, obs *observation) (bool, error) {
 	// A definition that does not fit its stream is reported whether or not ClickHouse
 	// answers; what is built is planned for the server's features.
-	if _, err := pipeline.PlanRollups(cfg); err != nil {
+	if _, err := ddl.PlanRollups(cfg); err != nil {
 		obs.schemaErr, obs.schemaReady = err, false
 		return false, err
 	}
-	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
 		obs.schemaErr, obs.schemaReady = err, false
 		return false, err
@@ -58,7 +60,7 @@ func (r *CustomerLoopReconciler) reconcileRollups(ctx context.Context, loop *loo
 		obs.schemaErr, obs.schemaReady = err, false
 		return false, err
 	}
-	plans, err := pipeline.PlanRollups(cfg)
+	plans, err := ddl.PlanRollups(cfg)
 	if err != nil {
 		obs.schemaErr, obs.schemaReady = err, false
 		return false, err
@@ -77,7 +79,7 @@ func (r *CustomerLoopReconciler) reconcileRollups(ctx context.Context, loop *loo
 		}
 		return w == "", nil
 	}
-	rebuilt, done, err := pipeline.ApplyRollups(ctx, conn, cfg.ClickHouse.Database, plans, quiesce)
+	rebuilt, done, err := ddl.ApplyRollups(ctx, conn, cfg.ClickHouse.Database, plans, quiesce)
 	err = r.ddlPending(ctx, loop, err)
 	for _, name := range rebuilt {
 		log.FromContext(ctx).Info("rollup built and backfilled", "rollup", name)
@@ -100,12 +102,12 @@ func (r *CustomerLoopReconciler) reconcileRollups(ctx context.Context, loop *loo
 // dropRollupLeftovers drops every rollup object the loop's database holds, such as a
 // version a crash left behind that PlanDrop does not know of.
 func dropRollupLeftovers(ctx context.Context, conn driver.Conn, db string) error {
-	existing, err := pipeline.ReadRollups(ctx, conn, db)
+	existing, err := ddl.ReadRollups(ctx, conn, db)
 	if err != nil {
 		return err
 	}
-	_, stale := pipeline.PlanRollupChanges(db, nil, existing)
-	return pipeline.ApplySchema(ctx, conn, stale)
+	_, stale := ddl.PlanRollupChanges(db, nil, existing)
+	return ddl.ApplySchema(ctx, conn, stale)
 }
 
 // rollupPoll is how soon a loop waiting for its workers to stop is looked at again.

@@ -20,6 +20,7 @@ import (
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/ddl"
 	"customerloop.dev/customerloop/test/testkit"
 )
 
@@ -310,7 +311,7 @@ func TestRollupConditions(t *testing.T) {
 				"SchemaReady": "False/RollupBackfill", "WorkersReady": "False/RollupBackfill"},
 		},
 		"a rollup that does not fit": {
-			observation{schemaErr: &pipeline.RollupError{Rollup: "daily", Msg: `measure "used": ...`}},
+			observation{schemaErr: &ddl.RollupError{Rollup: "daily", Msg: `measure "used": ...`}},
 			map[string]string{"Ready": "False/InvalidRollup", "Reconciling": "False/InvalidRollup", "Stalled": "True/InvalidRollup",
 				"SchemaReady": "False/InvalidRollup"},
 		},

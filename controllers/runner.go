@@ -13,6 +13,7 @@ import (
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/ingest"
 )
 
 // Runner runs the workers of each loop.
@@ -40,7 +41,7 @@ type WorkerState struct {
 // and local use. It is a manager.Runnable so that the manager's shutdown stops them.
 type InProcessRunner struct {
 	Log     logr.Logger
-	Metrics *pipeline.Metrics
+	Metrics *ingest.Metrics
 
 	mu    sync.Mutex
 	base  context.Context
@@ -59,7 +60,7 @@ type inProcessLoop struct {
 
 // NewInProcessRunner returns a runner whose workers live until Stop or the end of Start.
 // Their metrics are recorded in metrics (which may be nil).
-func NewInProcessRunner(log logr.Logger, metrics *pipeline.Metrics) *InProcessRunner {
+func NewInProcessRunner(log logr.Logger, metrics *ingest.Metrics) *InProcessRunner {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &InProcessRunner{Log: log, Metrics: metrics, base: ctx, stop: cancel, loops: map[types.NamespacedName]*inProcessLoop{}}
 }
@@ -147,7 +148,7 @@ func (r *InProcessRunner) start(key types.NamespacedName, cfg pipeline.Config, h
 		defer close(l.done)
 		delay := time.Second
 		for {
-			w, err := pipeline.NewWorker(ctx, cfg, log, r.Metrics)
+			w, err := ingest.NewWorker(ctx, cfg, log, r.Metrics)
 			if err == nil {
 				l.setErr(nil)
 				err = w.Run(ctx)

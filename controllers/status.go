@@ -11,6 +11,9 @@ import (
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/ddl"
+	"customerloop.dev/customerloop/pipeline/ingest"
 )
 
 // observation is what one reconcile found; status and conditions are computed from it in
@@ -40,8 +43,8 @@ type observation struct {
 
 type streamObservation struct {
 	stream   pipeline.StreamConfig
-	stats    pipeline.TableStats
-	ledger   pipeline.LedgerTotals
+	stats    ingest.TableStats
+	ledger   ingest.LedgerTotals
 	lag      int64
 	lagKnown bool
 }
@@ -76,9 +79,9 @@ func computeConditions(obs *observation) map[string]cond {
 	c := map[string]cond{}
 	var se *specError
 	var me *missingInputError
-	var ue *pipeline.UnsafeChangeError
-	var re *pipeline.RollupError
-	var ce *pipeline.ClusterError
+	var ue *ddl.UnsafeChangeError
+	var re *ddl.RollupError
+	var ce *connect.ClusterError
 	stalled := cond{metav1.ConditionFalse, ReasonSucceeded, ""}
 
 	switch {

@@ -33,6 +33,8 @@ import (
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/ingest"
 )
 
 // The suite runs the reconciler in a manager against a real kube-apiserver (envtest),
@@ -114,7 +116,7 @@ func runSuite(m *testing.M) int {
 	defer broker.Close()
 	brokers = broker.ListenAddrs()
 
-	ch, err = pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: chAddr})
+	ch, err = connect.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: chAddr})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -161,7 +163,7 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	runner = NewInProcessRunner(log.WithName("worker"), pipeline.NewMetrics(workerMetrics))
+	runner = NewInProcessRunner(log.WithName("worker"), ingest.NewMetrics(workerMetrics))
 	r := &CustomerLoopReconciler{
 		Client:          mgr.GetClient(),
 		Runner:          runner,

@@ -26,6 +26,7 @@ import (
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/test/testkit"
 )
 
@@ -150,7 +151,7 @@ func (f *tlsFixture) loop(t *testing.T, ns string, chKey []byte) *loopsv1alpha1.
 		for k8s.Get(ctx, client.ObjectKeyFromObject(loop), &loopsv1alpha1.CustomerLoop{}) == nil && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
 		}
-		if conn, err := pipeline.OpenClickHouse(ctx, *f.conn); err == nil {
+		if conn, err := connect.OpenClickHouse(ctx, *f.conn); err == nil {
 			_ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(db))
 			conn.Close()
 		}

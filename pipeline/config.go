@@ -1,7 +1,16 @@
-// Package pipeline is CustomerLoop's data plane: it reads customers' usage events and
-// plans from Kafka, decodes them by a stream's mapping, inserts them into ClickHouse and
-// commits offsets only after the insert. It knows nothing of Kubernetes: it runs from a
-// Config that the controller renders from a CustomerLoop, or that is read from a file.
+// Package pipeline is the contract CustomerLoop's planes share: a loop's Config and its
+// validation, the names and columns of the tables a loop owns, the reasons a message is
+// dead-lettered, consent messages and the state they resolve to. It is plain data and
+// talks to nothing; the planes below it do the work:
+//
+//   - connect dials ClickHouse (single server or cluster) and Kafka;
+//   - ddl plans a loop's ClickHouse objects and applies them;
+//   - ingest runs the workers that read Kafka and write ClickHouse;
+//   - feedback turns the stored data into digests, reports and consent applied;
+//   - dashboard serves the product teams' page.
+//
+// None of them knows Kubernetes: a Config is rendered by the controller from a
+// CustomerLoop, or read from a file.
 package pipeline
 
 import (
@@ -207,7 +216,7 @@ const (
 	defaultMaxWait          = time.Second
 	defaultSessionTimeout   = 10 * time.Second
 	defaultDedupWindow      = time.Minute
-	defaultMaxDedupIDs      = 1 << 21
+	DefaultMaxDedupIDs      = 1 << 21
 	defaultRebalanceTimeout = 60 * time.Second
 )
 
@@ -220,12 +229,12 @@ func (c Config) WithDefaults() Config {
 		c.Batch.MaxBytes = defaultMaxBytes
 	}
 	if c.MaxDedupIDs <= 0 {
-		c.MaxDedupIDs = defaultMaxDedupIDs
+		c.MaxDedupIDs = DefaultMaxDedupIDs
 	}
 	if c.MaxMessageBytes <= 0 {
 		c.MaxMessageBytes = defaultMaxMessageBytes
 	}
-	c.Limits = c.Limits.withDefaults()
+	c.Limits = c.Limits.WithDefaults()
 	if c.Batch.MaxWait.Duration <= 0 {
 		c.Batch.MaxWait.Duration = defaultMaxWait
 	}
@@ -300,14 +309,14 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: topic %q is read by another stream", at, s.Topic))
 		}
 		topics[s.Topic] = true
-		if err := s.validate(); err != nil {
+		if err := s.Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", at, err))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func (s StreamConfig) validate() error {
+func (s StreamConfig) Validate() error {
 	var errs []error
 	if err := ValidIdent(s.Name); err != nil {
 		errs = append(errs, fmt.Errorf("name: %w", err))
@@ -367,4 +376,27 @@ func (s StreamConfig) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ConsentCustomer is how the consent tables record a customer: its hash under the
+// loop's key when every stream hashes customer ids, else the id itself.
+func (c Config) ConsentCustomer(customer string) string {
+	if c.ConsentHashed() {
+		return HashPII(c.HMACKey, []byte(customer))
+	}
+	return customer
+}
+
+// Columns returns the raw table's columns in insert order: core roles, declared
+// dimensions, then the source coordinates.
+func (s StreamConfig) Columns() []Column {
+	cols := coreColumns(s.Kind)
+	for _, d := range s.Dimensions {
+		t := dimensionTypes[d.Type]
+		if d.Nullable {
+			t = "Nullable(" + t + ")"
+		}
+		cols = append(cols, Column{d.Name, t})
+	}
+	return append(cols, SourceColumns...)
 }

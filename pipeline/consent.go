@@ -2,16 +2,12 @@ package pipeline
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"time"
-
-	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
-	"github.com/segmentio/kafka-go"
 )
 
 // ConsentConfig is a loop's consent stream: customers withdraw and grant consent to the
@@ -37,42 +33,6 @@ const (
 	ConsentWithdraw = "withdraw"
 	ConsentGrant    = "grant"
 )
-
-var consentColumns = []Column{
-	{"id", "String"},
-	{"customer_id", "String"},
-	{"action", "String"},
-	{"scope", "Array(String)"},
-	{"ts", "DateTime"},
-	{"received_at", "DateTime"},
-	{"error", "String"},
-	{"_topic", "String"},
-	{"_partition", "Int32"},
-	{"_offset", "Int64"},
-}
-
-var consentAuditColumns = []Column{
-	{"id", "String"},
-	{"customer_id", "String"},
-	{"action", "String"},
-	{"scope", "Array(String)"},
-	{"received_at", "DateTime"},
-	{"tables", "Array(String)"},
-	{"rows_deleted", "Array(UInt64)"},
-	{"mutation_ids", "Array(String)"},
-	{"completed_at", "DateTime"},
-	{"error", "String"},
-	{"_topic", "String"},
-	{"_partition", "Int32"},
-	{"_offset", "Int64"},
-}
-
-func consentDDL(ch ClickHouseConfig) []Statement {
-	db := ch.Database
-	return append(
-		tableStatements(ch, db, ConsentTable, consentColumns, "MergeTree", "ORDER BY (_topic, _partition, _offset)", consentShardKey),
-		tableStatements(ch, db, ConsentAuditTable, consentAuditColumns, "MergeTree", "ORDER BY (_topic, _partition, _offset)", consentShardKey)...)
-}
 
 // ConsentMessage is one consent message as a customer publishes it:
 //
@@ -109,11 +69,11 @@ func ParseConsent(value []byte, streams []string) (ConsentEvent, error) {
 	}
 	ev := ConsentEvent{ID: m.ID, Customer: m.CustomerID, Action: m.Action, Scope: m.Scope}
 	var errs []error
-	if m.ID == "" || len(m.ID) > maxIDLength {
-		errs = append(errs, fmt.Errorf("id must be 1 to %d bytes", maxIDLength))
+	if m.ID == "" || len(m.ID) > MaxIDLength {
+		errs = append(errs, fmt.Errorf("id must be 1 to %d bytes", MaxIDLength))
 	}
-	if m.CustomerID == "" || len(m.CustomerID) > maxIDLength {
-		errs = append(errs, fmt.Errorf("customerId must be 1 to %d bytes", maxIDLength))
+	if m.CustomerID == "" || len(m.CustomerID) > MaxIDLength {
+		errs = append(errs, fmt.Errorf("customerId must be 1 to %d bytes", MaxIDLength))
 	}
 	if m.Action != ConsentWithdraw && m.Action != ConsentGrant {
 		errs = append(errs, fmt.Errorf("action %q: want %s or %s", m.Action, ConsentWithdraw, ConsentGrant))
@@ -150,150 +110,11 @@ func consentTime(raw json.RawMessage) (time.Time, error) {
 	return time.Unix(n, 0).UTC(), nil
 }
 
-// PullConsent reads the consent topic from where the ConsentTable ends to the topic's
-// end as of the call, and records every message, invalid ones with their error. It
-// returns how many it recorded. Recording is the commit: a message is read again only
-// if its insert failed.
-func PullConsent(ctx context.Context, conn driver.Conn, cfg Config) (int, error) {
-	db, topic := cfg.ClickHouse.Database, cfg.Consent.Topic
-	kc, err := KafkaClient(cfg.Kafka)
-	if err != nil {
-		return 0, err
-	}
-	ends, err := TopicOffsets(ctx, kc, topic)
-	if err != nil {
-		return 0, err
-	}
-	next := map[int]int64{}
-	rows, err := conn.Query(ctx, "SELECT _partition, max(_offset) FROM "+QualifiedTable(db, ConsentTable)+" WHERE _topic = ? GROUP BY _partition", topic)
-	if err != nil {
-		return 0, fmt.Errorf("reading where the consent topic stands: %w", err)
-	}
-	for rows.Next() {
-		var p int32
-		var off int64
-		if err := rows.Scan(&p, &off); err != nil {
-			rows.Close()
-			return 0, err
-		}
-		next[int(p)] = off + 1
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return 0, err
-	}
-	sec, err := securityOf(cfg.Kafka)
-	if err != nil {
-		return 0, err
-	}
-	streams := make([]string, len(cfg.Streams))
-	for i, s := range cfg.Streams {
-		streams[i] = s.Name
-	}
-	var events []ConsentEvent
-	now := time.Now().UTC().Truncate(time.Second)
-	for p, r := range ends {
-		from := max(next[p], r.First)
-		if from >= r.End {
-			continue
-		}
-		msgs, err := readRange(ctx, sec, cfg.Kafka.Brokers, topic, p, from, r.End)
-		if err != nil {
-			return 0, err
-		}
-		for _, m := range msgs {
-			ev, err := ParseConsent(m.Value, streams)
-			if err != nil {
-				ev.Err = err.Error()
-			}
-			if cfg.consentHashed() && ev.Customer != "" {
-				ev.Customer = HashPII(cfg.HMACKey, []byte(ev.Customer))
-			}
-			ev.Received, ev.Topic, ev.Partition, ev.Offset = now, topic, m.Partition, m.Offset
-			events = append(events, ev)
-		}
-	}
-	if len(events) == 0 {
-		return 0, nil
-	}
-	b, err := conn.PrepareBatch(ctx, "INSERT INTO "+QualifiedTable(db, ConsentTable))
-	if err != nil {
-		return 0, fmt.Errorf("preparing the consent insert: %w", err)
-	}
-	for _, e := range events {
-		if err := b.Append(e.ID, e.Customer, e.Action, nonNil(e.Scope), e.At, e.Received, e.Err, e.Topic, int32(e.Partition), e.Offset); err != nil {
-			_ = b.Abort()
-			return 0, fmt.Errorf("appending consent: %w", err)
-		}
-	}
-	if err := b.Send(); err != nil {
-		return 0, fmt.Errorf("recording consent: %w", err)
-	}
-	return len(events), nil
-}
-
-func nonNil(s []string) []string {
+func NonNil(s []string) []string {
 	if s == nil {
 		return []string{}
 	}
 	return s
-}
-
-// readRange reads the messages of one partition with offsets in [from, end).
-func readRange(ctx context.Context, sec kafkaSecurity, brokers []string, topic string, partition int, from, end int64) ([]kafka.Message, error) {
-	r := kafka.NewReader(kafka.ReaderConfig{
-		Brokers: brokers, Dialer: sec.dialer(), Topic: topic, Partition: partition,
-		MinBytes: 1, MaxBytes: 4 << 20, MaxWait: 250 * time.Millisecond,
-	})
-	defer r.Close()
-	if err := r.SetOffset(from); err != nil {
-		return nil, err
-	}
-	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	var out []kafka.Message
-	for {
-		m, err := r.FetchMessage(rctx)
-		if err != nil {
-			return nil, fmt.Errorf("reading %s/%d at %d: %w", topic, partition, from, err)
-		}
-		if m.Offset >= end {
-			return out, nil
-		}
-		out = append(out, m)
-		if m.Offset == end-1 {
-			return out, nil
-		}
-	}
-}
-
-const consentSelect = "SELECT id, customer_id, action, scope, ts, received_at, error, _topic, _partition, _offset FROM "
-
-func scanConsent(rows driver.Rows) ([]ConsentEvent, error) {
-	defer rows.Close()
-	var out []ConsentEvent
-	for rows.Next() {
-		var e ConsentEvent
-		var p int32
-		if err := rows.Scan(&e.ID, &e.Customer, &e.Action, &e.Scope, &e.At, &e.Received, &e.Err, &e.Topic, &p, &e.Offset); err != nil {
-			return nil, err
-		}
-		e.Partition = int(p)
-		out = append(out, e)
-	}
-	return out, rows.Err()
-}
-
-// PendingConsent returns the recorded consent messages not yet applied (without an
-// audit row), in the order they are applied.
-func PendingConsent(ctx context.Context, conn driver.Conn, db string) ([]ConsentEvent, error) {
-	rows, err := conn.Query(ctx, consentSelect+QualifiedTable(db, ConsentTable)+
-		" WHERE (_topic, _partition, _offset) NOT IN (SELECT _topic, _partition, _offset FROM "+QualifiedTable(db, ConsentAuditTable)+
-		") ORDER BY ts, _partition, _offset")
-	if err != nil {
-		return nil, fmt.Errorf("reading pending consent: %w", err)
-	}
-	return scanConsent(rows)
 }
 
 // ConsentState is, per stream, the customers whose data is withheld.
@@ -323,10 +144,10 @@ func (s StreamConfig) StoredCustomer(key []byte, customer string) string {
 	return customer
 }
 
-// consentHashed reports whether the consent tables keep customers as their hash: when
+// ConsentHashed reports whether the consent tables keep customers as their hash: when
 // every stream hashes customer ids, so that the clear id of a customer who withdrew is
-// stored nowhere. A loop that hashes on some streams only keeps the clear id there.
-func (c Config) consentHashed() bool {
+// Stored nowhere. A loop that hashes on some streams only keeps the clear id there.
+func (c Config) ConsentHashed() bool {
 	for _, s := range c.Streams {
 		if s.PII == nil || s.PII.CustomerID != PIIHash {
 			return false
@@ -335,18 +156,18 @@ func (c Config) consentHashed() bool {
 	return len(c.Streams) > 0
 }
 
-// storedCustomer is the customer_id the stream stores for a customer of the consent
+// StoredCustomer is the customer_id the stream stores for a customer of the consent
 // tables.
-func (c Config) storedCustomer(s StreamConfig, customer string) string {
-	if c.consentHashed() {
+func (c Config) StoredCustomer(s StreamConfig, customer string) string {
+	if c.ConsentHashed() {
 		return customer
 	}
 	return s.StoredCustomer(c.HMACKey, customer)
 }
 
-// stored returns the state with each stream's customers as the stream stores them, so
+// Stored returns the state with each stream's customers as the stream stores them, so
 // that a worker compares them with decoded (possibly hashed) customer ids.
-func (s *ConsentState) stored(cfg Config) *ConsentState {
+func (s *ConsentState) Stored(cfg Config) *ConsentState {
 	out := &ConsentState{withheld: map[string]map[string]struct{}{}}
 	for _, st := range cfg.Streams {
 		set := s.withheld[st.Name]
@@ -355,7 +176,7 @@ func (s *ConsentState) stored(cfg Config) *ConsentState {
 		}
 		m := make(map[string]struct{}, len(set))
 		for c := range set {
-			m[cfg.storedCustomer(st, c)] = struct{}{}
+			m[cfg.StoredCustomer(st, c)] = struct{}{}
 		}
 		out.withheld[st.Name] = m
 	}
@@ -426,19 +247,4 @@ func ResolveConsent(events []ConsentEvent, streams []string) *ConsentState {
 		}
 	}
 	return st
-}
-
-// LoadConsent reads the consent state of a loop's streams: every recorded message,
-// applied or still pending, because a worker that starts after a withdrawal was recorded
-// must withhold at once.
-func LoadConsent(ctx context.Context, conn driver.Conn, db string, streams []string) (*ConsentState, error) {
-	rows, err := conn.Query(ctx, consentSelect+QualifiedTable(db, ConsentTable)+" WHERE error = ''")
-	if err != nil {
-		return nil, fmt.Errorf("reading the consent state: %w", err)
-	}
-	events, err := scanConsent(rows)
-	if err != nil {
-		return nil, fmt.Errorf("reading the consent state: %w", err)
-	}
-	return ResolveConsent(events, streams), nil
 }

@@ -105,7 +105,7 @@ func TestConsentStoredCustomers(t *testing.T) {
 	key := []byte("0123456789abcdef0123456789abcdef")
 	streams := []StreamConfig{{Name: "usage", PII: &CorePII{CustomerID: PIIHash}}, {Name: "plans"}}
 	cfg := Config{Streams: streams, HMACKey: key}
-	st := ResolveConsent([]ConsentEvent{{Customer: "c1", Action: ConsentWithdraw, At: time.Unix(1, 0)}}, []string{"usage", "plans"}).stored(cfg)
+	st := ResolveConsent([]ConsentEvent{{Customer: "c1", Action: ConsentWithdraw, At: time.Unix(1, 0)}}, []string{"usage", "plans"}).Stored(cfg)
 	hashed := HashPII(key, []byte("c1"))
 	if !st.Withheld("usage", hashed) || st.Withheld("usage", "c1") {
 		t.Errorf("the hashing stream withholds by the clear id, not by its hash %s", hashed)
@@ -124,12 +124,12 @@ func TestConsentHashedLoop(t *testing.T) {
 	key := []byte("0123456789abcdef0123456789abcdef")
 	hashing := &CorePII{CustomerID: PIIHash}
 	cfg := Config{Streams: []StreamConfig{{Name: "usage", PII: hashing}, {Name: "plans", PII: hashing}}, HMACKey: key}
-	if !cfg.consentHashed() {
+	if !cfg.ConsentHashed() {
 		t.Fatal("a loop hashing every stream's customers keeps clear ids in its consent tables")
 	}
 	hashed := HashPII(key, []byte("c1"))
-	st := ResolveConsent([]ConsentEvent{{Customer: hashed, Action: ConsentWithdraw, At: time.Unix(1, 0)}}, []string{"usage", "plans"}).stored(cfg)
-	if !st.Withheld("usage", hashed) || !st.Withheld("plans", hashed) || cfg.storedCustomer(cfg.Streams[0], hashed) != hashed {
+	st := ResolveConsent([]ConsentEvent{{Customer: hashed, Action: ConsentWithdraw, At: time.Unix(1, 0)}}, []string{"usage", "plans"}).Stored(cfg)
+	if !st.Withheld("usage", hashed) || !st.Withheld("plans", hashed) || cfg.StoredCustomer(cfg.Streams[0], hashed) != hashed {
 		t.Error("a recorded hash is hashed again before comparing with stored rows")
 	}
 }

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -56,3 +57,33 @@ func ReadServerFeatures(ctx context.Context, conn QueryRower) (ServerFeatures, e
 		SubqueryAliases: alias > 0,
 	}, nil
 }
+
+// ServerVersion is a ClickHouse server's major and minor version.
+type ServerVersion struct{ Major, Minor int }
+
+// ReadServerVersion asks the server its version.
+func ReadServerVersion(ctx context.Context, conn driver.Conn) (ServerVersion, error) {
+	var s string
+	if err := conn.QueryRow(ctx, "SELECT version()").Scan(&s); err != nil {
+		return ServerVersion{}, fmt.Errorf("reading the server version: %w", err)
+	}
+	return ParseServerVersion(s)
+}
+
+// ParseServerVersion reads "18.16.1" or "24.3.2.23".
+func ParseServerVersion(s string) (ServerVersion, error) {
+	parts := strings.SplitN(s, ".", 3)
+	if len(parts) < 2 {
+		return ServerVersion{}, fmt.Errorf("server version %q: want major.minor", s)
+	}
+	major, err1 := strconv.Atoi(parts[0])
+	minor, err2 := strconv.Atoi(parts[1])
+	if err1 != nil || err2 != nil {
+		return ServerVersion{}, fmt.Errorf("server version %q: want major.minor", s)
+	}
+	return ServerVersion{major, minor}, nil
+}
+
+// HasTTL reports whether the server has table TTL (ALTER TABLE ... MODIFY TTL): 19.6
+// and later.
+func (v ServerVersion) HasTTL() bool { return v.Major > 19 || v.Major == 19 && v.Minor >= 6 }

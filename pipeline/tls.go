@@ -8,7 +8,7 @@ import (
 	"os"
 )
 
-// validate checks that a client certificate comes with its key, without reading either.
+// Validate checks that a client certificate comes with its key, without reading either.
 func (t *TLSConfig) validate() error {
 	if t == nil {
 		return nil
@@ -21,10 +21,10 @@ func (t *TLSConfig) validate() error {
 	return nil
 }
 
-// build returns the crypto/tls config: the CA bundle as the only roots when given (the
+// Build returns the crypto/tls config: the CA bundle as the only roots when given (the
 // system's otherwise), and the client certificate when given. Errors name what is wrong
 // with the PEM, never its content. A nil TLSConfig builds nil: no TLS.
-func (t *TLSConfig) build() (*tls.Config, error) {
+func (t *TLSConfig) Build() (*tls.Config, error) {
 	if t == nil {
 		return nil, nil
 	}
@@ -78,6 +78,6 @@ func pemOf(inMemory []byte, file, field string) ([]byte, error) {
 // callers that want to refuse bad PEM before a worker starts. Its errors never carry the
 // PEM.
 func CheckTLS(t *TLSConfig) error {
-	_, err := t.build()
+	_, err := t.Build()
 	return err
 }

@@ -26,6 +26,7 @@ import (
 	"customerloop.dev/customerloop/config/samples"
 	"customerloop.dev/customerloop/controllers"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/pipeline/dashboard"
 )
 
@@ -132,7 +133,7 @@ func (d *devStack) run(ctx context.Context) (err error) {
 }
 
 func (d *devStack) checkClickHouse(ctx context.Context) error {
-	conn, err := pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: d.o.clickhouseAddr})
+	conn, err := connect.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: d.o.clickhouseAddr})
 	if err != nil {
 		return fmt.Errorf("%w\nstart a local server with hack/clickhouse.sh (make demo does), or pass --clickhouse-addr", err)
 	}

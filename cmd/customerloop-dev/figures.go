@@ -21,12 +21,14 @@ import (
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/cmd/internal/cli"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/feedback"
 )
 
 // report prints what ClickHouse holds next to what was produced, and fails on any
 // difference.
 func (d *devStack) report(ctx context.Context, w *workload) error {
-	conn, err := pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: d.o.clickhouseAddr})
+	conn, err := connect.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: d.o.clickhouseAddr})
 	if err != nil {
 		return err
 	}
@@ -199,7 +201,7 @@ func topicEnd(brokers []string, topic string) (int64, error) {
 // gapReport prints what product teams get back: plan against actual for the workload,
 // as `customerloop report` shows it.
 func (d *devStack) gapReport(ctx context.Context) error {
-	conn, err := pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: d.o.clickhouseAddr})
+	conn, err := connect.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: d.o.clickhouseAddr})
 	if err != nil {
 		return err
 	}
@@ -229,12 +231,12 @@ func (d *devStack) publishDigests(ctx context.Context) error {
 	if topic == "" {
 		return nil
 	}
-	conn, err := pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: d.o.clickhouseAddr})
+	conn, err := connect.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: d.o.clickhouseAddr})
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	want, err := pipeline.BuildDigests(ctx, conn, pipeline.DigestConfig{
+	want, err := feedback.BuildDigests(ctx, conn, feedback.DigestConfig{
 		Loop: d.loop.Namespace + "/" + d.loop.Name, Kafka: pipeline.KafkaConfig{Brokers: d.brokers}, Topic: topic,
 		Feedback: pipeline.FeedbackConfig{Database: d.loop.Spec.ClickHouse.Database, Grain: d.grain()},
 	}, time.Now())
@@ -244,7 +246,7 @@ func (d *devStack) publishDigests(ctx context.Context) error {
 	key := func(product string, period time.Time) string { return product + "/" + period.Format(time.DateOnly) }
 	ctx, cancel := context.WithTimeout(ctx, d.o.timeout)
 	defer cancel()
-	var latest map[string]pipeline.Digest
+	var latest map[string]feedback.Digest
 	for {
 		latest, err = readDigests(ctx, d.brokers, topic)
 		if err != nil {
@@ -298,8 +300,8 @@ func (d *devStack) publishDigests(ctx context.Context) error {
 }
 
 // readDigests returns the highest version of each product and period on the topic.
-func readDigests(ctx context.Context, brokers []string, topic string) (map[string]pipeline.Digest, error) {
-	out := map[string]pipeline.Digest{}
+func readDigests(ctx context.Context, brokers []string, topic string) (map[string]feedback.Digest, error) {
+	out := map[string]feedback.Digest{}
 	end, err := topicEnd(brokers, topic)
 	if err != nil || end == 0 {
 		return out, err
@@ -326,7 +328,7 @@ func readDigests(ctx context.Context, brokers []string, topic string) (map[strin
 				r.Close()
 				return nil, err
 			}
-			var g pipeline.Digest
+			var g feedback.Digest
 			if err := json.Unmarshal(m.Value, &g); err != nil {
 				r.Close()
 				return nil, fmt.Errorf("a digest on %s is not JSON: %w", topic, err)

@@ -34,6 +34,8 @@ import (
 	"customerloop.dev/customerloop/config/samples"
 	"customerloop.dev/customerloop/controllers"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/ingest"
 	"customerloop.dev/customerloop/test/testkit"
 )
 
@@ -222,7 +224,7 @@ func TestEndpointsAuthenticate(t *testing.T) {
 
 	t.Run("worker metrics", func(t *testing.T) {
 		reg := prometheus.NewRegistry()
-		pipeline.NewMetrics(reg).ReceivedEvents.WithLabelValues(nsA+"/"+loopA, "usage").Inc()
+		ingest.NewMetrics(reg).ReceivedEvents.WithLabelValues(nsA+"/"+loopA, "usage").Inc()
 		httpClient, err := rest.HTTPClientFor(s.cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -403,7 +405,7 @@ func authLoop(t *testing.T, ns, name, chAddr string, brokers []string, create fu
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		conn, err := pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: chAddr,
+		conn, err := connect.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: chAddr,
 			Username: os.Getenv("CLICKHOUSE_USER"), Password: os.Getenv("CLICKHOUSE_PASSWORD")})
 		if err == nil {
 			_ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(loop.Spec.ClickHouse.Database))

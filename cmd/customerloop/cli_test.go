@@ -27,6 +27,7 @@ import (
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/cmd/internal/cli"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/test/testkit"
 )
 
@@ -122,7 +123,7 @@ func startCLIStack() (*cliStack, error) {
 	s.stop = append(s.stop, broker.Close)
 	s.brokers = broker.ListenAddrs()
 
-	s.ch, err = pipeline.OpenClickHouse(context.Background(), pipeline.ClickHouseConfig{Addr: s.chAddr,
+	s.ch, err = connect.OpenClickHouse(context.Background(), pipeline.ClickHouseConfig{Addr: s.chAddr,
 		Username: os.Getenv("CLICKHOUSE_USER"), Password: os.Getenv("CLICKHOUSE_PASSWORD")})
 	if err != nil {
 		return s, err
@@ -264,11 +265,11 @@ func (s *cliStack) countIDs(t *testing.T, db, table, col string) map[string]uint
 
 func topicEnds(t *testing.T, brokers []string, topic string) int64 {
 	t.Helper()
-	kc, err := pipeline.KafkaClient(pipeline.KafkaConfig{Brokers: brokers})
+	kc, err := connect.KafkaClient(pipeline.KafkaConfig{Brokers: brokers})
 	if err != nil {
 		t.Fatal(err)
 	}
-	offs, err := pipeline.TopicOffsets(context.Background(), kc, topic)
+	offs, err := connect.TopicOffsets(context.Background(), kc, topic)
 	if err != nil {
 		t.Fatal(err)
 	}

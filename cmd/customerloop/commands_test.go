@@ -18,6 +18,7 @@ import (
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/cmd/internal/cli"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/ingest"
 	"customerloop.dev/customerloop/test/testkit"
 )
 
@@ -201,14 +202,14 @@ func TestLoopCommands(t *testing.T) {
 		// Each replay carries the original key, the producer's headers, the original
 		// produce time and where the message first was.
 		for _, m := range testkit.ReadTopic(t, s.brokers, "cli.acme.usage") {
-			if header(m, pipeline.HeaderReplayedAt) == "" {
+			if header(m, ingest.HeaderReplayedAt) == "" {
 				continue
 			}
 			if string(m.Key) != "acme-02" || !m.Time.Equal(produced) || !strings.HasPrefix(header(m, "trace"), "t-") ||
-				header(m, pipeline.HeaderReplaySourceTopic) != "cli.acme.usage" || header(m, pipeline.HeaderReason) != "" {
+				header(m, ingest.HeaderReplaySourceTopic) != "cli.acme.usage" || header(m, ingest.HeaderReason) != "" {
 				t.Errorf("replayed message %s/%d:%d key %q time %s headers %v", m.Topic, m.Partition, m.Offset, m.Key, m.Time, m.Headers)
 			}
-			if p := header(m, pipeline.HeaderReplaySourcePartition); p != strconv.Itoa(m.Partition) {
+			if p := header(m, ingest.HeaderReplaySourcePartition); p != strconv.Itoa(m.Partition) {
 				t.Errorf("replay sent to partition %d, the original was read from %s", m.Partition, p)
 			}
 		}

@@ -11,7 +11,8 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 
-	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/feedback"
+	"customerloop.dev/customerloop/pipeline/ingest"
 )
 
 func newConsentCommand(config *genericclioptions.ConfigFlags) *cobra.Command {
@@ -51,7 +52,7 @@ the tables are queried.`,
 			return err
 		}
 		defer conn.Close()
-		trail, err := pipeline.ConsentTrail(ctx, conn, cfg.ClickHouse.Database, cfg.ConsentCustomer(args[1]))
+		trail, err := feedback.ConsentTrail(ctx, conn, cfg.ClickHouse.Database, cfg.ConsentCustomer(args[1]))
 		if err != nil {
 			return err
 		}
@@ -64,7 +65,7 @@ the tables are queried.`,
 }
 
 // consentState is how far a consent message got.
-func consentState(r pipeline.ConsentRecord) string {
+func consentState(r feedback.ConsentRecord) string {
 	switch {
 	case r.Event.Err != "":
 		return "invalid: " + r.Event.Err
@@ -83,7 +84,7 @@ func scope(s []string) string {
 	return strings.Join(s, ",")
 }
 
-func printConsent(w io.Writer, customer string, trail []pipeline.ConsentRecord) error {
+func printConsent(w io.Writer, customer string, trail []feedback.ConsentRecord) error {
 	if len(trail) == 0 {
 		fmt.Fprintf(w, "No consent message of customer %s.\n", customer)
 		return nil
@@ -115,26 +116,26 @@ func printConsent(w io.Writer, customer string, trail []pipeline.ConsentRecord) 
 }
 
 type consentJSON struct {
-	ID          string              `json:"id"`
-	Action      string              `json:"action"`
-	Scope       []string            `json:"scope"`
-	Timestamp   time.Time           `json:"timestamp"`
-	Received    time.Time           `json:"received"`
-	State       string              `json:"state"`
-	Error       string              `json:"error,omitempty"`
-	CompletedAt *time.Time          `json:"completedAt,omitempty"`
-	Tables      []string            `json:"tables,omitempty"`
-	RowsDeleted []uint64            `json:"rowsDeleted,omitempty"`
-	MutationIDs []string            `json:"mutationIds,omitempty"`
-	Source      pipeline.MessageRef `json:"source"`
+	ID          string            `json:"id"`
+	Action      string            `json:"action"`
+	Scope       []string          `json:"scope"`
+	Timestamp   time.Time         `json:"timestamp"`
+	Received    time.Time         `json:"received"`
+	State       string            `json:"state"`
+	Error       string            `json:"error,omitempty"`
+	CompletedAt *time.Time        `json:"completedAt,omitempty"`
+	Tables      []string          `json:"tables,omitempty"`
+	RowsDeleted []uint64          `json:"rowsDeleted,omitempty"`
+	MutationIDs []string          `json:"mutationIds,omitempty"`
+	Source      ingest.MessageRef `json:"source"`
 }
 
-func printConsentJSON(w io.Writer, trail []pipeline.ConsentRecord) error {
+func printConsentJSON(w io.Writer, trail []feedback.ConsentRecord) error {
 	out := []consentJSON{}
 	for _, r := range trail {
 		e := r.Event
 		j := consentJSON{ID: e.ID, Action: e.Action, Scope: e.Scope, Timestamp: e.At.UTC(), Received: e.Received.UTC(),
-			Source: pipeline.MessageRef{Topic: e.Topic, Partition: e.Partition, Offset: e.Offset}}
+			Source: ingest.MessageRef{Topic: e.Topic, Partition: e.Partition, Offset: e.Offset}}
 		switch {
 		case e.Err != "":
 			j.State, j.Error = "invalid", e.Err

@@ -16,6 +16,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/ingest"
 )
 
 // dlqFilter chooses dead letters.
@@ -38,7 +39,7 @@ func (f *dlqFilter) add(cmd *cobra.Command, k *kubeFlags, streamHelp string) {
 // streamLetters is a stream's dead letters.
 type streamLetters struct {
 	stream  pipeline.StreamConfig
-	letters []pipeline.DeadLetter
+	letters []ingest.DeadLetter
 }
 
 // read reads the dead letters of the chosen streams (every stream without --stream),
@@ -56,13 +57,13 @@ func (f *dlqFilter) read(ctx context.Context, cfg pipeline.Config, now time.Time
 	if f.since > 0 {
 		since = now.Add(-f.since)
 	}
-	topics := map[string][]pipeline.DeadLetter{}
+	topics := map[string][]ingest.DeadLetter{}
 	var out []streamLetters
 	for _, s := range streams {
 		all, ok := topics[s.DeadLetterTopic]
 		if !ok {
 			var err error
-			if all, err = pipeline.ReadDeadLetters(ctx, cfg.Kafka, s.DeadLetterTopic, since); err != nil {
+			if all, err = ingest.ReadDeadLetters(ctx, cfg.Kafka, s.DeadLetterTopic, since); err != nil {
 				return nil, err
 			}
 			topics[s.DeadLetterTopic] = all
@@ -199,7 +200,7 @@ func latest(letters []streamLetters, limit int) []namedLetter {
 
 type namedLetter struct {
 	stream string
-	pipeline.DeadLetter
+	ingest.DeadLetter
 }
 
 func printDLQ(w io.Writer, letters []streamLetters, limit int) error {
@@ -240,7 +241,7 @@ func printDLQ(w io.Writer, letters []streamLetters, limit int) error {
 }
 
 // sourceOf is where a dead letter came from, as --offsets takes it: PARTITION:OFFSET.
-func sourceOf(d pipeline.DeadLetter) string {
+func sourceOf(d ingest.DeadLetter) string {
 	return fmt.Sprintf("%d:%d", d.Source.Partition, d.Source.Offset)
 }
 
@@ -277,18 +278,18 @@ type dlqJSON struct {
 }
 
 type deadLetterJSON struct {
-	Stream         string              `json:"stream"`
-	Source         pipeline.MessageRef `json:"source"`
-	Origin         pipeline.MessageRef `json:"origin"`
-	DeadLetter     pipeline.MessageRef `json:"deadLetter"`
-	Time           time.Time           `json:"time"`
-	SourceTime     *time.Time          `json:"sourceTime,omitempty"`
-	Reason         string              `json:"reason"`
-	Error          string              `json:"error"`
-	Key            string              `json:"key"`
-	Value          string              `json:"value"`
-	Scrubbed       string              `json:"scrubbed,omitempty"`
-	DeadLetteredAt *time.Time          `json:"deadLetteredAt,omitempty"`
+	Stream         string            `json:"stream"`
+	Source         ingest.MessageRef `json:"source"`
+	Origin         ingest.MessageRef `json:"origin"`
+	DeadLetter     ingest.MessageRef `json:"deadLetter"`
+	Time           time.Time         `json:"time"`
+	SourceTime     *time.Time        `json:"sourceTime,omitempty"`
+	Reason         string            `json:"reason"`
+	Error          string            `json:"error"`
+	Key            string            `json:"key"`
+	Value          string            `json:"value"`
+	Scrubbed       string            `json:"scrubbed,omitempty"`
+	DeadLetteredAt *time.Time        `json:"deadLetteredAt,omitempty"`
 }
 
 func printDLQJSON(w io.Writer, letters []streamLetters, limit int) error {

@@ -17,6 +17,7 @@ import (
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/controllers"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
 )
 
 // kubeFlags are kubectl's flags for reaching a cluster (--kubeconfig, --context, -n,
@@ -124,7 +125,7 @@ func overrideAddr(ch *pipeline.ClickHouseConfig, addr string) {
 }
 
 func (k *kubeFlags) openClickHouse(ctx context.Context, cfg pipeline.Config) (driver.Conn, error) {
-	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
 		return nil, fmt.Errorf("ClickHouse at %s: %w", cfg.ClickHouse.Addr, err)
 	}

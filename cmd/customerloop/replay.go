@@ -16,6 +16,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/ingest"
 )
 
 type replayOptions struct {
@@ -95,7 +96,7 @@ second. Not re-sent:
 		for i, d := range plan.send {
 			msgs[i] = d.letter.ReplayMessage(now)
 		}
-		if err := pipeline.SendReplays(ctx, cfg.Kafka, sl.stream.Topic, msgs); err != nil {
+		if err := ingest.SendReplays(ctx, cfg.Kafka, sl.stream.Topic, msgs); err != nil {
 			return err
 		}
 		fmt.Fprintf(w, "Sent %d to %s.\n", len(msgs), sl.stream.Topic)
@@ -124,7 +125,7 @@ func parseOffsets(s string) (map[[2]int64]bool, error) {
 
 // replayItem is one chosen dead letter and what replay does with it.
 type replayItem struct {
-	letter pipeline.DeadLetter
+	letter ingest.DeadLetter
 	id     string
 	// skip says why it is not re-sent; empty when it is.
 	skip string
@@ -151,11 +152,11 @@ const (
 // planReplay decides which dead letters of a stream are re-sent: those chosen by
 // offsets (all when nil) whose id the raw table does not hold yet, once per source
 // message and id. See newReplayCommand for the rule.
-func planReplay(ctx context.Context, conn driver.Conn, db string, s pipeline.StreamConfig, letters []pipeline.DeadLetter, offsets map[[2]int64]bool, force bool) (replayPlan, error) {
+func planReplay(ctx context.Context, conn driver.Conn, db string, s pipeline.StreamConfig, letters []ingest.DeadLetter, offsets map[[2]int64]bool, force bool) (replayPlan, error) {
 	p := replayPlan{stream: s}
 	matched := map[[2]int64]bool{}
 	var candidates []replayItem
-	origins := map[pipeline.MessageRef]bool{}
+	origins := map[ingest.MessageRef]bool{}
 	for _, d := range letters {
 		at := [2]int64{int64(d.Source.Partition), d.Source.Offset}
 		if offsets != nil && !offsets[at] {
@@ -163,7 +164,7 @@ func planReplay(ctx context.Context, conn driver.Conn, db string, s pipeline.Str
 		}
 		matched[at] = true
 		it := replayItem{letter: d}
-		switch id, ok := pipeline.MessageID(s, d.Value); {
+		switch id, ok := ingest.MessageID(s, d.Value); {
 		case d.Origin.Partition >= 0 && origins[d.Origin]:
 			// A worker that crashed after dead-lettering may dead-letter a message twice.
 			it.skip = skipSame
@@ -188,7 +189,7 @@ func planReplay(ctx context.Context, conn driver.Conn, db string, s pipeline.Str
 			ids = append(ids, it.id)
 		}
 	}
-	stored, err := pipeline.StoredIDs(ctx, conn, db, s, ids)
+	stored, err := ingest.StoredIDs(ctx, conn, db, s, ids)
 	if err != nil {
 		return p, err
 	}

@@ -13,6 +13,9 @@ import (
 
 	"customerloop.dev/customerloop/cmd/internal/cli"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/ddl"
+	"customerloop.dev/customerloop/pipeline/feedback"
 )
 
 // TestPrintReport writes the gap report of a small dataset on the real ClickHouse in
@@ -37,20 +40,20 @@ func TestPrintReport(t *testing.T) {
 				Mapping: pipeline.Mapping{PlanID: "id", CustomerID: "c", Product: "p", Period: "period", Quantity: "q"}},
 		},
 	}
-	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	defer conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(db))
-	if _, err := pipeline.Migrate(ctx, conn, cfg); err != nil {
+	if _, err := ddl.Migrate(ctx, conn, cfg); err != nil {
 		t.Fatal(err)
 	}
-	views, err := pipeline.PlanFeedback(pipeline.FeedbackConfig{Database: db, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth})
+	views, err := ddl.PlanFeedback(pipeline.FeedbackConfig{Database: db, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := pipeline.ApplyFeedback(ctx, conn, db, views); err != nil {
+	if err := ddl.ApplyFeedback(ctx, conn, db, views); err != nil {
 		t.Fatal(err)
 	}
 	// INSERT ... VALUES through Exec hangs on 18.16's native protocol: insert in batches.
@@ -70,11 +73,11 @@ func TestPrintReport(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	insert(pipeline.InsertSQL(db, cfg.Streams[0]),
+	insert(ddl.InsertSQL(db, cfg.Streams[0]),
 		[]any{"e1", "acme", "compute", at("2025-03-05 10:00:00"), 60.0, "u", int32(0), int64(1), now, now.UnixMilli()},
 		[]any{"e2", "acme", "compute", at("2025-03-20 10:00:00"), 30.0, "u", int32(0), int64(2), now, now.UnixMilli()},
 		[]any{"e3", "globex", "storage", at("2025-03-07 10:00:00"), 5.0, "u", int32(0), int64(3), now, now.UnixMilli()})
-	insert(pipeline.InsertSQL(db, cfg.Streams[1]),
+	insert(ddl.InsertSQL(db, cfg.Streams[1]),
 		[]any{"p1", "acme", "compute", at("2025-03-01 00:00:00"), 100.0, at("2025-02-10 00:00:00"), (*float64)(nil), "p", int32(0), int64(1), now, now.UnixMilli()},
 		[]any{"p2", "acme", "compute", at("2025-03-01 00:00:00"), 120.0, at("2025-03-02 00:00:00"), (*float64)(nil), "p", int32(0), int64(2), now, now.UnixMilli()})
 
@@ -83,8 +86,8 @@ func TestPrintReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	var rep struct {
-		Gaps     []pipeline.GapRow
-		Accuracy []pipeline.AccuracyRow
+		Gaps     []feedback.GapRow
+		Accuracy []feedback.AccuracyRow
 	}
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("%v:\n%s", err, out.String())
@@ -99,7 +102,7 @@ func TestPrintReport(t *testing.T) {
 	}
 
 	out.Reset()
-	if err := cli.PrintReport(ctx, &out, conn, db, cli.ReportOptions{Format: "csv", View: "all", Filter: pipeline.GapFilter{Customer: "globex"}}); err != nil {
+	if err := cli.PrintReport(ctx, &out, conn, db, cli.ReportOptions{Format: "csv", View: "all", Filter: feedback.GapFilter{Customer: "globex"}}); err != nil {
 		t.Fatal(err)
 	}
 	records, err := csv.NewReader(&out).ReadAll()
@@ -112,7 +115,7 @@ func TestPrintReport(t *testing.T) {
 
 	out.Reset()
 	if err := cli.PrintReport(ctx, &out, conn, db, cli.ReportOptions{Format: "table", View: "all",
-		Filter: pipeline.GapFilter{Product: "compute", From: time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC), To: time.Date(2025, 3, 31, 0, 0, 0, 0, time.UTC)}}); err != nil {
+		Filter: feedback.GapFilter{Product: "compute", From: time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC), To: time.Date(2025, 3, 31, 0, 0, 0, 0, time.UTC)}}); err != nil {
 		t.Fatal(err)
 	}
 	if s := out.String(); !strings.Contains(s, "-25.0%") || strings.Contains(s, "globex") || !strings.Contains(s, "accuracy by horizon") {

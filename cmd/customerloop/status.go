@@ -15,7 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
-	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/ingest"
 )
 
 func newStatusCommand(config *genericclioptions.ConfigFlags) *cobra.Command {
@@ -56,7 +56,7 @@ from ClickHouse now, when it answers. Without LOOP, lists the loops of the names
 // ledgerView is what the status command read of the ledger; err says why it has
 // nothing.
 type ledgerView struct {
-	partitions map[string][]pipeline.LedgerPartition // by stream
+	partitions map[string][]ingest.LedgerPartition // by stream
 	err        error
 }
 
@@ -74,9 +74,9 @@ func readLedger(ctx context.Context, k *kubeFlags, c client.Client, loop *loopsv
 		return ledgerView{err: err}
 	}
 	defer conn.Close()
-	v := ledgerView{partitions: map[string][]pipeline.LedgerPartition{}}
+	v := ledgerView{partitions: map[string][]ingest.LedgerPartition{}}
 	for _, s := range cfg.Streams {
-		parts, err := pipeline.ReadLedgerPartitions(ctx, conn, cfg.ClickHouse.Database, s.Topic)
+		parts, err := ingest.ReadLedgerPartitions(ctx, conn, cfg.ClickHouse.Database, s.Topic)
 		if err != nil {
 			return ledgerView{err: err}
 		}

@@ -22,6 +22,7 @@ import (
 	"customerloop.dev/customerloop/cmd/internal/cli"
 	"customerloop.dev/customerloop/controllers"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/ingest"
 )
 
 // Credentials reach a worker through its environment (from Secrets, in a pod), so that
@@ -108,7 +109,7 @@ func runWorker(ctx context.Context, o workerOptions) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := pipeline.NewMetrics(reg)
+	metrics := ingest.NewMetrics(reg)
 	if o.metricsAddr != "0" {
 		var filter metricsserver.Filter
 		if o.metricsSecure {
@@ -124,7 +125,7 @@ func runWorker(ctx context.Context, o workerOptions) error {
 		}
 		defer stop()
 	}
-	w, err := pipeline.NewWorker(ctx, cfg, log.WithValues("loop", cfg.Loop), metrics)
+	w, err := ingest.NewWorker(ctx, cfg, log.WithValues("loop", cfg.Loop), metrics)
 	if err != nil {
 		return err
 	}

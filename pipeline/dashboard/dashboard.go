@@ -18,6 +18,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/feedback"
 )
 
 // LoopRef names a loop.
@@ -76,8 +77,8 @@ type Figures struct {
 	Granularity pipeline.Grain         `json:"granularity"`
 	GeneratedAt time.Time              `json:"generatedAt"`
 	Products    []ProductSeries        `json:"products"`
-	LargestGaps []pipeline.GapRow      `json:"largestGaps"`
-	Accuracy    []pipeline.AccuracyRow `json:"accuracy"`
+	LargestGaps []feedback.GapRow      `json:"largestGaps"`
+	Accuracy    []feedback.AccuracyRow `json:"accuracy"`
 }
 
 // ProductSeries is a product's plan against actual, one point per period, oldest first.
@@ -90,7 +91,7 @@ type ProductSeries struct {
 // PlannedLatest and Actual over the customers who planned the period (nil when none
 // did), UnplannedActual the usage of the others.
 type SeriesPoint struct {
-	Period          pipeline.Date `json:"period"`
+	Period          feedback.Date `json:"period"`
 	PlannedLatest   *float64      `json:"plannedLatest"`
 	PlannedAtStart  *float64      `json:"plannedAtStart"`
 	Actual          float64       `json:"actual"`
@@ -105,32 +106,32 @@ const LargestGaps = 20
 
 // Load reads a loop's figures.
 func Load(ctx context.Context, ref LoopRef, l Loop) (*Figures, error) {
-	periods, err := pipeline.QueryProductPeriods(ctx, l.Conn, l.Database)
+	periods, err := feedback.QueryProductPeriods(ctx, l.Conn, l.Database)
 	if err != nil {
 		return nil, err
 	}
-	gaps, err := pipeline.QueryLargestGaps(ctx, l.Conn, l.Database, LargestGaps)
+	gaps, err := feedback.QueryLargestGaps(ctx, l.Conn, l.Database, LargestGaps)
 	if err != nil {
 		return nil, err
 	}
-	acc, err := pipeline.QueryAccuracy(ctx, l.Conn, l.Database, "")
+	acc, err := feedback.QueryAccuracy(ctx, l.Conn, l.Database, "")
 	if err != nil {
 		return nil, err
 	}
 	f := &Figures{Loop: ref, Database: l.Database, Granularity: l.Grain, GeneratedAt: time.Now().UTC().Truncate(time.Second),
 		LargestGaps: gaps, Accuracy: acc}
 	if f.LargestGaps == nil {
-		f.LargestGaps = []pipeline.GapRow{}
+		f.LargestGaps = []feedback.GapRow{}
 	}
 	if f.Accuracy == nil {
-		f.Accuracy = []pipeline.AccuracyRow{}
+		f.Accuracy = []feedback.AccuracyRow{}
 	}
 	f.Products = []ProductSeries{}
 	for _, p := range periods { // ordered by product, then period
 		if n := len(f.Products); n == 0 || f.Products[n-1].Product != p.Product {
 			f.Products = append(f.Products, ProductSeries{Product: p.Product})
 		}
-		pt := SeriesPoint{Period: pipeline.Date{Time: p.Period}, PlannedLatest: p.PlannedLatest, PlannedAtStart: p.PlannedAtStart,
+		pt := SeriesPoint{Period: feedback.Date{Time: p.Period}, PlannedLatest: p.PlannedLatest, PlannedAtStart: p.PlannedAtStart,
 			Actual: p.Actual, UnplannedActual: p.UnplannedActual, Customers: p.CustomersWithPlans}
 		if pl := p.PlannedLatest; pl != nil {
 			g := p.Actual - *pl

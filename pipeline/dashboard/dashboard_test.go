@@ -18,6 +18,7 @@ import (
 	"github.com/go-logr/logr/testr"
 
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/feedback"
 )
 
 // chromium returns a headless-capable browser: $CHROMIUM, one on PATH, or (with
@@ -286,8 +287,8 @@ func TestNiceStep(t *testing.T) {
 // TestChartEdgeCases renders charts with one period, without plans and with zeros only:
 // no coordinate may be NaN or fall outside the plot.
 func TestChartEdgeCases(t *testing.T) {
-	day := func(m int) pipeline.Date {
-		return pipeline.Date{Time: time.Date(2026, time.Month(m), 1, 0, 0, 0, 0, time.UTC)}
+	day := func(m int) feedback.Date {
+		return feedback.Date{Time: time.Date(2026, time.Month(m), 1, 0, 0, 0, 0, time.UTC)}
 	}
 	ten := 10.0
 	for name, s := range map[string]ProductSeries{

@@ -13,9 +13,11 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/ddl"
 )
 
-// clickhouseAddr returns the real ClickHouse server the tests use; make test provisions it
+// ClickhouseAddr returns the real ClickHouse server the tests use; make test provisions it
 // and sets CUSTOMERLOOP_REQUIRE_STACK, so that a missing server fails there.
 func clickhouseAddr(t *testing.T) string {
 	t.Helper()
@@ -112,7 +114,7 @@ func (d *dataset) load(t *testing.T, ctx context.Context, addr, db string) drive
 				Mapping: pipeline.Mapping{PlanID: "id", CustomerID: "customer", Product: "product", Period: "period", Quantity: "qty"}},
 		},
 	}
-	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,24 +122,24 @@ func (d *dataset) load(t *testing.T, ctx context.Context, addr, db string) drive
 		_ = conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(db))
 		_ = conn.Close()
 	})
-	stmts, err := pipeline.PlanSchema(cfg)
+	stmts, err := ddl.PlanSchema(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := pipeline.ApplySchema(ctx, conn, stmts); err != nil {
+	if err := ddl.ApplySchema(ctx, conn, stmts); err != nil {
 		t.Fatal(err)
 	}
-	fb, err := pipeline.PlanFeedback(pipeline.FeedbackConfig{Database: db, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth})
+	fb, err := ddl.PlanFeedback(pipeline.FeedbackConfig{Database: db, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := pipeline.ApplyFeedback(ctx, conn, db, fb); err != nil {
+	if err := ddl.ApplyFeedback(ctx, conn, db, fb); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now().UTC().Truncate(time.Second)
 	var offset int64
 	insert := func(s pipeline.StreamConfig, rows [][]any) {
-		b, err := conn.PrepareBatch(ctx, pipeline.InsertSQL(db, s))
+		b, err := conn.PrepareBatch(ctx, ddl.InsertSQL(db, s))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -22,6 +22,8 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/ddl"
 )
 
 // clusterWorkers are the worker counts the variant runs, in order.
@@ -87,14 +89,14 @@ func clusterVariant(ctx context.Context, o options, c clusterEnv, work string, b
 	step("cluster %s (%s): runs of %d usage events each (fewer than the single-server runs)",
 		c.name, strings.Join(c.addrs, ","), o.clusterMessages)
 	msgs := makeMessages(o.clusterMessages)
-	admin, err := pipeline.OpenClickHouse(ctx, c.config(c.addrs[0], ""))
+	admin, err := connect.OpenClickHouse(ctx, c.config(c.addrs[0], ""))
 	if err != nil {
 		return nil, err
 	}
 	defer admin.Close()
 	nodes := make([]driver.Conn, len(c.addrs))
 	for i, a := range c.addrs {
-		if nodes[i], err = pipeline.OpenClickHouse(ctx, c.config(a, "")); err != nil {
+		if nodes[i], err = connect.OpenClickHouse(ctx, c.config(a, "")); err != nil {
 			return nil, fmt.Errorf("cluster node %d: %w", i+1, err)
 		}
 		defer nodes[i].Close()
@@ -128,11 +130,11 @@ func clusterDrain(ctx context.Context, o options, c clusterEnv, admin driver.Con
 	cfg.Kafka.Group = fmt.Sprintf("bench-cluster-%dw", n)
 	cfg.ClickHouse = c.config(c.addrs[0], db)
 	cfg.Batch.MaxRows = o.maxRows
-	stmts, err := pipeline.PlanSchema(cfg)
+	stmts, err := ddl.PlanSchema(cfg)
 	if err != nil {
 		return clusterRun{}, err
 	}
-	if err := pipeline.ApplySchema(ctx, admin, stmts); err != nil {
+	if err := ddl.ApplySchema(ctx, admin, stmts); err != nil {
 		return clusterRun{}, err
 	}
 	defer admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(db)+cfg.ClickHouse.OnCluster())

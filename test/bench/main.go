@@ -29,6 +29,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/ddl"
+	"customerloop.dev/customerloop/pipeline/ingest"
 )
 
 type options struct {
@@ -110,7 +113,7 @@ func run(o options) error {
 		return report(o, nil, figs)
 	}
 
-	ch, err := pipeline.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: o.clickhouse})
+	ch, err := connect.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: o.clickhouse})
 	if err != nil {
 		return err
 	}
@@ -140,11 +143,11 @@ func run(o options) error {
 
 	cfg := benchConfig(brokers, o.clickhouse, db, "usage", "bench.usage")
 	cfg.Batch.MaxRows = o.maxRows
-	stmts, err := pipeline.PlanSchema(cfg)
+	stmts, err := ddl.PlanSchema(cfg)
 	if err != nil {
 		return err
 	}
-	if err := pipeline.ApplySchema(ctx, ch, stmts); err != nil {
+	if err := ddl.ApplySchema(ctx, ch, stmts); err != nil {
 		return err
 	}
 
@@ -534,15 +537,15 @@ func bareConsume(ctx context.Context, brokers []string, topic string, partitions
 func bareInsert(ctx context.Context, ch driver.Conn, db string, msgs [][]byte) (float64, error) {
 	cfg := benchConfig(nil, "", db, "bare", "bench.bare")
 	s := cfg.Streams[0]
-	stmts, err := pipeline.PlanSchema(pipeline.Config{Kafka: pipeline.KafkaConfig{Brokers: []string{"x:1"}, Group: "g"},
+	stmts, err := ddl.PlanSchema(pipeline.Config{Kafka: pipeline.KafkaConfig{Brokers: []string{"x:1"}, Group: "g"},
 		ClickHouse: pipeline.ClickHouseConfig{Addr: "x:1", Database: db}, Streams: cfg.Streams})
 	if err != nil {
 		return 0, err
 	}
-	if err := pipeline.ApplySchema(ctx, ch, stmts); err != nil {
+	if err := ddl.ApplySchema(ctx, ch, stmts); err != nil {
 		return 0, err
 	}
-	dec, err := pipeline.NewDecoder(s)
+	dec, err := ingest.NewDecoder(s)
 	if err != nil {
 		return 0, err
 	}
@@ -557,7 +560,7 @@ func bareInsert(ctx context.Context, ch driver.Conn, db string, msgs [][]byte) (
 	}
 	start := time.Now()
 	for i := 0; i < len(rows); i += bareInsertRows {
-		b, err := ch.PrepareBatch(ctx, pipeline.InsertSQL(db, s))
+		b, err := ch.PrepareBatch(ctx, ddl.InsertSQL(db, s))
 		if err != nil {
 			return 0, err
 		}
@@ -617,11 +620,11 @@ func gather[T any](rows [][]any, j int) []T {
 func freshness(ctx context.Context, o options, work string, brokers []string, db string, ch driver.Conn) (p50, p99 float64, err error) {
 	cfg := benchConfig(brokers, o.clickhouse, db, "fresh", "bench.fresh")
 	cfg.Batch = pipeline.BatchConfig{MaxWait: pipeline.Duration{Duration: 200 * time.Millisecond}}
-	stmts, err := pipeline.PlanSchema(cfg)
+	stmts, err := ddl.PlanSchema(cfg)
 	if err != nil {
 		return 0, 0, err
 	}
-	if err := pipeline.ApplySchema(ctx, ch, stmts); err != nil {
+	if err := ddl.ApplySchema(ctx, ch, stmts); err != nil {
 		return 0, 0, err
 	}
 	n := o.rate * int(o.freshFor/time.Second)

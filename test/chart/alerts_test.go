@@ -14,7 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"customerloop.dev/customerloop/controllers"
-	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/ingest"
 )
 
 // The alerts the chart's PrometheusRule must have: what an operator of loops needs to
@@ -206,7 +206,7 @@ func alertRules(t *testing.T, rendered []byte) []alertRule {
 func exportedSeries(t *testing.T) map[string]map[string]bool {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	collectors := pipeline.NewMetrics(reg).Collectors()
+	collectors := ingest.NewMetrics(reg).Collectors()
 	for _, c := range controllers.MetricCollectors() {
 		if err := reg.Register(c); err != nil {
 			t.Fatal(err)

@@ -34,6 +34,7 @@ import (
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/controllers"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/ingest"
 )
 
 // repoRoot is the repository's top directory, found from this file.
@@ -187,7 +188,7 @@ func messageExamples(t testing.TB, doc string) []example {
 
 func decode(t testing.TB, s pipeline.StreamConfig, msg string) error {
 	t.Helper()
-	d, err := pipeline.NewDecoder(s)
+	d, err := ingest.NewDecoder(s)
 	if err != nil {
 		t.Fatalf("stream %s: %v", s.Name, err)
 	}

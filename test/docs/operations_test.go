@@ -10,7 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"customerloop.dev/customerloop/controllers"
-	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/ingest"
 )
 
 var (
@@ -27,7 +27,7 @@ var (
 func codeMetrics(t *testing.T) map[string]bool {
 	t.Helper()
 	names := map[string]bool{}
-	m := pipeline.NewMetrics(nil)
+	m := ingest.NewMetrics(nil)
 	ch := make(chan *prometheus.Desc, 64)
 	for _, c := range m.Collectors() {
 		c.Describe(ch)

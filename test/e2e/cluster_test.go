@@ -20,6 +20,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/ddl"
 	"customerloop.dev/customerloop/test/testkit"
 )
 
@@ -275,21 +277,21 @@ func setUpLoop(t *testing.T, ctx context.Context, cfg pipeline.Config) driver.Co
 		_ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(cfg.ClickHouse.Database)+cfg.ClickHouse.OnCluster())
 		_ = ch.Close()
 	})
-	plans, err := pipeline.PlanRollups(cfg)
+	plans, err := ddl.PlanRollups(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	noWorkerYet := func([]string) (bool, error) { return true, nil }
-	if _, _, err := pipeline.ApplyRollups(ctx, ch, cfg.ClickHouse.Database, plans, noWorkerYet); err != nil {
+	if _, _, err := ddl.ApplyRollups(ctx, ch, cfg.ClickHouse.Database, plans, noWorkerYet); err != nil {
 		t.Fatal(err)
 	}
 	fc := pipeline.FeedbackConfig{Database: cfg.ClickHouse.Database, Cluster: cfg.ClickHouse.Cluster,
 		UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth}
-	stmts, err := pipeline.PlanFeedback(fc)
+	stmts, err := ddl.PlanFeedback(fc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := pipeline.ApplyFeedback(ctx, ch, cfg.ClickHouse.Database, stmts); err != nil {
+	if err := ddl.ApplyFeedback(ctx, ch, cfg.ClickHouse.Database, stmts); err != nil {
 		t.Fatal(err)
 	}
 	return ch
@@ -297,7 +299,7 @@ func setUpLoop(t *testing.T, ctx context.Context, cfg pipeline.Config) driver.Co
 
 func open(t *testing.T, cfg pipeline.ClickHouseConfig) driver.Conn {
 	t.Helper()
-	c, err := pipeline.OpenClickHouse(context.Background(), cfg)
+	c, err := connect.OpenClickHouse(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/ddl"
 	"customerloop.dev/customerloop/test/testkit"
 )
 
@@ -93,12 +94,12 @@ func crashRun(t *testing.T, bin string) {
 	cfg.Rollups = []pipeline.RollupConfig{{Name: "totals", Stream: "usage", Granularity: pipeline.RollupMonth,
 		Dimensions: []string{"customer_id", "product"}, Measures: []pipeline.MeasureConfig{
 			{Name: "qty", Function: pipeline.FuncSum, Field: "quantity"}, {Name: "events", Function: pipeline.FuncCount}}}}
-	plans, err := pipeline.PlanRollups(cfg)
+	plans, err := ddl.PlanRollups(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	noWorkerYet := func([]string) (bool, error) { return true, nil }
-	if _, _, err := pipeline.ApplyRollups(ctx, ch, cfg.ClickHouse.Database, plans, noWorkerYet); err != nil {
+	if _, _, err := ddl.ApplyRollups(ctx, ch, cfg.ClickHouse.Database, plans, noWorkerYet); err != nil {
 		t.Fatal(err)
 	}
 	cfgPath := filepath.Join(t.TempDir(), "worker.json")

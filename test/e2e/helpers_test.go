@@ -10,6 +10,8 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/ddl"
 )
 
 func requireStack(t *testing.T) {
@@ -44,15 +46,15 @@ func buildCommand(t *testing.T, name string) string {
 func createSchema(t *testing.T, cfg pipeline.Config) driver.Conn {
 	t.Helper()
 	ctx := context.Background()
-	ch, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	ch, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
 		t.Fatal(err)
 	}
-	stmts, err := pipeline.PlanSchema(cfg)
+	stmts, err := ddl.PlanSchema(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := pipeline.ApplySchema(ctx, ch, stmts); err != nil {
+	if err := ddl.ApplySchema(ctx, ch, stmts); err != nil {
 		t.Fatal(err)
 	}
 	return ch

@@ -15,6 +15,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/ingest"
 )
 
 // clickhouseServer runs hack/clickhouse.sh for a private server of this test, on its own
@@ -72,7 +74,7 @@ func TestClickHouseOutage(t *testing.T) {
 	}
 	ch.Close()
 
-	w, err := pipeline.NewWorker(ctx, cfg, testr.New(t), nil)
+	w, err := ingest.NewWorker(ctx, cfg, testr.New(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +115,7 @@ func TestClickHouseOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ch, err = pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	ch, err = connect.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/ddl"
 )
 
 // loopConfig is a loop with every feature a single server has: usage and plan streams
@@ -158,7 +160,7 @@ func TestModernClickHouse(t *testing.T) {
 	defer cancel()
 	db := fmt.Sprintf("modern_%d", time.Now().UnixNano())
 	cfg := loopConfig(db, false)
-	conn, err := pipeline.OpenClickHouse(ctx, cfg.ClickHouse)
+	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,13 +229,13 @@ func TestModernClickHouse(t *testing.T) {
 			}
 		}
 		// The schema of an earlier spec, then the migration to the current one.
-		first, err := pipeline.PlanSchema(loopConfig(db, true))
+		first, err := ddl.PlanSchema(loopConfig(db, true))
 		if err != nil {
 			t.Fatal(err)
 		}
 		run("schema", first)
 		existing := columns(t, ctx, s, db)
-		alter, err := pipeline.PlanMigration(c.ClickHouse, pipeline.ManagedTables(c), existing)
+		alter, err := ddl.PlanMigration(c.ClickHouse, ddl.ManagedTables(c), existing)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -241,12 +243,12 @@ func TestModernClickHouse(t *testing.T) {
 			t.Fatalf("%s: migration of %d statements, want 2 (seats, trial): %v", s.name(), len(alter), alter)
 		}
 		run("migration", alter)
-		schema, err := pipeline.PlanSchema(c)
+		schema, err := ddl.PlanSchema(c)
 		if err != nil {
 			t.Fatal(err)
 		}
 		run("schema again", schema) // idempotent: nothing to create
-		digest, err := pipeline.DigestTableStatement(c.ClickHouse)
+		digest, err := ddl.DigestTableStatement(c.ClickHouse)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -255,7 +257,7 @@ func TestModernClickHouse(t *testing.T) {
 		// Half of the rows before the rollups exist (their backfill reads them), half
 		// after (their materialized views see them).
 		insert(t, ctx, s.server, c, half(gen.usage, false), half(gen.plans, false))
-		plans, err := pipeline.PlanRollups(c)
+		plans, err := ddl.PlanRollups(c)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -267,7 +269,7 @@ func TestModernClickHouse(t *testing.T) {
 		insert(t, ctx, s.server, c, half(gen.usage, true), half(gen.plans, true))
 		_, fc := feedbackConfig(db)
 		fc.Features = s.features
-		views, err := pipeline.PlanFeedback(fc)
+		views, err := ddl.PlanFeedback(fc)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -286,7 +288,7 @@ func TestModernClickHouse(t *testing.T) {
 	// Retention: 18.16 drops the expired months, 26.x gets a TTL.
 	days := int(now.Sub(monthStart(now, cutoffMonth).AddDate(0, 0, 15)).Hours() / 24)
 	for _, st := range cfg.Streams {
-		dropped, err := pipeline.ApplyRetention(ctx, conn, version(old), cfg.ClickHouse, st, days, now)
+		dropped, err := ddl.ApplyRetention(ctx, conn, version(old), cfg.ClickHouse, st, days, now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -297,7 +299,7 @@ func TestModernClickHouse(t *testing.T) {
 		if !version(modern).HasTTL() {
 			t.Fatal("26.x reports no TTL")
 		}
-		ttl := pipeline.RetentionTTLStatement(cfg.ClickHouse, st, days)
+		ttl := ddl.RetentionTTLStatement(cfg.ClickHouse, st, days)
 		if err := modern.exec(ctx, ttl.SQL); err != nil {
 			t.Fatalf("26.x: %s: %v", ttl.SQL, err)
 		}
@@ -312,7 +314,7 @@ func TestModernClickHouse(t *testing.T) {
 	for _, s := range servers {
 		c := cfg
 		c.ClickHouse.Features = s.features
-		plans, _ := pipeline.PlanRollups(c)
+		plans, _ := ddl.PlanRollups(c)
 		var deleteFrom []string
 		for _, st := range c.Streams {
 			deleteFrom = append(deleteFrom, st.Table())
@@ -324,12 +326,12 @@ func TestModernClickHouse(t *testing.T) {
 		}
 		for _, tbl := range deleteFrom {
 			if _, isOld := s.server.(nativeServer); isOld {
-				if _, _, err := pipeline.DeleteCustomer(ctx, conn, c.ClickHouse, tbl, withdrawnCustomer); err != nil {
+				if _, _, err := ddl.DeleteCustomer(ctx, conn, c.ClickHouse, tbl, withdrawnCustomer); err != nil {
 					t.Fatal(err)
 				}
 				continue
 			}
-			del := pipeline.DeleteCustomerStatement(c.ClickHouse, tbl)
+			del := ddl.DeleteCustomerStatement(c.ClickHouse, tbl)
 			sql := strings.Replace(del.SQL, "?", "'"+withdrawnCustomer+"'", 1)
 			if err := s.exec(ctx, sql+" SETTINGS mutations_sync = 2"); err != nil {
 				t.Fatalf("%s: %s: %v", s.name(), sql, err)
@@ -340,7 +342,7 @@ func TestModernClickHouse(t *testing.T) {
 				continue
 			}
 			if _, isOld := s.server.(nativeServer); isOld {
-				if err := pipeline.RebuildRollup(ctx, conn, p); err != nil {
+				if err := ddl.RebuildRollup(ctx, conn, p); err != nil {
 					t.Fatal(err)
 				}
 				continue
@@ -364,7 +366,7 @@ func TestModernClickHouse(t *testing.T) {
 	for _, s := range servers {
 		c := cfg
 		c.ClickHouse.Features = s.features
-		for _, st := range pipeline.PlanDrop(c) {
+		for _, st := range ddl.PlanDrop(c) {
 			if err := s.exec(ctx, st.SQL); err != nil {
 				t.Fatalf("%s: %s: %v", s.name(), st.SQL, err)
 			}
@@ -536,7 +538,7 @@ func checkRollupTotals(t *testing.T, ctx context.Context, old, modern server, db
 		}
 	}
 	for _, s := range []server{old, modern} {
-		tb, err := s.query(ctx, "SELECT sum(events) AS e, sum(used) AS u FROM "+pipeline.QualifiedTable(db, pipeline.RollupView("daily_usage")))
+		tb, err := s.query(ctx, "SELECT sum(events) AS e, sum(used) AS u FROM "+pipeline.QualifiedTable(db, ddl.RollupView("daily_usage")))
 		if err != nil {
 			t.Fatal(err)
 		}

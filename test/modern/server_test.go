@@ -21,6 +21,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/ddl"
 )
 
 // server is one ClickHouse the test runs the planners' SQL on: the 18.16 server over the
@@ -168,7 +169,7 @@ func strs(cells []any) []string {
 func (s *chdbServer) insert(ctx context.Context, db string, st pipeline.StreamConfig, rows [][]any) error {
 	cols := st.Columns()
 	var b strings.Builder
-	b.WriteString(pipeline.InsertSQL(db, st) + " FORMAT JSONEachRow\n")
+	b.WriteString(ddl.InsertSQL(db, st) + " FORMAT JSONEachRow\n")
 	for _, r := range rows {
 		obj := map[string]any{}
 		for i, c := range cols {
@@ -250,7 +251,7 @@ func (s nativeServer) exec(ctx context.Context, sql string) error { return s.con
 
 // insert uses a batch: 18.16 hangs on INSERT ... VALUES with inline data.
 func (s nativeServer) insert(ctx context.Context, db string, st pipeline.StreamConfig, rows [][]any) error {
-	b, err := s.conn.PrepareBatch(ctx, pipeline.InsertSQL(db, st))
+	b, err := s.conn.PrepareBatch(ctx, ddl.InsertSQL(db, st))
 	if err != nil {
 		return err
 	}

@@ -28,6 +28,7 @@ import (
 	"customerloop.dev/customerloop/controllers"
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/dashboard"
+	"customerloop.dev/customerloop/pipeline/ingest"
 )
 
 // ManagerOptions configure NewManager.
@@ -74,7 +75,7 @@ func NewManager(ctx context.Context, restCfg *rest.Config, o ManagerOptions) (ct
 		if o.Several {
 			reg = nil
 		}
-		runner = controllers.NewInProcessRunner(o.Log.WithName("worker"), pipeline.NewMetrics(reg))
+		runner = controllers.NewInProcessRunner(o.Log.WithName("worker"), ingest.NewMetrics(reg))
 	case "deployment":
 		// The client is the manager's, set below once it exists.
 		runner = &controllers.DeploymentRunner{Image: o.WorkerImage, DefaultResources: o.WorkerResources, SecureMetrics: o.MetricsSecure}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
-	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/feedback"
 )
 
 // ReportOptions say what PrintReport prints and how.
@@ -21,7 +21,7 @@ type ReportOptions struct {
 	Format string
 	// View is gaps, accuracy or all; csv prints one view, gaps unless accuracy.
 	View   string
-	Filter pipeline.GapFilter
+	Filter feedback.GapFilter
 }
 
 // PrintReport reads the loop's feedback views and writes them in the chosen format.
@@ -30,17 +30,17 @@ func PrintReport(ctx context.Context, w io.Writer, conn driver.Conn, db string, 
 		o.View = "gaps"
 	}
 	var (
-		gaps []pipeline.GapRow
-		acc  []pipeline.AccuracyRow
+		gaps []feedback.GapRow
+		acc  []feedback.AccuracyRow
 		err  error
 	)
 	if o.View != "accuracy" {
-		if gaps, err = pipeline.QueryGaps(ctx, conn, db, o.Filter); err != nil {
+		if gaps, err = feedback.QueryGaps(ctx, conn, db, o.Filter); err != nil {
 			return err
 		}
 	}
 	if o.View != "gaps" {
-		if acc, err = pipeline.QueryAccuracy(ctx, conn, db, o.Filter.Product); err != nil {
+		if acc, err = feedback.QueryAccuracy(ctx, conn, db, o.Filter.Product); err != nil {
 			return err
 		}
 	}
@@ -49,8 +49,8 @@ func PrintReport(ctx context.Context, w io.Writer, conn driver.Conn, db string, 
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(struct {
-			Gaps     []pipeline.GapRow      `json:"gaps,omitempty"`
-			Accuracy []pipeline.AccuracyRow `json:"accuracy,omitempty"`
+			Gaps     []feedback.GapRow      `json:"gaps,omitempty"`
+			Accuracy []feedback.AccuracyRow `json:"accuracy,omitempty"`
 		}{gaps, acc})
 	case "csv":
 		cw := csv.NewWriter(w)

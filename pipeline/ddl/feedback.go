@@ -1,0 +1,213 @@
+package ddl
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+
+	"customerloop.dev/customerloop/pipeline"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// FeedbackStatement is a view's CREATE statement and the fingerprint that tells whether
+// an existing view was made from the same definition.
+type FeedbackStatement struct {
+	pipeline.Statement
+	View        string
+	Fingerprint string
+	// on is the ON CLUSTER clause of the view's DDL, or "".
+	on string
+}
+
+// PlanFeedback returns the statements that create the feedback views. Each view carries
+// its definition's fingerprint in an always-true predicate, so that the applier can see
+// in system.tables whether an existing view is current (18.16 has no CREATE OR REPLACE
+// VIEW and no comments on views).
+func PlanFeedback(cfg pipeline.FeedbackConfig) ([]FeedbackStatement, error) {
+	for _, n := range []string{cfg.Database, cfg.UsageTable, cfg.PlanTable} {
+		if err := pipeline.ValidIdent(n); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Cluster != "" {
+		if err := pipeline.ValidIdent(cfg.Cluster); err != nil {
+			return nil, fmt.Errorf("feedback cluster: %w", err)
+		}
+	}
+	if cfg.Grain != pipeline.GrainWeek && cfg.Grain != pipeline.GrainMonth {
+		return nil, fmt.Errorf("feedback grain %q: want %s or %s", cfg.Grain, pipeline.GrainWeek, pipeline.GrainMonth)
+	}
+	db, g := cfg.Database, cfg.Grain
+	usage, plans := pipeline.QualifiedTable(db, cfg.UsageTable), pipeline.QualifiedTable(db, cfg.PlanTable)
+	view := func(name string) string { return pipeline.QualifiedTable(db, name) }
+	eventPeriod, _ := g.PeriodSQL("ts", false)
+	planPeriod, planIndex := g.PeriodSQL("p_period", true)
+	_, submittedIndex := g.PeriodSQL("p_submitted_at", false)
+	current, _ := g.PeriodSQL("now()", false)
+	// The joined subqueries are named where the server requires it; on 18.16 the views
+	// stay as they were, so that their fingerprints do not change.
+	planSide, actualSide := "", ""
+	if cfg.Features.SubqueryAliases {
+		planSide, actualSide = " AS plans", " AS actuals"
+	}
+
+	bodies := map[string]string{
+		pipeline.ViewActuals: `SELECT customer_id, product, ` + eventPeriod + ` AS period,
+    sum(quantity) AS actual, count() AS events, max(ts) AS last_event_at
+FROM ` + usage + `
+GROUP BY customer_id, product, period`,
+
+		pipeline.ViewPlanVersions: `SELECT plan_id, p_customer_id AS customer_id, p_product AS product,
+    ` + planPeriod + ` AS period, p_quantity AS quantity, p_submitted_at AS submitted_at,
+    p_confidence AS confidence, ` + planIndex + ` - ` + submittedIndex + ` AS horizon
+FROM
+(
+    SELECT plan_id,
+        argMax(customer_id, _offset) AS p_customer_id, argMax(product, _offset) AS p_product,
+        argMax(period, _offset) AS p_period, argMax(quantity, _offset) AS p_quantity,
+        argMax(submitted_at, _offset) AS p_submitted_at, argMax(confidence, _offset) AS p_confidence
+    FROM ` + plans + `
+    GROUP BY plan_id
+)`,
+
+		pipeline.ViewGaps: `SELECT customer_id, product, period,
+    if(versions > 0, planned, NULL) AS planned_latest,
+    if(versions_before > 0, planned_before, NULL) AS planned_at_start,
+    versions, actual, events,
+    if(versions > 0, actual - planned, NULL) AS gap,
+    if(versions > 0 AND planned != 0, (actual - planned) / planned, NULL) AS gap_ratio,
+    if(versions > 0 AND planned != 0, actual / planned, NULL) AS consumed_share
+FROM
+(
+    SELECT customer_id, product, period,
+        argMax(quantity, (submitted_at, plan_id)) AS planned, count() AS versions,
+        argMaxIf(quantity, (submitted_at, plan_id), horizon >= 1) AS planned_before,
+        countIf(horizon >= 1) AS versions_before
+    FROM ` + view(pipeline.ViewPlanVersions) + `
+    GROUP BY customer_id, product, period
+)` + planSide + `
+ALL FULL OUTER JOIN
+(
+    SELECT customer_id, product, period, actual, events FROM ` + view(pipeline.ViewActuals) + `
+)` + actualSide + ` USING (customer_id, product, period)`,
+
+		pipeline.ViewAccuracy: `SELECT product, horizon, count() AS n, sum(p) AS planned, sum(a) AS actual,
+    if(sum(a) > 0, sum(p - a) / sum(a), NULL) AS bias,
+    if(sum(a) > 0, sum(abs(p - a)) / sum(a), NULL) AS wape
+FROM
+(
+    SELECT customer_id, product, period, horizon, argMax(quantity, (submitted_at, plan_id)) AS p
+    FROM ` + view(pipeline.ViewPlanVersions) + `
+    WHERE horizon >= 0 AND period < ` + current + `
+    GROUP BY customer_id, product, period, horizon
+)` + planSide + `
+ALL LEFT JOIN
+(
+    SELECT customer_id, product, period, actual AS a FROM ` + view(pipeline.ViewActuals) + `
+)` + actualSide + ` USING (customer_id, product, period)
+GROUP BY product, horizon
+ORDER BY product, horizon`,
+	}
+	var out []FeedbackStatement
+	for _, name := range pipeline.FeedbackViews {
+		body := bodies[name]
+		sum := sha256.Sum256([]byte(body))
+		fp := "customerloop:" + hex.EncodeToString(sum[:6])
+		on := pipeline.ClickHouseConfig{Cluster: cfg.Cluster}.OnCluster()
+		sql := "CREATE VIEW IF NOT EXISTS " + view(name) + on + " AS\n" + withFingerprint(body, fp)
+		out = append(out, FeedbackStatement{Statement: pipeline.Statement{Object: db + "." + name, SQL: sql}, View: name, Fingerprint: fp, on: on})
+	}
+	return out, nil
+}
+
+// withFingerprint adds an always-true predicate naming the definition to the outermost
+// query: before its GROUP BY or ORDER BY, or at the end.
+func withFingerprint(body, fp string) string {
+	pred := "'" + fp + "' != ''"
+	lines := strings.Split(body, "\n")
+	depth := 0
+	for i, l := range lines {
+		depth += strings.Count(l, "(") - strings.Count(l, ")")
+		if depth != 0 {
+			continue
+		}
+		t := strings.TrimSpace(l)
+		switch {
+		case strings.HasPrefix(t, "WHERE "):
+			lines[i] = l + " AND " + pred
+			return strings.Join(lines, "\n")
+		case strings.HasPrefix(t, "GROUP BY") || strings.HasPrefix(t, "ORDER BY"):
+			lines = append(lines[:i], append([]string{"WHERE " + pred}, lines[i:]...)...)
+			return strings.Join(lines, "\n")
+		}
+	}
+	return body + "\nWHERE " + pred
+}
+
+// ApplyFeedback creates the feedback views, replacing those made from another definition
+// (an upgrade of CustomerLoop, another grain). A view is replaced by dropping and
+// creating it: a query running at that moment fails and can be retried; no data is
+// involved. It compares the views of the server conn reaches; on a cluster use
+// ApplyFeedbackNodes.
+func ApplyFeedback(ctx context.Context, conn driver.Conn, db string, stmts []FeedbackStatement) error {
+	return ApplyFeedbackNodes(ctx, conn, []driver.Conn{conn}, db, stmts)
+}
+
+// ApplyFeedbackNodes is ApplyFeedback on a cluster: it reads the views of every node in
+// nodes (ClusterNodes) and runs the statements, ON CLUSTER, through conn. A view that is
+// made from another definition on any node is dropped on every node and created again; a
+// view missing on some node is created; when every node has the current views, no DDL
+// reaches the cluster's queue (where a stopped node would hold it up).
+func ApplyFeedbackNodes(ctx context.Context, conn driver.Conn, nodes []driver.Conn, db string, stmts []FeedbackStatement) error {
+	type state struct{ missing, stale bool }
+	states := map[string]*state{}
+	for _, s := range stmts {
+		states[s.View] = &state{}
+	}
+	for _, node := range nodes {
+		existing, err := nodeViews(ctx, node, db)
+		if err != nil {
+			return err
+		}
+		for _, s := range stmts {
+			q, ok := existing[s.View]
+			states[s.View].missing = states[s.View].missing || !ok
+			states[s.View].stale = states[s.View].stale || ok && !strings.Contains(q, s.Fingerprint)
+		}
+	}
+	for _, s := range stmts {
+		st := states[s.View]
+		if s.on != "" && !st.missing && !st.stale {
+			continue
+		}
+		if st.stale {
+			if err := conn.Exec(ctx, "DROP TABLE IF EXISTS "+pipeline.QualifiedTable(db, s.View)+s.on); err != nil {
+				return fmt.Errorf("replacing view %s: %w", s.Object, err)
+			}
+		}
+		if err := conn.Exec(ctx, s.SQL); err != nil {
+			return fmt.Errorf("creating view %s: %w", s.Object, err)
+		}
+	}
+	return nil
+}
+
+// nodeViews reads the CREATE query of every table and view of db on one server.
+func nodeViews(ctx context.Context, conn driver.Conn, db string) (map[string]string, error) {
+	existing := map[string]string{}
+	rows, err := conn.Query(ctx, "SELECT name, create_table_query FROM system.tables WHERE database = ?", db)
+	if err != nil {
+		return nil, fmt.Errorf("reading the views of %s: %w", db, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name, q string
+		if err := rows.Scan(&name, &q); err != nil {
+			return nil, fmt.Errorf("reading the views of %s: %w", db, err)
+		}
+		existing[name] = q
+	}
+	return existing, rows.Err()
+}

@@ -1,0 +1,401 @@
+// Package feedback turns what the loop stored into what goes back: plan-against-actual
+// digests published to Kafka, the report's queries, and consent messages applied to the
+// stored data with their audit.
+package feedback
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"time"
+
+	"customerloop.dev/customerloop/pipeline"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// DigestSchema is the version of the digest message format; it changes only when a
+// field changes meaning or goes away (new fields may appear in any version).
+const DigestSchema = 1
+
+const defaultTopCustomers = 5
+
+// DigestConfig is what a digest publisher needs. Like Config it is plain data, built from
+// the loop's spec by the controller.
+type DigestConfig struct {
+	// Loop names the loop as "namespace/name"; it is in every message.
+	Loop string `json:"loop"`
+	// Kafka is the connection (brokers, TLS, SASL) the loop's workers use; Group is unused.
+	Kafka pipeline.KafkaConfig `json:"kafka"`
+	// Topic is the feedback topic the digests go to.
+	Topic string `json:"topic"`
+	// Feedback names the loop's database and grain; the feedback views must exist.
+	Feedback pipeline.FeedbackConfig `json:"feedback"`
+	// Threshold flags a digest whose |gap ratio| exceeds it (see Digest.Flagged); nil
+	// flags nothing.
+	Threshold *float64 `json:"threshold,omitempty"`
+	// TopCustomers is how many customers with the largest |gap| a digest lists; 0 means 5.
+	TopCustomers int `json:"topCustomers,omitempty"`
+	// Publisher identifies this replica in the digest table (a pod name, say).
+	Publisher string `json:"publisher,omitempty"`
+	// Cluster is the loop's ClickHouse cluster (ClickHouseConfig.Cluster), or "".
+	Cluster string `json:"cluster,omitempty"`
+}
+
+// Validate checks the config before anything reaches SQL or Kafka.
+func (c DigestConfig) Validate() error {
+	var errs []error
+	if c.Loop == "" {
+		errs = append(errs, errors.New("loop is required"))
+	}
+	if len(c.Kafka.Brokers) == 0 {
+		errs = append(errs, errors.New("kafka.brokers: at least one broker is required"))
+	}
+	if c.Topic == "" {
+		errs = append(errs, errors.New("topic is required"))
+	}
+	if err := pipeline.ValidIdent(c.Feedback.Database); err != nil {
+		errs = append(errs, fmt.Errorf("feedback.database: %w", err))
+	}
+	if c.Cluster != "" {
+		if err := pipeline.ValidIdent(c.Cluster); err != nil {
+			errs = append(errs, fmt.Errorf("cluster: %w", err))
+		}
+	}
+	if c.Feedback.Grain != pipeline.GrainWeek && c.Feedback.Grain != pipeline.GrainMonth {
+		errs = append(errs, fmt.Errorf("feedback.grain %q: want %s or %s", c.Feedback.Grain, pipeline.GrainWeek, pipeline.GrainMonth))
+	}
+	if t := c.Threshold; t != nil && (*t < 0 || math.IsNaN(*t) || math.IsInf(*t, 0)) {
+		errs = append(errs, fmt.Errorf("threshold %v: want a finite number >= 0", *t))
+	}
+	if c.TopCustomers < 0 || c.TopCustomers > 1000 {
+		errs = append(errs, fmt.Errorf("topCustomers %d: want 0 (the default, 5) to 1000", c.TopCustomers))
+	}
+	return errors.Join(errs...)
+}
+
+// Date is a calendar day, written in JSON as "2006-01-02".
+type Date struct{ time.Time }
+
+// MarshalJSON writes the date as YYYY-MM-DD.
+func (d Date) MarshalJSON() ([]byte, error) { return json.Marshal(d.Format(time.DateOnly)) }
+
+// UnmarshalJSON reads YYYY-MM-DD.
+func (d *Date) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	t, err := time.Parse(time.DateOnly, s)
+	if err != nil {
+		return err
+	}
+	d.Time = t
+	return nil
+}
+
+// Digest is plan against actual for one product and period, as published to the feedback
+// topic. README.md ("Digests") documents the message field by field.
+type Digest struct {
+	Schema      int            `json:"schema"`
+	Loop        string         `json:"loop"`
+	Product     string         `json:"product"`
+	Period      Date           `json:"period"`
+	Granularity pipeline.Grain `json:"granularity"`
+	// Complete is true once the period has ended (in UTC).
+	Complete bool `json:"complete"`
+	// PlannedLatest sums the customers' latest plans for the period; nil when no
+	// customer planned it. PlannedAtStart sums the plans made before the period began, of
+	// the customers who had one; nil when none had.
+	PlannedLatest  *float64 `json:"plannedLatest"`
+	PlannedAtStart *float64 `json:"plannedAtStart"`
+	// Actual is the usage of the customers who planned the period; UnplannedActual the
+	// usage of those who did not. Their sum is the product's usage in the period.
+	Actual          float64 `json:"actual"`
+	UnplannedActual float64 `json:"unplannedActual"`
+	// Gap = Actual - PlannedLatest and GapRatio = Gap / PlannedLatest; nil without plans
+	// (and the ratio when the plans sum to 0).
+	Gap                *float64 `json:"gap"`
+	GapRatio           *float64 `json:"gapRatio"`
+	CustomersWithPlans uint64   `json:"customersWithPlans"`
+	// Flagged: |GapRatio| exceeds the threshold and the period is complete, or the period
+	// is under way and usage already exceeds the plans by more than the threshold.
+	Flagged   bool     `json:"flagged"`
+	Threshold *float64 `json:"threshold"`
+	// TopGaps are the customers with the largest |gap|, largest first.
+	TopGaps  []CustomerGap    `json:"topGaps"`
+	Accuracy *ProductAccuracy `json:"accuracy"`
+	// Version increases strictly with every publication of this loop, product and period.
+	Version     int64     `json:"version"`
+	PublishedAt time.Time `json:"publishedAt"`
+}
+
+// CustomerGap is one customer's plan against actual in a digest.
+type CustomerGap struct {
+	Customer      string   `json:"customer"`
+	PlannedLatest float64  `json:"plannedLatest"`
+	Actual        float64  `json:"actual"`
+	Gap           float64  `json:"gap"`
+	GapRatio      *float64 `json:"gapRatio"`
+}
+
+// ProductAccuracy is how well a product's plans matched what happened, over completed
+// periods: WAPE and bias over every horizon's points together, and per horizon as in
+// feedback_accuracy.
+type ProductAccuracy struct {
+	WAPE      *float64          `json:"wape"`
+	Bias      *float64          `json:"bias"`
+	Points    uint64            `json:"points"`
+	ByHorizon []HorizonAccuracy `json:"byHorizon"`
+}
+
+// HorizonAccuracy is one row of feedback_accuracy for a product.
+type HorizonAccuracy struct {
+	Horizon int64    `json:"horizon"`
+	N       uint64   `json:"n"`
+	Planned float64  `json:"planned"`
+	Actual  float64  `json:"actual"`
+	Bias    *float64 `json:"bias"`
+	WAPE    *float64 `json:"wape"`
+}
+
+// contentHash fingerprints what a digest says about its period. Version, PublishedAt and
+// the context attached at publication (Accuracy, which moves with every completed period
+// of the product, and Threshold) are left out, so that only a change of the period's own
+// figures republishes it. Figures are rounded to 12 significant digits first: ClickHouse
+// sums floats in an order that may vary from one query to the next.
+func (d Digest) contentHash() string {
+	c := d
+	c.Version, c.PublishedAt, c.Accuracy, c.Threshold = 0, time.Time{}, nil, nil
+	c.PlannedLatest, c.PlannedAtStart = roundPtr(c.PlannedLatest), roundPtr(c.PlannedAtStart)
+	c.Actual, c.UnplannedActual = round12(c.Actual), round12(c.UnplannedActual)
+	c.Gap, c.GapRatio = roundPtr(c.Gap), roundPtr(c.GapRatio)
+	c.TopGaps = append([]CustomerGap(nil), d.TopGaps...)
+	for i := range c.TopGaps {
+		g := &c.TopGaps[i]
+		g.PlannedLatest, g.Actual, g.Gap, g.GapRatio = round12(g.PlannedLatest), round12(g.Actual), round12(g.Gap), roundPtr(g.GapRatio)
+	}
+	b, _ := json.Marshal(c) // plain data: cannot fail
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
+}
+
+func round12(x float64) float64 {
+	r, _ := strconv.ParseFloat(strconv.FormatFloat(x, 'g', 12, 64), 64)
+	return r
+}
+
+func roundPtr(p *float64) *float64 {
+	if p == nil {
+		return nil
+	}
+	r := round12(*p)
+	return &r
+}
+
+// PeriodStart returns the start of the period of the grain that holds t, in UTC.
+func PeriodStart(g pipeline.Grain, t time.Time) time.Time {
+	t = t.UTC()
+	day := time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+	if g == pipeline.GrainWeek {
+		return day.AddDate(0, 0, -((int(day.Weekday()) + 6) % 7))
+	}
+	return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
+}
+
+// PeriodEnd returns the start of the period after the one starting at start.
+func PeriodEnd(g pipeline.Grain, start time.Time) time.Time {
+	if g == pipeline.GrainWeek {
+		return start.AddDate(0, 0, 7)
+	}
+	return start.AddDate(0, 1, 0)
+}
+
+// ProductPeriod is plan against actual for a product and period, summed over customers.
+type ProductPeriod struct {
+	Product            string
+	Period             time.Time
+	CustomersWithPlans uint64
+	// PlannedLatest and PlannedAtStart are nil when no customer had such a plan.
+	PlannedLatest, PlannedAtStart *float64
+	// Actual is the usage of the customers with plans, UnplannedActual of the others.
+	Actual, UnplannedActual float64
+}
+
+// QueryProductPeriods sums the loop's gap view per product and period, in that order.
+func QueryProductPeriods(ctx context.Context, conn driver.Conn, db string) ([]ProductPeriod, error) {
+	q := `SELECT product, period,
+    countIf(versions > 0) AS planners,
+    sum(ifNull(planned_latest, 0)) AS sum_planned,
+    countIf(planned_at_start IS NOT NULL) AS starters,
+    sum(ifNull(planned_at_start, 0)) AS sum_at_start,
+    sumIf(actual, versions > 0) AS actual_planned,
+    sumIf(actual, versions = 0) AS actual_unplanned
+FROM ` + pipeline.QualifiedTable(db, pipeline.ViewGaps) + `
+GROUP BY product, period
+ORDER BY product, period`
+	rows, err := conn.Query(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s.%s: %w", db, pipeline.ViewGaps, err)
+	}
+	defer rows.Close()
+	var out []ProductPeriod
+	for rows.Next() {
+		var (
+			r                 ProductPeriod
+			starters          uint64
+			planned, atStart  float64
+			actual, unplanned float64
+		)
+		if err := rows.Scan(&r.Product, &r.Period, &r.CustomersWithPlans, &planned, &starters, &atStart, &actual, &unplanned); err != nil {
+			return nil, fmt.Errorf("reading %s.%s: %w", db, pipeline.ViewGaps, err)
+		}
+		r.Period = r.Period.UTC()
+		if r.CustomersWithPlans > 0 {
+			r.PlannedLatest = &planned
+		}
+		if starters > 0 {
+			r.PlannedAtStart = &atStart
+		}
+		r.Actual, r.UnplannedActual = actual, unplanned
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// QueryTopGaps returns, per product and period, the n customers with a plan whose |gap| is
+// largest (ties by customer id), keyed by product and period start.
+func QueryTopGaps(ctx context.Context, conn driver.Conn, db string, n int) (map[string]map[time.Time][]CustomerGap, error) {
+	q := `SELECT product, period, customer_id, planned_latest, actual, gap, gap_ratio
+FROM ` + pipeline.QualifiedTable(db, pipeline.ViewGaps) + `
+WHERE versions > 0
+ORDER BY product, period, abs(gap) DESC, customer_id
+LIMIT ` + strconv.Itoa(n) + ` BY product, period`
+	rows, err := conn.Query(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s.%s: %w", db, pipeline.ViewGaps, err)
+	}
+	defer rows.Close()
+	out := map[string]map[time.Time][]CustomerGap{}
+	for rows.Next() {
+		var (
+			product      string
+			period       time.Time
+			g            CustomerGap
+			planned, gap *float64
+		)
+		if err := rows.Scan(&product, &period, &g.Customer, &planned, &g.Actual, &gap, &g.GapRatio); err != nil {
+			return nil, fmt.Errorf("reading %s.%s: %w", db, pipeline.ViewGaps, err)
+		}
+		if planned != nil {
+			g.PlannedLatest = *planned
+		}
+		if gap != nil {
+			g.Gap = *gap
+		}
+		period = period.UTC()
+		if out[product] == nil {
+			out[product] = map[time.Time][]CustomerGap{}
+		}
+		out[product][period] = append(out[product][period], g)
+	}
+	return out, rows.Err()
+}
+
+// QueryLargestGaps returns the n rows of the gap view with the largest |gap|, over all
+// products and periods (ties by period, newest first, then product and customer).
+func QueryLargestGaps(ctx context.Context, conn driver.Conn, db string, n int) ([]GapRow, error) {
+	return queryGapRows(ctx, conn, db, gapRowsSelect+pipeline.QualifiedTable(db, pipeline.ViewGaps)+
+		" WHERE versions > 0 ORDER BY abs(gap) DESC, period DESC, product, customer_id LIMIT "+strconv.Itoa(max(n, 0)))
+}
+
+// AccuracyByProduct folds feedback_accuracy rows into one ProductAccuracy per product.
+// A horizon whose actual is 0 contributes its plans as absolute error (every point's
+// actual was 0 there, quantities being non-negative).
+func AccuracyByProduct(rows []AccuracyRow) map[string]*ProductAccuracy {
+	type sums struct{ absErr, signed, actual float64 }
+	out, acc := map[string]*ProductAccuracy{}, map[string]*sums{}
+	for _, r := range rows {
+		pa := out[r.Product]
+		if pa == nil {
+			pa, acc[r.Product] = &ProductAccuracy{}, &sums{}
+			out[r.Product] = pa
+		}
+		s := acc[r.Product]
+		pa.Points += r.N
+		pa.ByHorizon = append(pa.ByHorizon, HorizonAccuracy{Horizon: r.Horizon, N: r.N, Planned: r.Planned, Actual: r.Actual, Bias: r.Bias, WAPE: r.WAPE})
+		absErr := r.Planned
+		if r.WAPE != nil {
+			absErr = *r.WAPE * r.Actual
+		}
+		s.absErr += absErr
+		s.signed += r.Planned - r.Actual
+		s.actual += r.Actual
+	}
+	for p, pa := range out {
+		sort.Slice(pa.ByHorizon, func(i, j int) bool { return pa.ByHorizon[i].Horizon < pa.ByHorizon[j].Horizon })
+		if s := acc[p]; s.actual > 0 {
+			w, b := s.absErr/s.actual, s.signed/s.actual
+			pa.WAPE, pa.Bias = &w, &b
+		}
+	}
+	return out
+}
+
+// BuildDigests reads the loop's feedback views and returns a digest per product and
+// period, without Version and PublishedAt. now decides which periods are complete.
+func BuildDigests(ctx context.Context, conn driver.Conn, cfg DigestConfig, now time.Time) ([]Digest, error) {
+	db, g := cfg.Feedback.Database, cfg.Feedback.Grain
+	top := cfg.TopCustomers
+	if top == 0 {
+		top = defaultTopCustomers
+	}
+	periods, err := QueryProductPeriods(ctx, conn, db)
+	if err != nil {
+		return nil, err
+	}
+	tops, err := QueryTopGaps(ctx, conn, db, top)
+	if err != nil {
+		return nil, err
+	}
+	accRows, err := QueryAccuracy(ctx, conn, db, "")
+	if err != nil {
+		return nil, err
+	}
+	acc := AccuracyByProduct(accRows)
+	out := make([]Digest, 0, len(periods))
+	for _, pp := range periods {
+		d := Digest{
+			Schema: DigestSchema, Loop: cfg.Loop, Product: pp.Product, Period: Date{pp.Period}, Granularity: g,
+			Complete:      !PeriodEnd(g, pp.Period).After(now),
+			PlannedLatest: pp.PlannedLatest, PlannedAtStart: pp.PlannedAtStart,
+			Actual: pp.Actual, UnplannedActual: pp.UnplannedActual,
+			CustomersWithPlans: pp.CustomersWithPlans,
+			Threshold:          cfg.Threshold,
+			TopGaps:            tops[pp.Product][pp.Period],
+			Accuracy:           acc[pp.Product],
+		}
+		if d.TopGaps == nil {
+			d.TopGaps = []CustomerGap{}
+		}
+		if p := pp.PlannedLatest; p != nil {
+			gap := pp.Actual - *p
+			d.Gap = &gap
+			if *p != 0 {
+				r := gap / *p
+				d.GapRatio = &r
+			}
+		}
+		if t, r := cfg.Threshold, d.GapRatio; t != nil && r != nil {
+			underWay := !pp.Period.After(now) && !d.Complete
+			d.Flagged = (d.Complete && math.Abs(*r) > *t) || (underWay && *r > *t)
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}

@@ -1,0 +1,301 @@
+package feedback
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/ddl"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/go-logr/logr"
+	"github.com/segmentio/kafka-go"
+)
+
+// Flag is a digest published with Flagged set: the caller may raise a Warning event.
+type Flag struct {
+	Product  string
+	Period   time.Time
+	GapRatio float64
+	Version  int64
+}
+
+// PublishResult is what a publication round did, and the figures a loop's status shows.
+type PublishResult struct {
+	// Published are the digests sent in this round (their content changed); Unchanged
+	// counts the others.
+	Published []Digest
+	Unchanged int
+	// Flagged lists the published digests that are flagged: each is reported with the
+	// publication that carries it, not again on rounds where its figures do not change.
+	Flagged []Flag
+	// LastPublishedPeriod is the latest period with a published digest and
+	// LastPublishedAt the time of the latest publication, from the digest table (they
+	// survive restarts); zero before the first.
+	LastPublishedPeriod time.Time
+	LastPublishedAt     time.Time
+	// CustomersWithPlans counts the customers with a plan for the current period, over
+	// all products.
+	CustomersWithPlans uint64
+	// WAPE is over all products' completed periods and horizons; ProductWAPE per product.
+	// nil while there is no usage to compare with.
+	WAPE        *float64
+	ProductWAPE map[string]*float64
+}
+
+// Publisher publishes a loop's digests to its feedback topic.
+type Publisher struct {
+	cfg    DigestConfig
+	ch     driver.Conn
+	writer *kafka.Writer
+	log    logr.Logger
+	now    func() time.Time
+	table  bool // the digest table exists
+}
+
+// NewPublisher validates the config and prepares the Kafka writer. conn is the loop's
+// ClickHouse connection; it stays the caller's to close.
+func NewPublisher(cfg DigestConfig, conn driver.Conn, log logr.Logger) (*Publisher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid digest config: %w", err)
+	}
+	sec, err := connect.SecurityOf(cfg.Kafka)
+	if err != nil {
+		return nil, err
+	}
+	w := &kafka.Writer{
+		Addr:      kafka.TCP(cfg.Kafka.Brokers...),
+		Topic:     cfg.Topic,
+		Transport: sec.Transport(),
+		// Keyed by product: a product's digests stay in order in one partition.
+		Balancer:     &kafka.Hash{},
+		RequiredAcks: kafka.RequireAll,
+		BatchTimeout: 10 * time.Millisecond,
+		// The feedback topic is created on demand where the broker allows it.
+		AllowAutoTopicCreation: true,
+	}
+	return &Publisher{cfg: cfg, ch: conn, writer: w, log: log, now: time.Now}, nil
+}
+
+// Close flushes and closes the Kafka writer.
+func (p *Publisher) Close() error { return p.writer.Close() }
+
+type digestState struct {
+	version   int64  // highest version reserved or sent
+	published string // content hash last sent; "" if none
+}
+
+// PublishOnce builds the loop's digests and publishes those whose content changed since
+// they were last published, then records them (see DigestTable).
+func (p *Publisher) PublishOnce(ctx context.Context) (PublishResult, error) {
+	db := p.cfg.Feedback.Database
+	if !p.table {
+		st, _ := ddl.DigestTableStatement(pipeline.ClickHouseConfig{Database: db, Cluster: p.cfg.Cluster}) // validated in NewPublisher
+		// A cluster host that is down creates the table when back; this node has it.
+		if err := ddl.ApplySchema(ctx, p.ch, []pipeline.Statement{st}); err != nil && !errors.Is(err, connect.ErrDDLPending) {
+			return PublishResult{}, fmt.Errorf("creating %s: %w", st.Object, err)
+		}
+		p.table = true
+	}
+	now := p.now().UTC()
+	digests, err := BuildDigests(ctx, p.ch, p.cfg, now)
+	if err != nil {
+		return PublishResult{}, err
+	}
+	state, err := p.readState(ctx)
+	if err != nil {
+		return PublishResult{}, err
+	}
+	var res PublishResult
+	var changed []Digest
+	var hashes []string
+	publishedAt := now.Truncate(time.Millisecond)
+	for _, d := range digests {
+		h := d.contentHash()
+		s := state[digestKey{d.Product, d.Period.Time}]
+		if s.published == h {
+			res.Unchanged++
+			continue
+		}
+		d.Version, d.PublishedAt = s.version+1, publishedAt
+		changed = append(changed, d)
+		hashes = append(hashes, h)
+	}
+	if len(changed) > 0 {
+		if err := p.record(ctx, changed, hashes, nil, 0, now); err != nil {
+			return res, fmt.Errorf("reserving digest versions: %w", err)
+		}
+		msgs := make([]kafka.Message, len(changed))
+		for i, d := range changed {
+			b, err := json.Marshal(d)
+			if err != nil {
+				return res, err
+			}
+			msgs[i] = kafka.Message{Key: []byte(d.Product), Value: b, Time: d.PublishedAt}
+		}
+		sendErr := p.writer.WriteMessages(ctx, msgs...)
+		sent := make([]bool, len(msgs))
+		var we kafka.WriteErrors
+		switch {
+		case sendErr == nil:
+			for i := range sent {
+				sent[i] = true
+			}
+		case errors.As(sendErr, &we) && len(we) == len(msgs):
+			for i := range sent {
+				sent[i] = we[i] == nil
+			}
+		}
+		if err := p.record(ctx, changed, hashes, sent, 1, now); err != nil {
+			// Sent but not recorded: the next round sends them again, under a higher version.
+			return res, errors.Join(sendErr, fmt.Errorf("recording published digests: %w", err))
+		}
+		for i, d := range changed {
+			if !sent[i] {
+				continue
+			}
+			res.Published = append(res.Published, d)
+			if d.Flagged {
+				res.Flagged = append(res.Flagged, Flag{Product: d.Product, Period: d.Period.Time, GapRatio: *d.GapRatio, Version: d.Version})
+			}
+		}
+		if sendErr != nil {
+			return res, fmt.Errorf("publishing digests to %s: %w", p.cfg.Topic, sendErr)
+		}
+	}
+	if err := p.statusFigures(ctx, &res, digests, now); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+type digestKey struct {
+	product string
+	period  time.Time
+}
+
+func (p *Publisher) readState(ctx context.Context) (map[digestKey]digestState, error) {
+	db := p.cfg.Feedback.Database
+	rows, err := p.ch.Query(ctx, "SELECT product, period, max(version), argMaxIf(content_hash, version, published = 1) FROM "+
+		pipeline.QualifiedTable(db, pipeline.DigestTable)+" WHERE loop = ? GROUP BY product, period", p.cfg.Loop)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s.%s: %w", db, pipeline.DigestTable, err)
+	}
+	defer rows.Close()
+	out := map[digestKey]digestState{}
+	for rows.Next() {
+		var k digestKey
+		var s digestState
+		if err := rows.Scan(&k.product, &k.period, &s.version, &s.published); err != nil {
+			return nil, fmt.Errorf("reading %s.%s: %w", db, pipeline.DigestTable, err)
+		}
+		k.period = k.period.UTC()
+		out[k] = s
+	}
+	return out, rows.Err()
+}
+
+// record writes one row per digest (those with only[i] set, when only is given) in one
+// insert.
+func (p *Publisher) record(ctx context.Context, ds []Digest, hashes []string, only []bool, published uint8, now time.Time) error {
+	db := p.cfg.Feedback.Database
+	b, err := p.ch.PrepareBatch(ctx, "INSERT INTO "+pipeline.QualifiedTable(db, pipeline.DigestTable)+
+		" (loop, product, period, version, content_hash, published, publisher, recorded_at)")
+	if err != nil {
+		return err
+	}
+	n := 0
+	for i, d := range ds {
+		if only != nil && !only[i] {
+			continue
+		}
+		if err := b.Append(p.cfg.Loop, d.Product, d.Period.Time, d.Version, hashes[i], published, p.cfg.Publisher, now); err != nil {
+			_ = b.Abort()
+			return err
+		}
+		n++
+	}
+	if n == 0 {
+		_ = b.Abort()
+		return nil
+	}
+	return b.Send()
+}
+
+// statusFigures fills in what a loop's status shows.
+func (p *Publisher) statusFigures(ctx context.Context, res *PublishResult, digests []Digest, now time.Time) error {
+	db := p.cfg.Feedback.Database
+	var n uint64
+	if err := p.ch.QueryRow(ctx, "SELECT count(), max(period), max(recorded_at) FROM "+pipeline.QualifiedTable(db, pipeline.DigestTable)+
+		" WHERE loop = ? AND published = 1", p.cfg.Loop).Scan(&n, &res.LastPublishedPeriod, &res.LastPublishedAt); err != nil {
+		return fmt.Errorf("reading %s.%s: %w", db, pipeline.DigestTable, err)
+	}
+	if n == 0 {
+		res.LastPublishedPeriod, res.LastPublishedAt = time.Time{}, time.Time{}
+	} else {
+		res.LastPublishedPeriod, res.LastPublishedAt = res.LastPublishedPeriod.UTC(), res.LastPublishedAt.UTC()
+	}
+	current := PeriodStart(p.cfg.Feedback.Grain, now)
+	if err := p.ch.QueryRow(ctx, "SELECT uniqExact(customer_id) FROM "+pipeline.QualifiedTable(db, pipeline.ViewGaps)+
+		" WHERE versions > 0 AND period = toDate(?)", current.Format(time.DateOnly)).Scan(&res.CustomersWithPlans); err != nil {
+		return fmt.Errorf("reading %s.%s: %w", db, pipeline.ViewGaps, err)
+	}
+	res.ProductWAPE = map[string]*float64{}
+	var absErr, actual float64
+	for _, d := range digests {
+		a := d.Accuracy
+		if a == nil {
+			continue
+		}
+		if _, seen := res.ProductWAPE[d.Product]; seen {
+			continue
+		}
+		res.ProductWAPE[d.Product] = a.WAPE
+		for _, h := range a.ByHorizon {
+			e := h.Planned
+			if h.WAPE != nil {
+				e = *h.WAPE * h.Actual
+			}
+			absErr += e
+			actual += h.Actual
+		}
+	}
+	if actual > 0 {
+		w := absErr / actual
+		res.WAPE = &w
+	}
+	return nil
+}
+
+// Run publishes every interval until ctx ends, and hands each round's result (or error:
+// a failed round is retried at the next tick) to onResult, which may be nil.
+func (p *Publisher) Run(ctx context.Context, interval time.Duration, onResult func(PublishResult, error)) error {
+	if interval <= 0 {
+		return fmt.Errorf("digest interval %v: want > 0", interval)
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		res, err := p.PublishOnce(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			p.log.Error(err, "publishing digests failed; retrying at the next interval", "loop", p.cfg.Loop, "topic", p.cfg.Topic)
+		} else if len(res.Published) > 0 {
+			p.log.Info("published digests", "loop", p.cfg.Loop, "topic", p.cfg.Topic, "published", len(res.Published),
+				"unchanged", res.Unchanged, "flagged", len(res.Flagged))
+		}
+		if onResult != nil {
+			onResult(res, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
