@@ -250,19 +250,7 @@ func TestClusterScaleOut(t *testing.T) {
 	}
 
 	// Every malformed message is in the dead-letter topic (at least once), and nothing else.
-	sources := map[string]bool{}
-	for _, m := range testkit.ReadTopic(t, brokers, "scale.usage.dlq") {
-		var p, o string
-		for _, h := range m.Headers {
-			switch h.Key {
-			case "customerloop.source.partition":
-				p = string(h.Value)
-			case "customerloop.source.offset":
-				o = string(h.Value)
-			}
-		}
-		sources[p+"/"+o] = true
-	}
+	sources := deadLetterSources(t, brokers, "scale.usage.dlq")
 	if len(sources) != wantBad {
 		t.Errorf("dead letters come from %d distinct messages, want %d", len(sources), wantBad)
 	}

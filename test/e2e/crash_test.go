@@ -305,19 +305,7 @@ func crashRun(t *testing.T, bin string) {
 	}
 	// Dead letters may repeat after a crash (the dead-letter topic is at-least-once), but
 	// every malformed message is there, and nothing else.
-	sources := map[string]bool{}
-	for _, m := range testkit.ReadTopic(t, brokers, "crash.usage.dlq") {
-		var p, o string
-		for _, h := range m.Headers {
-			switch h.Key {
-			case "customerloop.source.partition":
-				p = string(h.Value)
-			case "customerloop.source.offset":
-				o = string(h.Value)
-			}
-		}
-		sources[p+"/"+o] = true
-	}
+	sources := deadLetterSources(t, brokers, "crash.usage.dlq")
 	if len(sources) != wantBad {
 		t.Errorf("dead letters come from %d distinct messages, want %d", len(sources), wantBad)
 	}

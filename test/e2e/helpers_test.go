@@ -12,6 +12,8 @@ import (
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/pipeline/ddl"
+	"customerloop.dev/customerloop/pipeline/ingest"
+	"customerloop.dev/customerloop/test/testkit"
 )
 
 func requireStack(t *testing.T) {
@@ -58,4 +60,25 @@ func createSchema(t *testing.T, cfg pipeline.Config) driver.Conn {
 		t.Fatal(err)
 	}
 	return ch
+}
+
+// deadLetterSources reads a dead-letter topic whole and returns the distinct messages its
+// dead letters come from, as "partition/offset" of the source topic: a message
+// dead-lettered twice (after a crash) counts once.
+func deadLetterSources(t *testing.T, brokers []string, topic string) map[string]bool {
+	t.Helper()
+	sources := map[string]bool{}
+	for _, m := range testkit.ReadTopic(t, brokers, topic) {
+		var p, o string
+		for _, h := range m.Headers {
+			switch h.Key {
+			case ingest.HeaderSourcePartition:
+				p = string(h.Value)
+			case ingest.HeaderSourceOffset:
+				o = string(h.Value)
+			}
+		}
+		sources[p+"/"+o] = true
+	}
+	return sources
 }
