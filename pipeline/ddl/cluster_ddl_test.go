@@ -99,7 +99,7 @@ func countOn(t *testing.T, c driver.Conn, q string, args ...any) uint64 {
 func TestClusterSchemaLifecycle(t *testing.T) {
 	cfg := clusterTestConfig(t)
 	ctx := context.Background()
-	ch := applyClusterSchema(t, cfg)
+	ch := applySchema(t, cfg)
 	nodes := stacktest.NodeConns(t)
 	db := cfg.ClickHouse.Database
 	usage := cfg.Streams[0]
@@ -219,7 +219,7 @@ func TestClusterSchemaLifecycle(t *testing.T) {
 func TestClusterDDLFailureNamesHost(t *testing.T) {
 	cfg := clusterTestConfig(t)
 	ctx := context.Background()
-	ch := applyClusterSchema(t, cfg)
+	ch := applySchema(t, cfg)
 	nodes := stacktest.NodeConns(t)
 	_, addrs := stacktest.TestCluster(t)
 	db := cfg.ClickHouse.Database
@@ -240,7 +240,7 @@ func TestClusterDDLFailureNamesHost(t *testing.T) {
 func TestClusterDDLWithReplicaDown(t *testing.T) {
 	cfg := clusterTestConfig(t)
 	ctx := context.Background()
-	ch := applyClusterSchema(t, cfg)
+	ch := applySchema(t, cfg)
 	_, addrs := stacktest.TestCluster(t)
 	db := cfg.ClickHouse.Database
 	testkit.ClusterNode(t, "stop", 2)

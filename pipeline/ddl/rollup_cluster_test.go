@@ -40,7 +40,7 @@ func TestRollupsOnCluster(t *testing.T) {
 	cfg.ClickHouse = stacktest.ClusterClickHouse(t, stacktest.UniqueName("test_rollups_cluster"), 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	ch := applyClusterSchema(t, cfg)
+	ch := applySchema(t, cfg)
 	nodes := stacktest.NodeConns(t)
 	db, usage := cfg.ClickHouse.Database, cfg.Streams[0]
 	rng := rand.New(rand.NewPCG(3, 5))
@@ -233,7 +233,7 @@ func TestFeedbackOnCluster(t *testing.T) {
 	cfg, fc := stacktest.FeedbackConfig(db)
 	cfg.ClickHouse = stacktest.ClusterClickHouse(t, db, 0)
 	fc.Cluster = cfg.ClickHouse.Cluster
-	ch := applyClusterSchema(t, cfg)
+	ch := applySchema(t, cfg)
 	nodes := stacktest.NodeConns(t)
 
 	scfg, sfc := stacktest.FeedbackConfig(stacktest.UniqueName("test_feedback_single"))

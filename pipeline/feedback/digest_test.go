@@ -348,14 +348,7 @@ func TestDigestPublisher(t *testing.T) {
 	defer cancel()
 	cfg, fc := stacktest.FeedbackConfig(stacktest.UniqueName("test_digest"))
 	cfg.ClickHouse.Addr = chAddr
-	ch := ddltest.ApplySchema(t, cfg)
-	stmts, err := ddl.PlanFeedback(fc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ddl.ApplyFeedback(ctx, ch, fc.Database, stmts); err != nil {
-		t.Fatal(err)
-	}
+	ch := ddltest.ApplyFeedback(t, cfg, fc)
 	const topic = "acme.feedback"
 	brokers := stacktest.StartBroker(t, 3, topic)
 
@@ -592,14 +585,7 @@ func TestDigestPublisherOverTLSAndSASL(t *testing.T) {
 	defer cancel()
 	cfg, fc := stacktest.FeedbackConfig(stacktest.UniqueName("test_digest_tls"))
 	cfg.ClickHouse.Addr = chAddr
-	ch := ddltest.ApplySchema(t, cfg)
-	stmts, err := ddl.PlanFeedback(fc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ddl.ApplyFeedback(ctx, ch, fc.Database, stmts); err != nil {
-		t.Fatal(err)
-	}
+	ch := ddltest.ApplyFeedback(t, cfg, fc)
 	caPEM, serverTLS := stacktest.TestCA(t)
 	const topic = "acme.feedback"
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.SeedTopics(2, topic),

@@ -106,14 +106,7 @@ func TestFeedbackViews(t *testing.T) {
 	defer cancel()
 	cfg, fc := stacktest.FeedbackConfig(stacktest.UniqueName("test_feedback"))
 	cfg.ClickHouse.Addr = chAddr
-	ch := ddltest.ApplySchema(t, cfg)
-	stmts, err := ddl.PlanFeedback(fc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ddl.ApplyFeedback(ctx, ch, fc.Database, stmts); err != nil {
-		t.Fatal(err)
-	}
+	ch := ddltest.ApplyFeedback(t, cfg, fc)
 	usage, plans := cfg.Streams[0], cfg.Streams[1]
 	rng := rand.New(rand.NewPCG(7, 11))
 	now := time.Now().UTC().Truncate(time.Second)

@@ -134,7 +134,7 @@ func TestClusterWorkersLandEveryOffsetOnce(t *testing.T) {
 	s := cfg.Streams[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	ch := ddltest.ApplyClusterSchema(t, cfg)
+	ch := ddltest.ApplySchema(t, cfg)
 	msgs := usageMessages(3000)
 	stacktest.Produce(t, cfg.Kafka.Brokers, s.Topic, msgs[:1500])
 
@@ -160,7 +160,7 @@ func TestClusterIngestsWhileAReplicaIsDown(t *testing.T) {
 	s := cfg.Streams[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	ch := ddltest.ApplyClusterSchema(t, cfg)
+	ch := ddltest.ApplySchema(t, cfg)
 	msgs := usageMessages(3000)
 	delivered := func(want int64) {
 		t.Helper()
@@ -259,7 +259,7 @@ func TestClusterRecoveryReadsASyncedReplica(t *testing.T) {
 	db := cfg.ClickHouse.Database
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	ch := ddltest.ApplyClusterSchema(t, cfg)
+	ch := ddltest.ApplySchema(t, cfg)
 	nodes := stacktest.NodeConns(t)
 	msgs := usageMessages(1000)
 	stacktest.Produce(t, cfg.Kafka.Brokers, s.Topic, msgs)
@@ -298,7 +298,7 @@ func TestClusterRecoveryWaitsForAnUnsyncableShard(t *testing.T) {
 	db := cfg.ClickHouse.Database
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	ch := ddltest.ApplyClusterSchema(t, cfg)
+	ch := ddltest.ApplySchema(t, cfg)
 	nodes := stacktest.NodeConns(t)
 	msgs := usageMessages(1000)
 	stacktest.Produce(t, cfg.Kafka.Brokers, s.Topic, msgs)
@@ -349,7 +349,7 @@ func TestClusterLedgerRetryRecordsEachSpanOnce(t *testing.T) {
 	db := cfg.ClickHouse.Database
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	ddltest.ApplyClusterSchema(t, cfg)
+	ddltest.ApplySchema(t, cfg)
 	nodes := stacktest.NodeConns(t)
 	spans := map[topicPartition]*span{}
 	for p := range 8 {

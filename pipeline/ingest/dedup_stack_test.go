@@ -39,7 +39,7 @@ func TestRetryReadLongAfterItsOriginal(t *testing.T) {
 				ch = ddltest.ApplySchema(t, cfg)
 			} else {
 				cfg = clusterLedgerConfig(t, 0, 2)
-				ch = ddltest.ApplyClusterSchema(t, cfg)
+				ch = ddltest.ApplySchema(t, cfg)
 			}
 			s := cfg.Streams[0]
 			s.DedupWindow = pipeline.Duration{Duration: window}

@@ -7,52 +7,37 @@ import (
 	"testing"
 
 	"customerloop.dev/customerloop/pipeline"
-	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/pipeline/ddl"
+	"customerloop.dev/customerloop/pipeline/internal/stacktest"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 )
 
-// ApplyClusterSchema creates cfg's schema ON CLUSTER and drops the database on every
-// node when the test ends.
-func ApplyClusterSchema(t testing.TB, cfg pipeline.Config) driver.Conn {
+// ApplySchema creates the config's database and tables on the test server (ON CLUSTER
+// for a clustered config); the database is dropped, and the connection closed, when the
+// test ends.
+func ApplySchema(t testing.TB, cfg pipeline.Config) driver.Conn {
 	t.Helper()
-	ctx := context.Background()
-	ch, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = ch.Exec(ctx, "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(cfg.ClickHouse.Database)+cfg.ClickHouse.OnCluster())
-		_ = ch.Close()
-	})
+	ch := stacktest.Database(t, cfg.ClickHouse)
 	stmts, err := ddl.PlanSchema(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ddl.ApplySchema(ctx, ch, stmts); err != nil {
+	if err := ddl.ApplySchema(context.Background(), ch, stmts); err != nil {
 		t.Fatal(err)
 	}
 	return ch
 }
 
-// ApplySchema creates the config's database and tables on the test server; the database
-// is dropped, and the connection closed, when the test ends.
-func ApplySchema(t *testing.T, cfg pipeline.Config) driver.Conn {
+// ApplyFeedback creates the config's tables, as ApplySchema, and the feedback views fc
+// declares over them.
+func ApplyFeedback(t testing.TB, cfg pipeline.Config, fc pipeline.FeedbackConfig) driver.Conn {
 	t.Helper()
-	ctx := context.Background()
-	ch, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
+	ch := ApplySchema(t, cfg)
+	stmts, err := ddl.PlanFeedback(fc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = ch.Exec(ctx, "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(cfg.ClickHouse.Database))
-		_ = ch.Close()
-	})
-	stmts, err := ddl.PlanSchema(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ddl.ApplySchema(ctx, ch, stmts); err != nil {
+	if err := ddl.ApplyFeedback(context.Background(), ch, fc.Database, stmts); err != nil {
 		t.Fatal(err)
 	}
 	return ch

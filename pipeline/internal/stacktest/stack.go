@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 )
@@ -57,4 +60,20 @@ func Produce(t *testing.T, brokers []string, topic string, msgs []kafka.Message)
 
 func UniqueName(prefix string) string {
 	return fmt.Sprintf("%s_%d", prefix, time.Now().UnixNano())
+}
+
+// Database connects to the config's server and, when the test ends, drops the config's
+// database (ON CLUSTER for a clustered config) and closes the connection.
+func Database(t testing.TB, ch pipeline.ClickHouseConfig) driver.Conn {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := connect.OpenClickHouse(ctx, ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(ch.Database)+ch.OnCluster())
+		_ = conn.Close()
+	})
+	return conn
 }
