@@ -200,7 +200,7 @@ func TestClusterIngestsWhileAReplicaIsDown(t *testing.T) {
 // prefer_localhost_replica (on by default) node1 takes shard 1's part itself.
 func crashLeftovers(ctx context.Context, t *testing.T, node1 driver.Conn, db string, s pipeline.StreamConfig, msgs []kafka.Message) {
 	t.Helper()
-	dec := MustDecoder(t, s)
+	dec := mustDecoder(t, s)
 	var rows [][]any
 	for i := range 350 {
 		row, err := dec.Decode(msgs[i].Value, time.Now())

@@ -18,7 +18,7 @@ import (
 	"github.com/valyala/fastjson"
 )
 
-func MustDecoder(t testing.TB, s pipeline.StreamConfig) *Decoder {
+func mustDecoder(t testing.TB, s pipeline.StreamConfig) *Decoder {
 	t.Helper()
 	d, err := NewDecoder(s)
 	if err != nil {
@@ -29,7 +29,7 @@ func MustDecoder(t testing.TB, s pipeline.StreamConfig) *Decoder {
 
 func TestDecodeUsage(t *testing.T) {
 	s := stacktest.SampleConfig().Streams[0]
-	d := MustDecoder(t, s)
+	d := mustDecoder(t, s)
 	msgTime := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	ts := time.Date(2026, 10, 31, 12, 30, 15, 0, time.UTC)
 	base := `"id":"e1","customer":{"id":"c-1"},"product":"api","region":"eu","bytes":42,"trial":true`
@@ -78,7 +78,7 @@ func TestDecodeUsage(t *testing.T) {
 
 func TestDecodePlan(t *testing.T) {
 	s := stacktest.SampleConfig().Streams[1]
-	d := MustDecoder(t, s)
+	d := mustDecoder(t, s)
 	msgTime := time.Date(2026, 11, 5, 8, 0, 0, 0, time.UTC)
 	row, err := d.Decode([]byte(`{"plan_id":"p1","customer":"c-1","product":"api","period":"2027-01-01","quantity":1000}`), msgTime)
 	if err != nil {
@@ -100,8 +100,8 @@ func TestDecodePlan(t *testing.T) {
 }
 
 func TestDecodeRejects(t *testing.T) {
-	usage := MustDecoder(t, stacktest.SampleConfig().Streams[0])
-	plan := MustDecoder(t, stacktest.SampleConfig().Streams[1])
+	usage := mustDecoder(t, stacktest.SampleConfig().Streams[0])
+	plan := mustDecoder(t, stacktest.SampleConfig().Streams[1])
 	okUsage := `"id":"e1","customer":{"id":"c"},"product":"p","ts":1793449815,"region":"eu","bytes":1,"trial":true`
 	okPlan := `"plan_id":"p","customer":"c","product":"p","period":"2027-01-01"`
 	cases := []struct {
@@ -153,8 +153,8 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"plan_id":"p","customer":"c","product":"p","period":"2027-01-01","quantity":1}`))
 	f.Add([]byte("\x00\xff{"))
 	f.Add([]byte(`{"id":"e","customer":{"id":"c"},"customer":{"id":"d"},"contact":{"email":"a@b","email":1,"phone":[]},"age":{}}`))
-	usage := MustDecoder(f, stacktest.SampleConfig().Streams[0])
-	plan := MustDecoder(f, stacktest.SampleConfig().Streams[1])
+	usage := mustDecoder(f, stacktest.SampleConfig().Streams[0])
+	plan := mustDecoder(f, stacktest.SampleConfig().Streams[1])
 	pii := piiDecoder(f, piiConfig().Streams[0])
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		// A dead letter of a stream with PII fields is the placeholder or a JSON object.
@@ -225,7 +225,7 @@ func TestDecodeRefusesNonFinite(t *testing.T) {
 		},
 	}
 	plan := stacktest.SampleConfig().Streams[1]
-	decoders := map[string]*Decoder{"usage": MustDecoder(t, usage), "plans": MustDecoder(t, plan)}
+	decoders := map[string]*Decoder{"usage": mustDecoder(t, usage), "plans": mustDecoder(t, plan)}
 	fields := []struct{ stream, field, base string }{
 		{"usage", "qty", `"id":"e","customer":"c","product":"p","ts":1793449815`},
 		{"usage", "f64", `"id":"e","customer":"c","product":"p","ts":1793449815`},
@@ -328,7 +328,7 @@ func TestParseFloatMatchesStrconv(t *testing.T) {
 // BenchmarkDecodeUsage decodes a typical usage event of about 300 bytes.
 func BenchmarkDecodeUsage(b *testing.B) {
 	s := stacktest.SampleConfig().Streams[0]
-	d := MustDecoder(b, s)
+	d := mustDecoder(b, s)
 	msg := []byte(`{"id":"evt-000000123456","customer":{"id":"customer-0042"},"product":"product-3","ts":1793449815,"qty":17,` +
 		`"region":"eu-west-1","bytes":123456,"trial":false,"seats":12,"note":"` + strings.Repeat("x", 150) + `"}`)
 	b.SetBytes(int64(len(msg)))
@@ -345,7 +345,7 @@ func BenchmarkDecodeUsage(b *testing.B) {
 func TestDecodeCustomerRestriction(t *testing.T) {
 	s := stacktest.SampleConfig().Streams[1]
 	s.Customers = &pipeline.CustomerFilter{Allowed: []string{"acme", "globex"}, Pattern: `cust-[0-9]+`}
-	d := MustDecoder(t, s)
+	d := mustDecoder(t, s)
 	for _, tc := range []struct {
 		customer string
 		ok       bool

@@ -47,7 +47,7 @@ func TestResumeFromLedgerSkipsUnrecordedRows(t *testing.T) {
 	stacktest.Produce(t, cfg.Kafka.Brokers, s.Topic, msgs)
 
 	// The state a crash leaves: rows for 0-349, a ledger entry for 0-299 only.
-	dec := MustDecoder(t, s)
+	dec := mustDecoder(t, s)
 	var rows [][]any
 	for i := range 350 {
 		row, err := dec.Decode(msgs[i].Value, time.Now())

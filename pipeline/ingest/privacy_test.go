@@ -212,7 +212,7 @@ func TestDeadLetterPII(t *testing.T) {
 
 	// Without PII fields the dead letter is the message as it came.
 	plain := stacktest.SampleConfig().Streams[0]
-	dp := MustDecoder(t, plain)
+	dp := mustDecoder(t, plain)
 	m := kafka.Message{Topic: plain.Topic, Key: []byte("k"), Value: []byte(`{"id":`)}
 	dl := deadLetter(&item{stream: &plain, msg: m, err: &pipeline.DecodeError{Reason: pipeline.ReasonInvalidJSON, Err: errors.New("x")}}, dp, 0, time.Now())
 	if string(dl.Value) != `{"id":` || string(dl.Key) != "k" || header(dl, HeaderWithheld) != "" || header(dl, HeaderPII) != "" {
@@ -294,7 +294,7 @@ func TestLimitsShortcutAgreesWithScan(t *testing.T) {
 // are refused by the default limits before fastjson parses them: no recursion, and
 // far less allocated than parsing would take.
 func TestDepthBombRefusedCheaply(t *testing.T) {
-	d := MustDecoder(t, stacktest.SampleConfig().Streams[0])
+	d := mustDecoder(t, stacktest.SampleConfig().Streams[0])
 	bombs := map[string][]byte{
 		"depth":  []byte(strings.Repeat("[", 100_000) + strings.Repeat("]", 100_000)),
 		"fields": []byte("{" + strings.Repeat(`"a":1,`, 200_000) + `"a":1}`),
