@@ -100,6 +100,8 @@ type DigestConfig struct {
 	Publisher string `json:"publisher,omitempty"`
 	// Cluster is the loop's ClickHouse cluster (ClickHouseConfig.Cluster), or "".
 	Cluster string `json:"cluster,omitempty"`
+	// Interval is how often a round is published (see Run).
+	Interval Duration `json:"interval,omitempty"`
 }
 
 // Validate checks the config before anything reaches SQL or Kafka.

@@ -274,7 +274,7 @@ func TestFeedbackOnCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cluster, err := ClusterNodes(ctx, cfg.ClickHouse)
+	cluster, err := ClusterNodes(ctx, ch, cfg.ClickHouse)
 	if err != nil {
 		t.Fatal(err)
 	}
