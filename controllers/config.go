@@ -27,9 +27,10 @@ type missingInputError struct{ msg string }
 
 func (e *missingInputError) Error() string { return e.msg }
 
-// pipelineConfig renders the worker config from the spec, reading credentials from the
-// referenced Secret. The result is what the schema is planned from and what the workers
-// run.
+// pipelineConfig renders the loop's config from the spec, reading credentials from the
+// referenced Secrets. It is the one place the spec is translated: the schema, feedback
+// views, rollups, consent, retention and digests are planned from the result, and the
+// workers run its workerConfig.
 func (r *CustomerLoopReconciler) pipelineConfig(ctx context.Context, loop *loopsv1alpha1.CustomerLoop) (pipeline.Config, error) {
 	spec := loop.Spec
 	cfg := pipeline.Config{
@@ -98,12 +99,16 @@ func (r *CustomerLoopReconciler) pipelineConfig(ctx context.Context, loop *loops
 				Name: d.Name, Field: d.GetField(), Type: string(d.Type), Nullable: d.Nullable, PII: string(d.PII),
 			})
 		}
+		if s.RetentionDays != nil {
+			sc.RetentionDays = int(*s.RetentionDays)
+		}
 		cfg.Streams = append(cfg.Streams, sc)
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, &specError{msg: err.Error()}
 	}
-	cfg.Rollups = rollupConfigs(loop)
+	cfg.Rollups = rollupConfigs(spec.Rollups)
+	cfg.Feedback = feedbackConfig(spec)
 	if l := spec.Limits; l != nil {
 		cfg.Limits = pipeline.Limits{MaxFields: int(l.MaxFields), MaxStringBytes: int(l.MaxStringBytes), MaxDepth: int(l.MaxDepth)}
 	}
@@ -157,7 +162,90 @@ func (r *CustomerLoopReconciler) pipelineConfig(ctx context.Context, loop *loops
 		}
 		cfg.Kafka.SASL = &pipeline.SASLConfig{Mechanism: string(sa.Mechanism), Username: user, Password: pass}
 	}
+	dc, err := digestConfig(spec.Feedback, cfg)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Digests = dc
 	return cfg, nil
+}
+
+// rollupConfigs renders the spec's rollups.
+func rollupConfigs(rollups []loopsv1alpha1.RollupSpec) []pipeline.RollupConfig {
+	var out []pipeline.RollupConfig
+	for _, r := range rollups {
+		rc := pipeline.RollupConfig{
+			Name: r.Name, Stream: r.Stream, Granularity: pipeline.RollupGranularity(r.Granularity),
+			Dimensions: append([]string(nil), r.Dimensions...),
+		}
+		for _, m := range r.Measures {
+			rc.Measures = append(rc.Measures, pipeline.MeasureConfig{
+				Name: m.Name, Function: pipeline.RollupFunction(m.Function), Field: m.Field,
+				Quantiles: append([]string(nil), m.Quantiles...),
+			})
+		}
+		out = append(out, rc)
+	}
+	return out
+}
+
+// feedbackConfig renders what the feedback views of the loop read, or nil without
+// feedback.
+func feedbackConfig(spec loopsv1alpha1.CustomerLoopSpec) *pipeline.FeedbackConfig {
+	f := spec.Feedback
+	if f == nil {
+		return nil
+	}
+	grain := pipeline.Grain(f.Granularity)
+	if grain == "" {
+		grain = pipeline.GrainMonth
+	}
+	return &pipeline.FeedbackConfig{
+		Database:   spec.ClickHouse.Database,
+		Cluster:    spec.ClickHouse.Cluster,
+		UsageTable: f.UsageStream + "_raw",
+		PlanTable:  f.PlanStream + "_raw",
+		Grain:      grain,
+	}
+}
+
+// digestConfig renders the digest publisher's config from the spec and the rest of the
+// loop's config (cfg.Feedback and the Kafka connection), or nil when the loop publishes
+// no digests.
+func digestConfig(f *loopsv1alpha1.FeedbackSpec, cfg pipeline.Config) (*pipeline.DigestConfig, error) {
+	if f == nil || f.Publish == nil || cfg.Feedback == nil {
+		return nil, nil
+	}
+	interval := defaultPublishInterval
+	if f.Publish.Interval != "" {
+		d, err := time.ParseDuration(f.Publish.Interval)
+		if err != nil {
+			return nil, &specError{msg: fmt.Sprintf("spec.feedback.publish.interval: %v", err)}
+		}
+		interval = d
+	}
+	kafka := cfg.Kafka
+	kafka.Group = ""
+	dc := &pipeline.DigestConfig{
+		Loop:      cfg.Loop,
+		Kafka:     kafka,
+		Topic:     f.Publish.Topic,
+		Feedback:  *cfg.Feedback,
+		Publisher: publisherName(),
+		Cluster:   cfg.ClickHouse.Cluster,
+		Interval:  pipeline.Duration{Duration: interval},
+	}
+	if f.Publish.TopCustomers != nil {
+		dc.TopCustomers = int(*f.Publish.TopCustomers)
+	}
+	if p := f.GapThresholdPercent; p != nil {
+		t := float64(*p) / 100
+		dc.Threshold = &t
+	}
+	if err := dc.Validate(); err != nil {
+		return nil, &specError{msg: "spec.feedback.publish: " + err.Error()}
+	}
+	return dc, nil
 }
 
 // tlsConfig reads a CA bundle and a client certificate with its key from the loop's

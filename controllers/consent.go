@@ -9,15 +9,11 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
-	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/pipeline/ddl"
 	"customerloop.dev/customerloop/pipeline/feedback"
 )
-
-// ReasonConsent is the reason of the events recording applied consent messages.
-const ReasonConsent = "Consent"
 
 // reconcileConsent consumes the loop's consent topic into ClickHouse and applies what is
 // new. Workers read the consent state only when they start a generation, so a change
@@ -25,49 +21,54 @@ const ReasonConsent = "Consent"
 // messages read under the old state, the customer's rows are deleted with nothing
 // inserting behind the mutation, and the rollups are rebuilt from what is left. The
 // workers started afterwards read the new state before they ingest. Consent messages
-// arriving together are applied in one stop. It returns false while the workers are
-// still stopping.
-func (r *CustomerLoopReconciler) reconcileConsent(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config, obs *observation) (bool, error) {
+// arriving together are applied in one stop. While the workers are still stopping it
+// stops the reconcile and comes back.
+func (r *CustomerLoopReconciler) reconcileConsent(ctx context.Context, s *reconcileScope) (outcome, error) {
+	loop, cfg := s.loop, s.cfg
 	if cfg.Consent == nil {
-		return true, nil
+		return outcome{}, nil
 	}
-	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
+	// Until consent is applied the workers stay as they are: the streams are read anyway.
+	failed := outcome{observe: true}
+	conn, err := s.clickhouse(ctx)
 	if err != nil {
-		return false, err
+		return failed, err
 	}
-	defer conn.Close()
 	// The rollups rebuilt after a withdrawal are planned for this server.
-	if cfg.ClickHouse.Features, err = pipeline.ReadServerFeatures(ctx, conn); err != nil {
-		return false, err
+	if cfg.ClickHouse.Features, err = s.serverFeatures(ctx); err != nil {
+		return failed, err
 	}
 	if _, err := connect.PullConsent(ctx, conn, cfg); err != nil {
-		return false, fmt.Errorf("consent topic %s: %w", cfg.Consent.Topic, err)
+		return failed, fmt.Errorf("consent topic %s: %w", cfg.Consent.Topic, err)
 	}
 	db := cfg.ClickHouse.Database
 	pending, err := connect.PendingConsent(ctx, conn, db)
-	if err != nil || len(pending) == 0 {
-		return err == nil, err
+	if err != nil {
+		return failed, fmt.Errorf("reading the pending consent messages: %w", err)
+	}
+	if len(pending) == 0 {
+		return outcome{}, nil
 	}
 	// Refused messages change no state: they are audited without stopping anything.
 	if slices.ContainsFunc(pending, func(e pipeline.ConsentEvent) bool { return e.Err == "" }) {
 		key := types.NamespacedName{Namespace: loop.Namespace, Name: loop.Name}
 		waiting, err := r.Runner.Quiesce(ctx, key)
 		if err != nil {
-			return false, fmt.Errorf("stopping the workers to apply consent: %w", err)
+			return failed, fmt.Errorf("stopping the workers to apply consent: %w", err)
 		}
 		if waiting != "" {
-			obs.rollupWait, obs.consentWait, obs.schemaReady = fmt.Sprintf("consent: %d message(s) to apply; workers are stopped until they are, waiting for %s",
+			s.obs.rollupWait, s.obs.consentWait, s.obs.schemaReady = fmt.Sprintf("consent: %d message(s) to apply; workers are stopped until they are, waiting for %s",
 				len(pending), waiting), true, false
-			return false, nil
+			return waitFor(rollupPoll()), nil
 		}
 	}
 	plans, err := ddl.PlanRollups(cfg)
 	if err != nil {
-		return false, err
+		return failed, err
 	}
 	audits, rebuilt, err := feedback.ApplyConsent(ctx, conn, cfg, plans, pending)
 	if err != nil {
-		return false, fmt.Errorf("applying consent: %w", err)
+		return failed, fmt.Errorf("applying consent: %w", err)
 	}
 	for _, a := range audits {
 		e := a.Event
@@ -88,5 +89,5 @@ func (r *CustomerLoopReconciler) reconcileConsent(ctx context.Context, loop *loo
 	if len(rebuilt) > 0 {
 		log.FromContext(ctx).Info("rollups rebuilt after a consent withdrawal", "rollups", rebuilt)
 	}
-	return true, nil
+	return outcome{}, nil
 }

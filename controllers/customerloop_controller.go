@@ -69,138 +69,89 @@ func (r *CustomerLoopReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if !loop.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, r.finalize(ctx, loop)
 	}
-	if controllerutil.AddFinalizer(loop, loopsv1alpha1.Finalizer) {
-		if err := r.Update(ctx, loop); err != nil {
+	if !controllerutil.ContainsFinalizer(loop, loopsv1alpha1.Finalizer) {
+		patch := client.MergeFromWithOptions(loop.DeepCopy(), client.MergeFromWithOptimisticLock{})
+		controllerutil.AddFinalizer(loop, loopsv1alpha1.Finalizer)
+		if err := r.Patch(ctx, loop, patch); err != nil {
 			return ctrl.Result{}, err
 		}
 	}
 
-	obs := &observation{}
+	s := &reconcileScope{loop: loop, obs: &observation{}, requeue: r.jittered()}
+	defer s.close()
 	before := loop.DeepCopy()
 	defer func() {
-		retErr = errors.Join(retErr, r.patchStatus(ctx, before, loop, obs))
+		retErr = errors.Join(retErr, r.patchStatus(ctx, before, loop, s.obs))
 	}()
-
-	cfg, err := r.pipelineConfig(ctx, loop)
-	if err != nil {
-		obs.configErr = err
-		return r.resultFor(err)
-	}
-	if err := r.reconcileSchema(ctx, loop, cfg, obs); err != nil {
-		return r.resultFor(err)
-	}
-	if err := r.reconcileFeedback(ctx, loop, cfg, obs); err != nil {
-		return r.resultFor(err)
-	}
-	built, err := r.reconcileRollups(ctx, loop, cfg, obs)
-	if err != nil {
-		return r.resultFor(err)
-	}
-	if !built { // the workers are still stopping; they stay stopped until the rollups are built
-		r.observeStreams(ctx, cfg, obs)
-		return ctrl.Result{RequeueAfter: rollupPoll()}, nil
-	}
-	if applied, err := r.reconcileConsent(ctx, loop, cfg, obs); err != nil || !applied {
-		r.observeStreams(ctx, cfg, obs)
-		if err != nil {
-			return r.resultFor(err)
-		}
-		return ctrl.Result{RequeueAfter: rollupPoll()}, nil
-	}
-	if err := r.reconcileWorkers(ctx, loop, cfg, obs); err != nil {
-		return ctrl.Result{}, err
-	}
-	if err := r.reconcileRetention(ctx, loop, cfg); err != nil {
-		return r.resultFor(err)
-	}
-	r.observeStreams(ctx, cfg, obs)
-	requeue := r.jittered()
-	next, err := r.reconcileDigests(ctx, loop, cfg, obs)
-	if err != nil {
-		return r.resultFor(err)
-	}
-	if next > 0 && next < requeue {
-		requeue = next
-	}
-	return ctrl.Result{RequeueAfter: requeue}, nil
+	return r.runPhases(ctx, s)
 }
 
 // reconcileSchema creates the loop's database, ledger and raw tables, and adds the
 // columns new dimensions need. A change the tables cannot follow stalls the loop; the
 // workers keep running the config they have.
-func (r *CustomerLoopReconciler) reconcileSchema(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config, obs *observation) error {
-	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
+func (r *CustomerLoopReconciler) reconcileSchema(ctx context.Context, s *reconcileScope) (outcome, error) {
+	conn, err := s.clickhouse(ctx)
 	if err != nil {
-		obs.schemaErr = err
-		return err
+		return outcome{}, err
 	}
-	defer conn.Close()
-	if err := connect.CheckCluster(ctx, conn, cfg.ClickHouse); err != nil {
-		obs.schemaErr = err
-		return err
+	if err := connect.CheckCluster(ctx, conn, s.cfg.ClickHouse); err != nil {
+		return outcome{}, err
 	}
-	stmts, err := ddl.Migrate(ctx, conn, cfg)
-	if err = r.ddlPending(ctx, loop, err); err != nil {
-		obs.schemaErr = err
-		return err
+	stmts, err := ddl.Migrate(ctx, conn, s.cfg)
+	if err = r.ddlPending(ctx, s.loop, err); err != nil {
+		return outcome{}, err
 	}
-	for _, s := range stmts {
-		if strings.HasPrefix(s.SQL, "ALTER") {
-			log.FromContext(ctx).Info("schema evolved", "object", s.Object)
+	for _, st := range stmts {
+		if strings.HasPrefix(st.SQL, "ALTER") {
+			log.FromContext(ctx).Info("schema evolved", "object", st.Object)
 			continue
 		}
-		obs.objects = append(obs.objects, s.Object)
+		s.obs.objects = append(s.obs.objects, st.Object)
 	}
-	obs.schemaReady = true
-	return nil
+	s.obs.schemaReady = true
+	return outcome{}, nil
 }
 
 // reconcileFeedback creates the plan-against-actual views of a loop with feedback.
-func (r *CustomerLoopReconciler) reconcileFeedback(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config, obs *observation) error {
-	fc := feedbackConfig(loop)
-	if fc == nil {
-		return nil
+func (r *CustomerLoopReconciler) reconcileFeedback(ctx context.Context, s *reconcileScope) (outcome, error) {
+	if s.cfg.Feedback == nil {
+		return outcome{}, nil
 	}
-	if _, err := ddl.PlanFeedback(*fc); err != nil {
-		obs.schemaErr, obs.schemaReady = &specError{msg: err.Error()}, false
-		return obs.schemaErr
+	fc := *s.cfg.Feedback
+	if _, err := ddl.PlanFeedback(fc); err != nil {
+		return outcome{}, &specError{msg: err.Error()}
 	}
-	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
+	conn, err := s.clickhouse(ctx)
 	if err != nil {
-		obs.schemaErr, obs.schemaReady = err, false
-		return err
+		return outcome{}, err
 	}
-	defer conn.Close()
 	// Modern servers need the views' joined subqueries named; 18.16's views stay as they were.
-	if fc.Features, err = pipeline.ReadServerFeatures(ctx, conn); err != nil {
-		obs.schemaErr, obs.schemaReady = err, false
-		return err
+	if fc.Features, err = s.serverFeatures(ctx); err != nil {
+		return outcome{}, err
 	}
-	stmts, err := ddl.PlanFeedback(*fc)
+	stmts, err := ddl.PlanFeedback(fc)
 	if err != nil {
-		obs.schemaErr, obs.schemaReady = &specError{msg: err.Error()}, false
-		return obs.schemaErr
+		return outcome{}, &specError{msg: err.Error()}
 	}
 	if fc.Cluster == "" {
 		err = ddl.ApplyFeedback(ctx, conn, fc.Database, stmts)
 	} else {
 		// Each node's views are checked: a Distributed read reaches one replica per shard.
 		var nodes []driver.Conn
-		if nodes, err = connect.ClusterNodes(ctx, cfg.ClickHouse); err == nil {
+		if nodes, err = connect.ClusterNodes(ctx, conn, s.cfg.ClickHouse); err == nil {
 			err = ddl.ApplyFeedbackNodes(ctx, conn, nodes, fc.Database, stmts)
 			for _, n := range nodes {
 				_ = n.Close()
 			}
 		}
 	}
-	if err = r.ddlPending(ctx, loop, err); err != nil {
-		obs.schemaErr, obs.schemaReady = err, false
-		return err
+	if err = r.ddlPending(ctx, s.loop, err); err != nil {
+		return outcome{}, err
 	}
-	for _, s := range stmts {
-		obs.objects = append(obs.objects, s.Object)
+	for _, st := range stmts {
+		s.obs.objects = append(s.obs.objects, st.Object)
 	}
-	return nil
+	return outcome{}, nil
 }
 
 // ddlPending passes err on, except when ON CLUSTER statements ran on every host that
@@ -212,69 +163,61 @@ func (r *CustomerLoopReconciler) ddlPending(ctx context.Context, loop *loopsv1al
 		return err
 	}
 	log.FromContext(ctx).Info("schema applied on the hosts that answered; the others run it from the DDL queue", "pending", err.Error())
-	r.event(loop, "Warning", "DDLPending", "Schema", "%v", err)
+	r.event(loop, "Warning", ReasonDDLPending, "Schema", "%v", err)
 	return nil
-}
-
-// feedbackConfig returns what the feedback views of the loop read, or nil without
-// feedback.
-func feedbackConfig(loop *loopsv1alpha1.CustomerLoop) *pipeline.FeedbackConfig {
-	f := loop.Spec.Feedback
-	if f == nil {
-		return nil
-	}
-	grain := pipeline.Grain(f.Granularity)
-	if grain == "" {
-		grain = pipeline.GrainMonth
-	}
-	return &pipeline.FeedbackConfig{
-		Database:   loop.Spec.ClickHouse.Database,
-		Cluster:    loop.Spec.ClickHouse.Cluster,
-		UsageTable: f.UsageStream + "_raw",
-		PlanTable:  f.PlanStream + "_raw",
-		Grain:      grain,
-	}
 }
 
 // reconcileWorkers runs the loop's workers, as many as it asks for: none when paused.
-func (r *CustomerLoopReconciler) reconcileWorkers(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config, obs *observation) error {
-	obs.paused, obs.scaledToZero = loop.Spec.Paused, loop.GetReplicas() == 0
-	// Workers do not use rollups: a rollup change alone must not restart them.
-	cfg.Rollups = nil
-	st, err := r.Runner.Ensure(ctx, loop, cfg)
+func (r *CustomerLoopReconciler) reconcileWorkers(ctx context.Context, s *reconcileScope) (outcome, error) {
+	s.obs.paused, s.obs.scaledToZero = s.loop.Spec.Paused, s.loop.GetReplicas() == 0
+	st, err := r.Runner.Ensure(ctx, s.loop, workerConfig(s.cfg))
 	if err != nil {
-		obs.workers = WorkerState{Message: err.Error()}
-		return err
+		s.obs.workers = WorkerState{Message: err.Error()}
+		return outcome{}, err
 	}
-	obs.workers = st
-	return nil
+	s.obs.workers = st
+	return outcome{}, nil
+}
+
+// workerConfig is the part of the loop's config the workers run. Rollups, feedback,
+// digests and retention are the controller's: a change of one of them alone must not
+// restart the workers.
+func workerConfig(cfg pipeline.Config) pipeline.Config {
+	cfg.Rollups, cfg.Feedback, cfg.Digests = nil, nil, nil
+	streams := make([]pipeline.StreamConfig, len(cfg.Streams))
+	for i, sc := range cfg.Streams {
+		sc.RetentionDays = 0
+		streams[i] = sc
+	}
+	cfg.Streams = streams
+	return cfg
 }
 
 // observeStreams reads each stream's ingestion from the systems of record: its raw table
 // and the ledger in ClickHouse, and its topic's end offsets in Kafka for the lag.
-func (r *CustomerLoopReconciler) observeStreams(ctx context.Context, cfg pipeline.Config, obs *observation) {
-	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
+func (r *CustomerLoopReconciler) observeStreams(ctx context.Context, s *reconcileScope) (outcome, error) {
+	obs := s.obs
+	conn, err := s.clickhouse(ctx)
 	if err != nil {
 		obs.statsErr = err
-		return
+		return outcome{}, nil
 	}
-	defer conn.Close()
-	kc, kerr := connect.KafkaClient(cfg.Kafka)
-	db := cfg.ClickHouse.Database
-	for _, s := range cfg.Streams {
-		so := streamObservation{stream: s}
-		if so.stats, err = ingest.StreamStats(ctx, conn, db, s); err != nil {
+	kc, kerr := connect.KafkaClient(s.cfg.Kafka)
+	db := s.cfg.ClickHouse.Database
+	for _, sc := range s.cfg.Streams {
+		so := streamObservation{stream: sc}
+		if so.stats, err = ingest.StreamStats(ctx, conn, db, sc); err != nil {
 			obs.statsErr = err
-			return
+			return outcome{}, nil
 		}
-		if so.ledger, err = ingest.ReadLedgerTotals(ctx, conn, db, s.Topic); err != nil {
+		if so.ledger, err = ingest.ReadLedgerTotals(ctx, conn, db, sc.Topic); err != nil {
 			obs.statsErr = err
-			return
+			return outcome{}, nil
 		}
 		// Lag needs Kafka; without it the rest of the status is still true.
 		if kerr == nil {
 			var offsets map[int]connect.OffsetRange
-			if offsets, kerr = connect.TopicOffsets(ctx, kc, s.Topic); kerr == nil {
+			if offsets, kerr = connect.TopicOffsets(ctx, kc, sc.Topic); kerr == nil {
 				so.lag, so.lagKnown = connect.Lag(offsets, so.ledger.Next), true
 			}
 		}
@@ -284,6 +227,7 @@ func (r *CustomerLoopReconciler) observeStreams(ctx context.Context, cfg pipelin
 		obs.kafkaErr = kerr
 		log.FromContext(ctx).Info("consumer lag unknown", "error", kerr.Error())
 	}
+	return outcome{}, nil
 }
 
 // finalize stops the loop's workers, then honours its deletion policy: Retain keeps the
@@ -304,13 +248,14 @@ func (r *CustomerLoopReconciler) finalize(ctx context.Context, loop *loopsv1alph
 	}
 	if loop.GetDeletionPolicy() == loopsv1alpha1.DeletionDelete {
 		if err := r.dropTables(ctx, loop); err != nil {
-			r.event(loop, "Warning", "DeleteFailed", "Delete", "dropping the loop's tables (deletionPolicy Delete): %v; retrying", err)
+			r.event(loop, "Warning", ReasonDeleteFailed, "Delete", "dropping the loop's tables (deletionPolicy Delete): %v; retrying", err)
 			return err
 		}
 	}
 	log.FromContext(ctx).Info("workers stopped; releasing the loop", "deletionPolicy", loop.GetDeletionPolicy())
+	patch := client.MergeFromWithOptions(loop.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	controllerutil.RemoveFinalizer(loop, loopsv1alpha1.Finalizer)
-	return r.Update(ctx, loop)
+	return r.Patch(ctx, loop, patch)
 }
 
 // dropTables drops the loop's rollups, feedback views, ledger and raw tables.

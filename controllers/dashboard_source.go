@@ -48,14 +48,14 @@ func (s DashboardSource) Open(ctx context.Context, ref dashboard.LoopRef) (dashb
 		}
 		return dashboard.Loop{}, err
 	}
-	fc := feedbackConfig(loop)
-	if fc == nil {
+	if loop.Spec.Feedback == nil {
 		return dashboard.Loop{}, fmt.Errorf("%s has no spec.feedback: %w", ref, dashboard.ErrNotFound)
 	}
 	cfg, err := LoopConfig(ctx, s.Client, loop)
 	if err != nil {
 		return dashboard.Loop{}, err
 	}
+	fc := cfg.Feedback
 	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
 	if err != nil {
 		return dashboard.Loop{}, err

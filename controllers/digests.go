@@ -5,7 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"sync"
@@ -20,12 +20,6 @@ import (
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/pipeline/feedback"
-)
-
-// Event reasons of the digest publisher.
-const (
-	ReasonGapThresholdExceeded = "GapThresholdExceeded"
-	ReasonDigestPublishFailed  = "DigestPublishFailed"
 )
 
 const defaultPublishInterval = 5 * time.Minute
@@ -74,44 +68,6 @@ func (d *digestPublishers) stop(key types.NamespacedName) {
 	}
 }
 
-// digestConfig builds the publisher's config from the spec, or returns nil when the loop
-// publishes no digests.
-func digestConfig(loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config) (*feedback.DigestConfig, time.Duration, error) {
-	f := loop.Spec.Feedback
-	if f == nil || f.Publish == nil {
-		return nil, 0, nil
-	}
-	interval := defaultPublishInterval
-	if f.Publish.Interval != "" {
-		d, err := time.ParseDuration(f.Publish.Interval)
-		if err != nil {
-			return nil, 0, &specError{msg: fmt.Sprintf("spec.feedback.publish.interval: %v", err)}
-		}
-		interval = d
-	}
-	kafka := cfg.Kafka
-	kafka.Group = ""
-	dc := &feedback.DigestConfig{
-		Loop:      cfg.Loop,
-		Kafka:     kafka,
-		Topic:     f.Publish.Topic,
-		Feedback:  *feedbackConfig(loop),
-		Publisher: publisherName(),
-		Cluster:   cfg.ClickHouse.Cluster,
-	}
-	if f.Publish.TopCustomers != nil {
-		dc.TopCustomers = int(*f.Publish.TopCustomers)
-	}
-	if p := f.GapThresholdPercent; p != nil {
-		t := float64(*p) / 100
-		dc.Threshold = &t
-	}
-	if err := dc.Validate(); err != nil {
-		return nil, 0, &specError{msg: "spec.feedback.publish: " + err.Error()}
-	}
-	return dc, interval, nil
-}
-
 // publisherName identifies this manager replica in the digest table.
 func publisherName() string {
 	if n := os.Getenv("POD_NAME"); n != "" {
@@ -121,8 +77,12 @@ func publisherName() string {
 	return n
 }
 
-func digestHash(dc *feedback.DigestConfig, cfg pipeline.Config) string {
-	b, _ := json.Marshal(dc)
+// digestHash identifies a publisher's config, credentials included. The interval is left
+// out: a new one applies from the next round, without a new publisher.
+func digestHash(dc *pipeline.DigestConfig, cfg pipeline.Config) string {
+	c := *dc
+	c.Interval = pipeline.Duration{}
+	b, _ := json.Marshal(c)
 	h := sha256.New()
 	h.Write(b)
 	h.Write([]byte(configHash(pipeline.Config{ClickHouse: cfg.ClickHouse, Kafka: cfg.Kafka})))
@@ -131,15 +91,17 @@ func digestHash(dc *feedback.DigestConfig, cfg pipeline.Config) string {
 
 // reconcileDigests runs a publication round of the loop's digests when one is due, raises
 // a Warning event for every flagged product and period it publishes, and reports the
-// figures in status. It returns when the next round is due (0: never). A failed round
+// figures in status. The loop is looked at again when the next round is due. A failed round
 // does not stop ingestion: it is reported, and retried at the next interval.
-func (r *CustomerLoopReconciler) reconcileDigests(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config, obs *observation) (time.Duration, error) {
+func (r *CustomerLoopReconciler) reconcileDigests(ctx context.Context, s *reconcileScope) (outcome, error) {
+	loop, cfg := s.loop, s.cfg
 	key := types.NamespacedName{Namespace: loop.Namespace, Name: loop.Name}
-	dc, interval, err := digestConfig(loop, cfg)
-	if err != nil || dc == nil {
+	dc := cfg.Digests
+	if dc == nil {
 		r.digests.stop(key)
-		return 0, err
+		return outcome{}, nil
 	}
+	interval := dc.Interval.Duration
 	hash := digestHash(dc, cfg)
 	e := r.digests.get(key)
 	if e != nil && e.hash != hash {
@@ -147,14 +109,15 @@ func (r *CustomerLoopReconciler) reconcileDigests(ctx context.Context, loop *loo
 		e = nil
 	}
 	if e == nil {
+		// The publisher outlives the reconcile: it has a connection of its own.
 		conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
 		if err != nil {
-			return 0, err
+			return outcome{}, err
 		}
 		pub, err := feedback.NewPublisher(*dc, conn, log.FromContext(ctx).WithName("digests"))
 		if err != nil {
 			_ = conn.Close()
-			return 0, &specError{msg: err.Error()}
+			return outcome{}, &specError{msg: err.Error()}
 		}
 		e = &digestEntry{hash: hash, conn: conn, pub: pub}
 		if before := loop.Status.Feedback; before != nil {
@@ -178,14 +141,17 @@ func (r *CustomerLoopReconciler) reconcileDigests(ctx context.Context, loop *loo
 			for _, f := range res.Flagged {
 				r.event(loop, "Warning", ReasonGapThresholdExceeded, "Publish",
 					"Product %s, period %s: actual differs from plan by %+.1f%%, beyond %d%% (digest version %d)",
-					f.Product, f.Period.Format(time.DateOnly), 100*f.GapRatio, *loop.Spec.Feedback.GapThresholdPercent, f.Version)
+					f.Product, f.Period.Format(time.DateOnly), 100*f.GapRatio, int(math.Round(100**dc.Threshold)), f.Version)
 			}
 		}
 	}
-	obs.objects = append(obs.objects, cfg.ClickHouse.Database+"."+pipeline.DigestTable)
+	s.obs.objects = append(s.obs.objects, cfg.ClickHouse.Database+"."+pipeline.DigestTable)
 	st := e.status
-	obs.feedback = &st
-	return time.Until(e.next), nil
+	s.obs.feedback = &st
+	if next := time.Until(e.next); next > 0 && next < s.requeue {
+		s.requeue = next
+	}
+	return outcome{}, nil
 }
 
 func feedbackStatus(res feedback.PublishResult, published int64) loopsv1alpha1.FeedbackStatus {

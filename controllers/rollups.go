@@ -11,59 +11,33 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
-	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
-	"customerloop.dev/customerloop/pipeline"
-	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/pipeline/ddl"
 )
-
-// rollupConfigs renders the spec's rollups for the pipeline.
-func rollupConfigs(loop *loopsv1alpha1.CustomerLoop) []pipeline.RollupConfig {
-	var out []pipeline.RollupConfig
-	for _, r := range loop.Spec.Rollups {
-		rc := pipeline.RollupConfig{
-			Name: r.Name, Stream: r.Stream, Granularity: pipeline.RollupGranularity(r.Granularity),
-			Dimensions: append([]string(nil), r.Dimensions...),
-		}
-		for _, m := range r.Measures {
-			rc.Measures = append(rc.Measures, pipeline.MeasureConfig{
-				Name: m.Name, Function: pipeline.RollupFunction(m.Function), Field: m.Field,
-				Quantiles: append([]string(nil), m.Quantiles...),
-			})
-		}
-		out = append(out, rc)
-	}
-	return out
-}
 
 // reconcileRollups brings the loop's rollups to the spec. Rollups already in place cost
 // one read of system.tables. A new or changed rollup is built while the loop's workers
 // are stopped, because its totals are exact only if no insert into the raw table
 // overlaps the creation of its materialized view and its backfill (ClickHouse 18.16 has
 // no transactions, and a materialized view sees only inserts that begin after it
-// exists). It returns false while the workers are still stopping: the caller leaves
+// exists). While the workers are still stopping it stops the reconcile, which leaves
 // them stopped and comes back.
-func (r *CustomerLoopReconciler) reconcileRollups(ctx context.Context, loop *loopsv1alpha1.CustomerLoop, cfg pipeline.Config, obs *observation) (bool, error) {
+func (r *CustomerLoopReconciler) reconcileRollups(ctx context.Context, s *reconcileScope) (outcome, error) {
+	loop, cfg := s.loop, s.cfg
 	// A definition that does not fit its stream is reported whether or not ClickHouse
 	// answers; what is built is planned for the server's features.
 	if _, err := ddl.PlanRollups(cfg); err != nil {
-		obs.schemaErr, obs.schemaReady = err, false
-		return false, err
+		return outcome{}, err
 	}
-	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
+	conn, err := s.clickhouse(ctx)
 	if err != nil {
-		obs.schemaErr, obs.schemaReady = err, false
-		return false, err
+		return outcome{}, err
 	}
-	defer conn.Close()
-	if cfg.ClickHouse.Features, err = pipeline.ReadServerFeatures(ctx, conn); err != nil {
-		obs.schemaErr, obs.schemaReady = err, false
-		return false, err
+	if cfg.ClickHouse.Features, err = s.serverFeatures(ctx); err != nil {
+		return outcome{}, err
 	}
 	plans, err := ddl.PlanRollups(cfg)
 	if err != nil {
-		obs.schemaErr, obs.schemaReady = err, false
-		return false, err
+		return outcome{}, err
 	}
 	key := types.NamespacedName{Namespace: loop.Namespace, Name: loop.Name}
 	var waiting string
@@ -86,17 +60,17 @@ func (r *CustomerLoopReconciler) reconcileRollups(ctx context.Context, loop *loo
 		r.event(loop, "Normal", ReasonRollupBackfill, "Backfill", "rollup %s built from the raw table with the workers stopped; its read view switched", name)
 	}
 	if err != nil {
-		obs.schemaErr, obs.schemaReady = err, false
-		return false, err
+		return outcome{}, err
 	}
 	if !done {
-		obs.rollupWait, obs.schemaReady = waiting, false
-		return false, nil
+		// The workers are still stopping; they stay stopped until the rollups are built.
+		s.obs.rollupWait, s.obs.schemaReady = waiting, false
+		return waitFor(rollupPoll()), nil
 	}
 	for _, p := range plans {
-		obs.objects = append(obs.objects, p.Objects()...)
+		s.obs.objects = append(s.obs.objects, p.Objects()...)
 	}
-	return true, nil
+	return outcome{}, nil
 }
 
 // dropRollupLeftovers drops every rollup object the loop's database holds, such as a

@@ -20,7 +20,6 @@ import (
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
-	"customerloop.dev/customerloop/pipeline/ddl"
 	"customerloop.dev/customerloop/test/testkit"
 )
 
@@ -296,36 +295,4 @@ func TestRollupWaitsForWorkerPods(t *testing.T) {
 		return n == 3 && err == nil && condition(l, "SchemaReady") == "True/SchemaApplied",
 			fmt.Sprintf("%d rollup objects, Deployment: %v, SchemaReady=%s", n, err, condition(l, "SchemaReady"))
 	})
-}
-
-// TestRollupConditions: waiting for workers to stop is progress (Reconciling), a rollup
-// that does not fit its stream is a stall.
-func TestRollupConditions(t *testing.T) {
-	for name, tc := range map[string]struct {
-		obs  observation
-		want map[string]string
-	}{
-		"waiting for worker pods": {
-			observation{rollupWait: "rollup daily: waiting for 1 worker pod(s) to stop: w-1"},
-			map[string]string{"Ready": "False/RollupBackfill", "Reconciling": "True/RollupBackfill", "Stalled": "False/Succeeded",
-				"SchemaReady": "False/RollupBackfill", "WorkersReady": "False/RollupBackfill"},
-		},
-		"a rollup that does not fit": {
-			observation{schemaErr: &ddl.RollupError{Rollup: "daily", Msg: `measure "used": ...`}},
-			map[string]string{"Ready": "False/InvalidRollup", "Reconciling": "False/InvalidRollup", "Stalled": "True/InvalidRollup",
-				"SchemaReady": "False/InvalidRollup"},
-		},
-	} {
-		t.Run(name, func(t *testing.T) {
-			got := computeConditions(&tc.obs)
-			for typ, want := range tc.want {
-				if c := got[typ]; fmt.Sprintf("%s/%s", c.status, c.reason) != want {
-					t.Errorf("%s = %s/%s, want %s", typ, c.status, c.reason, want)
-				}
-			}
-			if !strings.Contains(got["Ready"].message, "daily") {
-				t.Errorf("Ready's message %q does not name the rollup", got["Ready"].message)
-			}
-		})
-	}
 }

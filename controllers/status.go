@@ -19,8 +19,10 @@ import (
 // observation is what one reconcile found; status and conditions are computed from it in
 // one place.
 type observation struct {
-	configErr   error
-	schemaErr   error
+	// failed is the phase that failed, with its error; nil when none did.
+	failed *phaseFailure
+	// reconciled: every phase ran, so the loop's generation is reconciled.
+	reconciled  bool
 	schemaReady bool
 	objects     []string
 	paused      bool
@@ -49,25 +51,64 @@ type streamObservation struct {
 	lagKnown bool
 }
 
-// Condition reasons.
-const (
-	ReasonSucceeded          = "Succeeded"
-	ReasonProgressing        = "Progressing"
-	ReasonInvalidSpec        = "InvalidSpec"
-	ReasonMissingInput       = "MissingInput"
-	ReasonClickHouseError    = "ClickHouseError"
-	ReasonSchemaApplied      = "SchemaApplied"
-	ReasonWorkersRunning     = "WorkersRunning"
-	ReasonWorkersFailing     = "WorkersFailing"
-	ReasonPaused             = "Paused"
-	ReasonUnsafeSchemaChange = "UnsafeSchemaChange"
-	ReasonScaledToZero       = "ScaledToZero"
-	ReasonNotReached         = "NotReached"
-	ReasonInvalidRollup      = "InvalidRollup"
-	ReasonRollupBackfill     = "RollupBackfill"
-	ReasonClusterNotReady    = "ClusterNotReady"
-	ReasonKafkaUnavailable   = "KafkaUnavailable"
-)
+// phaseFailure is a phase that failed, and its error.
+type phaseFailure struct {
+	phase phaseName
+	err   error
+}
+
+// phaseConditions say which condition, besides Ready, a failure of the phase sets False:
+// the config and the ClickHouse objects are the schema's; consent is applied before the
+// workers (re)start. Retention and digests fail with Ready only.
+var phaseConditions = map[phaseName]string{
+	phaseConfig:   loopsv1alpha1.ConditionSchemaReady,
+	phaseSchema:   loopsv1alpha1.ConditionSchemaReady,
+	phaseFeedback: loopsv1alpha1.ConditionSchemaReady,
+	phaseRollups:  loopsv1alpha1.ConditionSchemaReady,
+	phaseConsent:  loopsv1alpha1.ConditionWorkersReady,
+	phaseWorkers:  loopsv1alpha1.ConditionWorkersReady,
+}
+
+// condition is the condition of a failed phase: its reason is the kind of the error when
+// that says more than the phase (InvalidSpec, MissingInput, ...), else the phase's
+// (phaseReasons); its message is the error's. A spec that retrying cannot fix stalls.
+func (f *phaseFailure) condition() (c cond, stalls bool) {
+	var se *specError
+	var me *missingInputError
+	var ue *ddl.UnsafeChangeError
+	var re *ddl.RollupError
+	var ce *connect.ClusterError
+	switch {
+	case errors.As(f.err, &ue):
+		return cond{metav1.ConditionFalse, ReasonUnsafeSchemaChange, ue.Error()}, true
+	case errors.As(f.err, &re):
+		return cond{metav1.ConditionFalse, ReasonInvalidRollup, re.Error()}, true
+	case errors.As(f.err, &se):
+		return cond{metav1.ConditionFalse, ReasonInvalidSpec, se.msg}, true
+	case errors.As(f.err, &me):
+		return cond{metav1.ConditionFalse, ReasonMissingInput, me.msg}, false
+	case errors.As(f.err, &ce):
+		return cond{metav1.ConditionFalse, ReasonClusterNotReady, ce.Error()}, false
+	}
+	reason := phaseReasons[f.phase]
+	if reason == "" {
+		reason = ReasonProgressing
+	}
+	return cond{metav1.ConditionFalse, reason, f.err.Error()}, false
+}
+
+// failedCondition is the condition type a failure set False besides Ready, or "".
+func (o *observation) failedCondition() string {
+	if o.failed == nil {
+		return ""
+	}
+	return phaseConditions[o.failed.phase]
+}
+
+// schemaInPlace: the schema phases went through and no rollup or consent waits.
+func (o *observation) schemaInPlace() bool {
+	return o.schemaReady && o.failedCondition() != loopsv1alpha1.ConditionSchemaReady
+}
 
 type cond struct {
 	status          metav1.ConditionStatus
@@ -77,37 +118,24 @@ type cond struct {
 // computeConditions derives every condition from the observation.
 func computeConditions(obs *observation) map[string]cond {
 	c := map[string]cond{}
-	var se *specError
-	var me *missingInputError
-	var ue *ddl.UnsafeChangeError
-	var re *ddl.RollupError
-	var ce *connect.ClusterError
 	stalled := cond{metav1.ConditionFalse, ReasonSucceeded, ""}
+	var failed *cond
+	if obs.failed != nil {
+		fc, stalls := obs.failed.condition()
+		failed = &fc
+		if stalls {
+			stalled = cond{metav1.ConditionTrue, fc.reason, fc.message}
+		}
+	}
+	failedType := obs.failedCondition()
+	schemaReady := obs.schemaInPlace()
 
 	switch {
-	case obs.configErr != nil && errors.As(obs.configErr, &se):
-		stalled = cond{metav1.ConditionTrue, ReasonInvalidSpec, se.msg}
-		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonInvalidSpec, se.msg}
-	case obs.configErr != nil && errors.As(obs.configErr, &me):
-		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonMissingInput, me.msg}
-	case obs.configErr != nil:
-		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonProgressing, obs.configErr.Error()}
-	case obs.schemaErr != nil && errors.As(obs.schemaErr, &ue):
-		stalled = cond{metav1.ConditionTrue, ReasonUnsafeSchemaChange, ue.Error()}
-		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonUnsafeSchemaChange, ue.Error()}
-	case obs.schemaErr != nil && errors.As(obs.schemaErr, &re):
-		stalled = cond{metav1.ConditionTrue, ReasonInvalidRollup, re.Error()}
-		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonInvalidRollup, re.Error()}
-	case obs.schemaErr != nil && errors.As(obs.schemaErr, &se):
-		stalled = cond{metav1.ConditionTrue, ReasonInvalidSpec, se.msg}
-		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonInvalidSpec, se.msg}
-	case obs.schemaErr != nil && errors.As(obs.schemaErr, &ce):
-		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonClusterNotReady, ce.Error()}
-	case obs.schemaErr != nil:
-		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, ReasonClickHouseError, obs.schemaErr.Error()}
+	case failedType == loopsv1alpha1.ConditionSchemaReady:
+		c[loopsv1alpha1.ConditionSchemaReady] = *failed
 	case obs.rollupWait != "":
 		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionFalse, obs.waitReason(), obs.rollupWait}
-	case obs.schemaReady:
+	case schemaReady:
 		c[loopsv1alpha1.ConditionSchemaReady] = cond{metav1.ConditionTrue, ReasonSchemaApplied,
 			fmt.Sprintf("%d ClickHouse objects in place", len(obs.objects))}
 	}
@@ -115,8 +143,10 @@ func computeConditions(obs *observation) map[string]cond {
 	switch {
 	case obs.rollupWait != "":
 		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionFalse, obs.waitReason(), "workers are stopped for a rollup backfill or to apply consent"}
-	case !obs.schemaReady:
+	case !schemaReady:
 		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionFalse, ReasonNotReached, "waiting for the schema"}
+	case failedType == loopsv1alpha1.ConditionWorkersReady:
+		c[loopsv1alpha1.ConditionWorkersReady] = *failed
 	case obs.paused:
 		c[loopsv1alpha1.ConditionWorkersReady] = cond{metav1.ConditionFalse, ReasonPaused, "spec.paused is true: no workers run"}
 	case obs.scaledToZero:
@@ -136,6 +166,10 @@ func computeConditions(obs *observation) map[string]cond {
 	case stalled.status == metav1.ConditionTrue:
 		c[loopsv1alpha1.ConditionReady] = cond{metav1.ConditionFalse, stalled.reason, stalled.message}
 		c[loopsv1alpha1.ConditionReconciling] = cond{metav1.ConditionFalse, stalled.reason, ""}
+	case failed != nil:
+		// The failed phase is retried: Ready says which one failed and how.
+		c[loopsv1alpha1.ConditionReady] = *failed
+		c[loopsv1alpha1.ConditionReconciling] = cond{metav1.ConditionTrue, ReasonProgressing, failed.message}
 	case schema.status == metav1.ConditionTrue && (obs.paused || obs.scaledToZero):
 		// A paused loop is as its spec asks: Ready, so GitOps tools do not wait on it.
 		c[loopsv1alpha1.ConditionReady] = cond{metav1.ConditionTrue, workers.reason, "schema in place; " + workers.message}
@@ -161,18 +195,30 @@ func computeConditions(obs *observation) map[string]cond {
 
 // patchStatus writes the status computed from the observation in one merge patch, and
 // records an event when Ready changes.
+//
+// Generations are recorded as kstatus and Flux read them. Every condition written carries
+// the generation it was computed for, failures included. status.observedGeneration moves
+// to a generation only once its reconcile came to an end: every phase ran, or a phase
+// stalled (Stalled=True: retrying cannot help until the spec changes, so the conditions
+// are the generation's final word; kstatus then reports Failed rather than waiting). A
+// reconcile that fails and is retried, or waits for the workers to stop, leaves it at
+// the last generation that got that far, so tools waiting on observedGeneration keep
+// waiting.
 func (r *CustomerLoopReconciler) patchStatus(ctx context.Context, before, loop *loopsv1alpha1.CustomerLoop, obs *observation) error {
 	st := &loop.Status
-	st.ObservedGeneration = loop.Generation
 	st.StreamCount = int32(len(loop.Spec.Streams))
 	st.Replicas, st.Selector = obs.workers.Replicas, obs.workers.Selector
-	for t, c := range computeConditions(obs) {
+	conds := computeConditions(obs)
+	for t, c := range conds {
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{
 			Type: t, Status: c.status, Reason: c.reason, Message: truncate(c.message, 1024),
 			ObservedGeneration: loop.Generation,
 		})
 	}
-	if obs.schemaReady {
+	if obs.reconciled || conds[loopsv1alpha1.ConditionStalled].status == metav1.ConditionTrue {
+		st.ObservedGeneration = loop.Generation
+	}
+	if obs.schemaInPlace() {
 		st.Objects = obs.objects
 	}
 	if obs.feedback != nil || loop.Spec.Feedback == nil || loop.Spec.Feedback.Publish == nil {

@@ -43,6 +43,11 @@ type Config struct {
 	// Rollups are aggregates of the streams kept by ClickHouse itself (materialized
 	// views); workers do not use them, the schema applier does.
 	Rollups []RollupConfig `json:"rollups,omitempty"`
+	// Feedback, when set, is what the loop's plan-against-actual views read; like the
+	// rollups it is for the schema applier, not the workers.
+	Feedback *FeedbackConfig `json:"feedback,omitempty"`
+	// Digests, when set, is the loop's digest publisher, run by the controller.
+	Digests *DigestConfig `json:"digests,omitempty"`
 	// MaxMessageBytes is the largest message value ingested; larger ones are
 	// dead-lettered with reason oversize.
 	MaxMessageBytes int `json:"maxMessageBytes,omitempty"`
@@ -147,6 +152,9 @@ type StreamConfig struct {
 	Customers *CustomerFilter `json:"customers,omitempty"`
 	// PII marks core roles that hold personal data; see CorePII.
 	PII *CorePII `json:"pii,omitempty"`
+	// RetentionDays, when above 0, is how long the stream's raw rows are kept (see
+	// ApplyRetention, which the controller runs; workers do not use it).
+	RetentionDays int `json:"retentionDays,omitempty"`
 }
 
 // CustomerFilter accepts the customers listed in Allowed and those whose id matches

@@ -1,5 +1,11 @@
 package pipeline
 
+import (
+	"errors"
+	"fmt"
+	"math"
+)
+
 // Grain is the length of the periods plans are made for and compared in.
 type Grain string
 
@@ -89,4 +95,63 @@ func (g Grain) PeriodSQL(expr string, isDate bool) (start, index string) {
 		return "toMonday(" + expr + tz + ")", "toRelativeWeekNum(" + expr + tz + ")"
 	}
 	return "toStartOfMonth(" + expr + tz + ")", "toRelativeMonthNum(" + expr + tz + ")"
+}
+
+// DefaultTopCustomers is how many customers a digest lists when DigestConfig says 0.
+const DefaultTopCustomers = 5
+
+// DigestConfig is what a digest publisher needs. Like Config it is plain data, built from
+// the loop's spec by the controller.
+type DigestConfig struct {
+	// Loop names the loop as "namespace/name"; it is in every message.
+	Loop string `json:"loop"`
+	// Kafka is the connection (brokers, TLS, SASL) the loop's workers use; Group is unused.
+	Kafka KafkaConfig `json:"kafka"`
+	// Topic is the feedback topic the digests go to.
+	Topic string `json:"topic"`
+	// Feedback names the loop's database and grain; the feedback views must exist.
+	Feedback FeedbackConfig `json:"feedback"`
+	// Threshold flags a digest whose |gap ratio| exceeds it (see Digest.Flagged); nil
+	// flags nothing.
+	Threshold *float64 `json:"threshold,omitempty"`
+	// TopCustomers is how many customers with the largest |gap| a digest lists; 0 means 5.
+	TopCustomers int `json:"topCustomers,omitempty"`
+	// Publisher identifies this replica in the digest table (a pod name, say).
+	Publisher string `json:"publisher,omitempty"`
+	// Cluster is the loop's ClickHouse cluster (ClickHouseConfig.Cluster), or "".
+	Cluster string `json:"cluster,omitempty"`
+	// Interval is how often a round is published (see Run).
+	Interval Duration `json:"interval,omitempty"`
+}
+
+// Validate checks the config before anything reaches SQL or Kafka.
+func (c DigestConfig) Validate() error {
+	var errs []error
+	if c.Loop == "" {
+		errs = append(errs, errors.New("loop is required"))
+	}
+	if len(c.Kafka.Brokers) == 0 {
+		errs = append(errs, errors.New("kafka.brokers: at least one broker is required"))
+	}
+	if c.Topic == "" {
+		errs = append(errs, errors.New("topic is required"))
+	}
+	if err := ValidIdent(c.Feedback.Database); err != nil {
+		errs = append(errs, fmt.Errorf("feedback.database: %w", err))
+	}
+	if c.Cluster != "" {
+		if err := ValidIdent(c.Cluster); err != nil {
+			errs = append(errs, fmt.Errorf("cluster: %w", err))
+		}
+	}
+	if c.Feedback.Grain != GrainWeek && c.Feedback.Grain != GrainMonth {
+		errs = append(errs, fmt.Errorf("feedback.grain %q: want %s or %s", c.Feedback.Grain, GrainWeek, GrainMonth))
+	}
+	if t := c.Threshold; t != nil && (*t < 0 || math.IsNaN(*t) || math.IsInf(*t, 0)) {
+		errs = append(errs, fmt.Errorf("threshold %v: want a finite number >= 0", *t))
+	}
+	if c.TopCustomers < 0 || c.TopCustomers > 1000 {
+		errs = append(errs, fmt.Errorf("topCustomers %d: want 0 (the default, 5) to 1000", c.TopCustomers))
+	}
+	return errors.Join(errs...)
 }

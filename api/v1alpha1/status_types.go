@@ -44,7 +44,10 @@ type StreamStatus struct {
 
 // CustomerLoopStatus is the observed state of a CustomerLoop.
 type CustomerLoopStatus struct {
-	// observedGeneration is the generation the status describes.
+	// observedGeneration is the last generation the controller finished reconciling:
+	// every phase ran for it, or it stalled (Stalled=True). While a newer generation
+	// fails and is retried it stays behind; the conditions carry the generation they
+	// were computed for.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 

@@ -236,7 +236,7 @@ func (d *devStack) publishDigests(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close()
-	want, err := feedback.BuildDigests(ctx, conn, feedback.DigestConfig{
+	want, err := feedback.BuildDigests(ctx, conn, pipeline.DigestConfig{
 		Loop: d.loop.Namespace + "/" + d.loop.Name, Kafka: pipeline.KafkaConfig{Brokers: d.brokers}, Topic: topic,
 		Feedback: pipeline.FeedbackConfig{Database: d.loop.Spec.ClickHouse.Database, Grain: d.grain()},
 	}, time.Now())

@@ -221,13 +221,9 @@ const settingsAsStringsRevision = 54429
 // must see each node's own objects: a Distributed read or the cluster() table function
 // reaches one replica per shard only. A node that does not answer is left out while
 // another replica of its shard answers (the cluster's DDL queue brings it in line when it
-// is back). The caller closes the connections.
-func ClusterNodes(ctx context.Context, ch pipeline.ClickHouseConfig) ([]driver.Conn, error) {
-	conn, err := OpenClickHouse(ctx, ch)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
+// is back). The cluster is read through conn, a connection to the loop's ClickHouse. The
+// caller closes the connections it gets.
+func ClusterNodes(ctx context.Context, conn driver.Conn, ch pipeline.ClickHouseConfig) ([]driver.Conn, error) {
 	nodes, _, err := ConnectNodes(ctx, conn, ch)
 	if err != nil {
 		return nil, err

@@ -269,7 +269,7 @@ func TestFeedbackOnCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cluster, err := connect.ClusterNodes(ctx, cfg.ClickHouse)
+	cluster, err := connect.ClusterNodes(ctx, ch, cfg.ClickHouse)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"sort"
@@ -22,62 +21,6 @@ import (
 // DigestSchema is the version of the digest message format; it changes only when a
 // field changes meaning or goes away (new fields may appear in any version).
 const DigestSchema = 1
-
-const defaultTopCustomers = 5
-
-// DigestConfig is what a digest publisher needs. Like Config it is plain data, built from
-// the loop's spec by the controller.
-type DigestConfig struct {
-	// Loop names the loop as "namespace/name"; it is in every message.
-	Loop string `json:"loop"`
-	// Kafka is the connection (brokers, TLS, SASL) the loop's workers use; Group is unused.
-	Kafka pipeline.KafkaConfig `json:"kafka"`
-	// Topic is the feedback topic the digests go to.
-	Topic string `json:"topic"`
-	// Feedback names the loop's database and grain; the feedback views must exist.
-	Feedback pipeline.FeedbackConfig `json:"feedback"`
-	// Threshold flags a digest whose |gap ratio| exceeds it (see Digest.Flagged); nil
-	// flags nothing.
-	Threshold *float64 `json:"threshold,omitempty"`
-	// TopCustomers is how many customers with the largest |gap| a digest lists; 0 means 5.
-	TopCustomers int `json:"topCustomers,omitempty"`
-	// Publisher identifies this replica in the digest table (a pod name, say).
-	Publisher string `json:"publisher,omitempty"`
-	// Cluster is the loop's ClickHouse cluster (ClickHouseConfig.Cluster), or "".
-	Cluster string `json:"cluster,omitempty"`
-}
-
-// Validate checks the config before anything reaches SQL or Kafka.
-func (c DigestConfig) Validate() error {
-	var errs []error
-	if c.Loop == "" {
-		errs = append(errs, errors.New("loop is required"))
-	}
-	if len(c.Kafka.Brokers) == 0 {
-		errs = append(errs, errors.New("kafka.brokers: at least one broker is required"))
-	}
-	if c.Topic == "" {
-		errs = append(errs, errors.New("topic is required"))
-	}
-	if err := pipeline.ValidIdent(c.Feedback.Database); err != nil {
-		errs = append(errs, fmt.Errorf("feedback.database: %w", err))
-	}
-	if c.Cluster != "" {
-		if err := pipeline.ValidIdent(c.Cluster); err != nil {
-			errs = append(errs, fmt.Errorf("cluster: %w", err))
-		}
-	}
-	if c.Feedback.Grain != pipeline.GrainWeek && c.Feedback.Grain != pipeline.GrainMonth {
-		errs = append(errs, fmt.Errorf("feedback.grain %q: want %s or %s", c.Feedback.Grain, pipeline.GrainWeek, pipeline.GrainMonth))
-	}
-	if t := c.Threshold; t != nil && (*t < 0 || math.IsNaN(*t) || math.IsInf(*t, 0)) {
-		errs = append(errs, fmt.Errorf("threshold %v: want a finite number >= 0", *t))
-	}
-	if c.TopCustomers < 0 || c.TopCustomers > 1000 {
-		errs = append(errs, fmt.Errorf("topCustomers %d: want 0 (the default, 5) to 1000", c.TopCustomers))
-	}
-	return errors.Join(errs...)
-}
 
 // Date is a calendar day, written in JSON as "2006-01-02".
 type Date struct{ time.Time }
@@ -349,11 +292,11 @@ func AccuracyByProduct(rows []AccuracyRow) map[string]*ProductAccuracy {
 
 // BuildDigests reads the loop's feedback views and returns a digest per product and
 // period, without Version and PublishedAt. now decides which periods are complete.
-func BuildDigests(ctx context.Context, conn driver.Conn, cfg DigestConfig, now time.Time) ([]Digest, error) {
+func BuildDigests(ctx context.Context, conn driver.Conn, cfg pipeline.DigestConfig, now time.Time) ([]Digest, error) {
 	db, g := cfg.Feedback.Database, cfg.Feedback.Grain
 	top := cfg.TopCustomers
 	if top == 0 {
-		top = defaultTopCustomers
+		top = pipeline.DefaultTopCustomers
 	}
 	periods, err := QueryProductPeriods(ctx, conn, db)
 	if err != nil {

@@ -360,7 +360,7 @@ func TestDigestPublisher(t *testing.T) {
 	data.insertUsage(t, ctx, ch, fc.Database, cfg.Streams[0], data.usageEvents(rng), &offset)
 
 	threshold := 0.3
-	dc := DigestConfig{Loop: "default/acme", Kafka: pipeline.KafkaConfig{Brokers: brokers}, Topic: topic, Feedback: fc,
+	dc := pipeline.DigestConfig{Loop: "default/acme", Kafka: pipeline.KafkaConfig{Brokers: brokers}, Topic: topic, Feedback: fc,
 		Threshold: &threshold, TopCustomers: 3, Publisher: "replica-a"}
 	pub, err := NewPublisher(dc, ch, testr.New(t))
 	if err != nil {
@@ -540,19 +540,19 @@ func TestDigestContentHash(t *testing.T) {
 
 func TestDigestConfigValidate(t *testing.T) {
 	neg := -0.1
-	good := DigestConfig{Loop: "default/acme", Kafka: pipeline.KafkaConfig{Brokers: []string{"b:9092"}}, Topic: "t",
+	good := pipeline.DigestConfig{Loop: "default/acme", Kafka: pipeline.KafkaConfig{Brokers: []string{"b:9092"}}, Topic: "t",
 		Feedback: pipeline.FeedbackConfig{Database: "db", Grain: pipeline.GrainWeek}}
 	if err := good.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	for name, mutate := range map[string]func(*DigestConfig){
-		"no loop":            func(c *DigestConfig) { c.Loop = "" },
-		"no brokers":         func(c *DigestConfig) { c.Kafka.Brokers = nil },
-		"no topic":           func(c *DigestConfig) { c.Topic = "" },
-		"bad database":       func(c *DigestConfig) { c.Feedback.Database = "a`b" },
-		"bad grain":          func(c *DigestConfig) { c.Feedback.Grain = "Day" },
-		"negative threshold": func(c *DigestConfig) { c.Threshold = &neg },
-		"negative top":       func(c *DigestConfig) { c.TopCustomers = -1 },
+	for name, mutate := range map[string]func(*pipeline.DigestConfig){
+		"no loop":            func(c *pipeline.DigestConfig) { c.Loop = "" },
+		"no brokers":         func(c *pipeline.DigestConfig) { c.Kafka.Brokers = nil },
+		"no topic":           func(c *pipeline.DigestConfig) { c.Topic = "" },
+		"bad database":       func(c *pipeline.DigestConfig) { c.Feedback.Database = "a`b" },
+		"bad grain":          func(c *pipeline.DigestConfig) { c.Feedback.Grain = "Day" },
+		"negative threshold": func(c *pipeline.DigestConfig) { c.Threshold = &neg },
+		"negative top":       func(c *pipeline.DigestConfig) { c.TopCustomers = -1 },
 	} {
 		c := good
 		mutate(&c)
@@ -606,7 +606,7 @@ func TestDigestPublisherOverTLSAndSASL(t *testing.T) {
 
 	bad := good
 	bad.SASL = &pipeline.SASLConfig{Mechanism: "SCRAM-SHA-512", Username: "loop", Password: "guess"}
-	dc := DigestConfig{Loop: "default/acme", Kafka: bad, Topic: topic, Feedback: fc}
+	dc := pipeline.DigestConfig{Loop: "default/acme", Kafka: bad, Topic: topic, Feedback: fc}
 	failing, err := NewPublisher(dc, ch, testr.New(t))
 	if err != nil {
 		t.Fatal(err)

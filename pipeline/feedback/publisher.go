@@ -48,7 +48,7 @@ type PublishResult struct {
 
 // Publisher publishes a loop's digests to its feedback topic.
 type Publisher struct {
-	cfg    DigestConfig
+	cfg    pipeline.DigestConfig
 	ch     driver.Conn
 	writer *kafka.Writer
 	log    logr.Logger
@@ -58,7 +58,7 @@ type Publisher struct {
 
 // NewPublisher validates the config and prepares the Kafka writer. conn is the loop's
 // ClickHouse connection; it stays the caller's to close.
-func NewPublisher(cfg DigestConfig, conn driver.Conn, log logr.Logger) (*Publisher, error) {
+func NewPublisher(cfg pipeline.DigestConfig, conn driver.Conn, log logr.Logger) (*Publisher, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid digest config: %w", err)
 	}

@@ -81,10 +81,7 @@ func TestOperationsMetrics(t *testing.T) {
 func TestOperationsConditionReasons(t *testing.T) {
 	doc := readFile(t, filepath.Join(repoRoot(t), "docs", "operations.md"))
 	code := map[string]bool{}
-	for _, r := range []string{controllers.ReasonSucceeded, controllers.ReasonProgressing, controllers.ReasonInvalidSpec,
-		controllers.ReasonMissingInput, controllers.ReasonClickHouseError, controllers.ReasonSchemaApplied,
-		controllers.ReasonWorkersRunning, controllers.ReasonWorkersFailing, controllers.ReasonPaused,
-		controllers.ReasonUnsafeSchemaChange, controllers.ReasonScaledToZero, controllers.ReasonNotReached, controllers.ReasonClusterNotReady, controllers.ReasonKafkaUnavailable} {
+	for _, r := range controllers.ConditionReasons {
 		code[r] = true
 	}
 	documented := map[string]bool{}
