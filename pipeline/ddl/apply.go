@@ -163,18 +163,29 @@ func applyFound(ctx context.Context, conn driver.Conn, objs []Object, f found) (
 	}
 	r := newRunner(conn)
 	done := make([]bool, len(steps))
-	for _, alters := range []bool{false, true} {
-		for i, s := range steps {
-			if (s.Action == Altered) != alters {
-				continue
-			}
-			if err := r.run(ctx, s.stmts); err != nil {
-				return changesDone(steps, done), err
-			}
-			done[i] = true
+	for _, i := range runOrder(steps) {
+		if err := r.run(ctx, steps[i].stmts); err != nil {
+			return changesDone(steps, done), err
 		}
+		done[i] = true
 	}
 	return changesDone(steps, done), r.err()
+}
+
+// runOrder is the order steps run in: creations, replacements and drops in the order
+// given, then the alters. Unchanged objects have nothing to run.
+func runOrder(steps []step) []int {
+	var first, alters []int
+	for i, s := range steps {
+		switch s.Action {
+		case Unchanged:
+		case Altered:
+			alters = append(alters, i)
+		default:
+			first = append(first, i)
+		}
+	}
+	return append(first, alters...)
 }
 
 // changesDone lists the changes of the steps that ran, and the objects left unchanged.
