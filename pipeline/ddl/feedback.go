@@ -161,53 +161,37 @@ func ApplyFeedback(ctx context.Context, conn driver.Conn, db string, stmts []Fee
 // view missing on some node is created; when every node has the current views, no DDL
 // reaches the cluster's queue (where a stopped node would hold it up).
 func ApplyFeedbackNodes(ctx context.Context, conn driver.Conn, nodes []driver.Conn, db string, stmts []FeedbackStatement) error {
-	type state struct{ missing, stale bool }
-	states := map[string]*state{}
+	_, err := ApplyFeedbackChanges(ctx, conn, nodes, db, stmts)
+	return err
+}
+
+// ApplyFeedbackChanges is ApplyFeedbackNodes, also reporting what it changed of each view.
+// The views are Apply's objects, compared by their fingerprints.
+func ApplyFeedbackChanges(ctx context.Context, conn driver.Conn, nodes []driver.Conn, db string, stmts []FeedbackStatement) ([]Change, error) {
+	return Apply(ctx, conn, nodes, feedbackObjects(db, stmts))
+}
+
+// feedbackObjects declares the feedback views of db: each created by its statement and
+// replaced (dropped and created) when its definition lacks the fingerprint.
+func feedbackObjects(db string, stmts []FeedbackStatement) []Object {
+	objs := make([]Object, 0, len(stmts))
 	for _, s := range stmts {
-		states[s.View] = &state{}
+		name := db + "." + s.View
+		objs = append(objs, Object{Name: name, Create: []pipeline.Statement{s.Statement}, Fingerprint: s.Fingerprint,
+			Drop: []pipeline.Statement{{Object: name, SQL: "DROP TABLE IF EXISTS " + pipeline.QualifiedTable(db, s.View) + s.on}}})
 	}
-	for _, node := range nodes {
-		existing, err := nodeViews(ctx, node, db)
-		if err != nil {
-			return err
-		}
-		for _, s := range stmts {
-			q, ok := existing[s.View]
-			states[s.View].missing = states[s.View].missing || !ok
-			states[s.View].stale = states[s.View].stale || ok && !strings.Contains(q, s.Fingerprint)
-		}
-	}
-	for _, s := range stmts {
-		st := states[s.View]
-		if s.on != "" && !st.missing && !st.stale {
-			continue
-		}
-		if st.stale {
-			if err := conn.Exec(ctx, "DROP TABLE IF EXISTS "+pipeline.QualifiedTable(db, s.View)+s.on); err != nil {
-				return fmt.Errorf("replacing view %s: %w", s.Object, err)
-			}
-		}
-		if err := conn.Exec(ctx, s.SQL); err != nil {
-			return fmt.Errorf("creating view %s: %w", s.Object, err)
-		}
-	}
-	return nil
+	return objs
 }
 
 // nodeViews reads the CREATE query of every table and view of db on one server.
 func nodeViews(ctx context.Context, conn driver.Conn, db string) (map[string]string, error) {
-	existing := map[string]string{}
-	rows, err := conn.Query(ctx, "SELECT name, create_table_query FROM system.tables WHERE database = ?", db)
-	if err != nil {
-		return nil, fmt.Errorf("reading the views of %s: %w", db, err)
+	all := map[string]definition{}
+	if err := readTables(ctx, conn, db, all); err != nil {
+		return nil, err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var name, q string
-		if err := rows.Scan(&name, &q); err != nil {
-			return nil, fmt.Errorf("reading the views of %s: %w", db, err)
-		}
-		existing[name] = q
+	existing := make(map[string]string, len(all))
+	for name, d := range all {
+		existing[strings.TrimPrefix(name, db+".")] = d.query
 	}
-	return existing, rows.Err()
+	return existing, nil
 }

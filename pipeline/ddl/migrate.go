@@ -139,52 +139,85 @@ func ExistingColumns(ctx context.Context, conn driver.Conn, db string) (map[stri
 }
 
 // Migrate creates what is missing of the loop's schema and adds missing columns to what
-// exists. It returns the statements it ran, for status and logs; an UnsafeChangeError
+// exists. It returns the statements it planned, for status and logs; an UnsafeChangeError
 // leaves every table as it was. On a cluster the columns are read from the connected
 // node's local tables (and its Distributed tables); when some host has not run every
 // statement yet the error matches ErrDDLPending and the statements are returned as well.
 func Migrate(ctx context.Context, conn driver.Conn, cfg pipeline.Config) ([]pipeline.Statement, error) {
+	stmts, _, err := MigrateChanges(ctx, conn, cfg)
+	return stmts, err
+}
+
+// MigrateChanges is Migrate, also reporting what it changed: the database when it
+// created it, then each table (created, altered or unchanged; see Apply).
+//
+// The tables go through Apply, read on the connected node only. The database is
+// created before, by itself: it is not a table of system.tables, and its tables and
+// columns can only be read once it exists. The columns are read here, not by Apply,
+// because the ALTERs are planned from them (PlanMigration) and an UnsafeChangeError must
+// stop the migration before anything is created.
+func MigrateChanges(ctx context.Context, conn driver.Conn, cfg pipeline.Config) ([]pipeline.Statement, []Change, error) {
 	create, err := PlanSchema(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	db := cfg.ClickHouse.Database
-	// The database first, so that its columns can be read; then check before creating
-	// or altering anything. What the connected node already has is not created again: on
-	// a cluster, a node that missed a creation (it was down) runs it from the DDL queue,
-	// and re-sending it would make every reconcile wait for that node.
 	var dbs uint64
 	if err := conn.QueryRow(ctx, "SELECT count() FROM system.databases WHERE name = ?", db).Scan(&dbs); err != nil {
-		return nil, fmt.Errorf("looking for database %s: %w", db, err)
+		return nil, nil, fmt.Errorf("looking for database %s: %w", db, err)
 	}
 	var pending error
+	var changes []Change
 	if dbs == 0 {
 		pending = ApplySchema(ctx, conn, create[:1])
 		if pending != nil && !errors.Is(pending, connect.ErrDDLPending) {
-			return nil, pending
+			return nil, nil, pending
 		}
+		changes = append(changes, Change{Object: db, Action: Created})
 	}
 	existing, err := ExistingColumns(ctx, conn, db)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	alter, err := PlanMigration(cfg.ClickHouse, ManagedTables(cfg), existing)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var missing []pipeline.Statement
-	for _, s := range create[1:] {
-		if _, ok := existing[strings.TrimPrefix(s.Object, db+".")]; !ok {
-			missing = append(missing, s)
-		}
-	}
-	if err := ApplySchema(ctx, conn, append(missing, alter...)); err != nil {
+	tables, err := Apply(ctx, conn, nil, migrationObjects(create[1:], alter))
+	changes = append(changes, tables...)
+	if err != nil {
 		if !errors.Is(err, connect.ErrDDLPending) {
-			return nil, err
+			return nil, changes, err
 		}
 		pending = err
 	}
-	return append(create, alter...), pending
+	return append(create, alter...), changes, pending
+}
+
+// migrationObjects declares the loop's tables: each created by its CREATE statement and
+// altered by the statements PlanMigration planned for it (its added columns; for a
+// Distributed table on a cluster, dropping and creating it again with the new columns).
+func migrationObjects(create, alter []pipeline.Statement) []Object {
+	objs := make([]Object, 0, len(create))
+	at := map[string]int{}
+	for _, s := range create {
+		at[s.Object] = len(objs)
+		objs = append(objs, Object{Name: s.Object, Create: []pipeline.Statement{s}})
+	}
+	for _, s := range alter {
+		// An added column's statement is about "db.table.column".
+		table := s.Object
+		if parts := strings.SplitN(s.Object, ".", 3); len(parts) == 3 {
+			table = parts[0] + "." + parts[1]
+		}
+		i, ok := at[table]
+		if !ok {
+			at[table], i = len(objs), len(objs)
+			objs = append(objs, Object{Name: table})
+		}
+		objs[i].Alter = append(objs[i].Alter, s)
+	}
+	return objs
 }
 
 // PlanDrop returns the statements that drop the loop's rollups, feedback views and tables

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"customerloop.dev/customerloop/pipeline"
@@ -79,19 +78,17 @@ func DropPartitionStatement(ch pipeline.ClickHouseConfig, s pipeline.StreamConfi
 func ApplyRetention(ctx context.Context, conn driver.Conn, v pipeline.ServerVersion, ch pipeline.ClickHouseConfig, s pipeline.StreamConfig, days int, now time.Time) ([]uint32, error) {
 	db, table := ch.Database, ch.StoredTable(s.Table())
 	if v.HasTTL() {
-		ttl := RetentionTTL(s.Kind, days)
-		var engine string
-		if err := conn.QueryRow(ctx, "SELECT engine_full FROM system.tables WHERE database = ? AND name = ?", db, table).Scan(&engine); err != nil {
-			return nil, fmt.Errorf("reading the TTL of %s: %w", table, err)
-		}
-		if strings.Contains(strings.ReplaceAll(engine, "`", ""), "TTL "+strings.ReplaceAll(ttl, "`", "")) {
-			return nil, nil
-		}
-		if err := ApplySchema(ctx, conn, []pipeline.Statement{RetentionTTLStatement(ch, s, days)}); err != nil {
+		// The TTL is an Apply object whose fingerprint is its clause: set again only
+		// when the table's definition lacks it.
+		ttl := Object{Name: db + "." + table, Fingerprint: "TTL " + RetentionTTL(s.Kind, days),
+			Alter: []pipeline.Statement{RetentionTTLStatement(ch, s, days)}}
+		if _, err := Apply(ctx, conn, nil, []Object{ttl}); err != nil {
 			return nil, fmt.Errorf("setting the TTL of %s: %w", table, err)
 		}
 		return nil, nil
 	}
+	// Dropping expired partitions stays here: what to drop is read from the parts of
+	// every shard and changes with time, not an object's definition that Apply compares.
 	var parts []uint32
 	if ch.Clustered() {
 		nodes, closeAll, err := connect.ConnectNodes(ctx, conn, ch)

@@ -52,29 +52,29 @@ type ExistingRollups struct {
 	// cluster is the cluster the rollups' Distributed tables were created on, if any:
 	// their leftovers are dropped on it.
 	cluster string
+	// found is the read the rest was taken from, for Apply.
+	found found
 }
 
-// ReadRollups reads the rollup objects of the database.
+// ReadRollups reads the rollup objects of the database: the same read of system.tables
+// as Apply's, on the connected node.
 func ReadRollups(ctx context.Context, conn driver.Conn, db string) (ExistingRollups, error) {
 	e := ExistingRollups{engines: map[string]string{}, queries: map[string]string{}}
-	rows, err := conn.Query(ctx, "SELECT name, engine, create_table_query FROM system.tables WHERE database = ?", db)
-	if err != nil {
+	all := map[string]definition{}
+	if err := readTables(ctx, conn, db, all); err != nil {
 		return e, fmt.Errorf("reading the rollups of %s: %w", db, err)
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var name, engine, q string
-		if err := rows.Scan(&name, &engine, &q); err != nil {
-			return e, fmt.Errorf("reading the rollups of %s: %w", db, err)
-		}
+	e.found = found{all}
+	for object, d := range all {
+		name := strings.TrimPrefix(object, db+".")
 		if strings.HasPrefix(name, "rollup_") {
-			e.engines[name], e.queries[name] = engine, q
-			if m := distributedCluster.FindStringSubmatch(q); engine == "Distributed" && m != nil {
+			e.engines[name], e.queries[name] = d.engine, d.query
+			if m := distributedCluster.FindStringSubmatch(d.query); d.engine == "Distributed" && m != nil {
 				e.cluster = m[1]
 			}
 		}
 	}
-	return e, rows.Err()
+	return e, nil
 }
 
 // Current reports whether the plan's version is in place and complete: its table and
@@ -169,12 +169,42 @@ func PlanRollupChanges(db string, plans []RollupPlan, e ExistingRollups) (rebuil
 // read, which the next call rebuilds. On a cluster with a host down it completes on the
 // hosts that answer and returns done with an error matching ErrDDLPending.
 func ApplyRollups(ctx context.Context, conn driver.Conn, db string, plans []RollupPlan, quiesce func(rebuild []string) (bool, error)) (rebuilt []string, done bool, err error) {
+	changes, done, err := ApplyRollupChanges(ctx, conn, db, plans, quiesce)
+	for _, p := range plans {
+		if slices.Contains(changes, Change{Object: p.db + "." + p.View, Action: Replaced}) ||
+			slices.Contains(changes, Change{Object: p.db + "." + p.View, Action: Created}) {
+			rebuilt = append(rebuilt, p.Name)
+		}
+	}
+	return rebuilt, done, err
+}
+
+// ApplyRollupChanges is ApplyRollups, reporting what it changed: the objects of each
+// rollup it rebuilt (created, or replaced where they existed), those of each rollup in
+// place (unchanged), and the leftovers it dropped.
+//
+// It reads what exists once, through ReadRollups. The leftovers, objects no plan
+// declares, are Absent objects of Apply, dropped against that read. A rebuild does not go
+// through Apply: the version's table and materialized view are dropped and created
+// again as a unit even where some of them exist (a crash may have left them partial),
+// the table is filled from the raw table between creating it and switching the read
+// view, and the loop's workers are stopped first. Whether a rollup needs one is the
+// same read's diff (Current); how is RebuildRollup, which erasures share.
+func ApplyRollupChanges(ctx context.Context, conn driver.Conn, db string, plans []RollupPlan, quiesce func(rebuild []string) (bool, error)) ([]Change, bool, error) {
 	var pending error
 	existing, err := ReadRollups(ctx, conn, db)
 	if err != nil {
 		return nil, false, err
 	}
 	rebuild, stale := PlanRollupChanges(db, plans, existing)
+	var changes []Change
+	for _, p := range plans {
+		if !slices.ContainsFunc(rebuild, func(r RollupPlan) bool { return r.Name == p.Name }) {
+			for _, o := range p.Objects() {
+				changes = append(changes, Change{Object: o, Action: Unchanged})
+			}
+		}
+	}
 	if len(rebuild) > 0 {
 		names := make([]string, len(rebuild))
 		for i, p := range rebuild {
@@ -186,17 +216,29 @@ func ApplyRollups(ctx context.Context, conn driver.Conn, db string, plans []Roll
 		}
 		for _, p := range rebuild {
 			if err := RebuildRollup(ctx, conn, p); pendingOnly(err, &pending) != nil {
-				return rebuilt, false, err
+				return changes, false, err
 			}
-			rebuilt = append(rebuilt, p.Name)
+			for _, o := range p.Objects() {
+				a := Created
+				if _, ok := existing.found[0][o]; ok {
+					a = Replaced
+				}
+				changes = append(changes, Change{Object: o, Action: a})
+			}
 		}
 	}
-	if err := ApplySchema(ctx, conn, stale); pendingOnly(err, &pending) != nil {
-		return rebuilt, false, err
+	leftovers := make([]Object, len(stale))
+	for i, s := range stale {
+		leftovers[i] = Object{Name: s.Object, Drop: []pipeline.Statement{s}, Absent: true}
+	}
+	dropped, err := applyFound(ctx, conn, leftovers, existing.found)
+	changes = append(changes, dropped...)
+	if pendingOnly(err, &pending) != nil {
+		return changes, false, err
 	}
 	// Done on every host that answered; a host that is down runs the same statements
 	// from the DDL queue and fetches the backfilled parts from its replica when back.
-	return rebuilt, true, pending
+	return changes, true, pending
 }
 
 // pendingOnly returns err unless it only says that some hosts have ON CLUSTER

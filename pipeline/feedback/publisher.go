@@ -94,9 +94,16 @@ func (p *Publisher) PublishOnce(ctx context.Context) (PublishResult, error) {
 	db := p.cfg.Feedback.Database
 	if !p.table {
 		st, _ := ddl.DigestTableStatement(pipeline.ClickHouseConfig{Database: db, Cluster: p.cfg.Cluster}) // validated in NewPublisher
-		// A cluster host that is down creates the table when back; this node has it.
-		if err := ddl.ApplySchema(ctx, p.ch, []pipeline.Statement{st}); err != nil && !errors.Is(err, connect.ErrDDLPending) {
+		// Created when the connected node lacks it. A cluster host that is down creates
+		// the table when back; this node has it.
+		changes, err := ddl.Apply(ctx, p.ch, nil, []ddl.Object{{Name: st.Object, Create: []pipeline.Statement{st}}})
+		if err != nil && !errors.Is(err, connect.ErrDDLPending) {
 			return PublishResult{}, fmt.Errorf("creating %s: %w", st.Object, err)
+		}
+		for _, c := range changes {
+			if c.Action != ddl.Unchanged {
+				p.log.Info("digest table "+string(c.Action), "loop", p.cfg.Loop, "table", c.Object)
+			}
 		}
 		p.table = true
 	}
