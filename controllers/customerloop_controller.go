@@ -97,16 +97,15 @@ func (r *CustomerLoopReconciler) reconcileSchema(ctx context.Context, s *reconci
 	if err := connect.CheckCluster(ctx, conn, s.cfg.ClickHouse); err != nil {
 		return outcome{}, err
 	}
-	stmts, err := ddl.Migrate(ctx, conn, s.cfg)
+	stmts, changes, err := ddl.MigrateChanges(ctx, conn, s.cfg)
+	logChanges(ctx, changes)
 	if err = r.ddlPending(ctx, s.loop, err); err != nil {
 		return outcome{}, err
 	}
 	for _, st := range stmts {
-		if strings.HasPrefix(st.SQL, "ALTER") {
-			log.FromContext(ctx).Info("schema evolved", "object", st.Object)
-			continue
+		if !strings.HasPrefix(st.SQL, "ALTER") {
+			s.obs.objects = append(s.obs.objects, st.Object)
 		}
-		s.obs.objects = append(s.obs.objects, st.Object)
 	}
 	s.obs.schemaReady = true
 	return outcome{}, nil
@@ -133,18 +132,20 @@ func (r *CustomerLoopReconciler) reconcileFeedback(ctx context.Context, s *recon
 	if err != nil {
 		return outcome{}, &specError{msg: err.Error()}
 	}
+	var changes []ddl.Change
 	if fc.Cluster == "" {
-		err = ddl.ApplyFeedback(ctx, conn, fc.Database, stmts)
+		changes, err = ddl.ApplyFeedbackChanges(ctx, conn, nil, fc.Database, stmts)
 	} else {
 		// Each node's views are checked: a Distributed read reaches one replica per shard.
 		var nodes []driver.Conn
 		if nodes, err = connect.ClusterNodes(ctx, conn, s.cfg.ClickHouse); err == nil {
-			err = ddl.ApplyFeedbackNodes(ctx, conn, nodes, fc.Database, stmts)
+			changes, err = ddl.ApplyFeedbackChanges(ctx, conn, nodes, fc.Database, stmts)
 			for _, n := range nodes {
 				_ = n.Close()
 			}
 		}
 	}
+	logChanges(ctx, changes)
 	if err = r.ddlPending(ctx, s.loop, err); err != nil {
 		return outcome{}, err
 	}
@@ -363,4 +364,14 @@ func (r *CustomerLoopReconciler) event(loop *loopsv1alpha1.CustomerLoop, kind, r
 	msg := fmt.Sprintf(note, args...)
 	sum := sha256.Sum256([]byte(msg))
 	r.Recorder.Eventf(loop, nil, kind, reason, action+" "+hex.EncodeToString(sum[:4]), "%s", msg)
+}
+
+// logChanges logs what applying the loop's ClickHouse objects changed; objects already
+// as declared are not logged.
+func logChanges(ctx context.Context, changes []ddl.Change) {
+	for _, c := range changes {
+		if c.Action != ddl.Unchanged {
+			log.FromContext(ctx).Info("schema "+string(c.Action), "object", c.Object)
+		}
+	}
 }

@@ -210,7 +210,7 @@ func TestApplyOnServer(t *testing.T) {
 // missing on one node is created again, one left stale on one node is replaced.
 func TestApplyOnCluster(t *testing.T) {
 	cfg := clusterTestConfig(t)
-	ch := applyClusterSchema(t, cfg)
+	ch := applySchema(t, cfg)
 	nodes := stacktest.NodeConns(t)
 	ctx := context.Background()
 	db := cfg.ClickHouse.Database
