@@ -147,10 +147,12 @@ func TestConsentWithdrawalAndGrant(t *testing.T) {
 		pipeline.QualifiedTable(db, pipeline.ConsentAuditTable)+" WHERE id = 'wd-1'").Scan(&tables, &deleted, &mutations, &action, &receivedAt); err != nil {
 		t.Fatal(err)
 	}
-	// usage_raw, then rollup_daily's version table (c1's groups), then plans_raw.
-	if action != "withdraw" || len(tables) != 3 || len(deleted) != 3 || tables[0] != "usage_raw" || !strings.HasPrefix(tables[1], "rollup_daily_v") ||
-		tables[2] != "plans_raw" || deleted[0] < 100 || deleted[1] == 0 || deleted[2] != 2 || len(mutations) != 3 || receivedAt.IsZero() {
-		t.Errorf("audit of wd-1: action %s, tables %v, rows deleted %v, mutations %v, received %v; want usage_raw (>= 100 rows), rollup_daily's table and plans_raw (2 rows), three mutations",
+	// usage_raw, then the version tables of rollup_daily and of the feedback actuals
+	// (c1's groups), then plans_raw.
+	if action != "withdraw" || len(tables) != 4 || len(deleted) != 4 || tables[0] != "usage_raw" || !strings.HasPrefix(tables[1], "rollup_daily_v") ||
+		!strings.HasPrefix(tables[2], "rollup_feedback_actuals_v") || tables[3] != "plans_raw" ||
+		deleted[0] < 100 || deleted[1] == 0 || deleted[2] == 0 || deleted[3] != 2 || len(mutations) != 4 || receivedAt.IsZero() {
+		t.Errorf("audit of wd-1: action %s, tables %v, rows deleted %v, mutations %v, received %v; want usage_raw (>= 100 rows), the tables of rollup_daily and of the feedback actuals, and plans_raw (2 rows), four mutations",
 			action, tables, deleted, mutations, receivedAt)
 	}
 

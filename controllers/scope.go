@@ -100,8 +100,10 @@ func (r *CustomerLoopReconciler) phases() []phase {
 	return []phase{
 		{phaseConfig, r.reconcileConfig},
 		{phaseSchema, r.reconcileSchema},
-		{phaseFeedback, r.reconcileFeedback},
+		// Rollups before feedback: the feedback_actuals view reads the loop's feedback
+		// rollup, which must exist and be backfilled first.
 		{phaseRollups, r.reconcileRollups},
+		{phaseFeedback, r.reconcileFeedback},
 		{phaseConsent, r.reconcileConsent},
 		{phaseWorkers, r.reconcileWorkers},
 		{phaseRetention, r.reconcileRetention},

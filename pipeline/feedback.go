@@ -81,6 +81,11 @@ const (
 	ViewAccuracy     = "feedback_accuracy"
 )
 
+// FeedbackActualsRollup names the rollup that keeps a loop's actuals per customer,
+// product and feedback period (its read view is rollup_feedback_actuals); the
+// feedback_actuals view reads it instead of the raw usage.
+const FeedbackActualsRollup = "feedback_actuals"
+
 // FeedbackViews are the views PlanFeedback manages, in creation order.
 var FeedbackViews = []string{ViewActuals, ViewPlanVersions, ViewGaps, ViewAccuracy}
 

@@ -38,6 +38,7 @@ type DimensionType string
 // +kubebuilder:validation:XValidation:rule="!has(self.feedback) || self.streams.exists(s, s.name == self.feedback.planStream && s.kind == 'Plan')",message="feedback.planStream must name a stream of kind Plan"
 // +kubebuilder:validation:XValidation:rule="!has(self.rollups) || self.rollups.all(r, self.streams.exists(s, s.name == r.stream))",message="a rollup's stream must name a stream in spec.streams"
 // +kubebuilder:validation:XValidation:rule="!has(self.rollups) || self.rollups.all(r, r.granularity != 'Hour' || self.streams.exists(s, s.name == r.stream && s.kind == 'Usage'))",message="granularity Hour needs a Usage stream: a Plan stream's periods are days"
+// +kubebuilder:validation:XValidation:rule="!has(self.feedback) || !has(self.rollups) || self.rollups.all(r, r.name != 'feedback_actuals')",message="with feedback, the rollup name feedback_actuals is taken by the feedback's own actuals: choose another"
 // +kubebuilder:validation:XValidation:rule="!has(self.consent) || self.streams.all(s, s.topic != self.consent.topic && (!has(s.deadLetterTopic) || s.deadLetterTopic != self.consent.topic))",message="consent.topic must not be the topic or dead-letter topic of a stream"
 // +kubebuilder:validation:XValidation:rule="has(self.privacy) || self.streams.all(s, (!has(s.pii) || (!has(s.pii.customerId) && !has(s.pii.id))) && (!has(s.dimensions) || s.dimensions.all(d, !has(d.pii) || d.pii != 'Hash')))",message="pii Hash needs privacy.hmacKeySecretRef: the key the fields are hashed with"
 type CustomerLoopSpec struct {

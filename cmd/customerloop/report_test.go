@@ -15,6 +15,7 @@ import (
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/pipeline/ddl"
+	"customerloop.dev/customerloop/pipeline/ddl/ddltest"
 	"customerloop.dev/customerloop/pipeline/feedback"
 )
 
@@ -49,13 +50,7 @@ func TestPrintReport(t *testing.T) {
 	if _, err := ddl.Migrate(ctx, conn, cfg); err != nil {
 		t.Fatal(err)
 	}
-	views, err := ddl.PlanFeedback(pipeline.FeedbackConfig{Database: db, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ddl.ApplyFeedback(ctx, conn, db, views); err != nil {
-		t.Fatal(err)
-	}
+	ddltest.Feedback(t, conn, cfg, pipeline.FeedbackConfig{Database: db, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth})
 	// INSERT ... VALUES through Exec hangs on 18.16's native protocol: insert in batches.
 	now := time.Now().UTC().Truncate(time.Second)
 	at := func(s string) time.Time { t, _ := time.Parse(time.DateTime, s); return t }

@@ -15,6 +15,7 @@ import (
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/pipeline/ddl"
+	"customerloop.dev/customerloop/pipeline/ddl/ddltest"
 )
 
 // ClickhouseAddr returns the real ClickHouse server the tests use; make test provisions it
@@ -129,13 +130,7 @@ func (d *dataset) load(t *testing.T, ctx context.Context, addr, db string) drive
 	if err := ddl.ApplySchema(ctx, conn, stmts); err != nil {
 		t.Fatal(err)
 	}
-	fb, err := ddl.PlanFeedback(pipeline.FeedbackConfig{Database: db, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ddl.ApplyFeedback(ctx, conn, db, fb); err != nil {
-		t.Fatal(err)
-	}
+	ddltest.Feedback(t, conn, cfg, pipeline.FeedbackConfig{Database: db, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth})
 	now := time.Now().UTC().Truncate(time.Second)
 	var offset int64
 	insert := func(s pipeline.StreamConfig, rows [][]any) {

@@ -40,9 +40,8 @@ func PlanFeedback(cfg pipeline.FeedbackConfig) ([]FeedbackStatement, error) {
 		return nil, fmt.Errorf("feedback grain %q: want %s or %s", cfg.Grain, pipeline.GrainWeek, pipeline.GrainMonth)
 	}
 	db, g := cfg.Database, cfg.Grain
-	usage, plans := pipeline.QualifiedTable(db, cfg.UsageTable), pipeline.QualifiedTable(db, cfg.PlanTable)
+	plans := pipeline.QualifiedTable(db, cfg.PlanTable)
 	view := func(name string) string { return pipeline.QualifiedTable(db, name) }
-	eventPeriod, _ := g.PeriodSQL("ts", false)
 	planPeriod, planIndex := g.PeriodSQL("p_period", true)
 	_, submittedIndex := g.PeriodSQL("p_submitted_at", false)
 	current, _ := g.PeriodSQL("now()", false)
@@ -54,10 +53,11 @@ func PlanFeedback(cfg pipeline.FeedbackConfig) ([]FeedbackStatement, error) {
 	}
 
 	bodies := map[string]string{
-		pipeline.ViewActuals: `SELECT customer_id, product, ` + eventPeriod + ` AS period,
-    sum(quantity) AS actual, count() AS events, max(ts) AS last_event_at
-FROM ` + usage + `
-GROUP BY customer_id, product, period`,
+		// The actuals are the feedback_actuals rollup's (PlanRollups declares it for a
+		// loop with feedback): ClickHouse keeps them per period as rows arrive, so that no
+		// figure reads the raw usage.
+		pipeline.ViewActuals: `SELECT customer_id, product, period, actual, events, last_event_at
+FROM ` + view(RollupView(pipeline.FeedbackActualsRollup)),
 
 		pipeline.ViewPlanVersions: `SELECT plan_id, p_customer_id AS customer_id, p_product AS product,
     ` + planPeriod + ` AS period, p_quantity AS quantity, p_submitted_at AS submitted_at,

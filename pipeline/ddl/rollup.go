@@ -167,7 +167,15 @@ func PlanRollups(cfg pipeline.Config) ([]RollupPlan, error) {
 	}
 	seen := map[string]bool{}
 	var plans []RollupPlan
-	for _, r := range cfg.Rollups {
+	rollups := cfg.Rollups
+	if cfg.Feedback != nil {
+		r, err := feedbackActuals(cfg)
+		if err != nil {
+			return nil, err
+		}
+		rollups = append(append([]pipeline.RollupConfig(nil), rollups...), r)
+	}
+	for _, r := range rollups {
 		if seen[r.Name] {
 			return nil, &RollupError{Rollup: r.Name, Msg: "two rollups have this name"}
 		}
@@ -264,7 +272,9 @@ func planRollup(ch pipeline.ClickHouseConfig, streams []pipeline.StreamConfig, r
 			if ch.Features.NullableStates {
 				argType = t
 			}
-			if m.Function != pipeline.FuncUniq && !numericTypes[fieldType] {
+			// Min and Max also take a date or time that is never NULL (the latest event, say).
+			dated := (m.Function == pipeline.FuncMin || m.Function == pipeline.FuncMax) && (t == "Date" || t == "DateTime")
+			if m.Function != pipeline.FuncUniq && !numericTypes[fieldType] && !dated {
 				var numeric []string
 				for _, f := range fields {
 					if numericTypes[strings.TrimSuffix(strings.TrimPrefix(types[f], "Nullable("), ")")] {
@@ -455,4 +465,36 @@ var versionEngines = map[string][]string{
 	"":       {"AggregatingMergeTree", "Distributed"},
 	"_mv":    {"MaterializedView"},
 	"_local": {"ReplicatedAggregatingMergeTree"},
+}
+
+// feedbackActuals is the rollup behind the feedback_actuals view of a loop with feedback:
+// per customer, product and feedback period, the usage's quantity, events and latest
+// event, kept up to date by ClickHouse as rows arrive. Being a rollup, it is versioned,
+// built and backfilled with the workers stopped, rebuilt when the grain changes, on a
+// cluster too, and a consent withdrawal deletes the customer's groups from it.
+func feedbackActuals(cfg pipeline.Config) (pipeline.RollupConfig, error) {
+	fc := cfg.Feedback
+	stream := ""
+	for _, s := range cfg.Streams {
+		if s.Table() == fc.UsageTable && s.Kind == pipeline.KindUsage {
+			stream = s.Name
+		}
+	}
+	if stream == "" {
+		return pipeline.RollupConfig{}, &RollupError{Rollup: pipeline.FeedbackActualsRollup,
+			Msg: fmt.Sprintf("feedback reads %s, which is not the raw table of a usage stream", fc.UsageTable)}
+	}
+	g := pipeline.RollupMonth
+	if fc.Grain == pipeline.GrainWeek {
+		g = pipeline.RollupWeek
+	}
+	return pipeline.RollupConfig{
+		Name: pipeline.FeedbackActualsRollup, Stream: stream, Granularity: g,
+		Dimensions: []string{"customer_id", "product"},
+		Measures: []pipeline.MeasureConfig{
+			{Name: "actual", Function: pipeline.FuncSum, Field: "quantity"},
+			{Name: "events", Function: pipeline.FuncCount},
+			{Name: "last_event_at", Function: pipeline.FuncMax, Field: "ts"},
+		},
+	}, nil
 }

@@ -252,6 +252,8 @@ func TestFeedbackOnCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	feedbackRollup(t, ctx, sch, scfg, sfc)
+	feedbackRollup(t, ctx, ch, cfg, fc)
 	sstmts, err := PlanFeedback(sfc)
 	if err != nil {
 		t.Fatal(err)
@@ -314,4 +316,19 @@ func TestFeedbackOnCluster(t *testing.T) {
 		}
 	}
 	t.Logf("%d gap rows, equal through every node and on the single server", len(want))
+}
+
+// feedbackRollup builds and backfills the rollup behind feedback_actuals of a loop with
+// feedback fc, as the controller does before the feedback views.
+func feedbackRollup(t *testing.T, ctx context.Context, ch driver.Conn, cfg pipeline.Config, fc pipeline.FeedbackConfig) {
+	t.Helper()
+	cfg.Feedback = &fc
+	plans, err := PlanRollups(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	noWorkers := func([]string) (bool, error) { return true, nil }
+	if _, _, err := ApplyRollups(ctx, ch, cfg.ClickHouse.Database, plans, noWorkers); err != nil {
+		t.Fatal(err)
+	}
 }

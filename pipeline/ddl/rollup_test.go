@@ -163,6 +163,7 @@ func TestPlanRollupsRefusesInvalid(t *testing.T) {
 		"time as dimension":        {func(r *pipeline.RollupConfig) { r.Dimensions = []string{"ts"} }, `dimension "ts"`},
 		"sum of a string":          {func(r *pipeline.RollupConfig) { r.Measures[1].Field = "region" }, `measure "used": Sum needs a numeric field, and "region" is not a numeric column of stream usage`},
 		"max of a date":            {func(r *pipeline.RollupConfig) { r.Measures[3].Field = "signup" }, `"signup" is not a numeric column`},
+		"sum of a time":            {func(r *pipeline.RollupConfig) { r.Measures[1].Field = "ts" }, `"ts" is not a numeric column`},
 		"unknown field":            {func(r *pipeline.RollupConfig) { r.Measures[4].Field = "nope" }, `measure "customers": field "nope" is not a column of stream usage`},
 		"source field":             {func(r *pipeline.RollupConfig) { r.Measures[4].Field = "_topic" }, `field "_topic" is not a column`},
 		"count with a field":       {func(r *pipeline.RollupConfig) { r.Measures[0].Field = "quantity" }, "Count counts rows"},
@@ -194,6 +195,50 @@ func TestPlanRollupsRefusesInvalid(t *testing.T) {
 				t.Errorf("error %q\ndoes not name the rollup and say %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestFeedbackActualsRollup: a loop with feedback has a rollup of its own behind
+// feedback_actuals, grouped by customer and product per feedback period, whose version
+// follows the grain; its name is taken, and it needs the usage stream feedback reads.
+func TestFeedbackActualsRollup(t *testing.T) {
+	cfg := rollupConfig()
+	if plans, err := PlanRollups(cfg); err != nil || slices.ContainsFunc(plans, func(p RollupPlan) bool { return p.Name == pipeline.FeedbackActualsRollup }) {
+		t.Fatalf("without feedback: %v, %v", plans, err)
+	}
+	month := pipeline.FeedbackConfig{Database: cfg.ClickHouse.Database, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth}
+	cfg.Feedback = &month
+	plans, err := PlanRollups(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := plans[len(plans)-1]
+	if p.Name != pipeline.FeedbackActualsRollup || p.View != "rollup_feedback_actuals" || p.Source != "usage_raw" ||
+		!slices.Equal(p.Columns, []string{"period", "customer_id", "product", "actual", "events", "last_event_at"}) {
+		t.Errorf("feedback rollup %s (view %s, source %s) has columns %v", p.Name, p.View, p.Source, p.Columns)
+	}
+	week := month
+	week.Grain = pipeline.GrainWeek
+	cfg.Feedback = &week
+	weekly, err := PlanRollups(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := weekly[len(weekly)-1].Version; v == p.Version {
+		t.Errorf("a change of grain keeps version %s: the rollup would not be rebuilt", v)
+	}
+
+	taken := cfg
+	taken.Rollups = append(slices.Clone(cfg.Rollups), pipeline.RollupConfig{Name: pipeline.FeedbackActualsRollup, Stream: "usage",
+		Granularity: pipeline.RollupDay, Measures: []pipeline.MeasureConfig{{Name: "n", Function: pipeline.FuncCount}}})
+	if _, err := PlanRollups(taken); err == nil || !strings.Contains(err.Error(), "two rollups have this name") {
+		t.Errorf("a rollup named %s beside feedback: %v", pipeline.FeedbackActualsRollup, err)
+	}
+	wrong := month
+	wrong.UsageTable = "plans_raw"
+	cfg.Feedback = &wrong
+	if _, err := PlanRollups(cfg); err == nil || !strings.Contains(err.Error(), "not the raw table of a usage stream") {
+		t.Errorf("feedback over the plans as usage: %v", err)
 	}
 }
 

@@ -265,6 +265,9 @@ func setUpLoop(t *testing.T, ctx context.Context, cfg pipeline.Config) driver.Co
 		_ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(cfg.ClickHouse.Database)+cfg.ClickHouse.OnCluster())
 		_ = ch.Close()
 	})
+	fc := pipeline.FeedbackConfig{Database: cfg.ClickHouse.Database, Cluster: cfg.ClickHouse.Cluster,
+		UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth}
+	cfg.Feedback = &fc // its actuals are a rollup of their own
 	plans, err := ddl.PlanRollups(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -273,8 +276,6 @@ func setUpLoop(t *testing.T, ctx context.Context, cfg pipeline.Config) driver.Co
 	if _, _, err := ddl.ApplyRollups(ctx, ch, cfg.ClickHouse.Database, plans, noWorkerYet); err != nil {
 		t.Fatal(err)
 	}
-	fc := pipeline.FeedbackConfig{Database: cfg.ClickHouse.Database, Cluster: cfg.ClickHouse.Cluster,
-		UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth}
 	stmts, err := ddl.PlanFeedback(fc)
 	if err != nil {
 		t.Fatal(err)

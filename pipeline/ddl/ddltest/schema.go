@@ -28,17 +28,35 @@ func ApplySchema(t testing.TB, cfg pipeline.Config) driver.Conn {
 	return ch
 }
 
-// ApplyFeedback creates the config's tables, as ApplySchema, and the feedback views fc
-// declares over them.
+// ApplyFeedback creates the config's tables, as ApplySchema, then the feedback rollup
+// and views, as Feedback.
 func ApplyFeedback(t testing.TB, cfg pipeline.Config, fc pipeline.FeedbackConfig) driver.Conn {
 	t.Helper()
 	ch := ApplySchema(t, cfg)
+	Feedback(t, ch, cfg, fc)
+	return ch
+}
+
+// Feedback creates, over tables that exist, what a loop with feedback fc has: the
+// feedback_actuals rollup (built and backfilled as the controller does, with no worker
+// to stop) and the feedback views.
+func Feedback(t testing.TB, ch driver.Conn, cfg pipeline.Config, fc pipeline.FeedbackConfig) {
+	t.Helper()
+	ctx := context.Background()
+	cfg.Feedback = &fc
+	plans, err := ddl.PlanRollups(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	noWorkers := func([]string) (bool, error) { return true, nil }
+	if _, _, err := ddl.ApplyRollups(ctx, ch, cfg.ClickHouse.Database, plans, noWorkers); err != nil {
+		t.Fatal(err)
+	}
 	stmts, err := ddl.PlanFeedback(fc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ddl.ApplyFeedback(context.Background(), ch, fc.Database, stmts); err != nil {
+	if err := ddl.ApplyFeedback(ctx, ch, fc.Database, stmts); err != nil {
 		t.Fatal(err)
 	}
-	return ch
 }

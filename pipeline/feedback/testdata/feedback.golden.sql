@@ -1,10 +1,8 @@
 -- Month acme.feedback_actuals
 CREATE VIEW IF NOT EXISTS `acme`.`feedback_actuals` AS
-SELECT customer_id, product, toStartOfMonth(ts, 'UTC') AS period,
-    sum(quantity) AS actual, count() AS events, max(ts) AS last_event_at
-FROM `acme`.`usage_raw`
-WHERE 'customerloop:b957935a734a' != ''
-GROUP BY customer_id, product, period;
+SELECT customer_id, product, period, actual, events, last_event_at
+FROM `acme`.`rollup_feedback_actuals`
+WHERE 'customerloop:4c1d14c9a65a' != '';
 
 -- Month acme.feedback_plan_versions
 CREATE VIEW IF NOT EXISTS `acme`.`feedback_plan_versions` AS
@@ -68,11 +66,9 @@ ORDER BY product, horizon;
 
 -- Week acme.feedback_actuals
 CREATE VIEW IF NOT EXISTS `acme`.`feedback_actuals` AS
-SELECT customer_id, product, toMonday(ts, 'UTC') AS period,
-    sum(quantity) AS actual, count() AS events, max(ts) AS last_event_at
-FROM `acme`.`usage_raw`
-WHERE 'customerloop:d2ce69a814c8' != ''
-GROUP BY customer_id, product, period;
+SELECT customer_id, product, period, actual, events, last_event_at
+FROM `acme`.`rollup_feedback_actuals`
+WHERE 'customerloop:4c1d14c9a65a' != '';
 
 -- Week acme.feedback_plan_versions
 CREATE VIEW IF NOT EXISTS `acme`.`feedback_plan_versions` AS
