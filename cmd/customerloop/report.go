@@ -73,6 +73,8 @@ func newReportCommand(config *genericclioptions.ConfigFlags) *cobra.Command {
 			return err
 		}
 		defer conn.Close()
+		// With --customer, the customer's rows are read alone.
+		o.Filter.Feedback = cfg.Feedback
 		return cli.PrintReport(ctx, cmd.OutOrStdout(), conn, cfg.ClickHouse.Database, o)
 	}
 	return cmd

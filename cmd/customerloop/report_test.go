@@ -50,7 +50,8 @@ func TestPrintReport(t *testing.T) {
 	if _, err := ddl.Migrate(ctx, conn, cfg); err != nil {
 		t.Fatal(err)
 	}
-	ddltest.Feedback(t, conn, cfg, pipeline.FeedbackConfig{Database: db, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth})
+	fc := pipeline.FeedbackConfig{Database: db, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth}
+	ddltest.Feedback(t, conn, cfg, fc)
 	// INSERT ... VALUES through Exec hangs on 18.16's native protocol: insert in batches.
 	now := time.Now().UTC().Truncate(time.Second)
 	at := func(s string) time.Time { t, _ := time.Parse(time.DateTime, s); return t }
@@ -97,7 +98,7 @@ func TestPrintReport(t *testing.T) {
 	}
 
 	out.Reset()
-	if err := cli.PrintReport(ctx, &out, conn, db, cli.ReportOptions{Format: "csv", View: "all", Filter: feedback.GapFilter{Customer: "globex"}}); err != nil {
+	if err := cli.PrintReport(ctx, &out, conn, db, cli.ReportOptions{Format: "csv", View: "all", Filter: feedback.GapFilter{Customer: "globex", Feedback: &fc}}); err != nil {
 		t.Fatal(err)
 	}
 	records, err := csv.NewReader(&out).ReadAll()

@@ -40,10 +40,7 @@ func PlanFeedback(cfg pipeline.FeedbackConfig) ([]FeedbackStatement, error) {
 		return nil, fmt.Errorf("feedback grain %q: want %s or %s", cfg.Grain, pipeline.GrainWeek, pipeline.GrainMonth)
 	}
 	db, g := cfg.Database, cfg.Grain
-	plans := pipeline.QualifiedTable(db, cfg.PlanTable)
 	view := func(name string) string { return pipeline.QualifiedTable(db, name) }
-	planPeriod, planIndex := g.PeriodSQL("p_period", true)
-	_, submittedIndex := g.PeriodSQL("p_submitted_at", false)
 	current, _ := g.PeriodSQL("now()", false)
 	// The joined subqueries are named where the server requires it; on 18.16 the views
 	// stay as they were, so that their fingerprints do not change.
@@ -59,39 +56,9 @@ func PlanFeedback(cfg pipeline.FeedbackConfig) ([]FeedbackStatement, error) {
 		pipeline.ViewActuals: `SELECT customer_id, product, period, actual, events, last_event_at
 FROM ` + view(RollupView(pipeline.FeedbackActualsRollup)),
 
-		pipeline.ViewPlanVersions: `SELECT plan_id, p_customer_id AS customer_id, p_product AS product,
-    ` + planPeriod + ` AS period, p_quantity AS quantity, p_submitted_at AS submitted_at,
-    p_confidence AS confidence, ` + planIndex + ` - ` + submittedIndex + ` AS horizon
-FROM
-(
-    SELECT plan_id,
-        argMax(customer_id, _offset) AS p_customer_id, argMax(product, _offset) AS p_product,
-        argMax(period, _offset) AS p_period, argMax(quantity, _offset) AS p_quantity,
-        argMax(submitted_at, _offset) AS p_submitted_at, argMax(confidence, _offset) AS p_confidence
-    FROM ` + plans + `
-    GROUP BY plan_id
-)`,
+		pipeline.ViewPlanVersions: planVersionsSQL(cfg, ""),
 
-		pipeline.ViewGaps: `SELECT customer_id, product, period,
-    if(versions > 0, planned, NULL) AS planned_latest,
-    if(versions_before > 0, planned_before, NULL) AS planned_at_start,
-    versions, actual, events,
-    if(versions > 0, actual - planned, NULL) AS gap,
-    if(versions > 0 AND planned != 0, (actual - planned) / planned, NULL) AS gap_ratio,
-    if(versions > 0 AND planned != 0, actual / planned, NULL) AS consumed_share
-FROM
-(
-    SELECT customer_id, product, period,
-        argMax(quantity, (submitted_at, plan_id)) AS planned, count() AS versions,
-        argMaxIf(quantity, (submitted_at, plan_id), horizon >= 1) AS planned_before,
-        countIf(horizon >= 1) AS versions_before
-    FROM ` + view(pipeline.ViewPlanVersions) + `
-    GROUP BY customer_id, product, period
-)` + planSide + `
-ALL FULL OUTER JOIN
-(
-    SELECT customer_id, product, period, actual, events FROM ` + view(pipeline.ViewActuals) + `
-)` + actualSide + ` USING (customer_id, product, period)`,
+		pipeline.ViewGaps: gapsSQL(cfg, view(pipeline.ViewPlanVersions), view(pipeline.ViewActuals)),
 
 		pipeline.ViewAccuracy: `SELECT product, horizon, count() AS n, sum(p) AS planned, sum(a) AS actual,
     if(sum(a) > 0, sum(p - a) / sum(a), NULL) AS bias,
@@ -120,6 +87,83 @@ ORDER BY product, horizon`,
 		out = append(out, FeedbackStatement{Statement: pipeline.Statement{Object: db + "." + name, SQL: sql}, View: name, Fingerprint: fp, on: on})
 	}
 	return out, nil
+}
+
+// planVersionsSQL is the body of feedback_plan_versions: each plan id's latest version
+// (highest offset) with its period and horizon. With where, a condition on the raw plan
+// rows, only the plan ids it selects are read.
+func planVersionsSQL(cfg pipeline.FeedbackConfig, where string) string {
+	planPeriod, planIndex := cfg.Grain.PeriodSQL("p_period", true)
+	_, submittedIndex := cfg.Grain.PeriodSQL("p_submitted_at", false)
+	if where != "" {
+		where = "\n    WHERE " + where
+	}
+	return `SELECT plan_id, p_customer_id AS customer_id, p_product AS product,
+    ` + planPeriod + ` AS period, p_quantity AS quantity, p_submitted_at AS submitted_at,
+    p_confidence AS confidence, ` + planIndex + ` - ` + submittedIndex + ` AS horizon
+FROM
+(
+    SELECT plan_id,
+        argMax(customer_id, _offset) AS p_customer_id, argMax(product, _offset) AS p_product,
+        argMax(period, _offset) AS p_period, argMax(quantity, _offset) AS p_quantity,
+        argMax(submitted_at, _offset) AS p_submitted_at, argMax(confidence, _offset) AS p_confidence
+    FROM ` + pipeline.QualifiedTable(cfg.Database, cfg.PlanTable) + where + `
+    GROUP BY plan_id
+)`
+}
+
+// gapsSQL is the body of feedback_gaps over the given plan versions and actuals (views,
+// or subqueries in parentheses).
+func gapsSQL(cfg pipeline.FeedbackConfig, planVersions, actuals string) string {
+	// The joined subqueries are named where the server requires it; on 18.16 the views
+	// stay as they were, so that their fingerprints do not change.
+	planSide, actualSide := "", ""
+	if cfg.Features.SubqueryAliases {
+		planSide, actualSide = " AS plans", " AS actuals"
+	}
+	return `SELECT customer_id, product, period,
+    if(versions > 0, planned, NULL) AS planned_latest,
+    if(versions_before > 0, planned_before, NULL) AS planned_at_start,
+    versions, actual, events,
+    if(versions > 0, actual - planned, NULL) AS gap,
+    if(versions > 0 AND planned != 0, (actual - planned) / planned, NULL) AS gap_ratio,
+    if(versions > 0 AND planned != 0, actual / planned, NULL) AS consumed_share
+FROM
+(
+    SELECT customer_id, product, period,
+        argMax(quantity, (submitted_at, plan_id)) AS planned, count() AS versions,
+        argMaxIf(quantity, (submitted_at, plan_id), horizon >= 1) AS planned_before,
+        countIf(horizon >= 1) AS versions_before
+    FROM ` + planVersions + `
+    GROUP BY customer_id, product, period
+)` + planSide + `
+ALL FULL OUTER JOIN
+(
+    SELECT customer_id, product, period, actual, events FROM ` + actuals + `
+)` + actualSide + ` USING (customer_id, product, period)`
+}
+
+// ReadCustomerSettings end a query of CustomerGapsSQL.
+const ReadCustomerSettings = "SETTINGS enable_optimize_predicate_expression = 1"
+
+// CustomerGapsSQL returns a query of the rows feedback_gaps holds for one customer, which
+// reads only that customer's rows: the plan ids the customer ever planned under (by the
+// plans table's key), of which those whose latest version is still the customer's, and
+// the customer's groups of the feedback actuals rollup. It takes the customer id three
+// times as arguments (?). The view itself cannot be filtered this cheaply: 18.16 does not
+// push a condition into the subqueries of a join. Run it with ReadCustomerSettings, so
+// that the condition on the actuals reaches into their read view, which groups by
+// customer.
+func CustomerGapsSQL(cfg pipeline.FeedbackConfig) (string, error) {
+	for _, n := range []string{cfg.Database, cfg.PlanTable} {
+		if err := pipeline.ValidIdent(n); err != nil {
+			return "", err
+		}
+	}
+	plans := pipeline.QualifiedTable(cfg.Database, cfg.PlanTable)
+	versions := "(\n" + planVersionsSQL(cfg, "plan_id IN (SELECT plan_id FROM "+plans+" WHERE customer_id = ?)") + "\nWHERE customer_id = ?\n)"
+	actuals := pipeline.QualifiedTable(cfg.Database, RollupView(pipeline.FeedbackActualsRollup)) + " WHERE customer_id = ?"
+	return gapsSQL(cfg, versions, actuals), nil
 }
 
 // withFingerprint adds an always-true predicate naming the definition to the outermost

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -338,6 +339,34 @@ func TestFeedbackViews(t *testing.T) {
 	// Late usage events for earlier periods move the figures.
 	insertUsage(gen(300, 3))
 	check("after late events")
+
+	// One customer's rows, read alone, are the view's rows of that customer: also after
+	// a plan id is re-sent under another customer (its latest version moves there), for
+	// customers with no plan or no usage, and for one the loop never saw.
+	moved := versions[1]
+	moved.customer = "c5"
+	planRows = nil
+	addPlan(moved)
+	if err := ddl.InsertRows(ctx, ch, fc.Database, plans, planRows); err != nil {
+		t.Fatal(err)
+	}
+	fb := fc
+	for _, c := range []string{"c0", "c1", "c2", "c3", "c4", "c5", versions[1].customer, "nobody"} {
+		whole, err := QueryGaps(ctx, ch, fc.Database, GapFilter{Customer: c})
+		if err != nil {
+			t.Fatal(err)
+		}
+		alone, err := QueryGaps(ctx, ch, fc.Database, GapFilter{Customer: c, Feedback: &fb})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c != "nobody" && len(whole) == 0 {
+			t.Errorf("customer %s has no rows in feedback_gaps: the comparison says nothing", c)
+		}
+		if !reflect.DeepEqual(whole, alone) {
+			t.Errorf("customer %s: read alone %d rows, the view has %d:\n alone %+v\n view  %+v", c, len(alone), len(whole), alone, whole)
+		}
+	}
 }
 
 func near(a, b float64) bool {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/ddl"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 )
 
@@ -42,12 +43,25 @@ type AccuracyRow struct {
 type GapFilter struct {
 	Product, Customer string
 	From, To          time.Time
+	// Feedback, when set with Customer, is the loop's feedback: the customer's rows are
+	// then read alone (ddl.CustomerGapsSQL) instead of filtered from the whole view, at a
+	// cost that follows that customer's plans and periods.
+	Feedback *pipeline.FeedbackConfig
 }
 
 // QueryGaps reads the loop's gap view, largest absolute gap first within each period.
 func QueryGaps(ctx context.Context, conn driver.Conn, db string, f GapFilter) ([]GapRow, error) {
-	q := gapRowsSelect + pipeline.QualifiedTable(db, pipeline.ViewGaps) + " WHERE 1 = 1"
+	from, settings := pipeline.QualifiedTable(db, pipeline.ViewGaps), ""
 	var args []any
+	if f.Customer != "" && f.Feedback != nil {
+		body, err := ddl.CustomerGapsSQL(*f.Feedback)
+		if err != nil {
+			return nil, err
+		}
+		from, settings = "(\n"+body+"\n)", " "+ddl.ReadCustomerSettings
+		args = append(args, f.Customer, f.Customer, f.Customer)
+	}
+	q := gapRowsSelect + from + " WHERE 1 = 1"
 	if f.Product != "" {
 		q += " AND product = ?"
 		args = append(args, f.Product)
@@ -64,7 +78,7 @@ func QueryGaps(ctx context.Context, conn driver.Conn, db string, f GapFilter) ([
 		q += " AND period <= toDate(?)"
 		args = append(args, f.To.Format(time.DateOnly))
 	}
-	q += " ORDER BY period, product, abs(ifNull(gap, 0)) DESC, customer_id"
+	q += " ORDER BY period, product, abs(ifNull(gap, 0)) DESC, customer_id" + settings
 	return queryGapRows(ctx, conn, db, q, args...)
 }
 
