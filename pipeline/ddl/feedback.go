@@ -121,13 +121,24 @@ func gapsSQL(cfg pipeline.FeedbackConfig, planVersions, actuals string) string {
 	if cfg.Features.SubqueryAliases {
 		planSide, actualSide = " AS plans", " AS actuals"
 	}
+	// The period under way also has its actual projected to the whole period at the rate
+	// so far (run rate), and the gap that projection makes.
+	current, _ := cfg.Grain.PeriodSQL("now()", false)
+	end := "addMonths(period, 1)"
+	if cfg.Grain == pipeline.GrainWeek {
+		end = "addWeeks(period, 1)"
+	}
+	start := "toUInt32(toDateTime(period, 'UTC'))"
+	projected := "actual * (toUInt32(toDateTime(" + end + ", 'UTC')) - " + start + ") / greatest(toUInt32(now()) - " + start + ", 1)"
 	return `SELECT customer_id, product, period,
     if(versions > 0, planned, NULL) AS planned_latest,
     if(versions_before > 0, planned_before, NULL) AS planned_at_start,
     versions, actual, events,
     if(versions > 0, actual - planned, NULL) AS gap,
     if(versions > 0 AND planned != 0, (actual - planned) / planned, NULL) AS gap_ratio,
-    if(versions > 0 AND planned != 0, actual / planned, NULL) AS consumed_share
+    if(versions > 0 AND planned != 0, actual / planned, NULL) AS consumed_share,
+    if(period = ` + current + `, ` + projected + `, NULL) AS projected,
+    if(period = ` + current + ` AND versions > 0, ` + projected + ` - planned, NULL) AS projected_gap
 FROM
 (
     SELECT customer_id, product, period,

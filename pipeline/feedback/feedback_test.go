@@ -367,6 +367,66 @@ func TestFeedbackViews(t *testing.T) {
 			t.Errorf("customer %s: read alone %d rows, the view has %d:\n alone %+v\n view  %+v", c, len(alone), len(whole), alone, whole)
 		}
 	}
+
+	// Run rate: the period under way projects its actual so far to the whole period, and
+	// its gap from that; no other period has a projection. The server's clock is read
+	// between before and after, so the projection lies between the two computed here.
+	cur := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
+	length := float64(cur.AddDate(0, 1, 0).Unix() - cur.Unix())
+	var runUsage [][3]any
+	for i := range 40 {
+		ts := cur.Add(time.Duration(rng.Int64N(max(int64(now.Sub(cur)), 1))))
+		runUsage = append(runUsage, [3]any{fmt.Sprintf("c%d", i%3), "p0", [2]any{ts, float64(1 + i%5)}})
+	}
+	insertUsage(runUsage)
+	planRows = nil
+	addPlan(planVersion{"plan-now-c0", "c0", "p0", cur, cur.AddDate(0, -1, 0), 120})
+	addPlan(planVersion{"plan-now-c1", "c1", "p0", cur, cur.AddDate(0, -1, 0), 0})
+	if err := ddl.InsertRows(ctx, ch, fc.Database, plans, planRows); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now().Unix()
+	rows, err := ch.Query(ctx, "SELECT customer_id, period, actual, planned_latest, projected, projected_gap FROM "+
+		pipeline.QualifiedTable(fc.Database, pipeline.ViewGaps)+" ORDER BY customer_id, product, period")
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := time.Now().Unix()
+	projections := 0
+	for rows.Next() {
+		var (
+			customer                    string
+			period                      time.Time
+			act                         float64
+			planned, projected, projGap *float64
+		)
+		if err := rows.Scan(&customer, &period, &act, &planned, &projected, &projGap); err != nil {
+			t.Fatal(err)
+		}
+		if !period.Equal(cur) {
+			if projected != nil || projGap != nil {
+				t.Errorf("%s %s: a projection (%v, %v) outside the period under way", customer, period.Format(time.DateOnly), nullable64(projected), nullable64(projGap))
+			}
+			continue
+		}
+		projections++
+		lo := act * length / float64(max(after-cur.Unix(), 1))
+		hi := act * length / float64(max(before-cur.Unix(), 1))
+		if projected == nil || *projected < lo*(1-1e-9) || *projected > hi*(1+1e-9) {
+			t.Errorf("%s: projected %v with %v so far, want between %v and %v", customer, nullable64(projected), act, lo, hi)
+			continue
+		}
+		switch {
+		case planned == nil && projGap != nil:
+			t.Errorf("%s: a projected gap %v without a plan", customer, *projGap)
+		case planned != nil && (projGap == nil || !near(*projGap, *projected-*planned)):
+			t.Errorf("%s: projected gap %v, want %v - %v", customer, nullable64(projGap), *projected, *planned)
+		}
+	}
+	rows.Close()
+	if projections < 3 {
+		t.Errorf("%d rows in the period under way, want those of c0, c1 and c2", projections)
+	}
 }
 
 func near(a, b float64) bool {

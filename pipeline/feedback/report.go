@@ -24,6 +24,10 @@ type GapRow struct {
 	Gap            *float64  `json:"gap"`
 	GapRatio       *float64  `json:"gapRatio"`
 	ConsumedShare  *float64  `json:"consumedShare"`
+	// Projected is, for the period under way only, the actual so far projected to the
+	// whole period at its rate so far; ProjectedGap is Projected - PlannedLatest.
+	Projected    *float64 `json:"projected"`
+	ProjectedGap *float64 `json:"projectedGap"`
 }
 
 // AccuracyRow is one row of feedback_accuracy: how well plans made some periods ahead
@@ -83,7 +87,7 @@ func QueryGaps(ctx context.Context, conn driver.Conn, db string, f GapFilter) ([
 }
 
 // gapRowsSelect is the start of a query whose rows queryGapRows reads.
-const gapRowsSelect = "SELECT customer_id, product, period, planned_latest, planned_at_start, versions, actual, events, gap, gap_ratio, consumed_share FROM "
+const gapRowsSelect = "SELECT customer_id, product, period, planned_latest, planned_at_start, versions, actual, events, gap, gap_ratio, consumed_share, projected, projected_gap FROM "
 
 // queryGapRows runs a query of the gap view that starts with gapRowsSelect.
 func queryGapRows(ctx context.Context, conn driver.Conn, db, q string, args ...any) ([]GapRow, error) {
@@ -96,7 +100,7 @@ func queryGapRows(ctx context.Context, conn driver.Conn, db, q string, args ...a
 	for rows.Next() {
 		var r GapRow
 		if err := rows.Scan(&r.Customer, &r.Product, &r.Period, &r.PlannedLatest, &r.PlannedAtStart, &r.Versions,
-			&r.Actual, &r.Events, &r.Gap, &r.GapRatio, &r.ConsumedShare); err != nil {
+			&r.Actual, &r.Events, &r.Gap, &r.GapRatio, &r.ConsumedShare, &r.Projected, &r.ProjectedGap); err != nil {
 			return nil, fmt.Errorf("reading %s.%s: %w", db, pipeline.ViewGaps, err)
 		}
 		r.Period = r.Period.UTC()

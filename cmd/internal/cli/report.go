@@ -55,10 +55,10 @@ func PrintReport(ctx context.Context, w io.Writer, conn driver.Conn, db string, 
 	case "csv":
 		cw := csv.NewWriter(w)
 		if o.View == "gaps" {
-			_ = cw.Write([]string{"period", "customer", "product", "planned_latest", "planned_at_start", "versions", "actual", "events", "gap", "gap_ratio", "consumed_share"})
+			_ = cw.Write([]string{"period", "customer", "product", "planned_latest", "planned_at_start", "versions", "actual", "events", "gap", "gap_ratio", "consumed_share", "projected", "projected_gap"})
 			for _, r := range gaps {
 				_ = cw.Write([]string{r.Period.Format(time.DateOnly), r.Customer, r.Product, num(r.PlannedLatest), num(r.PlannedAtStart),
-					strconv.FormatUint(r.Versions, 10), num(&r.Actual), strconv.FormatUint(r.Events, 10), num(r.Gap), num(r.GapRatio), num(r.ConsumedShare)})
+					strconv.FormatUint(r.Versions, 10), num(&r.Actual), strconv.FormatUint(r.Events, 10), num(r.Gap), num(r.GapRatio), num(r.ConsumedShare), num(r.Projected), num(r.ProjectedGap)})
 			}
 		} else {
 			_ = cw.Write([]string{"product", "horizon", "n", "planned", "actual", "bias", "wape"})
@@ -72,10 +72,11 @@ func PrintReport(ctx context.Context, w io.Writer, conn driver.Conn, db string, 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	if o.View != "accuracy" {
 		fmt.Fprintln(w, "plan against actual per customer, product and period")
-		fmt.Fprintln(tw, "period\tcustomer\tproduct\tplanned\tplanned at start\tactual\tgap\tgap %\tused %\tversions\t")
+		fmt.Fprintln(tw, "period\tcustomer\tproduct\tplanned\tplanned at start\tactual\tgap\tgap %\tused %\tversions\tprojected\tprojected gap\t")
 		for _, r := range gaps {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", r.Period.Format(time.DateOnly), r.Customer, r.Product,
-				Round(r.PlannedLatest), Round(r.PlannedAtStart), Round(&r.Actual), Round(r.Gap), Percent(r.GapRatio), Percent(r.ConsumedShare), r.Versions)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t\n", r.Period.Format(time.DateOnly), r.Customer, r.Product,
+				Round(r.PlannedLatest), Round(r.PlannedAtStart), Round(&r.Actual), Round(r.Gap), Percent(r.GapRatio), Percent(r.ConsumedShare), r.Versions,
+				Round(r.Projected), Round(r.ProjectedGap))
 		}
 		if len(gaps) == 0 {
 			fmt.Fprintln(tw, "(no plans or usage yet)\t")

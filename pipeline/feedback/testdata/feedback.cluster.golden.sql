@@ -28,7 +28,9 @@ SELECT customer_id, product, period,
     versions, actual, events,
     if(versions > 0, actual - planned, NULL) AS gap,
     if(versions > 0 AND planned != 0, (actual - planned) / planned, NULL) AS gap_ratio,
-    if(versions > 0 AND planned != 0, actual / planned, NULL) AS consumed_share
+    if(versions > 0 AND planned != 0, actual / planned, NULL) AS consumed_share,
+    if(period = toStartOfMonth(now(), 'UTC'), actual * (toUInt32(toDateTime(addMonths(period, 1), 'UTC')) - toUInt32(toDateTime(period, 'UTC'))) / greatest(toUInt32(now()) - toUInt32(toDateTime(period, 'UTC')), 1), NULL) AS projected,
+    if(period = toStartOfMonth(now(), 'UTC') AND versions > 0, actual * (toUInt32(toDateTime(addMonths(period, 1), 'UTC')) - toUInt32(toDateTime(period, 'UTC'))) / greatest(toUInt32(now()) - toUInt32(toDateTime(period, 'UTC')), 1) - planned, NULL) AS projected_gap
 FROM
 (
     SELECT customer_id, product, period,
@@ -42,7 +44,7 @@ ALL FULL OUTER JOIN
 (
     SELECT customer_id, product, period, actual, events FROM `acme`.`feedback_actuals`
 ) USING (customer_id, product, period)
-WHERE 'customerloop:655ffd39bd55' != '';
+WHERE 'customerloop:22858333a5b2' != '';
 
 -- Month acme.feedback_accuracy
 CREATE VIEW IF NOT EXISTS `acme`.`feedback_accuracy` ON CLUSTER `analytics` AS
@@ -94,7 +96,9 @@ SELECT customer_id, product, period,
     versions, actual, events,
     if(versions > 0, actual - planned, NULL) AS gap,
     if(versions > 0 AND planned != 0, (actual - planned) / planned, NULL) AS gap_ratio,
-    if(versions > 0 AND planned != 0, actual / planned, NULL) AS consumed_share
+    if(versions > 0 AND planned != 0, actual / planned, NULL) AS consumed_share,
+    if(period = toMonday(now(), 'UTC'), actual * (toUInt32(toDateTime(addWeeks(period, 1), 'UTC')) - toUInt32(toDateTime(period, 'UTC'))) / greatest(toUInt32(now()) - toUInt32(toDateTime(period, 'UTC')), 1), NULL) AS projected,
+    if(period = toMonday(now(), 'UTC') AND versions > 0, actual * (toUInt32(toDateTime(addWeeks(period, 1), 'UTC')) - toUInt32(toDateTime(period, 'UTC'))) / greatest(toUInt32(now()) - toUInt32(toDateTime(period, 'UTC')), 1) - planned, NULL) AS projected_gap
 FROM
 (
     SELECT customer_id, product, period,
@@ -108,7 +112,7 @@ ALL FULL OUTER JOIN
 (
     SELECT customer_id, product, period, actual, events FROM `acme`.`feedback_actuals`
 ) USING (customer_id, product, period)
-WHERE 'customerloop:655ffd39bd55' != '';
+WHERE 'customerloop:96381b4bae0c' != '';
 
 -- Week acme.feedback_accuracy
 CREATE VIEW IF NOT EXISTS `acme`.`feedback_accuracy` ON CLUSTER `analytics` AS
