@@ -89,15 +89,19 @@ type ProductSeries struct {
 
 // SeriesPoint is a product's figures for a period, summed over customers as in a digest:
 // PlannedLatest and Actual over the customers who planned the period (nil when none
-// did), UnplannedActual the usage of the others.
+// did), UnplannedActual the usage of the others. A period that has not begun has no
+// actual and no gap (nil); the period under way has its run rate, Projected, and the gap
+// that makes, ProjectedGap.
 type SeriesPoint struct {
 	Period          feedback.Date `json:"period"`
 	PlannedLatest   *float64      `json:"plannedLatest"`
 	PlannedAtStart  *float64      `json:"plannedAtStart"`
-	Actual          float64       `json:"actual"`
+	Actual          *float64      `json:"actual"`
 	UnplannedActual float64       `json:"unplannedActual"`
 	Gap             *float64      `json:"gap"`
 	GapRatio        *float64      `json:"gapRatio"`
+	Projected       *float64      `json:"projected"`
+	ProjectedGap    *float64      `json:"projectedGap"`
 	Customers       uint64        `json:"customersWithPlans"`
 }
 
@@ -132,13 +136,21 @@ func Load(ctx context.Context, ref LoopRef, l Loop) (*Figures, error) {
 			f.Products = append(f.Products, ProductSeries{Product: p.Product})
 		}
 		pt := SeriesPoint{Period: feedback.Date{Time: p.Period}, PlannedLatest: p.PlannedLatest, PlannedAtStart: p.PlannedAtStart,
-			Actual: p.Actual, UnplannedActual: p.UnplannedActual, Customers: p.CustomersWithPlans}
-		if pl := p.PlannedLatest; pl != nil {
+			UnplannedActual: p.UnplannedActual, Projected: p.Projected, Customers: p.CustomersWithPlans}
+		if p.Begun {
+			a := p.Actual
+			pt.Actual = &a
+		}
+		if pl := p.PlannedLatest; pl != nil && p.Begun {
 			g := p.Actual - *pl
 			pt.Gap = &g
 			if *pl != 0 {
 				r := g / *pl
 				pt.GapRatio = &r
+			}
+			if p.Projected != nil {
+				pg := *p.Projected - *pl
+				pt.ProjectedGap = &pg
 			}
 		}
 		s := &f.Products[len(f.Products)-1]

@@ -133,7 +133,8 @@ func TestDashboardInChromium(t *testing.T) {
 				gap = f2(*p.gap)
 				ratio = pc(*p.gap, *p.planned, true)
 			}
-			row := fmt.Sprintf(`<tr><td class="l">%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%d</td></tr>`,
+			// Every period of the data is over: no projection.
+			row := fmt.Sprintf(`<tr><td class="l">%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>–</td><td>–</td><td>%d</td></tr>`,
 				at, p2(p.planned), p2(p.atStart), f2(p.actual), f2(p.unplanned), gap, ratio, p.customers)
 			if !strings.Contains(sec, row) {
 				t.Errorf("%s: row missing from the series table:\n%s\nin\n%s", product, row, sec)
@@ -256,7 +257,7 @@ func TestDashboardHTTP(t *testing.T) {
 		for i, p := range s.Points {
 			w := want[i]
 			if !p.Period.Equal(w.period) || p2(p.PlannedLatest) != p2(w.planned) || p2(p.PlannedAtStart) != p2(w.atStart) ||
-				f2(p.Actual) != f2(w.actual) || f2(p.UnplannedActual) != f2(w.unplanned) || p2(p.Gap) != p2(w.gap) || p.Customers != uint64(w.customers) {
+				p.Actual == nil || f2(*p.Actual) != f2(w.actual) || p.Projected != nil || f2(p.UnplannedActual) != f2(w.unplanned) || p2(p.Gap) != p2(w.gap) || p.Customers != uint64(w.customers) {
 				t.Errorf("%s point %d = %+v, want %+v", s.Product, i, p, w)
 			}
 		}
@@ -291,14 +292,17 @@ func TestChartEdgeCases(t *testing.T) {
 		return feedback.Date{Time: time.Date(2026, time.Month(m), 1, 0, 0, 0, 0, time.UTC)}
 	}
 	ten := 10.0
+	v := func(f float64) *float64 { return &f }
 	for name, s := range map[string]ProductSeries{
-		"one period": {Product: "p", Points: []SeriesPoint{{Period: day(1), PlannedLatest: &ten, Actual: 12}}},
-		"no plans":   {Product: "p", Points: []SeriesPoint{{Period: day(1), Actual: 3}, {Period: day(2), Actual: 4}}},
-		"zeros":      {Product: "p", Points: []SeriesPoint{{Period: day(1)}, {Period: day(2)}}},
+		"one period": {Product: "p", Points: []SeriesPoint{{Period: day(1), PlannedLatest: &ten, Actual: v(12)}}},
+		"no plans":   {Product: "p", Points: []SeriesPoint{{Period: day(1), Actual: v(3)}, {Period: day(2), Actual: v(4)}}},
+		"zeros":      {Product: "p", Points: []SeriesPoint{{Period: day(1), Actual: v(0)}, {Period: day(2), Actual: v(0)}}},
+		"under way and not begun": {Product: "p", Points: []SeriesPoint{{Period: day(1), PlannedLatest: &ten, Actual: v(9)},
+			{Period: day(2), PlannedLatest: &ten, Actual: v(1), Projected: v(14)}, {Period: day(3), PlannedLatest: &ten}}},
 		"many months": {Product: "p", Points: func() []SeriesPoint {
 			var ps []SeriesPoint
 			for m := 1; m <= 12; m++ {
-				ps = append(ps, SeriesPoint{Period: day(m), PlannedLatest: &ten, Actual: float64(m)})
+				ps = append(ps, SeriesPoint{Period: day(m), PlannedLatest: &ten, Actual: v(float64(m))})
 			}
 			return ps
 		}()},
@@ -316,8 +320,18 @@ func TestChartEdgeCases(t *testing.T) {
 				t.Errorf("%s: marker %+v outside the plot", name, m)
 			}
 		}
-		if len(c.ActualMarkers) != len(s.Points) || len(c.XTicks) > 8 {
-			t.Errorf("%s: %d actual markers for %d points, %d period labels", name, len(c.ActualMarkers), len(s.Points), len(c.XTicks))
+		begun, projected := 0, false
+		for _, p := range s.Points {
+			if p.Actual != nil {
+				begun++
+			}
+			projected = projected || p.Projected != nil
+		}
+		if len(c.ActualMarkers) != begun || len(c.XTicks) > 8 {
+			t.Errorf("%s: %d actual markers for %d periods begun, %d period labels", name, len(c.ActualMarkers), begun, len(c.XTicks))
+		}
+		if p := c.Projection; (p != nil) != projected || p != nil && (p.To < c.Top || p.To > c.Bottom || !strings.Contains(b.String(), `class="projected"`)) {
+			t.Errorf("%s: projection %+v, want one in the plot exactly when a period is under way", name, p)
 		}
 	}
 }

@@ -54,6 +54,14 @@ type chart struct {
 	Actual         string
 	PlannedMarkers []marker
 	ActualMarkers  []marker
+	// Projection is the period under way's run rate: a dashed line from its actual so
+	// far up (or down) to where the actual would end at that rate.
+	Projection *projection
+}
+
+type projection struct {
+	X, From, To float64
+	Title       string
 }
 
 type tick struct {
@@ -70,7 +78,12 @@ func newChart(s ProductSeries, g pipeline.Grain) chart {
 	c := chart{Product: s.Product, Points: s.Points, Width: 560, Height: 240, Left: 56, Right: 544, Top: 16, Bottom: 200}
 	top := 0.0
 	for _, p := range s.Points {
-		top = math.Max(top, p.Actual)
+		if p.Actual != nil {
+			top = math.Max(top, *p.Actual)
+		}
+		if p.Projected != nil {
+			top = math.Max(top, *p.Projected)
+		}
 		if p.PlannedLatest != nil {
 			top = math.Max(top, *p.PlannedLatest)
 		}
@@ -101,9 +114,14 @@ func newChart(s ProductSeries, g pipeline.Grain) chart {
 			c.XTicks = append(c.XTicks, tick{x(i), label})
 		}
 		at := p.Period.Format(time.DateOnly)
-		ya := y(p.Actual)
-		c.Actual += ftoa(x(i)) + "," + ftoa(ya) + " "
-		c.ActualMarkers = append(c.ActualMarkers, marker{x(i), ya, at + " actual " + qty(p.Actual)})
+		if p.Actual != nil { // a period that has not begun has no actual to draw
+			ya := y(*p.Actual)
+			c.Actual += ftoa(x(i)) + "," + ftoa(ya) + " "
+			c.ActualMarkers = append(c.ActualMarkers, marker{x(i), ya, at + " actual " + qty(*p.Actual)})
+			if p.Projected != nil {
+				c.Projection = &projection{x(i), ya, y(*p.Projected), at + " projected at the rate so far " + qty(*p.Projected)}
+			}
+		}
 		if p.PlannedLatest != nil {
 			yp := y(*p.PlannedLatest)
 			c.Planned += ftoa(x(i)) + "," + ftoa(yp) + " "
@@ -171,7 +189,7 @@ svg text{font-size:11px;fill:#59636e} .planned{stroke:#0969da;stroke-dasharray:6
 <a href="/api/loops/{{.Loop.Namespace}}/{{.Loop.Name}}">JSON</a> · <a href="/">all loops</a></p>
 
 <h2>Plan against actual by product</h2>
-<p class="meta">Planned: the latest plans of the customers who planned the period. Actual: their usage. Unplanned: usage of customers without a plan.</p>
+<p class="meta">Planned: the latest plans of the customers who planned the period. Actual: their usage. Unplanned: usage of customers without a plan. Projected: the period under way's actual at its rate so far, to the period's end (dashed). Periods not begun have no actual.</p>
 {{if not .Charts}}<p>No plans or usage yet.</p>{{end}}
 <div class="products">
 {{range .Charts}}<section class="product" id="product-{{.Product}}"><h3>{{.Product}}</h3>
@@ -183,12 +201,13 @@ svg text{font-size:11px;fill:#59636e} .planned{stroke:#0969da;stroke-dasharray:6
 <polyline class="actual" fill="none" stroke-width="2" points="{{.Actual}}"/>
 {{range .PlannedMarkers}}<circle cx="{{.X}}" cy="{{.Y}}" r="3" fill="#0969da"><title>{{.Title}}</title></circle>
 {{end}}{{range .ActualMarkers}}<circle cx="{{.X}}" cy="{{.Y}}" r="3" fill="#bc4c00"><title>{{.Title}}</title></circle>
+{{end}}{{with .Projection}}<line class="projected" x1="{{.X}}" x2="{{.X}}" y1="{{.From}}" y2="{{.To}}" stroke="#bc4c00" stroke-width="2" stroke-dasharray="3 3"/><circle cx="{{.X}}" cy="{{.To}}" r="4" fill="#fff" stroke="#bc4c00" stroke-width="2"><title>{{.Title}}</title></circle>
 {{end}}<line x1="{{.Left}}" x2="{{.Left}}" y1="{{.Top}}" y2="{{.Bottom}}" stroke="#8c959f"/>
 <line class="planned" x1="80" x2="104" y1="228" y2="228" stroke-width="2"/><text x="110" y="232">planned (latest)</text>
 <line class="actual" x1="220" x2="244" y1="228" y2="228" stroke-width="2"/><text x="250" y="232">actual</text>
 </svg>
-<table class="series"><tr><th class="l">period</th><th>planned</th><th>at start</th><th>actual</th><th>unplanned</th><th>gap</th><th>gap %</th><th>customers</th></tr>
-{{range .Points}}<tr><td class="l">{{date .Period.Time}}</td><td>{{qtyp .PlannedLatest}}</td><td>{{qtyp .PlannedAtStart}}</td><td>{{qty .Actual}}</td><td>{{qty .UnplannedActual}}</td><td>{{qtyp .Gap}}</td><td>{{pct .GapRatio}}</td><td>{{.Customers}}</td></tr>
+<table class="series"><tr><th class="l">period</th><th>planned</th><th>at start</th><th>actual</th><th>unplanned</th><th>gap</th><th>gap %</th><th>projected</th><th>projected gap</th><th>customers</th></tr>
+{{range .Points}}<tr><td class="l">{{date .Period.Time}}</td><td>{{qtyp .PlannedLatest}}</td><td>{{qtyp .PlannedAtStart}}</td><td>{{qtyp .Actual}}</td><td>{{qty .UnplannedActual}}</td><td>{{qtyp .Gap}}</td><td>{{pct .GapRatio}}</td><td>{{qtyp .Projected}}</td><td>{{qtyp .ProjectedGap}}</td><td>{{.Customers}}</td></tr>
 {{end}}</table></section>
 {{end}}</div>
 

@@ -168,6 +168,11 @@ type ProductPeriod struct {
 	PlannedLatest, PlannedAtStart *float64
 	// Actual is the usage of the customers with plans, UnplannedActual of the others.
 	Actual, UnplannedActual float64
+	// Begun: the period has begun (a later one has no actual yet). Projected is, for the
+	// period under way only, the run rate of the customers with plans (the sum of their
+	// feedback_gaps.projected); nil otherwise.
+	Begun     bool
+	Projected *float64
 }
 
 // QueryProductPeriods sums the loop's gap view per product and period, in that order.
@@ -178,7 +183,10 @@ func QueryProductPeriods(ctx context.Context, conn driver.Conn, db string) ([]Pr
     countIf(planned_at_start IS NOT NULL) AS starters,
     sum(ifNull(planned_at_start, 0)) AS sum_at_start,
     sumIf(actual, versions > 0) AS actual_planned,
-    sumIf(actual, versions = 0) AS actual_unplanned
+    sumIf(actual, versions = 0) AS actual_unplanned,
+    period <= today() AS begun,
+    countIf(projected IS NOT NULL AND versions > 0) AS projecting,
+    sumIf(ifNull(projected, 0), versions > 0) AS projected_planned
 FROM ` + pipeline.QualifiedTable(db, pipeline.ViewGaps) + `
 GROUP BY product, period
 ORDER BY product, period`
@@ -194,8 +202,12 @@ ORDER BY product, period`
 			starters          uint64
 			planned, atStart  float64
 			actual, unplanned float64
+			begun             uint8
+			projecting        uint64
+			projected         float64
 		)
-		if err := rows.Scan(&r.Product, &r.Period, &r.CustomersWithPlans, &planned, &starters, &atStart, &actual, &unplanned); err != nil {
+		if err := rows.Scan(&r.Product, &r.Period, &r.CustomersWithPlans, &planned, &starters, &atStart, &actual, &unplanned,
+			&begun, &projecting, &projected); err != nil {
 			return nil, fmt.Errorf("reading %s.%s: %w", db, pipeline.ViewGaps, err)
 		}
 		r.Period = r.Period.UTC()
@@ -205,7 +217,10 @@ ORDER BY product, period`
 		if starters > 0 {
 			r.PlannedAtStart = &atStart
 		}
-		r.Actual, r.UnplannedActual = actual, unplanned
+		r.Actual, r.UnplannedActual, r.Begun = actual, unplanned, begun == 1
+		if projecting > 0 {
+			r.Projected = &projected
+		}
 		out = append(out, r)
 	}
 	return out, rows.Err()

@@ -427,6 +427,49 @@ func TestFeedbackViews(t *testing.T) {
 	if projections < 3 {
 		t.Errorf("%d rows in the period under way, want those of c0, c1 and c2", projections)
 	}
+
+	// Per product and period (the dashboard's and the digests' sums): the period under
+	// way projects the customers with plans (c0 and c1, not c2), and a period that has
+	// not begun is marked so.
+	planRows = nil
+	addPlan(planVersion{"plan-next-c0", "c0", "p0", cur.AddDate(0, 1, 0), cur, 80})
+	if err := ddl.InsertRows(ctx, ch, fc.Database, plans, planRows); err != nil {
+		t.Fatal(err)
+	}
+	var sumProjected float64
+	if err := ch.QueryRow(ctx, "SELECT sum(projected) FROM "+pipeline.QualifiedTable(fc.Database, pipeline.ViewGaps)+
+		" WHERE product = 'p0' AND versions > 0 AND projected IS NOT NULL").Scan(&sumProjected); err != nil {
+		t.Fatal(err)
+	}
+	pps, err := QueryProductPeriods(ctx, ch, fc.Database)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, pp := range pps {
+		if pp.Product != "p0" {
+			continue
+		}
+		switch {
+		case pp.Period.Equal(cur):
+			seen++
+			if !pp.Begun || pp.Projected == nil || !near(*pp.Projected, sumProjected) || sumProjected == 0 {
+				t.Errorf("p0 in the period under way: begun %v, projected %v; want begun and %v", pp.Begun, nullable64(pp.Projected), sumProjected)
+			}
+		case pp.Period.After(cur):
+			seen++
+			if pp.Begun || pp.Projected != nil {
+				t.Errorf("p0 %s has not begun: begun %v, projected %v", pp.Period.Format(time.DateOnly), pp.Begun, nullable64(pp.Projected))
+			}
+		default:
+			if !pp.Begun || pp.Projected != nil {
+				t.Errorf("p0 %s is over: begun %v, projected %v", pp.Period.Format(time.DateOnly), pp.Begun, nullable64(pp.Projected))
+			}
+		}
+	}
+	if seen != 2 {
+		t.Errorf("p0 has %d periods under way or to come, want 2", seen)
+	}
 }
 
 func near(a, b float64) bool {
