@@ -139,6 +139,12 @@ func (r *CustomerLoopReconciler) reconcileDigests(ctx context.Context, s *reconc
 			e.published += int64(len(res.Published))
 			e.status = feedbackStatus(res, e.published)
 			for _, f := range res.Flagged {
+				if p := f.ProjectedGapRatio; p != nil {
+					r.event(loop, "Warning", ReasonGapThresholdExceeded, "Publish",
+						"Product %s, period %s (under way): at the rate so far, actual will differ from plan by %+.1f%%, beyond %d%% (digest version %d)",
+						f.Product, f.Period.Format(time.DateOnly), 100**p, int(math.Round(100**dc.Threshold)), f.Version)
+					continue
+				}
 				r.event(loop, "Warning", ReasonGapThresholdExceeded, "Publish",
 					"Product %s, period %s: actual differs from plan by %+.1f%%, beyond %d%% (digest version %d)",
 					f.Product, f.Period.Format(time.DateOnly), 100*f.GapRatio, int(math.Round(100**dc.Threshold)), f.Version)

@@ -66,8 +66,14 @@ type Digest struct {
 	Gap                *float64 `json:"gap"`
 	GapRatio           *float64 `json:"gapRatio"`
 	CustomersWithPlans uint64   `json:"customersWithPlans"`
-	// Flagged: |GapRatio| exceeds the threshold and the period is complete, or the period
-	// is under way and usage already exceeds the plans by more than the threshold.
+	// Projected is, for the period under way only, Actual at its rate so far to the
+	// period's end (Actual x period length / time elapsed); ProjectedGapRatio is
+	// (Projected - PlannedLatest) / PlannedLatest. Both nil in other periods.
+	Projected         *float64 `json:"projected"`
+	ProjectedGapRatio *float64 `json:"projectedGapRatio"`
+	// Flagged: see flagged: |GapRatio| exceeds the threshold and the period is complete;
+	// or the period is under way and usage already exceeds the plans by more than the
+	// threshold, or, from a quarter of the period on, |ProjectedGapRatio| exceeds it.
 	Flagged   bool     `json:"flagged"`
 	Threshold *float64 `json:"threshold"`
 	// TopGaps are the customers with the largest |gap|, largest first.
@@ -109,12 +115,15 @@ type HorizonAccuracy struct {
 
 // contentHash fingerprints what a digest says about its period. Version, PublishedAt and
 // the context attached at publication (Accuracy, which moves with every completed period
-// of the product, and Threshold) are left out, so that only a change of the period's own
+// of the product, Threshold, and the run rate) are left out, so that only a change of the period's own
 // figures republishes it. Figures are rounded to 12 significant digits first: ClickHouse
 // sums floats in an order that may vary from one query to the next.
 func (d Digest) contentHash() string {
 	c := d
 	c.Version, c.PublishedAt, c.Accuracy, c.Threshold = 0, time.Time{}, nil, nil
+	// The projection moves as time passes, without new usage: it is context too (a flag
+	// it raises or lowers is content).
+	c.Projected, c.ProjectedGapRatio = nil, nil
 	c.PlannedLatest, c.PlannedAtStart = roundPtr(c.PlannedLatest), roundPtr(c.PlannedAtStart)
 	c.Actual, c.UnplannedActual = round12(c.Actual), round12(c.UnplannedActual)
 	c.Gap, c.GapRatio = roundPtr(c.Gap), roundPtr(c.GapRatio)
@@ -349,11 +358,42 @@ func BuildDigests(ctx context.Context, conn driver.Conn, cfg pipeline.DigestConf
 				d.GapRatio = &r
 			}
 		}
-		if t, r := cfg.Threshold, d.GapRatio; t != nil && r != nil {
-			underWay := !pp.Period.After(now) && !d.Complete
-			d.Flagged = (d.Complete && math.Abs(*r) > *t) || (underWay && *r > *t)
+		underWay := !pp.Period.After(now) && !d.Complete
+		elapsed := 0.0
+		if underWay {
+			start, end := pp.Period, PeriodEnd(g, pp.Period)
+			elapsed = float64(now.Sub(start)) / float64(end.Sub(start))
+			if elapsed > 0 {
+				proj := pp.Actual / elapsed
+				d.Projected = &proj
+				if p := pp.PlannedLatest; p != nil && *p != 0 {
+					r := (proj - *p) / *p
+					d.ProjectedGapRatio = &r
+				}
+			}
+		}
+		if t := cfg.Threshold; t != nil {
+			d.Flagged = flagged(*t, d.Complete, underWay, elapsed, d.GapRatio, d.ProjectedGapRatio)
 		}
 		out = append(out, d)
 	}
 	return out, nil
+}
+
+// flagged is the digests' flag rule for a threshold t. A complete period is flagged when
+// |gap ratio| > t. The period under way is flagged when usage already exceeds the plans
+// by more than t, or, once elapsed (the share of the period gone) is at least a quarter,
+// when its run rate misses the plans by more than t either way: before that the
+// projection rests on too little usage to act on.
+func flagged(t float64, complete, underWay bool, elapsed float64, ratio, projected *float64) bool {
+	switch {
+	case complete:
+		return ratio != nil && math.Abs(*ratio) > t
+	case !underWay:
+		return false
+	case ratio != nil && *ratio > t:
+		return true
+	default:
+		return elapsed >= 0.25 && projected != nil && math.Abs(*projected) > t
+	}
 }

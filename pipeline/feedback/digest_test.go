@@ -34,7 +34,8 @@ func (d *digestData) month(m int) time.Time { return startOfMonth(d.now).AddDate
 // generateDigestData makes plans for months -4..+1 around the current one and usage for
 // months -4..0 (the current month up to now). Usage follows the plans within about 10%,
 // except product p2 in month -2, where customers used about 60% more than planned; c5
-// uses products without ever planning.
+// uses products without ever planning. The current month's usage so far keeps pace
+// with the plans.
 func generateDigestData(now time.Time, seed uint64) *digestData {
 	d := &digestData{now: now, actual: map[gapKey]float64{}}
 	rng := rand.New(rand.NewPCG(seed, 3))
@@ -75,7 +76,9 @@ func (d *digestData) usageEvents(rng *rand.Rand) []usageEvent {
 					}
 				}
 				if m == 0 {
-					target /= 3 // the current month is under way
+					// The current month is under way: usage so far keeps pace with the
+					// plans, so that its run rate flags nothing on any day of the month.
+					target *= d.now.Sub(d.month(0)).Seconds() / d.month(1).Sub(d.month(0)).Seconds()
 				}
 				span := 27 * 24 * time.Hour
 				if m == 0 {
@@ -184,13 +187,24 @@ func (d *digestData) expected(loop string, top int, threshold *float64) map[gapK
 		out[pk] = dg
 	}
 	for pk, dg := range out {
+		// The month under way: its actual so far at its rate to the month's end.
+		underWay := !dg.Complete && !pk.period.After(d.now)
+		share := d.now.Sub(pk.period).Seconds() / pk.period.AddDate(0, 1, 0).Sub(pk.period).Seconds()
+		if underWay && share > 0 {
+			proj := dg.Actual / share
+			dg.Projected = &proj
+			if dg.PlannedLatest != nil {
+				pr := (proj - *dg.PlannedLatest) / *dg.PlannedLatest
+				dg.ProjectedGapRatio = &pr
+			}
+		}
 		if dg.PlannedLatest != nil {
 			g := dg.Actual - *dg.PlannedLatest
 			r := g / *dg.PlannedLatest
 			dg.Gap, dg.GapRatio = &g, &r
 			if threshold != nil {
-				underWay := !dg.Complete && !pk.period.After(d.now)
-				dg.Flagged = (dg.Complete && math.Abs(r) > *threshold) || (underWay && r > *threshold)
+				runRate := underWay && share >= 0.25 && math.Abs(*dg.ProjectedGapRatio) > *threshold
+				dg.Flagged = (dg.Complete && math.Abs(r) > *threshold) || (underWay && r > *threshold) || runRate
 			}
 		}
 		gs := gaps[pk]
@@ -311,6 +325,12 @@ func checkDigest(t *testing.T, stage string, got, want Digest) {
 		t.Errorf("%s: planned %v at start %v actual %v unplanned %v gap %v ratio %v customers %d; want %v %v %v %v %v %v %d", at,
 			nullable64(got.PlannedLatest), nullable64(got.PlannedAtStart), got.Actual, got.UnplannedActual, nullable64(got.Gap), nullable64(got.GapRatio), got.CustomersWithPlans,
 			nullable64(want.PlannedLatest), nullable64(want.PlannedAtStart), want.Actual, want.UnplannedActual, nullable64(want.Gap), nullable64(want.GapRatio), want.CustomersWithPlans)
+	}
+	// The run rate moves with the clock between the expectation and the digest: close,
+	// not equal, and not compared in a period's first hour, when it moves fastest.
+	if (got.Projected == nil) != (want.Projected == nil) || got.Projected != nil && got.Period.Add(time.Hour).Before(time.Now()) &&
+		math.Abs(*got.Projected-*want.Projected) > 1e-3*math.Max(math.Abs(*want.Projected), 1) {
+		t.Errorf("%s: projected %v, want %v", at, nullable64(got.Projected), nullable64(want.Projected))
 	}
 	if got.Flagged != want.Flagged {
 		t.Errorf("%s: flagged %t, want %t (gap ratio %v)", at, got.Flagged, want.Flagged, nullable64(got.GapRatio))
@@ -657,5 +677,35 @@ func TestDigestPublisherOverTLSAndSASL(t *testing.T) {
 			t.Errorf("%s %v: version %d, want 2 (1 was reserved by the round that could not send)", d.Product, d.Period, d.Version)
 		}
 		checkDigest(t, "over TLS and SASL", d, want[gapKey{product: d.Product, period: d.Period.Time}])
+	}
+}
+
+// TestFlagRule: a complete period is flagged by its gap; the period under way by usage
+// already over the plans, or, from a quarter of the period on, by its run rate either
+// way; a period not begun never.
+func TestFlagRule(t *testing.T) {
+	v := func(f float64) *float64 { return &f }
+	for _, c := range []struct {
+		name               string
+		complete, underWay bool
+		elapsed            float64
+		ratio, projected   *float64
+		want               bool
+	}{
+		{"complete, over", true, false, 1, v(0.4), nil, true},
+		{"complete, under", true, false, 1, v(-0.4), nil, true},
+		{"complete, within", true, false, 1, v(0.2), nil, false},
+		{"complete, no plan", true, false, 1, nil, nil, false},
+		{"under way, already over", false, true, 0.1, v(0.5), v(14), true},
+		{"under way, run rate under, early", false, true, 0.2, v(-0.9), v(-0.5), false},
+		{"under way, run rate under", false, true, 0.25, v(-0.9), v(-0.5), true},
+		{"under way, run rate over", false, true, 0.6, v(-0.2), v(0.33), true},
+		{"under way, run rate within", false, true, 0.6, v(-0.5), v(-0.1), false},
+		{"under way, no plan", false, true, 0.6, nil, nil, false},
+		{"not begun", false, false, 0, v(-1), nil, false},
+	} {
+		if got := flagged(0.3, c.complete, c.underWay, c.elapsed, c.ratio, c.projected); got != c.want {
+			t.Errorf("%s: flagged %t, want %t", c.name, got, c.want)
+		}
 	}
 }

@@ -20,7 +20,9 @@ type Flag struct {
 	Product  string
 	Period   time.Time
 	GapRatio float64
-	Version  int64
+	// ProjectedGapRatio is set when the period under way is flagged by its run rate.
+	ProjectedGapRatio *float64
+	Version           int64
 }
 
 // PublishResult is what a publication round did, and the figures a loop's status shows.
@@ -166,7 +168,11 @@ func (p *Publisher) PublishOnce(ctx context.Context) (PublishResult, error) {
 			}
 			res.Published = append(res.Published, d)
 			if d.Flagged {
-				res.Flagged = append(res.Flagged, Flag{Product: d.Product, Period: d.Period.Time, GapRatio: *d.GapRatio, Version: d.Version})
+				fl := Flag{Product: d.Product, Period: d.Period.Time, GapRatio: *d.GapRatio, Version: d.Version}
+				if !d.Complete && d.ProjectedGapRatio != nil && *d.GapRatio <= *d.Threshold {
+					fl.ProjectedGapRatio = d.ProjectedGapRatio
+				}
+				res.Flagged = append(res.Flagged, fl)
 			}
 		}
 		if sendErr != nil {
