@@ -3,11 +3,16 @@ package main
 // The ClickHouse ceiling: the server taking the workers' rows already in its Native format.
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
 	"time"
 
-	"github.com/ClickHouse/ch-go"
 	"github.com/ClickHouse/ch-go/proto"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
@@ -21,7 +26,8 @@ import (
 // blocks of nativeRows, once, before any timing.
 type nativeBlocks struct {
 	stream pipeline.StreamConfig
-	blocks []proto.Input
+	// bodies are the blocks as the Native format's bytes, one INSERT's body each.
+	bodies [][]byte
 	rows   int
 }
 
@@ -59,7 +65,12 @@ func encodeNative(msgs [][]byte) (*nativeBlocks, error) {
 				}
 			}
 		}
-		nb.blocks = append(nb.blocks, in)
+		var buf proto.Buffer
+		// The revision of 18.16: no custom serialization flags in the block.
+		if err := (proto.Block{Columns: len(in), Rows: len(part)}).EncodeRawBlock(&buf, 54412, in); err != nil {
+			return nil, err
+		}
+		nb.bodies = append(nb.bodies, buf.Buf)
 	}
 	return nb, nil
 }
@@ -99,9 +110,11 @@ func appendNative(c *proto.InputColumn, v any, n int) error {
 }
 
 // nativeCeiling creates a fresh table of the usage stream's shape in db and times only the
-// server taking the prepared blocks, one INSERT per block, one after another on one
-// connection, as a worker's flusher inserts.
-func nativeCeiling(ctx context.Context, conn driver.Conn, addr, db string, nb *nativeBlocks) (float64, error) {
+// server taking the prepared blocks over its HTTP interface (FORMAT Native), one INSERT
+// per block, one after another on one kept-alive connection, as a worker's flusher
+// inserts. (The native TCP protocol's Go clients either encode while inserting or, as
+// ch-go, do not speak 18.16's revision of it.)
+func nativeCeiling(ctx context.Context, conn driver.Conn, httpAddr, db string, nb *nativeBlocks) (float64, error) {
 	s := nb.stream
 	s.Name = "ceiling"
 	cfg := pipeline.Config{Kafka: pipeline.KafkaConfig{Brokers: []string{"x:1"}, Group: "g"},
@@ -113,17 +126,45 @@ func nativeCeiling(ctx context.Context, conn driver.Conn, addr, db string, nb *n
 	if err := ddl.ApplySchema(ctx, conn, stmts); err != nil {
 		return 0, err
 	}
-	c, err := ch.Dial(ctx, ch.Options{Address: addr, Database: db, ClientName: "customerloop-bench"})
-	if err != nil {
-		return 0, fmt.Errorf("ch-go dial %s: %w", addr, err)
-	}
-	defer c.Close()
-	body := ddl.InsertSQL(db, s) + " VALUES"
+	u := "http://" + httpAddr + "/?" + url.Values{"query": {ddl.InsertSQL(db, s) + " FORMAT Native"}}.Encode()
+	client := &http.Client{Timeout: time.Minute}
 	start := time.Now()
-	for _, in := range nb.blocks {
-		if err := c.Do(ctx, ch.Query{Body: body, Input: in}); err != nil {
+	for _, body := range nb.bodies {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+		if err != nil {
+			return 0, err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
 			return 0, fmt.Errorf("native insert: %w", err)
+		}
+		msg, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return 0, fmt.Errorf("native insert: %s: %.300s", resp.Status, msg)
 		}
 	}
 	return float64(nb.rows) / time.Since(start).Seconds(), nil
+}
+
+// clickhouseHTTP returns the server's HTTP address: CLICKHOUSE_HTTP_ADDR, or the port of
+// the server process (serving the native address) that answers /ping.
+func clickhouseHTTP(o options) (string, error) {
+	if a := os.Getenv("CLICKHOUSE_HTTP_ADDR"); a != "" {
+		return a, nil
+	}
+	host, _, _ := strings.Cut(o.clickhouse, ":")
+	client := &http.Client{Timeout: time.Second}
+	for _, port := range listenPorts(o.serverPID) {
+		resp, err := client.Get(fmt.Sprintf("http://%s:%d/ping", host, port))
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.TrimSpace(string(b)) == "Ok." {
+			return fmt.Sprintf("%s:%d", host, port), nil
+		}
+	}
+	return "", fmt.Errorf("no HTTP port of the ClickHouse server at %s found: set CLICKHOUSE_HTTP_ADDR", o.clickhouse)
 }
