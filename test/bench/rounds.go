@@ -33,6 +33,12 @@ func runRounds(ctx context.Context, o options, ch driver.Conn, work string, brok
 		}
 	}
 	out := make([]round, o.rounds)
+	// A failed round leaves its database: drop every round's at the end too.
+	defer func() {
+		for r := range o.rounds {
+			_ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(fmt.Sprintf("%s_r%d", db, r+1)))
+		}
+	}()
 	for r := range o.rounds {
 		rdb := fmt.Sprintf("%s_r%d", db, r+1)
 		ro := o
