@@ -14,7 +14,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -82,7 +84,10 @@ type figure struct {
 }
 
 func run(o options) error {
-	ctx := context.Background()
+	// Interrupted, the queries fail and the deferred drops still run (on a context of
+	// their own), so that no 100M-event database stays behind.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	switch o.only {
 	case "", "customerloop", "insert", "cluster", "feedback":
 	default:
