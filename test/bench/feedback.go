@@ -16,6 +16,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
 
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/connect"
@@ -108,7 +109,9 @@ func feedbackSection(ctx context.Context, o options, ch driver.Conn, brokers []s
 	}
 	defer pub.Close()
 	ref := dashboard.LoopRef{Namespace: "bench", Name: "feedback"}
-	srv := httptest.NewServer(dashboard.New(loopSource{ref: ref, cfg: cfg.ClickHouse, grain: fc.Grain}, logr.Discard()))
+	// The handler's errors go to the bench's log: a 502's page does not say why.
+	hlog := funcr.New(func(_, args string) { step("dashboard: %.400s", args) }, funcr.Options{})
+	srv := httptest.NewServer(dashboard.New(loopSource{ref: ref, cfg: cfg.ClickHouse, grain: fc.Grain}, hlog))
 	defer srv.Close()
 	page := srv.URL + "/loops/" + ref.Namespace + "/" + ref.Name
 	customer := fbCustomer(42)
@@ -128,7 +131,7 @@ func feedbackSection(ctx context.Context, o options, ch driver.Conn, brokers []s
 			return getPage(ctx, page)
 		}},
 	}
-	got := make([][]spread, len(figs)) // [figure][size]
+	got := make([][]timing, len(figs)) // [figure][size]
 	var extra []figure
 	var loaded int64
 	for _, sz := range sizes {
@@ -147,37 +150,51 @@ func feedbackSection(ctx context.Context, o options, ch driver.Conn, brokers []s
 		extra = append(extra, figure{key: "feedback_load_s_" + sz.suffix, label: "loading the history to " + sz.suffix + " events (s)", value: loadS},
 			figure{key: "feedback_usage_parts_" + sz.suffix, label: "usage_raw active parts at " + sz.suffix, value: float64(parts)})
 		for i, f := range figs {
-			s, err := timed(ctx, f.run)
-			if err != nil {
-				return nil, fmt.Errorf("feedback %s at %s: %w", f.key, sz.suffix, err)
+			t := timed(ctx, f.run)
+			if t.err != nil {
+				if ctx.Err() != nil {
+					return nil, fmt.Errorf("feedback %s at %s: %w", f.key, sz.suffix, t.err)
+				}
+				// A figure that fails (a request's timeout, say) is reported as such, and
+				// the others are still measured.
+				step("feedback: %s at %s: FAILED after %.0f ms: %.300v", f.key, sz.suffix, t.med, t.err)
+			} else {
+				step("feedback: %s at %s: median %.0f ms (%.0f-%.0f)", f.key, sz.suffix, t.med, t.min, t.max)
 			}
-			step("feedback: %s at %s: median %.0f ms (%.0f-%.0f)", f.key, sz.suffix, s.med, s.min, s.max)
-			got[i] = append(got[i], s)
+			got[i] = append(got[i], t)
 		}
 	}
 	return feedbackReport(sizes, figs, got, extra), nil
 }
 
+// timing is a figure's milliseconds; when err is set, med is how long the failing
+// attempt took and nothing more was tried.
+type timing struct {
+	spread
+	err error
+}
+
 // timed runs f once to warm up, then three times, and returns the milliseconds.
-func timed(ctx context.Context, f func(context.Context) error) (spread, error) {
-	if err := f(ctx); err != nil {
-		return spread{}, err
-	}
+func timed(ctx context.Context, f func(context.Context) error) timing {
 	var ms []float64
-	for range 3 {
+	for i := range 4 {
 		t0 := time.Now()
-		if err := f(ctx); err != nil {
-			return spread{}, err
+		err := f(ctx)
+		took := float64(time.Since(t0).Microseconds()) / 1000
+		if err != nil {
+			return timing{spread{took, took, took}, err}
 		}
-		ms = append(ms, float64(time.Since(t0).Microseconds())/1000)
+		if i > 0 {
+			ms = append(ms, took)
+		}
 	}
-	return spreadOf(ms), nil
+	return timing{spreadOf(ms), nil}
 }
 
 // feedbackReport prints a row per figure with each size, the growth from the first size
 // to the last and the target, and returns the figures under the keys
 // (feedback_<figure>_ms_<size>, with _min and _max).
-func feedbackReport(sizes []benchSize, figs []feedbackFigure, got [][]spread, extra []figure) []figure {
+func feedbackReport(sizes []benchSize, figs []feedbackFigure, got [][]timing, extra []figure) []figure {
 	var out []figure
 	fmt.Printf("\nFeedback views over a history of %d customers x %d products x %d months of plans (2 versions):\n\n| figure |", fbCustomers, fbProducts, fbMonths)
 	for _, sz := range sizes {
@@ -187,18 +204,32 @@ func feedbackReport(sizes []benchSize, figs []feedbackFigure, got [][]spread, ex
 	fmt.Printf(" %s / %s | target at %s |\n|---|%s---:|---|\n", last, sizes[0].suffix, last, strings.Repeat("---:|", len(sizes)))
 	for i, f := range figs {
 		fmt.Printf("| %s |", f.label)
+		failed := false
 		for j, sz := range sizes {
 			s := got[i][j]
+			key := "feedback_" + f.key + "_ms_" + sz.suffix
+			if s.err != nil {
+				// The key holds how long the failing attempt took; _failed says it failed.
+				failed = true
+				fmt.Printf(" failed after %s |", format(s.med))
+				out = append(out, figure{key: key, value: s.med}, figure{key: "feedback_" + f.key + "_failed_" + sz.suffix, value: 1})
+				continue
+			}
 			fmt.Printf(" %s (%s-%s) |", format(s.med), format(s.min), format(s.max))
-			out = append(out, figure{key: "feedback_" + f.key + "_ms_" + sz.suffix, value: s.med, spread: true, lo: s.min, hi: s.max})
+			out = append(out, figure{key: key, value: s.med, spread: true, lo: s.min, hi: s.max})
 		}
 		growth := got[i][len(sizes)-1].med / got[i][0].med
+		if failed {
+			fmt.Printf(" n/a |")
+		} else {
+			fmt.Printf(" %sx |", format(growth))
+		}
 		target := fmt.Sprintf("<= %.1fx", feedbackGrowthLimit)
 		if f.targetMs > 0 {
 			target = fmt.Sprintf("<= %.0f ms, ", f.targetMs) + target
 		}
-		fmt.Printf(" %sx | %s |\n", format(growth), target)
-		if len(sizes) > 1 {
+		fmt.Printf(" %s |\n", target)
+		if len(sizes) > 1 && !failed {
 			out = append(out, figure{key: "feedback_" + f.key + "_growth", value: growth})
 		}
 	}
