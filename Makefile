@@ -177,7 +177,7 @@ demo: build $(SETUP_ENVTEST) ## Run the whole loop on the local stack with a syn
 	$(STACK) $(LOCALBIN)/customerloop-dev dev $(ARGS)
 
 .PHONY: bench
-bench: build ## Measure ingestion against the Kafka engine and the bare client ceilings (BENCH_OUT=bench-results.json).
+bench: build ## Measure ingestion against the Kafka engine and the Native ceiling in rounds, and the feedback side at 10M and 100M events (BENCH_OUT=bench-results.json; ARGS='-only feedback').
 	addr=$$(hack/clickhouse.sh); $(CLUSTER_ENV) CLICKHOUSE_ADDR=$$addr go run ./test/bench -bin $(LOCALBIN)/customerloop $(ARGS)
 
 .PHONY: helm-lint

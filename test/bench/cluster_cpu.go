@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -66,6 +67,39 @@ func listener(addr string) int {
 		}
 	}
 	return 0
+}
+
+// listenPorts returns the TCP ports a process listens on.
+func listenPorts(pid int) []uint64 {
+	if pid == 0 {
+		return nil
+	}
+	mine := map[string]bool{}
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		if link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && strings.HasPrefix(link, "socket:[") {
+			mine[strings.TrimSuffix(strings.TrimPrefix(link, "socket:["), "]")] = true
+		}
+	}
+	var ports []uint64
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			fields := strings.Fields(line)
+			if len(fields) < 10 || fields[3] != "0A" || !mine[fields[9]] {
+				continue
+			}
+			if _, hex, ok := strings.Cut(fields[1], ":"); ok {
+				if v, err := strconv.ParseUint(hex, 16, 16); err == nil && !slices.Contains(ports, v) {
+					ports = append(ports, v)
+				}
+			}
+		}
+	}
+	return ports
 }
 
 // clockTicks is USER_HZ, the unit of /proc/<pid>/stat's times: 100 on Linux.

@@ -1,7 +1,9 @@
 // Command bench measures CustomerLoop's ingestion on the local stack and, in the same run
 // and on the same data, the ceilings around it: ClickHouse's own Kafka table engine, a
-// bare kafka-go consume loop, and a bare clickhouse-go insert of pre-decoded rows. It
-// prints a markdown table and writes the figures as JSON (BENCH_OUT).
+// bare kafka-go consume loop, and the server taking the same rows already in its Native
+// format. The headline contenders run in turns, in rounds. Its feedback section measures
+// the feedback views, the digest round and the dashboard over histories of 10M and 100M
+// usage events. It prints markdown tables and writes the figures as JSON (BENCH_OUT).
 //
 // Run it with make bench, which provisions ClickHouse and builds the worker binary.
 package main
@@ -12,6 +14,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
+	"slices"
+	"syscall"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -19,7 +24,6 @@ import (
 
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/connect"
-	"customerloop.dev/customerloop/pipeline/ddl"
 )
 
 type options struct {
@@ -34,6 +38,13 @@ type options struct {
 	maxRows    int
 	heapAt     string
 	only       string
+	rounds     int
+	// feedbackSizes are the feedback section's history sizes ("10m,100m"; "none" skips it).
+	feedbackSizes string
+	// serverPID is the ClickHouse server's process, when it runs here (0 otherwise).
+	serverPID int
+	// clickhouseHTTP is the server's HTTP address, which the Native ceiling posts to.
+	clickhouseHTTP string
 
 	clusterMessages int
 	zookeeper       string
@@ -51,7 +62,9 @@ func main() {
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write the throughput run's worker CPU profile here")
 	flag.StringVar(&o.heapAt, "heapprofile", "", "save the throughput run's worker heap profile, taken halfway, here")
 	flag.IntVar(&o.maxRows, "max-rows", 0, "the workers' batch row limit (0: the pipeline's default)")
-	flag.StringVar(&o.only, "only", "", "run only the CustomerLoop drain (\"customerloop\"), the bare insert (\"insert\") or the cluster variant (\"cluster\"), for profiling and A/B runs; the report then holds their figures alone")
+	flag.StringVar(&o.only, "only", "", "run only the CustomerLoop drain (\"customerloop\"), the Native ceiling (\"insert\"), the cluster variant (\"cluster\") or the feedback section (\"feedback\"), for profiling and A/B runs; the report then holds their figures alone")
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds of the headline contenders (CustomerLoop, the Kafka engine, the Native ceiling), taken in turns")
+	flag.StringVar(&o.feedbackSizes, "feedback-sizes", "10m,100m", "usage-event history sizes of the feedback section, ascending (\"1m\", \"10m,100m\"; \"none\" skips it)")
 	flag.IntVar(&o.clusterMessages, "cluster-messages", 300_000, "usage events each cluster run drains (fewer than -messages: three runs on the cluster)")
 	flag.StringVar(&o.zookeeper, "zookeeper", "127.0.0.1:"+envOr("CLUSTER_ZK_PORT", "12181"), "the cluster's ZooKeeper address, to read its CPU time")
 	flag.Parse()
@@ -64,14 +77,28 @@ func main() {
 type figure struct {
 	key, label string
 	value      float64
+	// spread: the value is the median of the rounds, lo and hi their extremes (written
+	// as key_min and key_max).
+	spread bool
+	lo, hi float64
 }
 
 func run(o options) error {
-	ctx := context.Background()
+	// Interrupted, the queries fail and the deferred drops still run (on a context of
+	// their own), so that no 100M-event database stays behind.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	switch o.only {
-	case "", "customerloop", "insert", "cluster":
+	case "", "customerloop", "insert", "cluster", "feedback":
 	default:
-		return fmt.Errorf("-only takes \"customerloop\", \"insert\", \"cluster\" or nothing, not %q", o.only)
+		return fmt.Errorf("-only takes \"customerloop\", \"insert\", \"cluster\", \"feedback\" or nothing, not %q", o.only)
+	}
+	if o.rounds < 1 {
+		return fmt.Errorf("-rounds %d: want at least 1", o.rounds)
+	}
+	sizes, err := parseSizes(o.feedbackSizes)
+	if err != nil {
+		return err
 	}
 	chc, clustered := clusterFromEnv()
 	if o.clickhouse == "" && o.only != "cluster" {
@@ -98,7 +125,7 @@ func run(o options) error {
 		if err != nil {
 			return err
 		}
-		return report(o, nil, figs)
+		return report(o, nil, figs, nil)
 	}
 
 	ch, err := connect.OpenClickHouse(ctx, pipeline.ClickHouseConfig{Addr: o.clickhouse})
@@ -107,56 +134,50 @@ func run(o options) error {
 	}
 	defer ch.Close()
 	defer ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(db))
+	o.serverPID = listener(o.clickhouse)
 
-	step("producing %d usage events of about 300 bytes to %d partitions", o.messages, o.partitions)
-	msgs := makeMessages(o.messages)
-	if o.only == "insert" {
-		step("bare clickhouse-go insert of pre-decoded rows")
-		insertRate, err := bareInsert(ctx, ch, db, msgs)
+	if o.only == "feedback" {
+		figs, err := feedbackSection(ctx, o, ch, brokers, db+"_feedback", sizes)
 		if err != nil {
 			return err
 		}
-		fmt.Printf("\n| figure | value |\n|---|---:|\n| bare clickhouse-go insert, pre-decoded (rows/s) | %s |\n", format(insertRate))
-		return nil
+		return report(o, figs, nil, nil)
 	}
-	t0 := time.Now()
-	if _, err := produce(ctx, brokers, "bench.usage", msgs, 0); err != nil {
-		return err
+
+	step("producing %d usage events of about 300 bytes to %d partitions", o.messages, o.partitions)
+	msgs := makeMessages(o.messages)
+	var produceRate float64
+	if o.only != "insert" {
+		t0 := time.Now()
+		if _, err := produce(ctx, brokers, "bench.usage", msgs, 0); err != nil {
+			return err
+		}
+		produceRate = float64(len(msgs)) / time.Since(t0).Seconds()
 	}
-	produceRate := float64(len(msgs)) / time.Since(t0).Seconds()
 	var bytes int
 	for _, m := range msgs {
 		bytes += len(m)
 	}
+	var nb *nativeBlocks
+	if o.only != "customerloop" {
+		if o.clickhouseHTTP, err = clickhouseHTTP(o); err != nil {
+			return err
+		}
+		step("decoding the events and laying them out as Native blocks (not timed)")
+		if nb, err = encodeNative(msgs); err != nil {
+			return err
+		}
+	}
+	msgs = nil
 
-	cfg := benchConfig(brokers, o.clickhouse, db, "usage", "bench.usage")
-	cfg.Batch.MaxRows = o.maxRows
-	stmts, err := ddl.PlanSchema(cfg)
+	rs, err := runRounds(ctx, o, ch, work, brokers, db, nb)
 	if err != nil {
 		return err
 	}
-	if err := ddl.ApplySchema(ctx, ch, stmts); err != nil {
-		return err
-	}
-
-	step("CustomerLoop worker draining the topic")
-	cl, err := runWorker(ctx, o, work, cfg, ch, uint64(o.messages))
-	if err != nil {
-		return err
-	}
-
-	if o.only == "customerloop" {
-		m := float64(o.messages) / 1e6
-		fmt.Printf("\n| figure | value |\n|---|---:|\n| CustomerLoop end to end (events/s) | %s |\n| worker CPU per million events (s) | %s |\n| of which user / system (s) | %s / %s |\n| worker page faults per million events | %s |\n| worker peak RSS with the backlog (MiB) | %s |\n",
-			format(cl.rate), format(cl.cpuSeconds/m), format(cl.userSeconds/m), format(cl.sysSeconds/m), format(cl.pageFaults/m), format(cl.rssMiB))
-		return nil
-	}
-
-	settle(ctx, ch)
-	step("ClickHouse's Kafka table engine draining the same topic into the same table shape")
-	engineRate, err := kafkaEngine(ctx, ch, brokers, db, cfg.Streams[0], o)
-	if err != nil {
-		return err
+	figs := roundFigures(o, rs)
+	printRounds(o, rs)
+	if o.only != "" {
+		return report(o, figs, nil, rs)
 	}
 
 	step("bare kafka-go consume loop")
@@ -165,34 +186,28 @@ func run(o options) error {
 		return err
 	}
 
-	settle(ctx, ch)
-	step("bare clickhouse-go insert of pre-decoded rows")
-	insertRate, err := bareInsert(ctx, ch, db, msgs)
-	if err != nil {
+	if err := ch.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+pipeline.QuoteIdent(db)); err != nil {
 		return err
 	}
-
 	step("freshness at %d events/s for %s", o.rate, o.freshFor)
 	p50, p99, err := freshness(ctx, o, work, brokers, db, ch)
 	if err != nil {
 		return err
 	}
 
-	figs := []figure{
-		{"customerloop_events_per_s", "CustomerLoop end to end (events/s)", cl.rate},
-		{"kafka_engine_events_per_s", "ClickHouse Kafka engine (events/s)", engineRate},
-		{"customerloop_vs_kafka_engine_ratio", "CustomerLoop / Kafka engine", cl.rate / engineRate},
-		{"kafka_go_consume_events_per_s", "bare kafka-go consume (events/s)", consumeRate},
-		{"clickhouse_insert_rows_per_s", "bare clickhouse-go insert, pre-decoded (rows/s)", insertRate},
-		{"worker_cpu_s_per_million", "worker CPU per million events (s)", cl.cpuSeconds / (float64(o.messages) / 1e6)},
-		{"worker_user_cpu_s_per_million", "of which user (s)", cl.userSeconds / (float64(o.messages) / 1e6)},
-		{"worker_sys_cpu_s_per_million", "of which system, in the kernel (s)", cl.sysSeconds / (float64(o.messages) / 1e6)},
-		{"worker_page_faults_per_million", "worker page faults per million events", cl.pageFaults / (float64(o.messages) / 1e6)},
-		{"worker_rss_mib", "worker peak RSS with the backlog (MiB)", cl.rssMiB},
-		{"freshness_p50_ms", fmt.Sprintf("freshness p50 at %d events/s (ms)", o.rate), p50},
-		{"freshness_p99_ms", fmt.Sprintf("freshness p99 at %d events/s (ms)", o.rate), p99},
-		{"produce_events_per_s", "producing the topic, franz-go (events/s)", produceRate},
-		{"message_bytes_avg", "average message size (bytes)", float64(bytes) / float64(len(msgs))},
+	figs = append(figs,
+		figure{key: "kafka_go_consume_events_per_s", label: "bare kafka-go consume (events/s)", value: consumeRate},
+		figure{key: "freshness_p50_ms", label: fmt.Sprintf("freshness p50 at %d events/s (ms)", o.rate), value: p50},
+		figure{key: "freshness_p99_ms", label: fmt.Sprintf("freshness p99 at %d events/s (ms)", o.rate), value: p99},
+		figure{key: "produce_events_per_s", label: "producing the topic, franz-go (events/s)", value: produceRate},
+		figure{key: "message_bytes_avg", label: "average message size (bytes)", value: float64(bytes) / float64(o.messages)},
+	)
+	if len(sizes) > 0 {
+		ffigs, err := feedbackSection(ctx, o, ch, brokers, db+"_feedback", sizes)
+		if err != nil {
+			return err
+		}
+		figs = append(figs, ffigs...)
 	}
 	var cfigs []clusterFigure
 	if clustered {
@@ -202,20 +217,37 @@ func run(o options) error {
 	} else {
 		step("no ClickHouse cluster (CLICKHOUSE_CLUSTER, CLICKHOUSE_CLUSTER_ADDRS): skipping the cluster variant")
 	}
-	return report(o, figs, cfigs)
+	return report(o, figs, cfigs, rs)
 }
 
-// report prints the figures as markdown tables and writes them as JSON to o.out.
-func report(o options, figs []figure, cfigs []clusterFigure) error {
-	out := map[string]float64{}
+// report prints the figures as markdown tables and writes them as JSON to o.out: a number
+// per key, and the rounds, when there were any, as an array under "rounds".
+func report(o options, figs []figure, cfigs []clusterFigure, rs []round) error {
+	nums := map[string]float64{}
+	if slices.ContainsFunc(figs, func(f figure) bool { return f.label != "" }) {
+		fmt.Printf("\n| figure | value | over the rounds (min-max) |\n|---|---:|---:|\n")
+	}
 	if len(figs) > 0 {
-		fmt.Printf("\n| figure | value |\n|---|---:|\n")
 		for _, f := range figs {
-			fmt.Printf("| %s | %s |\n", f.label, format(f.value))
-			out[f.key] = f.value
+			nums[f.key] = f.value
+			sp := ""
+			if f.spread {
+				nums[f.key+"_min"], nums[f.key+"_max"] = f.lo, f.hi
+				sp = format(f.lo) + "-" + format(f.hi)
+			}
+			if f.label != "" {
+				fmt.Printf("| %s | %s | %s |\n", f.label, format(f.value), sp)
+			}
 		}
 	}
-	printClusterFigures(o, cfigs, out)
+	printClusterFigures(o, cfigs, nums)
+	out := map[string]any{}
+	for k, v := range nums {
+		out[k] = v
+	}
+	if len(rs) > 0 {
+		out["rounds"] = roundsJSON(o, rs)
+	}
 	b, _ := json.MarshalIndent(out, "", "  ")
 	if err := os.WriteFile(o.out, append(b, '\n'), 0o644); err != nil {
 		return err

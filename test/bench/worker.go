@@ -26,6 +26,7 @@ type workerRun struct {
 	// pageFaults are the minor faults: each first touch of a page the kernel had to
 	// hand over, much of the system time.
 	pageFaults float64
+	diag       drainDiag
 }
 
 // runWorker runs the customerloop worker binary until the ledger covers want messages,
@@ -39,8 +40,10 @@ func runWorker(ctx context.Context, o options, work string, cfg pipeline.Config,
 	if !heapTaken {
 		args = append(args, "--pprof-bind-address", "127.0.0.1:16060")
 	}
+	before := snapshot(o.serverPID)
 	start := time.Now()
-	cmd, logf, err := startWorker(o, work, cfg.Streams[0].Name, cfg, nil, args...)
+	// gctrace: a line per collection in the worker's log, read back by gcFromLog.
+	cmd, logf, err := startWorker(o, work, cfg.Streams[0].Name, cfg, []string{"GODEBUG=gctrace=1"}, args...)
 	if err != nil {
 		return workerRun{}, err
 	}
@@ -69,6 +72,7 @@ func runWorker(ctx context.Context, o options, work string, cfg pipeline.Config,
 		time.Sleep(50 * time.Millisecond)
 	}
 	took := time.Since(start)
+	after := snapshot(o.serverPID)
 	// The peak RSS of the worker's own memory. rusage's maxrss is no use here: a child
 	// started from this large process is charged this process's RSS at exec.
 	hwm, err := peakRSS(cmd.Process.Pid)
@@ -81,7 +85,12 @@ func runWorker(ctx context.Context, o options, work string, cfg pipeline.Config,
 	}
 	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
 	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	d := after.since(before)
+	d.drainSeconds = took.Seconds()
+	d.majorFaults, d.voluntary, d.involuntary = float64(ru.Majflt), float64(ru.Nvcsw), float64(ru.Nivcsw)
+	d.gcs, d.gcPauseMs, d.gcCPUPercent = gcFromLog(logf.Name())
 	return workerRun{
+		diag:        d,
 		rate:        float64(want) / took.Seconds(),
 		cpuSeconds:  cpu.Seconds(),
 		userSeconds: time.Duration(ru.Utime.Nano()).Seconds(),
