@@ -88,6 +88,16 @@ func feedbackSection(ctx context.Context, o options, ch driver.Conn, brokers []s
 	if err := ddl.ApplySchema(ctx, ch, stmts); err != nil {
 		return nil, err
 	}
+	// The feedback actuals' rollup first, as the controller builds it, then the views.
+	cfg.Feedback = &fc
+	rollups, err := ddl.PlanRollups(cfg)
+	if err != nil {
+		return nil, err
+	}
+	noWorkers := func([]string) (bool, error) { return true, nil }
+	if _, _, err := ddl.ApplyRollups(ctx, ch, db, rollups, noWorkers); err != nil {
+		return nil, err
+	}
 	views, err := ddl.PlanFeedback(fc)
 	if err != nil {
 		return nil, err
@@ -117,7 +127,17 @@ func feedbackSection(ctx context.Context, o options, ch driver.Conn, brokers []s
 	customer := fbCustomer(42)
 
 	figs := []feedbackFigure{
+		// One customer's gaps as the report (and a customer's own statement) reads them:
+		// that customer's rows alone.
 		{"customer_gaps", "one customer's gaps (ms)", 50, func(ctx context.Context) error {
+			rows, err := feedback.QueryGaps(ctx, ch, db, feedback.GapFilter{Customer: customer, Feedback: &fc})
+			if err == nil && len(rows) == 0 {
+				err = fmt.Errorf("no gaps of customer %s", customer)
+			}
+			return err
+		}},
+		// The same filter on the view, as a product team's own SQL runs it.
+		{"customer_gaps_view", "one customer's gaps through the view (ms)", 0, func(ctx context.Context) error {
 			return drain(ch.Query(ctx, "SELECT * FROM "+pipeline.QualifiedTable(db, pipeline.ViewGaps)+" WHERE customer_id = ?", customer))
 		}},
 		{"digest_round", "a digest round, nothing changed (ms)", 500, func(ctx context.Context) error {
