@@ -113,10 +113,23 @@ func TestClusterScaleOut(t *testing.T) {
 	}
 	goodUsage := uint64(usageTotal - wantBad)
 
-	logs := os.Getenv("CLUSTER_LOGS") // keep the workers' logs there
+	// The workers' logs are kept (in test/artifacts, or where CLUSTER_LOGS says), so that
+	// a run that stalls can be read afterwards.
+	logs := os.Getenv("CLUSTER_LOGS")
 	if logs == "" {
-		logs = t.TempDir()
+		logs = filepath.Join("..", "artifacts", t.Name())
+		if err := os.RemoveAll(logs); err != nil {
+			t.Fatal(err)
+		}
 	}
+	if err := os.MkdirAll(logs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the workers' logs are in %s", logs)
+		}
+	})
 	start := func(name string, cfg pipeline.Config) *exec.Cmd {
 		path := filepath.Join(logs, name+".json")
 		raw, _ := json.Marshal(cfg)
