@@ -146,7 +146,7 @@ func (s StreamConfig) StoredCustomer(key []byte, customer string) string {
 
 // ConsentHashed reports whether the consent tables keep customers as their hash: when
 // every stream hashes customer ids, so that the clear id of a customer who withdrew is
-// Stored nowhere. A loop that hashes on some streams only keeps the clear id there.
+// stored nowhere. A loop that hashes on some streams only keeps the clear id there.
 func (c Config) ConsentHashed() bool {
 	for _, s := range c.Streams {
 		if s.PII == nil || s.PII.CustomerID != PIIHash {

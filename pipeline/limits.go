@@ -66,7 +66,7 @@ func (l Limits) PlainlyWithin(msg []byte) bool {
 
 var colon, openBrace, openBracket = []byte{':'}, []byte{'{'}, []byte{'['}
 
-// Scan is check's token scan.
+// Scan is Check's token scan.
 func (l Limits) Scan(msg []byte) error {
 	depth, fields := 0, 0
 	for i := 0; i < len(msg); i++ {

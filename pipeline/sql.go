@@ -19,7 +19,7 @@ func ValidIdent(name string) error {
 
 // QuoteIdent returns name quoted for ClickHouse. It is the only place where a name from a
 // spec becomes SQL text; it panics on a name that ValidIdent refuses, because callers
-// Validate configs before planning SQL and a bad name here is a bug, never user input.
+// validate configs before planning SQL and a bad name here is a bug, never user input.
 func QuoteIdent(name string) string {
 	if err := ValidIdent(name); err != nil {
 		panic(err)

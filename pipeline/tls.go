@@ -8,7 +8,7 @@ import (
 	"os"
 )
 
-// Validate checks that a client certificate comes with its key, without reading either.
+// validate checks that a client certificate comes with its key, without reading either.
 func (t *TLSConfig) validate() error {
 	if t == nil {
 		return nil

@@ -138,7 +138,7 @@ func withTLSHint(err error, useTLS bool) error {
 // otherwise hold every reconcile 180 s per statement, although it needs nobody to wait:
 // ClickHouse's distributed DDL queue keeps the statements and each host runs them in
 // order when it is back. So the first statement that some host has not run waits
-// DdlTimeout, and once one has, the rest wait only ddlPendingTimeout each (enough for
+// DDLTimeout, and once one has, the rest wait only DDLPendingTimeout each (enough for
 // the hosts that are up, which run them at once).
 const (
 	DDLTimeout        = 15

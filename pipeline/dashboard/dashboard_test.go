@@ -19,6 +19,7 @@ import (
 
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/feedback"
+	"customerloop.dev/customerloop/pipeline/internal/stacktest"
 )
 
 // chromium returns a headless-capable browser: $CHROMIUM, one on PATH, or (with
@@ -95,7 +96,7 @@ func section(t *testing.T, dom, start, end string) string {
 // the largest gaps in order, and accuracy by horizon must be the ones computed here. A
 // screenshot is kept in test/artifacts/.
 func TestDashboardInChromium(t *testing.T) {
-	addr := clickhouseAddr(t)
+	addr := stacktest.ClickhouseAddr(t)
 	bin := chromium(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -203,7 +204,7 @@ func TestDashboardInChromium(t *testing.T) {
 // TestDashboardHTTP checks the JSON endpoint's figures, the list of loops, an unknown
 // loop, and that pages may load nothing from elsewhere.
 func TestDashboardHTTP(t *testing.T) {
-	addr := clickhouseAddr(t)
+	addr := stacktest.ClickhouseAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	db := fmt.Sprintf("test_dashboard_http_%d", time.Now().UnixNano())

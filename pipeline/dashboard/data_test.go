@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
 	"sort"
 	"testing"
 	"time"
@@ -13,24 +12,10 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"customerloop.dev/customerloop/pipeline"
-	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/pipeline/ddl"
 	"customerloop.dev/customerloop/pipeline/ddl/ddltest"
+	"customerloop.dev/customerloop/pipeline/internal/stacktest"
 )
-
-// ClickhouseAddr returns the real ClickHouse server the tests use; make test provisions it
-// and sets CUSTOMERLOOP_REQUIRE_STACK, so that a missing server fails there.
-func clickhouseAddr(t *testing.T) string {
-	t.Helper()
-	addr := os.Getenv("CLICKHOUSE_ADDR")
-	if addr == "" {
-		if os.Getenv("CUSTOMERLOOP_REQUIRE_STACK") != "" {
-			t.Fatal("CLICKHOUSE_ADDR is not set; run the tests with make test")
-		}
-		t.Skip("CLICKHOUSE_ADDR is not set; make test provisions a server")
-	}
-	return addr
-}
 
 type cell struct {
 	customer, product string
@@ -105,32 +90,9 @@ func (d *dataset) latest(keep func(plan) bool) map[cell]plan {
 // one event per generated usage amount.
 func (d *dataset) load(t *testing.T, ctx context.Context, addr, db string) driver.Conn {
 	t.Helper()
-	cfg := pipeline.Config{
-		Loop: "default/acme", Kafka: pipeline.KafkaConfig{Brokers: []string{"127.0.0.1:9092"}, Group: "g"},
-		ClickHouse: pipeline.ClickHouseConfig{Addr: addr, Database: db},
-		Streams: []pipeline.StreamConfig{
-			{Name: "usage", Kind: pipeline.KindUsage, Topic: "u", DeadLetterTopic: "u.dlq",
-				Mapping: pipeline.Mapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts", Quantity: "qty"}},
-			{Name: "plans", Kind: pipeline.KindPlan, Topic: "p", DeadLetterTopic: "p.dlq",
-				Mapping: pipeline.Mapping{PlanID: "id", CustomerID: "customer", Product: "product", Period: "period", Quantity: "qty"}},
-		},
-	}
-	conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(db))
-		_ = conn.Close()
-	})
-	stmts, err := ddl.PlanSchema(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ddl.ApplySchema(ctx, conn, stmts); err != nil {
-		t.Fatal(err)
-	}
-	ddltest.Feedback(t, conn, cfg, pipeline.FeedbackConfig{Database: db, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth})
+	cfg, fc := stacktest.FeedbackConfig(db)
+	cfg.ClickHouse.Addr = addr
+	conn := ddltest.ApplyFeedback(t, cfg, fc)
 	now := time.Now().UTC().Truncate(time.Second)
 	var offset int64
 	insert := func(s pipeline.StreamConfig, rows [][]any) {

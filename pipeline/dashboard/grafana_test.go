@@ -14,6 +14,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/internal/stacktest"
 )
 
 const grafanaDashboard = "../../charts/customerloop/dashboards/customerloop.json"
@@ -150,7 +151,7 @@ func asFloat(v any) float64 {
 // variables and macros expanded, against the real ClickHouse holding a known dataset, and
 // checks what the panels would show.
 func TestGrafanaDashboardQueries(t *testing.T) {
-	addr := clickhouseAddr(t)
+	addr := stacktest.ClickhouseAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	db := fmt.Sprintf("test_grafana_%d", time.Now().UnixNano())

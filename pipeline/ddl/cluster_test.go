@@ -11,7 +11,7 @@ import (
 	"customerloop.dev/customerloop/pipeline/internal/stacktest"
 )
 
-// clusterConfig is sampleConfig with consent and a rollup, on the cluster "customerloop".
+// clusterConfig is stacktest.SampleConfig with consent and a rollup, on the cluster "customerloop".
 func clusterConfig() pipeline.Config {
 	cfg := stacktest.SampleConfig()
 	cfg.ClickHouse.Cluster = "customerloop"

@@ -205,23 +205,18 @@ func withFingerprint(body, fp string) string {
 // (an upgrade of CustomerLoop, another grain). A view is replaced by dropping and
 // creating it: a query running at that moment fails and can be retried; no data is
 // involved. It compares the views of the server conn reaches; on a cluster use
-// ApplyFeedbackNodes.
+// ApplyFeedbackChanges with every node.
 func ApplyFeedback(ctx context.Context, conn driver.Conn, db string, stmts []FeedbackStatement) error {
-	return ApplyFeedbackNodes(ctx, conn, []driver.Conn{conn}, db, stmts)
-}
-
-// ApplyFeedbackNodes is ApplyFeedback on a cluster: it reads the views of every node in
-// nodes (ClusterNodes) and runs the statements, ON CLUSTER, through conn. A view that is
-// made from another definition on any node is dropped on every node and created again; a
-// view missing on some node is created; when every node has the current views, no DDL
-// reaches the cluster's queue (where a stopped node would hold it up).
-func ApplyFeedbackNodes(ctx context.Context, conn driver.Conn, nodes []driver.Conn, db string, stmts []FeedbackStatement) error {
-	_, err := ApplyFeedbackChanges(ctx, conn, nodes, db, stmts)
+	_, err := ApplyFeedbackChanges(ctx, conn, nil, db, stmts)
 	return err
 }
 
-// ApplyFeedbackChanges is ApplyFeedbackNodes, also reporting what it changed of each view.
-// The views are Apply's objects, compared by their fingerprints.
+// ApplyFeedbackChanges is ApplyFeedback, reporting what it changed of each view. With
+// nodes (ClusterNodes) it reads the views of every node and runs the statements, ON
+// CLUSTER, through conn: a view made from another definition on any node is dropped on
+// every node and created again; a view missing on some node is created; when every node
+// has the current views, no DDL reaches the cluster's queue (where a stopped node would
+// hold it up). The views are Apply's objects, compared by their fingerprints.
 func ApplyFeedbackChanges(ctx context.Context, conn driver.Conn, nodes []driver.Conn, db string, stmts []FeedbackStatement) ([]Change, error) {
 	return Apply(ctx, conn, nodes, feedbackObjects(db, stmts))
 }
@@ -236,17 +231,4 @@ func feedbackObjects(db string, stmts []FeedbackStatement) []Object {
 			Drop: []pipeline.Statement{{Object: name, SQL: "DROP TABLE IF EXISTS " + pipeline.QualifiedTable(db, s.View) + s.on}}})
 	}
 	return objs
-}
-
-// nodeViews reads the CREATE query of every table and view of db on one server.
-func nodeViews(ctx context.Context, conn driver.Conn, db string) (map[string]string, error) {
-	all := map[string]definition{}
-	if err := readTables(ctx, conn, db, all); err != nil {
-		return nil, err
-	}
-	existing := make(map[string]string, len(all))
-	for name, d := range all {
-		existing[strings.TrimPrefix(name, db+".")] = d.query
-	}
-	return existing, nil
 }

@@ -283,7 +283,7 @@ func TestFeedbackOnCluster(t *testing.T) {
 	if len(cluster) != 3 {
 		t.Fatalf("ClusterNodes found %d nodes, want 3", len(cluster))
 	}
-	if err := ApplyFeedbackNodes(ctx, ch, cluster, db, stmts); err != nil {
+	if _, err := ApplyFeedbackChanges(ctx, ch, cluster, db, stmts); err != nil {
 		t.Fatal(err)
 	}
 	for i, n := range nodes {

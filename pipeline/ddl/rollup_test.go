@@ -18,7 +18,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 )
 
-// rollupConfig is sampleConfig with rollups using every function, a nullable dimension,
+// rollupConfig is stacktest.SampleConfig with rollups using every function, a nullable dimension,
 // a nullable field and both stream kinds.
 func rollupConfig() pipeline.Config {
 	cfg := stacktest.SampleConfig()

@@ -2,6 +2,7 @@ package ddl
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"customerloop.dev/customerloop/pipeline"
@@ -22,4 +23,17 @@ func applySchema(t testing.TB, cfg pipeline.Config) driver.Conn {
 		t.Fatal(err)
 	}
 	return ch
+}
+
+// nodeViews reads the CREATE query of every table and view of db on one server.
+func nodeViews(ctx context.Context, conn driver.Conn, db string) (map[string]string, error) {
+	all := map[string]definition{}
+	if err := readTables(ctx, conn, db, all); err != nil {
+		return nil, err
+	}
+	existing := make(map[string]string, len(all))
+	for name, d := range all {
+		existing[strings.TrimPrefix(name, db+".")] = d.query
+	}
+	return existing, nil
 }

@@ -67,8 +67,9 @@ type Digest struct {
 	GapRatio           *float64 `json:"gapRatio"`
 	CustomersWithPlans uint64   `json:"customersWithPlans"`
 	// Projected is, for the period under way only, Actual at its rate so far to the
-	// period's end (Actual x period length / time elapsed); ProjectedGapRatio is
-	// (Projected - PlannedLatest) / PlannedLatest. Both nil in other periods.
+	// period's end (Actual x period length / time elapsed: the sum of the customers'
+	// feedback_gaps.projected); ProjectedGapRatio is (Projected - PlannedLatest) /
+	// PlannedLatest. Both nil in other periods and without plans.
 	Projected         *float64 `json:"projected"`
 	ProjectedGapRatio *float64 `json:"projectedGapRatio"`
 	// Flagged: see flagged: |GapRatio| exceeds the threshold and the period is complete;
@@ -358,18 +359,17 @@ func BuildDigests(ctx context.Context, conn driver.Conn, cfg pipeline.DigestConf
 				d.GapRatio = &r
 			}
 		}
+		// The run rate is feedback_gaps' own (projected), summed over the customers with
+		// plans; elapsed, the share of the period gone, decides whether it may flag.
 		underWay := !pp.Period.After(now) && !d.Complete
 		elapsed := 0.0
 		if underWay {
 			start, end := pp.Period, PeriodEnd(g, pp.Period)
 			elapsed = float64(now.Sub(start)) / float64(end.Sub(start))
-			if elapsed > 0 {
-				proj := pp.Actual / elapsed
-				d.Projected = &proj
-				if p := pp.PlannedLatest; p != nil && *p != 0 {
-					r := (proj - *p) / *p
-					d.ProjectedGapRatio = &r
-				}
+			d.Projected = pp.Projected
+			if p, proj := pp.PlannedLatest, pp.Projected; p != nil && *p != 0 && proj != nil {
+				r := (*proj - *p) / *p
+				d.ProjectedGapRatio = &r
 			}
 		}
 		if t := cfg.Threshold; t != nil {

@@ -190,7 +190,7 @@ func (d *digestData) expected(loop string, top int, threshold *float64) map[gapK
 		// The month under way: its actual so far at its rate to the month's end.
 		underWay := !dg.Complete && !pk.period.After(d.now)
 		share := d.now.Sub(pk.period).Seconds() / pk.period.AddDate(0, 1, 0).Sub(pk.period).Seconds()
-		if underWay && share > 0 {
+		if underWay && share > 0 && dg.CustomersWithPlans > 0 {
 			proj := dg.Actual / share
 			dg.Projected = &proj
 			if dg.PlannedLatest != nil {

@@ -83,7 +83,7 @@ func (b *batch) reset() {
 	b.last.sp, b.last.stream, b.last.c, b.last.d = nil, nil, nil, nil
 }
 
-// Add decodes a message into the batch: a row in its stream's columns, a dead letter, or
+// add decodes a message into the batch: a row in its stream's columns, a dead letter, or
 // only its offset (a message already landed or a producer's duplicate).
 func (b *batch) add(it *item, now time.Time) {
 	m := &it.msg

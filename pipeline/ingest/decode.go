@@ -304,7 +304,7 @@ func parseFloat(n []byte) (float64, error) {
 
 // finite reports whether f is a number ClickHouse can sum: the JSON parser takes NaN and
 // Infinity (in any case, with a sign) as numbers, and strconv parses them, but one NaN
-// Stored would turn every sum, digest and accuracy figure of its product into nan.
+// stored would turn every sum, digest and accuracy figure of its product into nan.
 func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
 
 func parseNumber(v *fastjson.Value, out *value) (float64, error) {

@@ -43,7 +43,7 @@ import (
 // give its home slot) and the ring position of the id, whose full hash is compared when
 // those 32 bits match. That is 48 to 96 bytes per id (as the window stands between its
 // sizes, powers of two) in pointer-free slices, which the garbage collector does not
-// Scan. Small slots keep more of a large window's table in the CPU's caches, and a table
+// scan. Small slots keep more of a large window's table in the CPU's caches, and a table
 // slot is reached without the ring but to confirm a match, which a new id rarely needs.
 // (A Go map of the same ids cost five times the time and allocated 250 bytes per id as
 // it grew: BenchmarkDedupWindowBacklog.) An id stored again replaces its entry, which
@@ -75,7 +75,7 @@ type idHash struct{ a, b uint64 }
 type dedupEntry struct {
 	id idHash // the zero idHash, which hashID never returns, marks a dead entry
 	at int64  // when its message was produced, Unix milliseconds
-	// Stored is the clock right after the message was stored; it never decreases along
+	// stored is the clock right after the message was stored; it never decreases along
 	// the ring, so the window drops its ids from the head.
 	stored int64
 }
@@ -107,7 +107,7 @@ func newDedupWindow(window time.Duration) *dedupWindow {
 	return &dedupWindow{window: window.Milliseconds(), slots: make([]uint64, minDedupSlots), ring: make([]dedupEntry, minDedupRing)}
 }
 
-// Check takes the ids hs in turn, of messages produced at ats (Unix milliseconds):
+// check takes the ids hs in turn, of messages produced at ats (Unix milliseconds):
 // dup[i] reports whether hs[i] is a duplicate (see dedupWindow), earlier ids of hs
 // counting as stored when they are not duplicates themselves; those are recorded. dup
 // must be as long as hs. The home slots of hs are read first, in a loop of independent
@@ -336,7 +336,7 @@ const producedSQL = "if(_produced_at_ms = 0, toInt64(_ingested_at) * 1000, _prod
 
 // loadDedupWindow rebuilds a partition's window as it stood before the offset next, so
 // that the window survives restarts and rebalances. The clock there is the latest
-// Produce time of the rows stored from offsets below next. Along the offsets the clock
+// produce time of the rows stored from offsets below next. Along the offsets the clock
 // only rises, so the rows still in the window are those from the first row produced at
 // most the window before the clock on: they are stored again in offset order, which
 // gives each the clock it was stored at. Rows past next that are already in ClickHouse

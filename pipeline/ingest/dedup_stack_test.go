@@ -18,7 +18,7 @@ import (
 // TestRetryReadLongAfterItsOriginal stops the consumer for longer than the duplicate
 // window between a producer's originals and their retries, which were produced right
 // after them: the retries must still be dropped, since the window runs on the messages'
-// Produce times, not on when a worker happens to read them. A message sent again with
+// produce times, not on when a worker happens to read them. A message sent again with
 // its id after more than the window of produce time is stored again, as documented. On
 // the single server and on the cluster, where a partition's rows are spread over the
 // shards and the window is rebuilt from both.

@@ -353,7 +353,7 @@ func TestBatchDropsDuplicates(t *testing.T) {
 	}
 	now := time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)
 	b := newBatch(w)
-	// Add is the batch loop's per-chunk work, the batch handed over (and checked) after
+	// add is the batch loop's per-chunk work, the batch handed over (and checked) after
 	// its first full messages of the chunk when full > 0.
 	add := func(chunk []item, full int, check func()) {
 		for i := range chunk {
@@ -447,7 +447,7 @@ func TestBatchDropsDuplicates(t *testing.T) {
 // messages the window is thrown away, as a crash or a rebalance does, and rebuilt as
 // loadDedupWindow does from the rows stored before the cut; some of the stored messages
 // after the cut are already in ClickHouse (an unrecorded batch, partly landed) and are
-// Stored as the worker stores them when it reads them again. The decisions never differ.
+// stored as the worker stores them when it reads them again. The decisions never differ.
 func TestDedupWindowRuleAndRebuild(t *testing.T) {
 	const window = 5 * time.Second
 	ms := window.Milliseconds()

@@ -264,9 +264,9 @@ func TestDecodeLimits(t *testing.T) {
 	}
 }
 
-// TestLimitsShortcutAgreesWithScan: the byte-count shortcut of Limits.check never lets
+// TestLimitsShortcutAgreesWithScan: the byte-count shortcut of Limits.Check never lets
 // through a message the token scan refuses, over random messages made of the bytes the
-// Scan reads, near small limits.
+// scan reads, near small limits.
 func TestLimitsShortcutAgreesWithScan(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 5))
 	alphabet := []byte(`{}[]":\ax,`)
@@ -355,7 +355,7 @@ func TestStringEndMatchesScan(t *testing.T) {
 			start = rng.IntN(len(msg))
 		}
 		if got, want := pipeline.StringEnd(msg, start), scan(msg, start); got != want {
-			t.Fatalf("stringEnd(%q, %d) = %d, want %d", msg, start, got, want)
+			t.Fatalf("StringEnd(%q, %d) = %d, want %d", msg, start, got, want)
 		}
 	}
 }

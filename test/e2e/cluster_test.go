@@ -21,7 +21,7 @@ import (
 
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/connect"
-	"customerloop.dev/customerloop/pipeline/ddl"
+	"customerloop.dev/customerloop/pipeline/ddl/ddltest"
 	"customerloop.dev/customerloop/test/testkit"
 )
 
@@ -87,8 +87,8 @@ func TestClusterScaleOut(t *testing.T) {
 	for i, a := range addrs {
 		nodes[i] = open(t, pipeline.ClickHouseConfig{Addr: a, Username: user, Password: pass})
 	}
-	ch := setUpLoop(t, ctx, clusterCfg)
-	single := setUpLoop(t, ctx, singleCfg)
+	ch := setUpLoop(t, clusterCfg)
+	single := setUpLoop(t, singleCfg)
 
 	// The workload, and what it must add up to.
 	wantQty, wantBad := map[string]float64{}, 0
@@ -271,31 +271,11 @@ func TestClusterScaleOut(t *testing.T) {
 
 // setUpLoop creates a loop's schema, rollups and feedback views as the controller does,
 // and drops its database when the test ends.
-func setUpLoop(t *testing.T, ctx context.Context, cfg pipeline.Config) driver.Conn {
+func setUpLoop(t *testing.T, cfg pipeline.Config) driver.Conn {
 	t.Helper()
-	ch := createSchema(t, cfg)
-	t.Cleanup(func() {
-		_ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(cfg.ClickHouse.Database)+cfg.ClickHouse.OnCluster())
-		_ = ch.Close()
-	})
-	fc := pipeline.FeedbackConfig{Database: cfg.ClickHouse.Database, Cluster: cfg.ClickHouse.Cluster,
-		UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth}
-	cfg.Feedback = &fc // its actuals are a rollup of their own
-	plans, err := ddl.PlanRollups(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	noWorkerYet := func([]string) (bool, error) { return true, nil }
-	if _, _, err := ddl.ApplyRollups(ctx, ch, cfg.ClickHouse.Database, plans, noWorkerYet); err != nil {
-		t.Fatal(err)
-	}
-	stmts, err := ddl.PlanFeedback(fc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ddl.ApplyFeedback(ctx, ch, cfg.ClickHouse.Database, stmts); err != nil {
-		t.Fatal(err)
-	}
+	ch := ddltest.ApplySchema(t, cfg)
+	ddltest.Feedback(t, ch, cfg, pipeline.FeedbackConfig{Database: cfg.ClickHouse.Database, Cluster: cfg.ClickHouse.Cluster,
+		UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth})
 	return ch
 }
 
