@@ -57,6 +57,25 @@ ours() {
   echo "$pid"
 }
 
+# launch pidfile out command...: start command in a session of its own, its output appended
+# to out, and return once pidfile holds its pid. The pid is written by the child itself just
+# before it execs the command, so that ours() never sees the shell between fork and exec (a
+# check right after "cmd &" can, on a slow first start, and then takes a starting server for
+# a dead one) and the pid is right even where setsid forks.
+launch() {
+  local pidfile=$1 out=$2
+  shift 2
+  rm -f "$pidfile"
+  setsid bash -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$pidfile" "$@" \
+    >>"$out" 2>&1 </dev/null 9>&- &
+  for _ in $(seq 1 200); do
+    [ -s "$pidfile" ] && return 0
+    sleep 0.05
+  done
+  log "$1 did not start within 10 s"
+  return 1
+}
+
 # stop_process name pidfile marker: TERM, wait for the process itself to exit (so that a
 # restart finds its ports and data free), KILL after 60 s.
 stop_process() {
@@ -129,18 +148,21 @@ CFG
     local cp=/usr/share/java/zookeeper.jar
     [ -f /usr/share/java/slf4j-simple.jar ] && cp="$cp:/usr/share/java/slf4j-simple.jar"
     log "starting ZooKeeper on 127.0.0.1:$zk_port (data in $zkdir)"
-    setsid java -Xms32m -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+    # The log of earlier starts is kept one generation back, so that a failure below shows
+    # this start's lines and not the end of an older run.
+    [ -f "$zkdir/log/zookeeper.log" ] && mv -f "$zkdir/log/zookeeper.log" "$zkdir/log/zookeeper.log.1"
+    launch "$zkdir/zookeeper.pid" "$zkdir/log/zookeeper.log" \
+      java -Xms32m -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
       -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -Dzookeeper.admin.enableServer=false \
-      -cp "$cp" org.apache.zookeeper.server.ZooKeeperServerMain "$zkdir/zoo.cfg" \
-      >>"$zkdir/log/zookeeper.log" 2>&1 </dev/null 9>&- &
-    echo $! >"$zkdir/zookeeper.pid"
+      -cp "$cp" org.apache.zookeeper.server.ZooKeeperServerMain "$zkdir/zoo.cfg" || exit 1
   fi
+  local why="did not answer within 30 s"
   for _ in $(seq 1 120); do
     zk_answers && return 0
-    ours "$zkdir/zookeeper.pid" "$zkdir/zoo.cfg" >/dev/null || break
+    ours "$zkdir/zookeeper.pid" "$zkdir/zoo.cfg" >/dev/null || { why="exited while starting"; break; }
     sleep 0.25
   done
-  log "ZooKeeper did not answer on 127.0.0.1:$zk_port; see $zkdir/log/"
+  log "ZooKeeper on 127.0.0.1:$zk_port $why; its log ($zkdir/log/zookeeper.log) ends:"
   tail -n 20 "$zkdir/log/zookeeper.log" >&2 2>/dev/null || true
   exit 1
 }
@@ -265,9 +287,8 @@ spawn_node() {
   ours "$dir/server.pid" "$dir/config.xml" >/dev/null && return 0
   write_node_config "$n"
   log "starting node$n on 127.0.0.1:$(tcp_port "$n") (data in $dir)"
-  # setsid does not fork in a non-interactive shell: $! is the server.
-  setsid clickhouse-server --config-file="$dir/config.xml" >"$dir/log/stdout.log" 2>&1 </dev/null 9>&- &
-  echo $! >"$dir/server.pid"
+  : >"$dir/log/stdout.log"
+  launch "$dir/server.pid" "$dir/log/stdout.log" clickhouse-server --config-file="$dir/config.xml" || exit 1
 }
 
 # wait_node n: wait until node n is ready. 18.16 sometimes aborts while it loads its tables
