@@ -148,11 +148,11 @@ func TestConsentWithdrawalAndGrant(t *testing.T) {
 		t.Fatal(err)
 	}
 	// usage_raw, then the version tables of rollup_daily and of the feedback actuals
-	// (c1's groups), then plans_raw.
-	if action != "withdraw" || len(tables) != 4 || len(deleted) != 4 || tables[0] != "usage_raw" || !strings.HasPrefix(tables[1], "rollup_daily_v") ||
-		!strings.HasPrefix(tables[2], "rollup_feedback_actuals_v") || tables[3] != "plans_raw" ||
-		deleted[0] < 100 || deleted[1] == 0 || deleted[2] == 0 || deleted[3] != 2 || len(mutations) != 4 || receivedAt.IsZero() {
-		t.Errorf("audit of wd-1: action %s, tables %v, rows deleted %v, mutations %v, received %v; want usage_raw (>= 100 rows), the tables of rollup_daily and of the feedback actuals, and plans_raw (2 rows), four mutations",
+	// (c1's groups), then plans_raw and the version table of the feedback plans.
+	if action != "withdraw" || len(tables) != 5 || len(deleted) != 5 || tables[0] != "usage_raw" || !strings.HasPrefix(tables[1], "rollup_daily_v") ||
+		!strings.HasPrefix(tables[2], "rollup_feedback_actuals_v") || tables[3] != "plans_raw" || !strings.HasPrefix(tables[4], "rollup_feedback_plans_v") ||
+		deleted[0] < 100 || deleted[1] == 0 || deleted[2] == 0 || deleted[3] != 2 || deleted[4] == 0 || len(mutations) != 5 || receivedAt.IsZero() {
+		t.Errorf("audit of wd-1: action %s, tables %v, rows deleted %v, mutations %v, received %v; want usage_raw (>= 100 rows), the tables of rollup_daily and of the feedback actuals, plans_raw (2 rows) and the table of the feedback plans, five mutations",
 			action, tables, deleted, mutations, receivedAt)
 	}
 

@@ -86,6 +86,12 @@ const (
 // feedback_actuals view reads it instead of the raw usage.
 const FeedbackActualsRollup = "feedback_actuals"
 
+// FeedbackPlansRollup names the rollup that keeps a loop's plans per customer, product
+// and feedback period (its read view is rollup_feedback_plans): the latest plan, the
+// latest made before the period began, and the number of plan ids. feedback_gaps reads
+// it instead of the raw plans.
+const FeedbackPlansRollup = "feedback_plans"
+
 // FeedbackViews are the views PlanFeedback manages, in creation order.
 var FeedbackViews = []string{ViewActuals, ViewPlanVersions, ViewGaps, ViewAccuracy}
 

@@ -42,6 +42,8 @@ func PlanFeedback(cfg pipeline.FeedbackConfig) ([]FeedbackStatement, error) {
 	db, g := cfg.Database, cfg.Grain
 	view := func(name string) string { return pipeline.QualifiedTable(db, name) }
 	current, _ := g.PeriodSQL("now()", false)
+	planPeriod, planIndex := g.PeriodSQL("period", true)
+	_, submittedIndex := g.PeriodSQL("submitted_at", false)
 	// The joined subqueries are named where the server requires it; on 18.16 the views
 	// stay as they were, so that their fingerprints do not change.
 	planSide, actualSide := "", ""
@@ -56,19 +58,25 @@ func PlanFeedback(cfg pipeline.FeedbackConfig) ([]FeedbackStatement, error) {
 		pipeline.ViewActuals: `SELECT customer_id, product, period, actual, events, last_event_at
 FROM ` + view(RollupView(pipeline.FeedbackActualsRollup)),
 
-		pipeline.ViewPlanVersions: planVersionsSQL(cfg, ""),
+		pipeline.ViewPlanVersions: planVersionsSQL(cfg),
 
-		pipeline.ViewGaps: gapsSQL(cfg, view(pipeline.ViewPlanVersions), view(pipeline.ViewActuals)),
+		// The plans are the feedback_plans rollup's, kept per period like the actuals.
+		pipeline.ViewGaps: gapsSQL(cfg, view(RollupView(pipeline.FeedbackPlansRollup)), view(pipeline.ViewActuals)),
 
 		pipeline.ViewAccuracy: `SELECT product, horizon, count() AS n, sum(p) AS planned, sum(a) AS actual,
     if(sum(a) > 0, sum(p - a) / sum(a), NULL) AS bias,
     if(sum(a) > 0, sum(abs(p - a)) / sum(a), NULL) AS wape
 FROM
 (
-    SELECT customer_id, product, period, horizon, argMax(quantity, (submitted_at, plan_id)) AS p
-    FROM ` + view(pipeline.ViewPlanVersions) + `
-    WHERE horizon >= 0 AND period < ` + current + `
-    GROUP BY customer_id, product, period, horizon
+    SELECT customer_id, product, p_period AS period, horizon, argMax(quantity, (submitted_at, plan_id, _offset)) AS p
+    FROM
+    (
+        SELECT customer_id, product, ` + planPeriod + ` AS p_period, ` + planIndex + ` - ` + submittedIndex + ` AS horizon,
+            quantity, submitted_at, plan_id, _offset
+        FROM ` + pipeline.QualifiedTable(db, cfg.PlanTable) + `
+    )
+    WHERE horizon >= 0 AND p_period < ` + current + `
+    GROUP BY customer_id, product, p_period, horizon
 )` + planSide + `
 ALL LEFT JOIN
 (
@@ -89,32 +97,28 @@ ORDER BY product, horizon`,
 	return out, nil
 }
 
-// planVersionsSQL is the body of feedback_plan_versions: each plan id's latest version
-// (highest offset) with its period and horizon. With where, a condition on the raw plan
-// rows, only the plan ids it selects are read.
-func planVersionsSQL(cfg pipeline.FeedbackConfig, where string) string {
-	planPeriod, planIndex := cfg.Grain.PeriodSQL("p_period", true)
+// planVersionsSQL is the body of feedback_plan_versions: each plan's latest version
+// (highest submitted_at, then offset) with its period and horizon. A plan is a customer's
+// plan id for one product and period, as in the feedback_plans rollup.
+func planVersionsSQL(cfg pipeline.FeedbackConfig) string {
+	planPeriod, _ := cfg.Grain.PeriodSQL("period", true)
+	_, periodIndex := cfg.Grain.PeriodSQL("p_period", true)
 	_, submittedIndex := cfg.Grain.PeriodSQL("p_submitted_at", false)
-	if where != "" {
-		where = "\n    WHERE " + where
-	}
-	return `SELECT plan_id, p_customer_id AS customer_id, p_product AS product,
-    ` + planPeriod + ` AS period, p_quantity AS quantity, p_submitted_at AS submitted_at,
-    p_confidence AS confidence, ` + planIndex + ` - ` + submittedIndex + ` AS horizon
+	return `SELECT plan_id, customer_id, product, p_period AS period, p_quantity AS quantity,
+    p_submitted_at AS submitted_at, p_confidence AS confidence, ` + periodIndex + ` - ` + submittedIndex + ` AS horizon
 FROM
 (
-    SELECT plan_id,
-        argMax(customer_id, _offset) AS p_customer_id, argMax(product, _offset) AS p_product,
-        argMax(period, _offset) AS p_period, argMax(quantity, _offset) AS p_quantity,
-        argMax(submitted_at, _offset) AS p_submitted_at, argMax(confidence, _offset) AS p_confidence
-    FROM ` + pipeline.QualifiedTable(cfg.Database, cfg.PlanTable) + where + `
-    GROUP BY plan_id
+    SELECT plan_id, customer_id, product, ` + planPeriod + ` AS p_period,
+        argMax(quantity, (submitted_at, _offset)) AS p_quantity, max(submitted_at) AS p_submitted_at,
+        argMax(confidence, (submitted_at, _offset)) AS p_confidence
+    FROM ` + pipeline.QualifiedTable(cfg.Database, cfg.PlanTable) + `
+    GROUP BY customer_id, product, p_period, plan_id
 )`
 }
 
-// gapsSQL is the body of feedback_gaps over the given plan versions and actuals (views,
-// or subqueries in parentheses).
-func gapsSQL(cfg pipeline.FeedbackConfig, planVersions, actuals string) string {
+// gapsSQL is the body of feedback_gaps over the given plans and actuals per customer,
+// product and period (the read views of the feedback rollups, or the same filtered).
+func gapsSQL(cfg pipeline.FeedbackConfig, plans, actuals string) string {
 	// The joined subqueries are named where the server requires it; on 18.16 the views
 	// stay as they were, so that their fingerprints do not change.
 	planSide, actualSide := "", ""
@@ -141,12 +145,8 @@ func gapsSQL(cfg pipeline.FeedbackConfig, planVersions, actuals string) string {
     if(period = ` + current + ` AND versions > 0, ` + projected + ` - planned, NULL) AS projected_gap
 FROM
 (
-    SELECT customer_id, product, period,
-        argMax(quantity, (submitted_at, plan_id)) AS planned, count() AS versions,
-        argMaxIf(quantity, (submitted_at, plan_id), horizon >= 1) AS planned_before,
-        countIf(horizon >= 1) AS versions_before
-    FROM ` + planVersions + `
-    GROUP BY customer_id, product, period
+    SELECT customer_id, product, period, planned, planned_before, versions, versions_before
+    FROM ` + plans + `
 )` + planSide + `
 ALL FULL OUTER JOIN
 (
@@ -154,27 +154,23 @@ ALL FULL OUTER JOIN
 )` + actualSide + ` USING (customer_id, product, period)`
 }
 
-// ReadCustomerSettings end a query of CustomerGapsSQL.
-const ReadCustomerSettings = "SETTINGS enable_optimize_predicate_expression = 1"
+// PushDownSettings end a query that filters a rollup's read view (CustomerGapsSQL, say):
+// 18.16 then pushes the condition into the view's GROUP BY, so that only the matching
+// groups are read.
+const PushDownSettings = "SETTINGS enable_optimize_predicate_expression = 1"
 
 // CustomerGapsSQL returns a query of the rows feedback_gaps holds for one customer, which
-// reads only that customer's rows: the plan ids the customer ever planned under (by the
-// plans table's key), of which those whose latest version is still the customer's, and
-// the customer's groups of the feedback actuals rollup. It takes the customer id three
-// times as arguments (?). The view itself cannot be filtered this cheaply: 18.16 does not
-// push a condition into the subqueries of a join. Run it with ReadCustomerSettings, so
-// that the condition on the actuals reaches into their read view, which groups by
-// customer.
+// reads only that customer's groups of the two feedback rollups. It takes the customer id
+// twice as arguments (?). The view itself cannot be filtered this cheaply: 18.16 does not
+// push a condition into the subqueries of a join. Run it with PushDownSettings, so
+// that the conditions reach into the rollups' read views, which group by customer.
 func CustomerGapsSQL(cfg pipeline.FeedbackConfig) (string, error) {
-	for _, n := range []string{cfg.Database, cfg.PlanTable} {
-		if err := pipeline.ValidIdent(n); err != nil {
-			return "", err
-		}
+	if err := pipeline.ValidIdent(cfg.Database); err != nil {
+		return "", err
 	}
-	plans := pipeline.QualifiedTable(cfg.Database, cfg.PlanTable)
-	versions := "(\n" + planVersionsSQL(cfg, "plan_id IN (SELECT plan_id FROM "+plans+" WHERE customer_id = ?)") + "\nWHERE customer_id = ?\n)"
+	plans := pipeline.QualifiedTable(cfg.Database, RollupView(pipeline.FeedbackPlansRollup)) + " WHERE customer_id = ?"
 	actuals := pipeline.QualifiedTable(cfg.Database, RollupView(pipeline.FeedbackActualsRollup)) + " WHERE customer_id = ?"
-	return gapsSQL(cfg, versions, actuals), nil
+	return gapsSQL(cfg, plans, actuals), nil
 }
 
 // withFingerprint adds an always-true predicate naming the definition to the outermost

@@ -174,6 +174,9 @@ func PlanRollups(cfg pipeline.Config) ([]RollupPlan, error) {
 			return nil, err
 		}
 		rollups = append(append([]pipeline.RollupConfig(nil), rollups...), r)
+		if slices.ContainsFunc(cfg.Rollups, func(r pipeline.RollupConfig) bool { return r.Name == pipeline.FeedbackPlansRollup }) {
+			return nil, &RollupError{Rollup: pipeline.FeedbackPlansRollup, Msg: "with feedback, this name is taken by the feedback's own plans: choose another"}
+		}
 	}
 	for _, r := range rollups {
 		if seen[r.Name] {
@@ -186,11 +189,18 @@ func PlanRollups(cfg pipeline.Config) ([]RollupPlan, error) {
 		}
 		plans = append(plans, p)
 	}
+	if cfg.Feedback != nil {
+		// The plans' rollup has measures no spec can declare; it is planned on its own.
+		p, err := feedbackPlans(cfg)
+		if err != nil {
+			return nil, err
+		}
+		plans = append(plans, p)
+	}
 	return plans, nil
 }
 
 func planRollup(ch pipeline.ClickHouseConfig, streams []pipeline.StreamConfig, r pipeline.RollupConfig) (RollupPlan, error) {
-	db := ch.Database
 	fail := func(format string, args ...any) (RollupPlan, error) {
 		return RollupPlan{}, &RollupError{Rollup: r.Name, Msg: fmt.Sprintf(format, args...)}
 	}
@@ -343,6 +353,14 @@ func planRollup(ch pipeline.ClickHouseConfig, streams []pipeline.StreamConfig, r
 		}
 	}
 
+	return assembleRollup(ch, r.Name, s, keys, states, read, columns, r.Dimensions), nil
+}
+
+// assembleRollup makes the plan of a rollup of stream s from its group keys (the period
+// first), its state columns and the read view's expressions and column names. dimensions
+// are the rollup's dimensions, for its sharding key on a cluster.
+func assembleRollup(ch pipeline.ClickHouseConfig, name string, s pipeline.StreamConfig, keys, states []rollupColumn, read, columns, dimensions []string) RollupPlan {
+	db, period := ch.Database, keys[0]
 	source := pipeline.QualifiedTable(db, s.Table())
 	sum := sha256.Sum256(mustJSON(struct {
 		Format       int
@@ -352,8 +370,8 @@ func planRollup(ch pipeline.ClickHouseConfig, streams []pipeline.StreamConfig, r
 	}{rollupFormat, s.Table(), keys, states, read}))
 	version := hex.EncodeToString(sum[:4])
 	p := RollupPlan{
-		Name: r.Name, Version: version, db: db, ch: ch, Columns: columns, Source: s.Table(),
-		View: RollupView(r.Name), Table: RollupView(r.Name) + "_v" + version,
+		Name: name, Version: version, db: db, ch: ch, Columns: columns, Source: s.Table(),
+		View: RollupView(name), Table: RollupView(name) + "_v" + version,
 	}
 	p.MV = p.Table + "_mv"
 	table := pipeline.QualifiedTable(db, p.Table)
@@ -372,7 +390,7 @@ func planRollup(ch pipeline.ClickHouseConfig, streams []pipeline.StreamConfig, r
 	copy(keyNames, names[:len(keys)])
 	p.createTable = tableStatements(ch, db, p.Table, cols, "AggregatingMergeTree",
 		"PARTITION BY toYYYYMM("+pipeline.QuoteIdent(period.Name)+")\nORDER BY ("+strings.Join(keyNames, ", ")+")",
-		rollupShardKey(r.Dimensions, keyNames))
+		rollupShardKey(dimensions, keyNames))
 	p.selectHead = "SELECT\n    " + strings.Join(exprs, ",\n    ") + "\nFROM " + source + "\n"
 	p.groupBy = "GROUP BY " + strings.Join(keyNames, ", ")
 	// On a cluster the materialized view reads the raw table's local table, whose inserts
@@ -391,7 +409,7 @@ func planRollup(ch pipeline.ClickHouseConfig, streams []pipeline.StreamConfig, r
 	}
 	p.createView = "CREATE VIEW IF NOT EXISTS " + pipeline.QualifiedTable(db, p.View) + ch.OnCluster() + " AS\nSELECT\n    " +
 		strings.Join(read, ",\n    ") + "\nFROM " + table + "\nGROUP BY " + strings.Join(keyNames, ", ")
-	return p, nil
+	return p
 }
 
 // rollupShardKey is the sharding key of a rollup's Distributed version table on a
@@ -497,4 +515,50 @@ func feedbackActuals(cfg pipeline.Config) (pipeline.RollupConfig, error) {
 			{Name: "last_event_at", Function: pipeline.FuncMax, Field: "ts"},
 		},
 	}, nil
+}
+
+// feedbackPlans is the rollup behind feedback_gaps' plan side: per customer, product and
+// feedback period, the latest plan (highest submitted_at, ties by plan id, then by the
+// later offset of a re-sent id), the latest of those submitted before the period began,
+// and how many plan ids there are, kept up to date by ClickHouse as plans arrive. A plan
+// is a customer's plan id for one product and period: a re-sent id corrects that plan,
+// and the same id for another customer, product or period is another plan. That is what
+// lets each period's figures be kept on their own, whatever arrives for other periods.
+// Like feedback_actuals it is a rollup: versioned, backfilled with the workers stopped,
+// rebuilt when the grain changes, on a cluster too, and a consent withdrawal deletes the
+// customer's groups from it.
+func feedbackPlans(cfg pipeline.Config) (RollupPlan, error) {
+	fc := cfg.Feedback
+	i := slices.IndexFunc(cfg.Streams, func(s pipeline.StreamConfig) bool { return s.Kind == pipeline.KindPlan && s.Table() == fc.PlanTable })
+	if i < 0 {
+		return RollupPlan{}, &RollupError{Rollup: pipeline.FeedbackPlansRollup,
+			Msg: fmt.Sprintf("feedback reads %s, which is not the raw table of a plan stream", fc.PlanTable)}
+	}
+	if fc.Grain != pipeline.GrainWeek && fc.Grain != pipeline.GrainMonth {
+		return RollupPlan{}, &RollupError{Rollup: pipeline.FeedbackPlansRollup, Msg: fmt.Sprintf("feedback grain %q: want %s or %s", fc.Grain, pipeline.GrainWeek, pipeline.GrainMonth)}
+	}
+	start, index := fc.Grain.PeriodSQL(pipeline.QuoteIdent("period"), true)
+	_, submitted := fc.Grain.PeriodSQL(pipeline.QuoteIdent("submitted_at"), false)
+	before := "toUInt8(" + index + " - " + submitted + " >= 1)"
+	latest := "tuple(" + pipeline.QuoteIdent("submitted_at") + ", " + pipeline.QuoteIdent("plan_id") + ", " + pipeline.QuoteIdent("_offset") + ")"
+	const by = "Tuple(DateTime, String, Int64)"
+	keys := []rollupColumn{
+		{"_period", "Date", start},
+		{"customer_id", "String", pipeline.QuoteIdent("customer_id")},
+		{"product", "String", pipeline.QuoteIdent("product")},
+	}
+	states := []rollupColumn{
+		{"_state_planned", "AggregateFunction(argMax, Float64, " + by + ")", "argMaxState(" + pipeline.QuoteIdent("quantity") + ", " + latest + ")"},
+		{"_state_planned_before", "AggregateFunction(argMaxIf, Float64, " + by + ", UInt8)", "argMaxIfState(" + pipeline.QuoteIdent("quantity") + ", " + latest + ", " + before + ")"},
+		{"_state_versions", "AggregateFunction(uniqExact, String)", "uniqExactState(" + pipeline.QuoteIdent("plan_id") + ")"},
+		{"_state_versions_before", "AggregateFunction(uniqExactIf, String, UInt8)", "uniqExactIfState(" + pipeline.QuoteIdent("plan_id") + ", " + before + ")"},
+	}
+	read := []string{"`_period` AS `period`", "`customer_id`", "`product`",
+		"argMaxMerge(`_state_planned`) AS `planned`",
+		"argMaxIfMerge(`_state_planned_before`) AS `planned_before`",
+		"uniqExactMerge(`_state_versions`) AS `versions`",
+		"uniqExactIfMerge(`_state_versions_before`) AS `versions_before`"}
+	columns := []string{"period", "customer_id", "product", "planned", "planned_before", "versions", "versions_before"}
+	return assembleRollup(cfg.ClickHouse, pipeline.FeedbackPlansRollup, cfg.Streams[i], keys, states, read, columns,
+		[]string{"customer_id", "product"}), nil
 }

@@ -198,47 +198,72 @@ func TestPlanRollupsRefusesInvalid(t *testing.T) {
 	}
 }
 
-// TestFeedbackActualsRollup: a loop with feedback has a rollup of its own behind
-// feedback_actuals, grouped by customer and product per feedback period, whose version
-// follows the grain; its name is taken, and it needs the usage stream feedback reads.
-func TestFeedbackActualsRollup(t *testing.T) {
+// TestFeedbackRollups: a loop with feedback has two rollups of its own, behind
+// feedback_actuals and feedback_gaps' plan side, grouped by customer and product per
+// feedback period, whose versions follow the grain; their names are taken, and each needs
+// the stream feedback reads.
+func TestFeedbackRollups(t *testing.T) {
 	cfg := rollupConfig()
-	if plans, err := PlanRollups(cfg); err != nil || slices.ContainsFunc(plans, func(p RollupPlan) bool { return p.Name == pipeline.FeedbackActualsRollup }) {
+	if plans, err := PlanRollups(cfg); err != nil || slices.ContainsFunc(plans, func(p RollupPlan) bool {
+		return p.Name == pipeline.FeedbackActualsRollup || p.Name == pipeline.FeedbackPlansRollup
+	}) {
 		t.Fatalf("without feedback: %v, %v", plans, err)
 	}
 	month := pipeline.FeedbackConfig{Database: cfg.ClickHouse.Database, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth}
 	cfg.Feedback = &month
-	plans, err := PlanRollups(cfg)
+	monthly, err := PlanRollups(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := plans[len(plans)-1]
-	if p.Name != pipeline.FeedbackActualsRollup || p.View != "rollup_feedback_actuals" || p.Source != "usage_raw" ||
-		!slices.Equal(p.Columns, []string{"period", "customer_id", "product", "actual", "events", "last_event_at"}) {
-		t.Errorf("feedback rollup %s (view %s, source %s) has columns %v", p.Name, p.View, p.Source, p.Columns)
+	byName := func(plans []RollupPlan, name string) RollupPlan {
+		t.Helper()
+		i := slices.IndexFunc(plans, func(p RollupPlan) bool { return p.Name == name })
+		if i < 0 {
+			t.Fatalf("no rollup %s among %d", name, len(plans))
+		}
+		return plans[i]
+	}
+	want := map[string]struct {
+		source  string
+		columns []string
+	}{
+		pipeline.FeedbackActualsRollup: {"usage_raw", []string{"period", "customer_id", "product", "actual", "events", "last_event_at"}},
+		pipeline.FeedbackPlansRollup:   {"plans_raw", []string{"period", "customer_id", "product", "planned", "planned_before", "versions", "versions_before"}},
 	}
 	week := month
 	week.Grain = pipeline.GrainWeek
-	cfg.Feedback = &week
-	weekly, err := PlanRollups(cfg)
+	weekCfg := cfg
+	weekCfg.Feedback = &week
+	weekly, err := PlanRollups(weekCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v := weekly[len(weekly)-1].Version; v == p.Version {
-		t.Errorf("a change of grain keeps version %s: the rollup would not be rebuilt", v)
+	for name, w := range want {
+		p := byName(monthly, name)
+		if p.View != "rollup_"+name || p.Source != w.source || !slices.Equal(p.Columns, w.columns) {
+			t.Errorf("feedback rollup %s (view %s, source %s) has columns %v", p.Name, p.View, p.Source, p.Columns)
+		}
+		if v := byName(weekly, name).Version; v == p.Version {
+			t.Errorf("%s: a change of grain keeps version %s: the rollup would not be rebuilt", name, v)
+		}
+		taken := cfg
+		taken.Rollups = append(slices.Clone(cfg.Rollups), pipeline.RollupConfig{Name: name, Stream: "usage",
+			Granularity: pipeline.RollupDay, Measures: []pipeline.MeasureConfig{{Name: "n", Function: pipeline.FuncCount}}})
+		if _, err := PlanRollups(taken); err == nil || !strings.Contains(err.Error(), "rollup "+name+":") {
+			t.Errorf("a rollup named %s beside feedback: %v", name, err)
+		}
 	}
 
-	taken := cfg
-	taken.Rollups = append(slices.Clone(cfg.Rollups), pipeline.RollupConfig{Name: pipeline.FeedbackActualsRollup, Stream: "usage",
-		Granularity: pipeline.RollupDay, Measures: []pipeline.MeasureConfig{{Name: "n", Function: pipeline.FuncCount}}})
-	if _, err := PlanRollups(taken); err == nil || !strings.Contains(err.Error(), "two rollups have this name") {
-		t.Errorf("a rollup named %s beside feedback: %v", pipeline.FeedbackActualsRollup, err)
-	}
 	wrong := month
 	wrong.UsageTable = "plans_raw"
 	cfg.Feedback = &wrong
 	if _, err := PlanRollups(cfg); err == nil || !strings.Contains(err.Error(), "not the raw table of a usage stream") {
 		t.Errorf("feedback over the plans as usage: %v", err)
+	}
+	wrong = month
+	wrong.PlanTable = "usage_raw"
+	if _, err := PlanRollups(cfg); err == nil || !strings.Contains(err.Error(), "not the raw table of a plan stream") {
+		t.Errorf("feedback over the usage as plans: %v", err)
 	}
 }
 

@@ -252,9 +252,12 @@ func (p *Publisher) statusFigures(ctx context.Context, res *PublishResult, diges
 		res.LastPublishedPeriod, res.LastPublishedAt = res.LastPublishedPeriod.UTC(), res.LastPublishedAt.UTC()
 	}
 	current := PeriodStart(p.cfg.Feedback.Grain, now)
-	if err := p.ch.QueryRow(ctx, "SELECT uniqExact(customer_id) FROM "+pipeline.QualifiedTable(db, pipeline.ViewGaps)+
-		" WHERE versions > 0 AND period = toDate(?)", current.Format(time.DateOnly)).Scan(&res.CustomersWithPlans); err != nil {
-		return fmt.Errorf("reading %s.%s: %w", db, pipeline.ViewGaps, err)
+	// The customers with plans for the period under way, from the plans' rollup: only that
+	// period's groups are read (the condition reaches into its read view).
+	plans := ddl.RollupView(pipeline.FeedbackPlansRollup)
+	if err := p.ch.QueryRow(ctx, "SELECT uniqExact(customer_id) FROM "+pipeline.QualifiedTable(db, plans)+
+		" WHERE period = toDate(?) AND versions > 0 "+ddl.PushDownSettings, current.Format(time.DateOnly)).Scan(&res.CustomersWithPlans); err != nil {
+		return fmt.Errorf("reading %s.%s: %w", db, plans, err)
 	}
 	res.ProductWAPE = map[string]*float64{}
 	var absErr, actual float64

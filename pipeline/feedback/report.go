@@ -62,8 +62,8 @@ func QueryGaps(ctx context.Context, conn driver.Conn, db string, f GapFilter) ([
 		if err != nil {
 			return nil, err
 		}
-		from, settings = "(\n"+body+"\n)", " "+ddl.ReadCustomerSettings
-		args = append(args, f.Customer, f.Customer, f.Customer)
+		from, settings = "(\n"+body+"\n)", " "+ddl.PushDownSettings
+		args = append(args, f.Customer, f.Customer)
 	}
 	q := gapRowsSelect + from + " WHERE 1 = 1"
 	if f.Product != "" {

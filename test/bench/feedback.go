@@ -78,7 +78,11 @@ type feedbackFigure struct {
 const feedbackGrowthLimit = 1.3
 
 func feedbackSection(ctx context.Context, o options, ch driver.Conn, brokers []string, db string, sizes []benchSize) ([]figure, error) {
-	defer ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(db))
+	if o.feedbackKeep {
+		defer step("feedback: kept database %s (drop it when done)", db)
+	} else {
+		defer ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pipeline.QuoteIdent(db))
+	}
 	cfg, fc := feedbackLoop(o.clickhouse, db, brokers)
 	step("feedback: creating the loop's tables and feedback views (%s grain) in %s", fc.Grain, db)
 	stmts, err := ddl.PlanSchema(cfg)

@@ -41,6 +41,8 @@ type options struct {
 	rounds     int
 	// feedbackSizes are the feedback section's history sizes ("10m,100m"; "none" skips it).
 	feedbackSizes string
+	// feedbackKeep keeps the feedback section's database for a look at its queries.
+	feedbackKeep bool
 	// serverPID is the ClickHouse server's process, when it runs here (0 otherwise).
 	serverPID int
 	// clickhouseHTTP is the server's HTTP address, which the Native ceiling posts to.
@@ -64,6 +66,7 @@ func main() {
 	flag.IntVar(&o.maxRows, "max-rows", 0, "the workers' batch row limit (0: the pipeline's default)")
 	flag.StringVar(&o.only, "only", "", "run only the CustomerLoop drain (\"customerloop\"), the Native ceiling (\"insert\"), the cluster variant (\"cluster\") or the feedback section (\"feedback\"), for profiling and A/B runs; the report then holds their figures alone")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds of the headline contenders (CustomerLoop, the Kafka engine, the Native ceiling), taken in turns")
+	flag.BoolVar(&o.feedbackKeep, "feedback-keep", false, "keep the feedback section's database (its name is printed) to look at its queries afterwards")
 	flag.StringVar(&o.feedbackSizes, "feedback-sizes", "10m,100m", "usage-event history sizes of the feedback section, ascending (\"1m\", \"10m,100m\"; \"none\" skips it)")
 	flag.IntVar(&o.clusterMessages, "cluster-messages", 300_000, "usage events each cluster run drains (fewer than -messages: three runs on the cluster)")
 	flag.StringVar(&o.zookeeper, "zookeeper", "127.0.0.1:"+envOr("CLUSTER_ZK_PORT", "12181"), "the cluster's ZooKeeper address, to read its CPU time")

@@ -6,19 +6,17 @@ WHERE 'customerloop:4c1d14c9a65a' != '';
 
 -- Month acme.feedback_plan_versions
 CREATE VIEW IF NOT EXISTS `acme`.`feedback_plan_versions` ON CLUSTER `analytics` AS
-SELECT plan_id, p_customer_id AS customer_id, p_product AS product,
-    toStartOfMonth(p_period) AS period, p_quantity AS quantity, p_submitted_at AS submitted_at,
-    p_confidence AS confidence, toRelativeMonthNum(p_period) - toRelativeMonthNum(p_submitted_at, 'UTC') AS horizon
+SELECT plan_id, customer_id, product, p_period AS period, p_quantity AS quantity,
+    p_submitted_at AS submitted_at, p_confidence AS confidence, toRelativeMonthNum(p_period) - toRelativeMonthNum(p_submitted_at, 'UTC') AS horizon
 FROM
 (
-    SELECT plan_id,
-        argMax(customer_id, _offset) AS p_customer_id, argMax(product, _offset) AS p_product,
-        argMax(period, _offset) AS p_period, argMax(quantity, _offset) AS p_quantity,
-        argMax(submitted_at, _offset) AS p_submitted_at, argMax(confidence, _offset) AS p_confidence
+    SELECT plan_id, customer_id, product, toStartOfMonth(period) AS p_period,
+        argMax(quantity, (submitted_at, _offset)) AS p_quantity, max(submitted_at) AS p_submitted_at,
+        argMax(confidence, (submitted_at, _offset)) AS p_confidence
     FROM `acme`.`plans_raw`
-    GROUP BY plan_id
+    GROUP BY customer_id, product, p_period, plan_id
 )
-WHERE 'customerloop:922478685c4e' != '';
+WHERE 'customerloop:6fd35d8d5921' != '';
 
 -- Month acme.feedback_gaps
 CREATE VIEW IF NOT EXISTS `acme`.`feedback_gaps` ON CLUSTER `analytics` AS
@@ -33,18 +31,14 @@ SELECT customer_id, product, period,
     if(period = toStartOfMonth(now(), 'UTC') AND versions > 0, actual * (toUInt32(toDateTime(addMonths(period, 1), 'UTC')) - toUInt32(toDateTime(period, 'UTC'))) / greatest(toUInt32(now()) - toUInt32(toDateTime(period, 'UTC')), 1) - planned, NULL) AS projected_gap
 FROM
 (
-    SELECT customer_id, product, period,
-        argMax(quantity, (submitted_at, plan_id)) AS planned, count() AS versions,
-        argMaxIf(quantity, (submitted_at, plan_id), horizon >= 1) AS planned_before,
-        countIf(horizon >= 1) AS versions_before
-    FROM `acme`.`feedback_plan_versions`
-    GROUP BY customer_id, product, period
+    SELECT customer_id, product, period, planned, planned_before, versions, versions_before
+    FROM `acme`.`rollup_feedback_plans`
 )
 ALL FULL OUTER JOIN
 (
     SELECT customer_id, product, period, actual, events FROM `acme`.`feedback_actuals`
 ) USING (customer_id, product, period)
-WHERE 'customerloop:22858333a5b2' != '';
+WHERE 'customerloop:62f05ff07ac0' != '';
 
 -- Month acme.feedback_accuracy
 CREATE VIEW IF NOT EXISTS `acme`.`feedback_accuracy` ON CLUSTER `analytics` AS
@@ -53,16 +47,21 @@ SELECT product, horizon, count() AS n, sum(p) AS planned, sum(a) AS actual,
     if(sum(a) > 0, sum(abs(p - a)) / sum(a), NULL) AS wape
 FROM
 (
-    SELECT customer_id, product, period, horizon, argMax(quantity, (submitted_at, plan_id)) AS p
-    FROM `acme`.`feedback_plan_versions`
-    WHERE horizon >= 0 AND period < toStartOfMonth(now(), 'UTC')
-    GROUP BY customer_id, product, period, horizon
+    SELECT customer_id, product, p_period AS period, horizon, argMax(quantity, (submitted_at, plan_id, _offset)) AS p
+    FROM
+    (
+        SELECT customer_id, product, toStartOfMonth(period) AS p_period, toRelativeMonthNum(period) - toRelativeMonthNum(submitted_at, 'UTC') AS horizon,
+            quantity, submitted_at, plan_id, _offset
+        FROM `acme`.`plans_raw`
+    )
+    WHERE horizon >= 0 AND p_period < toStartOfMonth(now(), 'UTC')
+    GROUP BY customer_id, product, p_period, horizon
 )
 ALL LEFT JOIN
 (
     SELECT customer_id, product, period, actual AS a FROM `acme`.`feedback_actuals`
 ) USING (customer_id, product, period)
-WHERE 'customerloop:b085550cd13d' != ''
+WHERE 'customerloop:523f2891684e' != ''
 GROUP BY product, horizon
 ORDER BY product, horizon;
 
@@ -74,19 +73,17 @@ WHERE 'customerloop:4c1d14c9a65a' != '';
 
 -- Week acme.feedback_plan_versions
 CREATE VIEW IF NOT EXISTS `acme`.`feedback_plan_versions` ON CLUSTER `analytics` AS
-SELECT plan_id, p_customer_id AS customer_id, p_product AS product,
-    toMonday(p_period) AS period, p_quantity AS quantity, p_submitted_at AS submitted_at,
-    p_confidence AS confidence, toRelativeWeekNum(p_period) - toRelativeWeekNum(p_submitted_at, 'UTC') AS horizon
+SELECT plan_id, customer_id, product, p_period AS period, p_quantity AS quantity,
+    p_submitted_at AS submitted_at, p_confidence AS confidence, toRelativeWeekNum(p_period) - toRelativeWeekNum(p_submitted_at, 'UTC') AS horizon
 FROM
 (
-    SELECT plan_id,
-        argMax(customer_id, _offset) AS p_customer_id, argMax(product, _offset) AS p_product,
-        argMax(period, _offset) AS p_period, argMax(quantity, _offset) AS p_quantity,
-        argMax(submitted_at, _offset) AS p_submitted_at, argMax(confidence, _offset) AS p_confidence
+    SELECT plan_id, customer_id, product, toMonday(period) AS p_period,
+        argMax(quantity, (submitted_at, _offset)) AS p_quantity, max(submitted_at) AS p_submitted_at,
+        argMax(confidence, (submitted_at, _offset)) AS p_confidence
     FROM `acme`.`plans_raw`
-    GROUP BY plan_id
+    GROUP BY customer_id, product, p_period, plan_id
 )
-WHERE 'customerloop:774b3a970a84' != '';
+WHERE 'customerloop:cba5e2a0aad4' != '';
 
 -- Week acme.feedback_gaps
 CREATE VIEW IF NOT EXISTS `acme`.`feedback_gaps` ON CLUSTER `analytics` AS
@@ -101,18 +98,14 @@ SELECT customer_id, product, period,
     if(period = toMonday(now(), 'UTC') AND versions > 0, actual * (toUInt32(toDateTime(addWeeks(period, 1), 'UTC')) - toUInt32(toDateTime(period, 'UTC'))) / greatest(toUInt32(now()) - toUInt32(toDateTime(period, 'UTC')), 1) - planned, NULL) AS projected_gap
 FROM
 (
-    SELECT customer_id, product, period,
-        argMax(quantity, (submitted_at, plan_id)) AS planned, count() AS versions,
-        argMaxIf(quantity, (submitted_at, plan_id), horizon >= 1) AS planned_before,
-        countIf(horizon >= 1) AS versions_before
-    FROM `acme`.`feedback_plan_versions`
-    GROUP BY customer_id, product, period
+    SELECT customer_id, product, period, planned, planned_before, versions, versions_before
+    FROM `acme`.`rollup_feedback_plans`
 )
 ALL FULL OUTER JOIN
 (
     SELECT customer_id, product, period, actual, events FROM `acme`.`feedback_actuals`
 ) USING (customer_id, product, period)
-WHERE 'customerloop:96381b4bae0c' != '';
+WHERE 'customerloop:020af53dde13' != '';
 
 -- Week acme.feedback_accuracy
 CREATE VIEW IF NOT EXISTS `acme`.`feedback_accuracy` ON CLUSTER `analytics` AS
@@ -121,16 +114,21 @@ SELECT product, horizon, count() AS n, sum(p) AS planned, sum(a) AS actual,
     if(sum(a) > 0, sum(abs(p - a)) / sum(a), NULL) AS wape
 FROM
 (
-    SELECT customer_id, product, period, horizon, argMax(quantity, (submitted_at, plan_id)) AS p
-    FROM `acme`.`feedback_plan_versions`
-    WHERE horizon >= 0 AND period < toMonday(now(), 'UTC')
-    GROUP BY customer_id, product, period, horizon
+    SELECT customer_id, product, p_period AS period, horizon, argMax(quantity, (submitted_at, plan_id, _offset)) AS p
+    FROM
+    (
+        SELECT customer_id, product, toMonday(period) AS p_period, toRelativeWeekNum(period) - toRelativeWeekNum(submitted_at, 'UTC') AS horizon,
+            quantity, submitted_at, plan_id, _offset
+        FROM `acme`.`plans_raw`
+    )
+    WHERE horizon >= 0 AND p_period < toMonday(now(), 'UTC')
+    GROUP BY customer_id, product, p_period, horizon
 )
 ALL LEFT JOIN
 (
     SELECT customer_id, product, period, actual AS a FROM `acme`.`feedback_actuals`
 ) USING (customer_id, product, period)
-WHERE 'customerloop:bcf83389a7d4' != ''
+WHERE 'customerloop:e94f17e5b45d' != ''
 GROUP BY product, horizon
 ORDER BY product, horizon;
 
