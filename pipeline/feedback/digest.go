@@ -187,6 +187,23 @@ type ProductPeriod struct {
 
 // QueryProductPeriods sums the loop's gap view per product and period, in that order.
 func QueryProductPeriods(ctx context.Context, conn driver.Conn, db string) ([]ProductPeriod, error) {
+	out, _, err := queryProductPeriods(ctx, conn, db, 0)
+	return out, err
+}
+
+// queryProductPeriods sums the loop's gap view per product and period, in that order,
+// and, with top > 0, also returns per product and period the top customers with a plan
+// whose |gap| is largest (ties by customer id), keyed by product and period start: one
+// pass over the view for both.
+func queryProductPeriods(ctx context.Context, conn driver.Conn, db string, top int) ([]ProductPeriod, map[string]map[time.Time][]CustomerGap, error) {
+	topColumn := ""
+	if top > 0 {
+		// Each group's customers with plans as (customer, planned, actual, gap, gap ratio),
+		// largest |gap| first.
+		topColumn = `,
+    arraySlice(arraySort(x -> (-abs(tupleElement(x, 4)), tupleElement(x, 1)),
+        groupArrayIf((customer_id, assumeNotNull(planned_latest), actual, assumeNotNull(gap), gap_ratio), versions > 0)), 1, ` + strconv.Itoa(top) + `) AS top`
+	}
 	q := `SELECT product, period,
     countIf(versions > 0) AS planners,
     sum(ifNull(planned_latest, 0)) AS sum_planned,
@@ -196,16 +213,17 @@ func QueryProductPeriods(ctx context.Context, conn driver.Conn, db string) ([]Pr
     sumIf(actual, versions = 0) AS actual_unplanned,
     period <= today() AS begun,
     countIf(projected IS NOT NULL AND versions > 0) AS projecting,
-    sumIf(ifNull(projected, 0), versions > 0) AS projected_planned
+    sumIf(ifNull(projected, 0), versions > 0) AS projected_planned` + topColumn + `
 FROM ` + pipeline.QualifiedTable(db, pipeline.ViewGaps) + `
 GROUP BY product, period
 ORDER BY product, period`
 	rows, err := conn.Query(ctx, q)
 	if err != nil {
-		return nil, fmt.Errorf("reading %s.%s: %w", db, pipeline.ViewGaps, err)
+		return nil, nil, fmt.Errorf("reading %s.%s: %w", db, pipeline.ViewGaps, err)
 	}
 	defer rows.Close()
 	var out []ProductPeriod
+	tops := map[string]map[time.Time][]CustomerGap{}
 	for rows.Next() {
 		var (
 			r                 ProductPeriod
@@ -215,10 +233,15 @@ ORDER BY product, period`
 			begun             uint8
 			projecting        uint64
 			projected         float64
+			topRows           [][]any
 		)
-		if err := rows.Scan(&r.Product, &r.Period, &r.CustomersWithPlans, &planned, &starters, &atStart, &actual, &unplanned,
-			&begun, &projecting, &projected); err != nil {
-			return nil, fmt.Errorf("reading %s.%s: %w", db, pipeline.ViewGaps, err)
+		dest := []any{&r.Product, &r.Period, &r.CustomersWithPlans, &planned, &starters, &atStart, &actual, &unplanned,
+			&begun, &projecting, &projected}
+		if top > 0 {
+			dest = append(dest, &topRows)
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return nil, nil, fmt.Errorf("reading %s.%s: %w", db, pipeline.ViewGaps, err)
 		}
 		r.Period = r.Period.UTC()
 		if r.CustomersWithPlans > 0 {
@@ -232,47 +255,18 @@ ORDER BY product, period`
 			r.Projected = &projected
 		}
 		out = append(out, r)
+		for _, t := range topRows {
+			g := CustomerGap{Customer: t[0].(string), PlannedLatest: t[1].(float64), Actual: t[2].(float64), Gap: t[3].(float64)}
+			if ratio, ok := t[4].(*float64); ok {
+				g.GapRatio = ratio
+			}
+			if tops[r.Product] == nil {
+				tops[r.Product] = map[time.Time][]CustomerGap{}
+			}
+			tops[r.Product][r.Period] = append(tops[r.Product][r.Period], g)
+		}
 	}
-	return out, rows.Err()
-}
-
-// QueryTopGaps returns, per product and period, the n customers with a plan whose |gap| is
-// largest (ties by customer id), keyed by product and period start.
-func QueryTopGaps(ctx context.Context, conn driver.Conn, db string, n int) (map[string]map[time.Time][]CustomerGap, error) {
-	q := `SELECT product, period, customer_id, planned_latest, actual, gap, gap_ratio
-FROM ` + pipeline.QualifiedTable(db, pipeline.ViewGaps) + `
-WHERE versions > 0
-ORDER BY product, period, abs(gap) DESC, customer_id
-LIMIT ` + strconv.Itoa(n) + ` BY product, period`
-	rows, err := conn.Query(ctx, q)
-	if err != nil {
-		return nil, fmt.Errorf("reading %s.%s: %w", db, pipeline.ViewGaps, err)
-	}
-	defer rows.Close()
-	out := map[string]map[time.Time][]CustomerGap{}
-	for rows.Next() {
-		var (
-			product      string
-			period       time.Time
-			g            CustomerGap
-			planned, gap *float64
-		)
-		if err := rows.Scan(&product, &period, &g.Customer, &planned, &g.Actual, &gap, &g.GapRatio); err != nil {
-			return nil, fmt.Errorf("reading %s.%s: %w", db, pipeline.ViewGaps, err)
-		}
-		if planned != nil {
-			g.PlannedLatest = *planned
-		}
-		if gap != nil {
-			g.Gap = *gap
-		}
-		period = period.UTC()
-		if out[product] == nil {
-			out[product] = map[time.Time][]CustomerGap{}
-		}
-		out[product][period] = append(out[product][period], g)
-	}
-	return out, rows.Err()
+	return out, tops, rows.Err()
 }
 
 // QueryLargestGaps returns the n rows of the gap view with the largest |gap|, over all
@@ -323,11 +317,7 @@ func BuildDigests(ctx context.Context, conn driver.Conn, cfg pipeline.DigestConf
 	if top == 0 {
 		top = pipeline.DefaultTopCustomers
 	}
-	periods, err := QueryProductPeriods(ctx, conn, db)
-	if err != nil {
-		return nil, err
-	}
-	tops, err := QueryTopGaps(ctx, conn, db, top)
+	periods, tops, err := queryProductPeriods(ctx, conn, db, top)
 	if err != nil {
 		return nil, err
 	}
