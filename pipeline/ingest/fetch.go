@@ -110,6 +110,10 @@ func (f *fetcher) bounds() error {
 		return fmt.Errorf("reading the offsets of %s/%d: %w", f.topic, f.partition, err)
 	}
 	switch {
+	case f.offset < 0:
+		// kafka-go's FirstOffset: the group has no committed offset in the partition, so
+		// reading starts at its first message; nothing was skipped.
+		f.offset = first
 	case f.offset < first:
 		if f.skipped != nil {
 			f.skipped(f.offset, first)

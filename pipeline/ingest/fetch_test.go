@@ -156,6 +156,16 @@ func TestFetcherSkipsWhatRetentionDeleted(t *testing.T) {
 	if want := [][2]int64{{10, 40}, {60, 80}}; fmt.Sprint(skips) != fmt.Sprint(want) {
 		t.Fatalf("skips reported %v, want %v", skips, want)
 	}
+
+	// A partition the group never committed in comes with kafka-go's FirstOffset: the
+	// fetcher starts at the first offset left, and nothing was skipped.
+	skips = nil
+	fresh := newFetcher(&kafka.Dialer{Timeout: 5 * time.Second}, c.ListenAddrs(), topic, 0, kafka.FirstOffset)
+	defer fresh.interrupt()
+	fresh.skipped = func(from, to int64) { skips = append(skips, [2]int64{from, to}) }
+	if got = fetchUntil(t, fresh, 100, nil); got[0] != 80 || len(skips) != 0 {
+		t.Fatalf("from FirstOffset: first offset read %d (want 80), skips reported %v (want none)", got[0], skips)
+	}
 }
 
 func TestFetcherInterruptEndsAWaitingFetch(t *testing.T) {
