@@ -74,11 +74,37 @@ type FeedbackConfig struct {
 //   - bias: sum(plan - actual) / sum(actual); above 0 means customers over-plan
 //   - wape: sum(|plan - actual|) / sum(actual), the weighted absolute percentage error
 //   - both NULL when sum(actual) is 0
+//
+// feedback_value_added — forecast value added (FVA), one row per (product, horizon), over
+// the very points of feedback_accuracy (the latest plan per customer, product, period
+// and horizon >= 0, completed periods only):
+//   - naive: the naive forecast of a point, the customer's actual of the same product in
+//     the previous period (addMonths / addWeeks(period, -1)); 0 when they had no usage
+//     then
+//   - n: number of points
+//   - wape: sum(|plan - actual|) / sum(actual), as in feedback_accuracy
+//   - naive_wape: sum(|naive - actual|) / sum(actual)
+//   - fva: naive_wape - wape; above 0 means the plans beat the naive forecast
+//   - wape, naive_wape and fva NULL when sum(actual) is 0
+//   - beats_naive: 1 when fva > 0, else 0 (also when fva is NULL)
+//
+// feedback_tracking — the tracking signal of each customer's plans for a product, one
+// row per (customer_id, product) with at least one point: over completed periods, every
+// period with a plan made before it began (feedback_gaps.planned_at_start; periods
+// without one are left out):
+//   - e: actual - planned_at_start of a period
+//   - n: number of such periods
+//   - cumulative_error: sum(e)
+//   - mad: mean absolute deviation, sum(|e|) / n
+//   - tracking_signal: cumulative_error / mad; NULL when mad is 0. Above 0 means usage
+//     keeps exceeding the plans; |tracking_signal| <= n always
 const (
 	ViewActuals      = "feedback_actuals"
 	ViewPlanVersions = "feedback_plan_versions"
 	ViewGaps         = "feedback_gaps"
 	ViewAccuracy     = "feedback_accuracy"
+	ViewValueAdded   = "feedback_value_added"
+	ViewTracking     = "feedback_tracking"
 )
 
 // FeedbackActualsRollup names the rollup that keeps a loop's actuals per customer,
@@ -87,7 +113,7 @@ const (
 const FeedbackActualsRollup = "feedback_actuals"
 
 // FeedbackViews are the views PlanFeedback manages, in creation order.
-var FeedbackViews = []string{ViewActuals, ViewPlanVersions, ViewGaps, ViewAccuracy}
+var FeedbackViews = []string{ViewActuals, ViewPlanVersions, ViewGaps, ViewAccuracy, ViewValueAdded, ViewTracking}
 
 // PeriodSQL returns the expressions that align a DateTime (in UTC) or a Date to its
 // period, and number periods so that consecutive periods differ by one.

@@ -76,6 +76,10 @@ ALL LEFT JOIN
 )` + actualSide + ` USING (customer_id, product, period)
 GROUP BY product, horizon
 ORDER BY product, horizon`,
+
+		pipeline.ViewValueAdded: valueAddedSQL(cfg, view(pipeline.ViewPlanVersions), view(pipeline.ViewActuals)),
+
+		pipeline.ViewTracking: trackingSQL(cfg, view(pipeline.ViewGaps)),
 	}
 	var out []FeedbackStatement
 	for _, name := range pipeline.FeedbackViews {
