@@ -30,6 +30,22 @@ type FeedbackConfig struct {
 	// Features is what the server supports beyond 18.16 (ReadServerFeatures); the
 	// controller reads it before planning the views.
 	Features ServerFeatures `json:"-"`
+	// TrackingSignalLimit is the alert band of feedback_tracking's tracking signal: a
+	// customer and product whose |tracking_signal| exceeds it is outside the band (a
+	// persistent bias). 0 means DefaultTrackingSignalLimit. It does not enter the views.
+	TrackingSignalLimit float64 `json:"trackingSignalLimit,omitempty"`
+}
+
+// DefaultTrackingSignalLimit is the tracking signal's alert band when none is configured:
+// outside ±4, a customer's plans are persistently biased.
+const DefaultTrackingSignalLimit = 4.0
+
+// TrackingLimit returns the tracking signal's alert band in force.
+func (c FeedbackConfig) TrackingLimit() float64 {
+	if c.TrackingSignalLimit == 0 {
+		return DefaultTrackingSignalLimit
+	}
+	return c.TrackingSignalLimit
 }
 
 // The views the feedback loop hands to product teams, in the loop's database. Every
@@ -180,6 +196,9 @@ func (c DigestConfig) Validate() error {
 	}
 	if t := c.Threshold; t != nil && (*t < 0 || math.IsNaN(*t) || math.IsInf(*t, 0)) {
 		errs = append(errs, fmt.Errorf("threshold %v: want a finite number >= 0", *t))
+	}
+	if l := c.Feedback.TrackingSignalLimit; l < 0 || math.IsNaN(l) || math.IsInf(l, 0) {
+		errs = append(errs, fmt.Errorf("feedback.trackingSignalLimit %v: want a finite number > 0 (or 0, the default %v)", l, DefaultTrackingSignalLimit))
 	}
 	if c.TopCustomers < 0 || c.TopCustomers > 1000 {
 		errs = append(errs, fmt.Errorf("topCustomers %d: want 0 (the default, 5) to 1000", c.TopCustomers))
