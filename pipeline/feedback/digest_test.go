@@ -332,6 +332,9 @@ func checkDigest(t *testing.T, stage string, got, want Digest) {
 		math.Abs(*got.Projected-*want.Projected) > 1e-3*math.Max(math.Abs(*want.Projected), 1) {
 		t.Errorf("%s: projected %v, want %v", at, nullable64(got.Projected), nullable64(want.Projected))
 	}
+	if (got.Tracking != nil) != got.Complete {
+		t.Errorf("%s: complete %t, tracking %+v: want tracking for complete periods only", at, got.Complete, got.Tracking)
+	}
 	if got.Flagged != want.Flagged {
 		t.Errorf("%s: flagged %t, want %t (gap ratio %v)", at, got.Flagged, want.Flagged, nullable64(got.GapRatio))
 	}
@@ -680,31 +683,41 @@ func TestDigestPublisherOverTLSAndSASL(t *testing.T) {
 	}
 }
 
-// TestFlagRule: a complete period is flagged by its gap; the period under way by usage
-// already over the plans, or, from a quarter of the period on, by its run rate either
-// way; a period not begun never.
+// TestFlagRule: a complete period is flagged by its gap, or by customers outside the
+// tracking signal's band as of its end (with or without a threshold); the period under
+// way by usage already over the plans, or, from a quarter of the period on, by its run
+// rate either way, never by the tracking signal (which covers completed periods); a
+// period not begun never.
 func TestFlagRule(t *testing.T) {
 	v := func(f float64) *float64 { return &f }
 	for _, c := range []struct {
 		name               string
+		threshold          *float64
 		complete, underWay bool
 		elapsed            float64
 		ratio, projected   *float64
+		outside            uint64
 		want               bool
 	}{
-		{"complete, over", true, false, 1, v(0.4), nil, true},
-		{"complete, under", true, false, 1, v(-0.4), nil, true},
-		{"complete, within", true, false, 1, v(0.2), nil, false},
-		{"complete, no plan", true, false, 1, nil, nil, false},
-		{"under way, already over", false, true, 0.1, v(0.5), v(14), true},
-		{"under way, run rate under, early", false, true, 0.2, v(-0.9), v(-0.5), false},
-		{"under way, run rate under", false, true, 0.25, v(-0.9), v(-0.5), true},
-		{"under way, run rate over", false, true, 0.6, v(-0.2), v(0.33), true},
-		{"under way, run rate within", false, true, 0.6, v(-0.5), v(-0.1), false},
-		{"under way, no plan", false, true, 0.6, nil, nil, false},
-		{"not begun", false, false, 0, v(-1), nil, false},
+		{"complete, over", v(0.3), true, false, 1, v(0.4), nil, 0, true},
+		{"complete, under", v(0.3), true, false, 1, v(-0.4), nil, 0, true},
+		{"complete, within", v(0.3), true, false, 1, v(0.2), nil, 0, false},
+		{"complete, no plan", v(0.3), true, false, 1, nil, nil, 0, false},
+		{"under way, already over", v(0.3), false, true, 0.1, v(0.5), v(14), 0, true},
+		{"under way, run rate under, early", v(0.3), false, true, 0.2, v(-0.9), v(-0.5), 0, false},
+		{"under way, run rate under", v(0.3), false, true, 0.25, v(-0.9), v(-0.5), 0, true},
+		{"under way, run rate over", v(0.3), false, true, 0.6, v(-0.2), v(0.33), 0, true},
+		{"under way, run rate within", v(0.3), false, true, 0.6, v(-0.5), v(-0.1), 0, false},
+		{"under way, no plan", v(0.3), false, true, 0.6, nil, nil, 0, false},
+		{"not begun", v(0.3), false, false, 0, v(-1), nil, 0, false},
+		{"complete, within, a customer outside the band", v(0.3), true, false, 1, v(0.2), nil, 1, true},
+		{"complete, no plan, customers outside the band", v(0.3), true, false, 1, nil, nil, 3, true},
+		{"complete, no threshold, a customer outside the band", nil, true, false, 1, v(0.9), nil, 1, true},
+		{"complete, no threshold, none outside", nil, true, false, 1, v(0.9), nil, 0, false},
+		{"under way, within, outside counts only complete periods", v(0.3), false, true, 0.6, v(-0.5), v(-0.1), 2, false},
+		{"under way, no threshold", nil, false, true, 0.6, v(0.9), v(2), 0, false},
 	} {
-		if got := flagged(0.3, c.complete, c.underWay, c.elapsed, c.ratio, c.projected); got != c.want {
+		if got := flagged(c.threshold, c.complete, c.underWay, c.elapsed, c.ratio, c.projected, c.outside); got != c.want {
 			t.Errorf("%s: flagged %t, want %t", c.name, got, c.want)
 		}
 	}

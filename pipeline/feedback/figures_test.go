@@ -73,6 +73,7 @@ type figData struct {
 	plans  []planVersion
 	usage  []usageEvent
 	actual map[gapKey]float64
+	offset int64
 }
 
 // period returns the start of the period i periods from the current one.
@@ -173,13 +174,21 @@ func generateFigData(g pipeline.Grain, now time.Time, seed uint64) *figData {
 
 func (d *figData) insert(t *testing.T, ctx context.Context, ch driver.Conn, cfg pipeline.Config) {
 	t.Helper()
+	d.insertRows(t, ctx, ch, cfg, d.usage, d.plans)
+}
+
+// insertRows inserts events and plan versions, each at an offset of its own.
+func (d *figData) insertRows(t *testing.T, ctx context.Context, ch driver.Conn, cfg pipeline.Config, events []usageEvent, versions []planVersion) {
+	t.Helper()
 	var usage, plans [][]any
-	for i, e := range d.usage {
-		usage = append(usage, []any{fmt.Sprintf("e%d", i), e.customer, e.product, e.ts, e.qty, "u", int32(0), int64(i), d.now, d.now.UnixMilli()})
+	for _, e := range events {
+		d.offset++
+		usage = append(usage, []any{fmt.Sprintf("e%d", d.offset), e.customer, e.product, e.ts, e.qty, "u", int32(0), d.offset, d.now, d.now.UnixMilli()})
 	}
-	for i, v := range d.plans {
+	for _, v := range versions {
+		d.offset++
 		conf := 0.5
-		plans = append(plans, []any{v.id, v.customer, v.product, v.period, v.qty, v.submitted, &conf, "p", int32(0), int64(i), d.now, d.now.UnixMilli()})
+		plans = append(plans, []any{v.id, v.customer, v.product, v.period, v.qty, v.submitted, &conf, "p", int32(0), d.offset, d.now, d.now.UnixMilli()})
 	}
 	if err := ddl.InsertRows(ctx, ch, cfg.ClickHouse.Database, cfg.Streams[0], usage); err != nil {
 		t.Fatal(err)

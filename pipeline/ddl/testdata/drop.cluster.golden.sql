@@ -31,6 +31,9 @@ DROP TABLE IF EXISTS `acme`.`feedback_tracking` ON CLUSTER `customerloop`;
 -- acme.feedback_digests
 DROP TABLE IF EXISTS `acme`.`feedback_digests` ON CLUSTER `customerloop`;
 
+-- acme.feedback_tracking_crossings
+DROP TABLE IF EXISTS `acme`.`feedback_tracking_crossings` ON CLUSTER `customerloop`;
+
 -- acme.customerloop_ledger
 DROP TABLE IF EXISTS `acme`.`customerloop_ledger` ON CLUSTER `customerloop`;
 
