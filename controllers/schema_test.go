@@ -116,7 +116,7 @@ func TestDeletionPolicyDelete(t *testing.T) {
 	db := loop.Spec.ClickHouse.Database
 	testkit.Eventually(t, 30*time.Second, "the tables and feedback views", func() (bool, string) {
 		n := countRows(t, fmt.Sprintf("SELECT count() FROM system.tables WHERE database = '%s'", db))
-		return n == 10, fmt.Sprint(n) // 2 raw tables, the ledger, the feedback rollup's 3 objects, 4 views
+		return n == 12, fmt.Sprint(n) // 2 raw tables, the ledger, the feedback rollup's 3 objects, 6 views
 	})
 	if err := k8s.Delete(ctx, loop); err != nil {
 		t.Fatal(err)
