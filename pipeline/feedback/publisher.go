@@ -113,7 +113,7 @@ func (p *Publisher) PublishOnce(ctx context.Context) (PublishResult, error) {
 		}
 		for _, c := range changes {
 			if c.Action != ddl.Unchanged {
-				p.log.Info("digest table "+string(c.Action), "loop", p.cfg.Loop, "table", c.Object)
+				p.log.Info("publisher table "+string(c.Action), "loop", p.cfg.Loop, "table", c.Object)
 			}
 		}
 		p.table = true
