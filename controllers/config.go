@@ -3,6 +3,8 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -108,7 +110,11 @@ func (r *CustomerLoopReconciler) pipelineConfig(ctx context.Context, loop *loops
 		return cfg, &specError{msg: err.Error()}
 	}
 	cfg.Rollups = rollupConfigs(spec.Rollups)
-	cfg.Feedback = feedbackConfig(spec)
+	fc, err := feedbackConfig(spec)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Feedback = fc
 	if l := spec.Limits; l != nil {
 		cfg.Limits = pipeline.Limits{MaxFields: int(l.MaxFields), MaxStringBytes: int(l.MaxStringBytes), MaxDepth: int(l.MaxDepth)}
 	}
@@ -189,24 +195,34 @@ func rollupConfigs(rollups []loopsv1alpha1.RollupSpec) []pipeline.RollupConfig {
 	return out
 }
 
-// feedbackConfig renders what the feedback views of the loop read, or nil without
-// feedback.
-func feedbackConfig(spec loopsv1alpha1.CustomerLoopSpec) *pipeline.FeedbackConfig {
+// feedbackConfig renders what the feedback views of the loop read, and the tracking
+// signal's alert band, or nil without feedback.
+func feedbackConfig(spec loopsv1alpha1.CustomerLoopSpec) (*pipeline.FeedbackConfig, error) {
 	f := spec.Feedback
 	if f == nil {
-		return nil
+		return nil, nil
 	}
 	grain := pipeline.Grain(f.Granularity)
 	if grain == "" {
 		grain = pipeline.GrainMonth
 	}
-	return &pipeline.FeedbackConfig{
+	fc := &pipeline.FeedbackConfig{
 		Database:   spec.ClickHouse.Database,
 		Cluster:    spec.ClickHouse.Cluster,
 		UsageTable: f.UsageStream + "_raw",
 		PlanTable:  f.PlanStream + "_raw",
 		Grain:      grain,
 	}
+	if s := f.TrackingSignalLimit; s != "" {
+		// The API server admits only decimals above 0; a loop stored before the field
+		// existed reads the default.
+		l, err := strconv.ParseFloat(s, 64)
+		if err != nil || !(l > 0) || math.IsInf(l, 0) {
+			return nil, &specError{msg: fmt.Sprintf("spec.feedback.trackingSignalLimit %q: want a decimal above 0, e.g. \"4\"", s)}
+		}
+		fc.TrackingSignalLimit = l
+	}
+	return fc, nil
 }
 
 // digestConfig renders the digest publisher's config from the spec and the rest of the

@@ -60,5 +60,5 @@ func (s DashboardSource) Open(ctx context.Context, ref dashboard.LoopRef) (dashb
 	if err != nil {
 		return dashboard.Loop{}, err
 	}
-	return dashboard.Loop{Conn: conn, Database: fc.Database, Grain: fc.Grain, Release: func() { _ = conn.Close() }}, nil
+	return dashboard.Loop{Conn: conn, Database: fc.Database, Grain: fc.Grain, TrackingLimit: fc.TrackingLimit(), Release: func() { _ = conn.Close() }}, nil
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"strconv"
@@ -149,9 +150,12 @@ func (r *CustomerLoopReconciler) reconcileDigests(ctx context.Context, s *reconc
 					"Product %s, period %s: actual differs from plan by %+.1f%%, beyond %d%% (digest version %d)",
 					f.Product, f.Period.Format(time.DateOnly), 100*f.GapRatio, int(math.Round(100**dc.Threshold)), f.Version)
 			}
+			for _, c := range res.Crossings {
+				r.event(loop, "Warning", ReasonTrackingSignalOutsideBand, "Publish", "%s", crossingNote(c))
+			}
 		}
 	}
-	s.obs.objects = append(s.obs.objects, cfg.ClickHouse.Database+"."+pipeline.DigestTable)
+	s.obs.objects = append(s.obs.objects, cfg.ClickHouse.Database+"."+pipeline.DigestTable, cfg.ClickHouse.Database+"."+pipeline.TrackingTable)
 	st := e.status
 	s.obs.feedback = &st
 	if next := time.Until(e.next); next > 0 && next < s.requeue {
@@ -176,4 +180,18 @@ func feedbackStatus(res feedback.PublishResult, published int64) loopsv1alpha1.F
 		st.WAPE = strconv.FormatFloat(*res.WAPE, 'f', 4, 64)
 	}
 	return st
+}
+
+// crossingNote is the Warning event of a customer and product whose tracking signal
+// crossed out of the band.
+func crossingNote(c feedback.TrackingCrossing) string {
+	ts, way := 0.0, "usage keeps exceeding the plans"
+	if c.TrackingSignal != nil {
+		ts = *c.TrackingSignal
+	}
+	if ts < 0 {
+		way = "usage keeps falling short of the plans"
+	}
+	return fmt.Sprintf("Customer %s, product %s: tracking signal %+.2f is outside ±%s over %d completed periods, since period %s: %s",
+		c.Customer, c.Product, ts, strconv.FormatFloat(c.Limit, 'f', -1, 64), c.Periods, c.Since.Format(time.DateOnly), way)
 }

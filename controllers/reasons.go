@@ -83,6 +83,9 @@ const (
 	ReasonGapThresholdExceeded = "GapThresholdExceeded"
 	// ReasonDigestPublishFailed: a digest publication round failed.
 	ReasonDigestPublishFailed = "DigestPublishFailed"
+	// ReasonTrackingSignalOutsideBand: a customer's tracking signal for a product crossed
+	// out of spec.feedback.trackingSignalLimit (once per crossing).
+	ReasonTrackingSignalOutsideBand = "TrackingSignalOutsideBand"
 )
 
 // phaseReasons name each phase in the reason of its failure, when the error's kind does

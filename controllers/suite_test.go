@@ -57,6 +57,9 @@ var (
 	suiteLogs = &syncBuffer{}
 	// workerMetrics is the registry of the in-process workers' metrics.
 	workerMetrics = prometheus.NewRegistry()
+	// reconciler is the manager's of namespace default, for tests that reach into its
+	// state (a digest publisher dropped, as by a restart).
+	reconciler *CustomerLoopReconciler
 )
 
 // syncBuffer is a bytes.Buffer safe for concurrent writers.
@@ -175,6 +178,7 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	reconciler = r
 	mgrDone := make(chan error, 2)
 	go func() { mgrDone <- mgr.Start(ctx) }()
 	go func() { mgrDone <- depMgr.Start(ctx) }()

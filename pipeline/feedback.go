@@ -30,6 +30,22 @@ type FeedbackConfig struct {
 	// Features is what the server supports beyond 18.16 (ReadServerFeatures); the
 	// controller reads it before planning the views.
 	Features ServerFeatures `json:"-"`
+	// TrackingSignalLimit is the alert band of feedback_tracking's tracking signal: a
+	// customer and product whose |tracking_signal| exceeds it is outside the band (a
+	// persistent bias). 0 means DefaultTrackingSignalLimit. It does not enter the views.
+	TrackingSignalLimit float64 `json:"trackingSignalLimit,omitempty"`
+}
+
+// DefaultTrackingSignalLimit is the tracking signal's alert band when none is configured:
+// outside ±4, a customer's plans are persistently biased.
+const DefaultTrackingSignalLimit = 4.0
+
+// TrackingLimit returns the tracking signal's alert band in force.
+func (c FeedbackConfig) TrackingLimit() float64 {
+	if c.TrackingSignalLimit == 0 {
+		return DefaultTrackingSignalLimit
+	}
+	return c.TrackingSignalLimit
 }
 
 // The views the feedback loop hands to product teams, in the loop's database. Every
@@ -74,11 +90,37 @@ type FeedbackConfig struct {
 //   - bias: sum(plan - actual) / sum(actual); above 0 means customers over-plan
 //   - wape: sum(|plan - actual|) / sum(actual), the weighted absolute percentage error
 //   - both NULL when sum(actual) is 0
+//
+// feedback_value_added — forecast value added (FVA), one row per (product, horizon), over
+// the very points of feedback_accuracy (the latest plan per customer, product, period
+// and horizon >= 0, completed periods only):
+//   - naive: the naive forecast of a point, the customer's actual of the same product in
+//     the previous period (addMonths / addWeeks(period, -1)); 0 when they had no usage
+//     then
+//   - n: number of points
+//   - wape: sum(|plan - actual|) / sum(actual), as in feedback_accuracy
+//   - naive_wape: sum(|naive - actual|) / sum(actual)
+//   - fva: naive_wape - wape; above 0 means the plans beat the naive forecast
+//   - wape, naive_wape and fva NULL when sum(actual) is 0
+//   - beats_naive: 1 when fva > 0, else 0 (also when fva is NULL)
+//
+// feedback_tracking — the tracking signal of each customer's plans for a product, one
+// row per (customer_id, product) with at least one point: over completed periods, every
+// period with a plan made before it began (feedback_gaps.planned_at_start; periods
+// without one are left out):
+//   - e: actual - planned_at_start of a period
+//   - n: number of such periods
+//   - cumulative_error: sum(e)
+//   - mad: mean absolute deviation, sum(|e|) / n
+//   - tracking_signal: cumulative_error / mad; NULL when mad is 0. Above 0 means usage
+//     keeps exceeding the plans; |tracking_signal| <= n always
 const (
 	ViewActuals      = "feedback_actuals"
 	ViewPlanVersions = "feedback_plan_versions"
 	ViewGaps         = "feedback_gaps"
 	ViewAccuracy     = "feedback_accuracy"
+	ViewValueAdded   = "feedback_value_added"
+	ViewTracking     = "feedback_tracking"
 )
 
 // FeedbackActualsRollup names the rollup that keeps a loop's actuals per customer,
@@ -93,7 +135,7 @@ const FeedbackActualsRollup = "feedback_actuals"
 const FeedbackPlansRollup = "feedback_plans"
 
 // FeedbackViews are the views PlanFeedback manages, in creation order.
-var FeedbackViews = []string{ViewActuals, ViewPlanVersions, ViewGaps, ViewAccuracy}
+var FeedbackViews = []string{ViewActuals, ViewPlanVersions, ViewGaps, ViewAccuracy, ViewValueAdded, ViewTracking}
 
 // PeriodSQL returns the expressions that align a DateTime (in UTC) or a Date to its
 // period, and number periods so that consecutive periods differ by one.
@@ -160,6 +202,9 @@ func (c DigestConfig) Validate() error {
 	}
 	if t := c.Threshold; t != nil && (*t < 0 || math.IsNaN(*t) || math.IsInf(*t, 0)) {
 		errs = append(errs, fmt.Errorf("threshold %v: want a finite number >= 0", *t))
+	}
+	if l := c.Feedback.TrackingSignalLimit; l < 0 || math.IsNaN(l) || math.IsInf(l, 0) {
+		errs = append(errs, fmt.Errorf("feedback.trackingSignalLimit %v: want a finite number > 0 (or 0, the default %v)", l, DefaultTrackingSignalLimit))
 	}
 	if c.TopCustomers < 0 || c.TopCustomers > 1000 {
 		errs = append(errs, fmt.Errorf("topCustomers %d: want 0 (the default, 5) to 1000", c.TopCustomers))

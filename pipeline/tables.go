@@ -21,6 +21,17 @@ package pipeline
 // (the manager's leader) is assumed: two at once could reserve the same version.
 const DigestTable = "feedback_digests"
 
+// TrackingTable records, per (loop, product, customer), every time the digest publisher
+// found the customer's tracking signal (feedback_tracking) newly outside the alert band
+// (above or below it), and every time back inside, in the loop's database. It is what
+// raises one Warning event per crossing, across restarts and replicas: a round reads
+// each pair's latest record, announces the pairs outside now on another side than that
+// record says (inside when there is none), and records them; a pair back inside is
+// recorded too, so that its next crossing is announced again. Recording comes before
+// announcing: a crash in between loses that event (the digests still carry the
+// customer), never repeats it.
+const TrackingTable = "feedback_tracking_crossings"
+
 // LedgerTable records, per flushed batch and partition, the offsets whose rows are in
 // ClickHouse. It lives in the loop's database beside the data it vouches for, and is the
 // system of record for where ingestion stands: Kafka's committed offsets follow it (for

@@ -41,6 +41,19 @@ type FeedbackSpec struct {
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1000
 	GapThresholdPercent *int32 `json:"gapThresholdPercent,omitempty"`
+
+	// trackingSignalLimit is the alert band of the tracking signal (view
+	// feedback_tracking): a customer and product whose |tracking signal| exceeds it keeps
+	// missing its plans in one direction. The report and the dashboard list them; with
+	// publish, each digest of a completed period carries them and is flagged, and a
+	// customer and product crossing out of the band raises a Warning event, once per
+	// crossing. A decimal above 0, e.g. "4" (the default) or "3.5".
+	// +optional
+	// +kubebuilder:default="4"
+	// +kubebuilder:validation:MaxLength=8
+	// +kubebuilder:validation:Pattern=`^[0-9]{1,3}(\.[0-9]{1,3})?$`
+	// +kubebuilder:validation:XValidation:rule="double(self) > 0.0",message="trackingSignalLimit must be above 0, e.g. \"4\""
+	TrackingSignalLimit string `json:"trackingSignalLimit,omitempty"`
 }
 
 // PublishSpec says where and how often a loop's digests are published.

@@ -6,6 +6,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"strings"
 	"testing"
@@ -82,8 +83,13 @@ func TestPrintReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	var rep struct {
-		Gaps     []feedback.GapRow
-		Accuracy []feedback.AccuracyRow
+		Gaps       []feedback.GapRow
+		Accuracy   []feedback.AccuracyRow
+		ValueAdded []feedback.ValueAddedRow
+		Tracking   struct {
+			Limit   float64
+			Outside []feedback.TrackingRow
+		}
 	}
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("%v:\n%s", err, out.String())
@@ -95,6 +101,16 @@ func TestPrintReport(t *testing.T) {
 	// horizon 1 (p1): plan 100 for an actual of 90; horizon 0 (p2): 120.
 	if len(rep.Accuracy) != 2 || rep.Accuracy[0].Horizon != 0 || *rep.Accuracy[0].WAPE != 30.0/90 || *rep.Accuracy[1].Bias != 10.0/90 {
 		t.Errorf("json accuracy:\n%s", out.String())
+	}
+	// No usage in February: the naive forecast is 0, its WAPE 90/90; the plans beat it.
+	near := func(p *float64, want float64) bool { return p != nil && math.Abs(*p-want) < 1e-12 }
+	if va := rep.ValueAdded; len(va) != 2 || !near(va[0].NaiveWAPE, 1) || !near(va[0].FVA, 1-30.0/90) || !va[1].BeatsNaive || !near(va[1].FVA, 1-10.0/90) {
+		t.Errorf("json value added:\n%s", out.String())
+	}
+	// One period with a plan made before it (100 for 90): a tracking signal of -1,
+	// inside the default band of 4.
+	if rep.Tracking.Limit != 4 || len(rep.Tracking.Outside) != 0 {
+		t.Errorf("json tracking:\n%s", out.String())
 	}
 
 	out.Reset()
@@ -114,8 +130,25 @@ func TestPrintReport(t *testing.T) {
 		Filter: feedback.GapFilter{Product: "compute", From: time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC), To: time.Date(2025, 3, 31, 0, 0, 0, 0, time.UTC)}}); err != nil {
 		t.Fatal(err)
 	}
-	if s := out.String(); !strings.Contains(s, "-25.0%") || strings.Contains(s, "globex") || !strings.Contains(s, "accuracy by horizon") {
+	if s := out.String(); !strings.Contains(s, "-25.0%") || strings.Contains(s, "globex") || !strings.Contains(s, "accuracy by horizon") ||
+		!strings.Contains(s, "forecast value added") || !strings.Contains(s, "88.9%") || !strings.Contains(s, "(none)") {
 		t.Errorf("table for product compute:\n%s", s)
+	}
+
+	// With a band of 0.5, acme is outside it.
+	out.Reset()
+	if err := cli.PrintReport(ctx, &out, conn, db, cli.ReportOptions{Format: "table", View: "tracking", TrackingLimit: 0.5}); err != nil {
+		t.Fatal(err)
+	}
+	if s := out.String(); !strings.Contains(s, "band ±0.5") || !strings.Contains(s, "acme") || !strings.Contains(s, "-1.00") || strings.Contains(s, "accuracy") {
+		t.Errorf("tracking table with a band of 0.5:\n%s", s)
+	}
+	out.Reset()
+	if err := cli.PrintReport(ctx, &out, conn, db, cli.ReportOptions{Format: "csv", View: "fva"}); err != nil {
+		t.Fatal(err)
+	}
+	if records, err := csv.NewReader(&out).ReadAll(); err != nil || len(records) != 3 || records[0][5] != "fva" || records[2][6] != "true" {
+		t.Errorf("csv of fva: %v %v", records, err)
 	}
 }
 

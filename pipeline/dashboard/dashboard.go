@@ -1,5 +1,6 @@
 // Package dashboard serves a read-only web view of loops' plan-against-actual figures:
-// plan against actual per product over time, the largest gaps, and accuracy by horizon.
+// plan against actual per product over time, the largest gaps, accuracy and forecast
+// value added by horizon, and the customers whose plans are persistently biased.
 // Pages are rendered on the server, charts are inline SVG, and nothing is loaded from
 // elsewhere, so it works air-gapped and behind a port-forward. The same figures are
 // served as JSON.
@@ -34,6 +35,9 @@ type Loop struct {
 	Conn     driver.Conn
 	Database string
 	Grain    pipeline.Grain
+	// TrackingLimit is the loop's tracking signal band (FeedbackConfig.TrackingLimit);
+	// 0 means the default.
+	TrackingLimit float64
 	// Release, when set, is called once the request is done with Conn.
 	Release func()
 }
@@ -79,6 +83,17 @@ type Figures struct {
 	Products    []ProductSeries        `json:"products"`
 	LargestGaps []feedback.GapRow      `json:"largestGaps"`
 	Accuracy    []feedback.AccuracyRow `json:"accuracy"`
+	// ValueAdded is feedback_value_added: the plans' WAPE against the naive forecast's,
+	// by product and horizon.
+	ValueAdded []feedback.ValueAddedRow `json:"valueAdded"`
+	Tracking   Tracking                 `json:"tracking"`
+}
+
+// Tracking is the customers and products whose tracking signal is beyond the loop's
+// band, largest |signal| first.
+type Tracking struct {
+	Limit   float64                `json:"limit"`
+	Outside []feedback.TrackingRow `json:"outside"`
 }
 
 // ProductSeries is a product's plan against actual, one point per period, oldest first.
@@ -122,8 +137,26 @@ func Load(ctx context.Context, ref LoopRef, l Loop) (*Figures, error) {
 	if err != nil {
 		return nil, err
 	}
+	fva, err := feedback.QueryValueAdded(ctx, l.Conn, l.Database, "")
+	if err != nil {
+		return nil, err
+	}
+	limit := l.TrackingLimit
+	if limit == 0 {
+		limit = pipeline.DefaultTrackingSignalLimit
+	}
+	outside, err := feedback.QueryTracking(ctx, l.Conn, l.Database, feedback.TrackingFilter{Outside: limit})
+	if err != nil {
+		return nil, err
+	}
 	f := &Figures{Loop: ref, Database: l.Database, Granularity: l.Grain, GeneratedAt: time.Now().UTC().Truncate(time.Second),
-		LargestGaps: gaps, Accuracy: acc}
+		LargestGaps: gaps, Accuracy: acc, ValueAdded: fva, Tracking: Tracking{Limit: limit, Outside: outside}}
+	if f.ValueAdded == nil {
+		f.ValueAdded = []feedback.ValueAddedRow{}
+	}
+	if f.Tracking.Outside == nil {
+		f.Tracking.Outside = []feedback.TrackingRow{}
+	}
 	if f.LargestGaps == nil {
 		f.LargestGaps = []feedback.GapRow{}
 	}

@@ -222,5 +222,17 @@ svg text{font-size:11px;fill:#59636e} .planned{stroke:#0969da;stroke-dasharray:6
 {{if .Accuracy}}<table id="accuracy"><tr><th class="l">product</th><th>horizon</th><th>points</th><th>planned</th><th>actual</th><th>bias</th><th>WAPE</th></tr>
 {{range .Accuracy}}<tr><td class="l">{{.Product}}</td><td>{{.Horizon}}</td><td>{{.N}}</td><td>{{qty .Planned}}</td><td>{{qty .Actual}}</td><td>{{pct .Bias}}</td><td>{{pct .WAPE}}</td></tr>
 {{end}}</table>{{else}}<p>No completed period with a plan yet.</p>{{end}}
+
+<h2>Forecast value added by horizon</h2>
+<p class="meta">The points of accuracy by horizon, against a naive forecast: the customer's actual of the period before (0 without usage then). FVA = naive WAPE − WAPE; above 0, the plans beat the naive forecast.</p>
+{{if .ValueAdded}}<table id="value-added"><tr><th class="l">product</th><th>horizon</th><th>points</th><th>WAPE</th><th>naive WAPE</th><th>FVA</th><th>beats naive</th></tr>
+{{range .ValueAdded}}<tr><td class="l">{{.Product}}</td><td>{{.Horizon}}</td><td>{{.N}}</td><td>{{pct .WAPE}}</td><td>{{pct .NaiveWAPE}}</td><td>{{pct .FVA}}</td><td>{{if .BeatsNaive}}yes{{else}}no{{end}}</td></tr>
+{{end}}</table>{{else}}<p>No completed period with a plan yet.</p>{{end}}
+
+<h2>Customers outside the tracking signal band</h2>
+<p class="meta">Tracking signal = sum of the errors (actual − the plan made before the period) / their mean absolute value, over the completed periods with such a plan. Beyond ±{{num .Tracking.Limit}}, a customer's plans keep missing one way: below 0, usage falls short of them; above 0, it exceeds them.</p>
+{{if .Tracking.Outside}}<table id="tracking"><tr><th class="l">customer</th><th class="l">product</th><th>periods</th><th>cumulative error</th><th>MAD</th><th>tracking signal</th></tr>
+{{range .Tracking.Outside}}<tr><td class="l">{{.Customer}}</td><td class="l">{{.Product}}</td><td>{{.N}}</td><td>{{qty .CumulativeError}}</td><td>{{qty .MAD}}</td><td>{{qtyp .TrackingSignal}}</td></tr>
+{{end}}</table>{{else}}<p>No customer outside the band.</p>{{end}}
 </body></html>{{end}}
 `

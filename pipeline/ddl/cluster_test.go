@@ -142,7 +142,11 @@ func TestClusterMaintenanceGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeStatements(&b, st)
+	tr, err := TrackingTableStatement(ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeStatements(&b, st, tr)
 	stacktest.Golden(t, filepath.Join("testdata", "digest.cluster.golden.sql"), b.String())
 
 	b.Reset()

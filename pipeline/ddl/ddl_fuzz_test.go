@@ -80,7 +80,11 @@ func plannedSQL(t *testing.T, cfg pipeline.Config) []string {
 	if err != nil {
 		t.Fatalf("DigestTableStatement: %v", err)
 	}
-	out = append(out, dt.SQL)
+	tt, err := TrackingTableStatement(cfg.ClickHouse)
+	if err != nil {
+		t.Fatalf("TrackingTableStatement: %v", err)
+	}
+	out = append(out, dt.SQL, tt.SQL)
 	for _, st := range cfg.Streams {
 		out = append(out, RetentionTTLStatement(cfg.ClickHouse, st, 30).SQL, DropPartitionStatement(cfg.ClickHouse, st, 202611).SQL,
 			DeleteCustomerStatement(cfg.ClickHouse, st.Table()).SQL)

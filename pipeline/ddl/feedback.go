@@ -39,11 +39,8 @@ func PlanFeedback(cfg pipeline.FeedbackConfig) ([]FeedbackStatement, error) {
 	if cfg.Grain != pipeline.GrainWeek && cfg.Grain != pipeline.GrainMonth {
 		return nil, fmt.Errorf("feedback grain %q: want %s or %s", cfg.Grain, pipeline.GrainWeek, pipeline.GrainMonth)
 	}
-	db, g := cfg.Database, cfg.Grain
+	db := cfg.Database
 	view := func(name string) string { return pipeline.QualifiedTable(db, name) }
-	current, _ := g.PeriodSQL("now()", false)
-	planPeriod, planIndex := g.PeriodSQL("period", true)
-	_, submittedIndex := g.PeriodSQL("submitted_at", false)
 	// The joined subqueries are named where the server requires it; on 18.16 the views
 	// stay as they were, so that their fingerprints do not change.
 	planSide, actualSide := "", ""
@@ -68,15 +65,7 @@ FROM ` + view(RollupView(pipeline.FeedbackActualsRollup)),
     if(sum(a) > 0, sum(abs(p - a)) / sum(a), NULL) AS wape
 FROM
 (
-    SELECT customer_id, product, p_period AS period, horizon, argMax(quantity, (submitted_at, plan_id, _offset)) AS p
-    FROM
-    (
-        SELECT customer_id, product, ` + planPeriod + ` AS p_period, ` + planIndex + ` - ` + submittedIndex + ` AS horizon,
-            quantity, submitted_at, plan_id, _offset
-        FROM ` + pipeline.QualifiedTable(db, cfg.PlanTable) + `
-    )
-    WHERE horizon >= 0 AND p_period < ` + current + `
-    GROUP BY customer_id, product, p_period, horizon
+    ` + accuracyPointsSQL(cfg, "    ") + `
 )` + planSide + `
 ALL LEFT JOIN
 (
@@ -84,6 +73,10 @@ ALL LEFT JOIN
 )` + actualSide + ` USING (customer_id, product, period)
 GROUP BY product, horizon
 ORDER BY product, horizon`,
+
+		pipeline.ViewValueAdded: valueAddedSQL(cfg, view(pipeline.ViewActuals)),
+
+		pipeline.ViewTracking: trackingSQL(cfg, view(pipeline.ViewGaps)),
 	}
 	var out []FeedbackStatement
 	for _, name := range pipeline.FeedbackViews {
@@ -114,6 +107,27 @@ FROM
     FROM ` + pipeline.QualifiedTable(cfg.Database, cfg.PlanTable) + `
     GROUP BY customer_id, product, p_period, plan_id
 )`
+}
+
+// accuracyPointsSQL is the query of feedback_accuracy's points, which
+// feedback_value_added shares: per customer, product, completed period and horizon >= 0,
+// the latest plan version submitted at that horizon (highest submitted_at, ties by plan
+// id, then a re-sent id's later offset), as p. Each version counts at its own horizon,
+// so a plan revised under the same id is still seen as it stood further ahead. indent
+// starts every line after the first.
+func accuracyPointsSQL(cfg pipeline.FeedbackConfig, indent string) string {
+	current, _ := cfg.Grain.PeriodSQL("now()", false)
+	planPeriod, planIndex := cfg.Grain.PeriodSQL("period", true)
+	_, submittedIndex := cfg.Grain.PeriodSQL("submitted_at", false)
+	return strings.ReplaceAll(`SELECT customer_id, product, p_period AS period, horizon, argMax(quantity, (submitted_at, plan_id, _offset)) AS p
+FROM
+(
+    SELECT customer_id, product, `+planPeriod+` AS p_period, `+planIndex+` - `+submittedIndex+` AS horizon,
+        quantity, submitted_at, plan_id, _offset
+    FROM `+pipeline.QualifiedTable(cfg.Database, cfg.PlanTable)+`
+)
+WHERE horizon >= 0 AND p_period < `+current+`
+GROUP BY customer_id, product, p_period, horizon`, "\n", "\n"+indent)
 }
 
 // gapsSQL is the body of feedback_gaps over the given plans and actuals per customer,

@@ -249,6 +249,7 @@ func PlanDrop(cfg pipeline.Config) []pipeline.Statement {
 		drop(v)
 	}
 	drop(pipeline.DigestTable)
+	drop(pipeline.TrackingTable)
 	for _, t := range ManagedTables(cfg) {
 		dropTable(t.Name)
 	}

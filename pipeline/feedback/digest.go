@@ -19,8 +19,9 @@ import (
 )
 
 // DigestSchema is the version of the digest message format; it changes only when a
-// field changes meaning or goes away (new fields may appear in any version).
-const DigestSchema = 1
+// field changes meaning or goes away (new fields may appear in any version). 2: flagged
+// also means a persistent bias (tracking).
+const DigestSchema = 2
 
 // Date is a calendar day, written in JSON as "2006-01-02".
 type Date struct{ time.Time }
@@ -74,15 +75,23 @@ type Digest struct {
 	ProjectedGapRatio *float64 `json:"projectedGapRatio"`
 	// Flagged: see flagged: |GapRatio| exceeds the threshold and the period is complete;
 	// or the period is under way and usage already exceeds the plans by more than the
-	// threshold, or, from a quarter of the period on, |ProjectedGapRatio| exceeds it.
+	// threshold, or, from a quarter of the period on, |ProjectedGapRatio| exceeds it; or
+	// the period is complete and a customer's tracking signal is outside the band
+	// (Tracking.Outside > 0: a persistent bias).
 	Flagged   bool     `json:"flagged"`
 	Threshold *float64 `json:"threshold"`
 	// TopGaps are the customers with the largest |gap|, largest first.
 	TopGaps  []CustomerGap    `json:"topGaps"`
 	Accuracy *ProductAccuracy `json:"accuracy"`
+	// Tracking is, for a complete period only, the customers outside the tracking
+	// signal's band as of its end; nil in other periods.
+	Tracking *ProductTracking `json:"tracking"`
 	// Version increases strictly with every publication of this loop, product and period.
 	Version     int64     `json:"version"`
 	PublishedAt time.Time `json:"publishedAt"`
+
+	// gapFlagged: Flagged by the gap rule (gapFlagged), for a GapThresholdExceeded Flag.
+	gapFlagged bool
 }
 
 // CustomerGap is one customer's plan against actual in a digest.
@@ -122,6 +131,12 @@ type HorizonAccuracy struct {
 func (d Digest) contentHash() string {
 	c := d
 	c.Version, c.PublishedAt, c.Accuracy, c.Threshold = 0, time.Time{}, nil, nil
+	if d.Tracking != nil {
+		// Who is outside is content; the band in force, like the threshold, is context.
+		tr := *d.Tracking
+		tr.Limit = 0
+		c.Tracking = &tr
+	}
 	// The projection moves as time passes, without new usage: it is context too (a flag
 	// it raises or lowers is content).
 	c.Projected, c.ProjectedGapRatio = nil, nil
@@ -312,6 +327,13 @@ func AccuracyByProduct(rows []AccuracyRow) map[string]*ProductAccuracy {
 // BuildDigests reads the loop's feedback views and returns a digest per product and
 // period, without Version and PublishedAt. now decides which periods are complete.
 func BuildDigests(ctx context.Context, conn driver.Conn, cfg pipeline.DigestConfig, now time.Time) ([]Digest, error) {
+	digests, _, err := buildDigests(ctx, conn, cfg, now)
+	return digests, err
+}
+
+// buildDigests is BuildDigests, also returning the customers' tracking signals period
+// after period, which the digests of complete periods are made from.
+func buildDigests(ctx context.Context, conn driver.Conn, cfg pipeline.DigestConfig, now time.Time) ([]Digest, []trackingPath, error) {
 	db, g := cfg.Feedback.Database, cfg.Feedback.Grain
 	top := cfg.TopCustomers
 	if top == 0 {
@@ -319,11 +341,15 @@ func BuildDigests(ctx context.Context, conn driver.Conn, cfg pipeline.DigestConf
 	}
 	periods, tops, err := queryProductPeriods(ctx, conn, db, top)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	accRows, err := QueryAccuracy(ctx, conn, db, "")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	paths, err := queryTrackingPaths(ctx, conn, db, PeriodStart(g, now))
+	if err != nil {
+		return nil, nil, err
 	}
 	acc := AccuracyByProduct(accRows)
 	out := make([]Digest, 0, len(periods))
@@ -362,20 +388,34 @@ func BuildDigests(ctx context.Context, conn driver.Conn, cfg pipeline.DigestConf
 				d.ProjectedGapRatio = &r
 			}
 		}
-		if t := cfg.Threshold; t != nil {
-			d.Flagged = flagged(*t, d.Complete, underWay, elapsed, d.GapRatio, d.ProjectedGapRatio)
+		var outside uint64
+		if d.Complete {
+			d.Tracking = trackingAsOf(paths, pp.Product, pp.Period, cfg.Feedback.TrackingLimit(), top)
+			outside = d.Tracking.Outside
 		}
+		d.Flagged = flagged(cfg.Threshold, d.Complete, underWay, elapsed, d.GapRatio, d.ProjectedGapRatio, outside)
+		d.gapFlagged = cfg.Threshold != nil && gapFlagged(*cfg.Threshold, d.Complete, underWay, elapsed, d.GapRatio, d.ProjectedGapRatio)
 		out = append(out, d)
 	}
-	return out, nil
+	return out, paths, nil
 }
 
-// flagged is the digests' flag rule for a threshold t. A complete period is flagged when
+// flagged is the digests' flag rule: a complete period with customers outside the
+// tracking signal's band (outside > 0: a persistent bias), or, with a threshold t, a gap
+// beyond it (gapFlagged).
+func flagged(t *float64, complete, underWay bool, elapsed float64, ratio, projected *float64, outside uint64) bool {
+	if complete && outside > 0 {
+		return true
+	}
+	return t != nil && gapFlagged(*t, complete, underWay, elapsed, ratio, projected)
+}
+
+// gapFlagged is the gap rule for a threshold t. A complete period is flagged when
 // |gap ratio| > t. The period under way is flagged when usage already exceeds the plans
 // by more than t, or, once elapsed (the share of the period gone) is at least a quarter,
 // when its run rate misses the plans by more than t either way: before that the
 // projection rests on too little usage to act on.
-func flagged(t float64, complete, underWay bool, elapsed float64, ratio, projected *float64) bool {
+func gapFlagged(t float64, complete, underWay bool, elapsed float64, ratio, projected *float64) bool {
 	switch {
 	case complete:
 		return ratio != nil && math.Abs(*ratio) > t

@@ -6,270 +6,17 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"sort"
 	"testing"
 	"time"
 
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/connect"
-	"customerloop.dev/customerloop/pipeline/ddl"
 	"customerloop.dev/customerloop/pipeline/ddl/ddltest"
 	"customerloop.dev/customerloop/pipeline/internal/stacktest"
-	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/go-logr/logr/testr"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 )
-
-// digestData is a loop's plans and usage generated relative to the current month, with
-// every figure a digest carries computed here, independently of the views.
-type digestData struct {
-	now      time.Time
-	versions []planVersion
-	actual   map[gapKey]float64
-}
-
-func (d *digestData) month(m int) time.Time { return startOfMonth(d.now).AddDate(0, m, 0) }
-
-// generateDigestData makes plans for months -4..+1 around the current one and usage for
-// months -4..0 (the current month up to now). Usage follows the plans within about 10%,
-// except product p2 in month -2, where customers used about 60% more than planned; c5
-// uses products without ever planning. The current month's usage so far keeps pace
-// with the plans.
-func generateDigestData(now time.Time, seed uint64) *digestData {
-	d := &digestData{now: now, actual: map[gapKey]float64{}}
-	rng := rand.New(rand.NewPCG(seed, 3))
-	id := 0
-	for c := range 5 {
-		for p := range 3 {
-			for m := -4; m <= 1; m++ {
-				for range 1 + rng.IntN(3) {
-					h := rng.IntN(3)
-					sub := d.month(m).AddDate(0, -h, 0).Add(time.Duration(rng.IntN(20*24*3600)) * time.Second)
-					if sub.After(now) {
-						continue
-					}
-					id++
-					d.versions = append(d.versions, planVersion{fmt.Sprintf("plan-%04d", id), fmt.Sprintf("c%d", c), fmt.Sprintf("p%d", p),
-						d.month(m), sub, float64(40 + rng.IntN(120))})
-				}
-			}
-		}
-	}
-	return d
-}
-
-// usageEvents returns events that follow the generated plans; each is customer,
-// product, ts, quantity.
-func (d *digestData) usageEvents(rng *rand.Rand) []usageEvent {
-	latest := d.latestPlans()
-	var out []usageEvent
-	for c := range 6 {
-		for p := range 3 {
-			for m := -4; m <= 0; m++ {
-				k := gapKey{fmt.Sprintf("c%d", c), fmt.Sprintf("p%d", p), d.month(m)}
-				target := 30.0
-				if v, ok := latest[k]; ok {
-					target = v.qty * (0.9 + 0.2*rng.Float64())
-					if p == 2 && m == -2 {
-						target = v.qty * 1.6
-					}
-				}
-				if m == 0 {
-					// The current month is under way: usage so far keeps pace with the
-					// plans, so that its run rate flags nothing on any day of the month.
-					target *= d.now.Sub(d.month(0)).Seconds() / d.month(1).Sub(d.month(0)).Seconds()
-				}
-				span := 27 * 24 * time.Hour
-				if m == 0 {
-					span = max(d.now.Sub(d.month(0)), time.Second)
-				}
-				n := 2 + rng.IntN(4)
-				for range n {
-					qty := math.Round(target/float64(n)*4) / 4
-					out = append(out, usageEvent{k.customer, k.product, d.month(m).Add(time.Duration(rng.Int64N(int64(span)))), qty})
-				}
-			}
-		}
-	}
-	return out
-}
-
-type usageEvent struct {
-	customer, product string
-	ts                time.Time
-	qty               float64
-}
-
-func (d *digestData) latestPlans() map[gapKey]planVersion {
-	out := map[gapKey]planVersion{}
-	for _, v := range d.versions {
-		k := gapKey{v.customer, v.product, v.period}
-		if o, ok := out[k]; !ok || v.submitted.After(o.submitted) || (v.submitted.Equal(o.submitted) && v.id > o.id) {
-			out[k] = v
-		}
-	}
-	return out
-}
-
-func (d *digestData) insertUsage(t *testing.T, ctx context.Context, conn driver.Conn, db string, s pipeline.StreamConfig, events []usageEvent, offset *int64) {
-	t.Helper()
-	var rows [][]any
-	for _, e := range events {
-		*offset++
-		rows = append(rows, []any{fmt.Sprintf("e%d", *offset), e.customer, e.product, e.ts, e.qty, s.Topic, int32(0), *offset, d.now, d.now.UnixMilli()})
-		d.actual[gapKey{e.customer, e.product, startOfMonth(e.ts)}] += e.qty
-	}
-	if err := ddl.InsertRows(ctx, conn, db, s, rows); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func (d *digestData) insertPlans(t *testing.T, ctx context.Context, conn driver.Conn, db string, s pipeline.StreamConfig, offset *int64) {
-	t.Helper()
-	var rows [][]any
-	for _, v := range d.versions {
-		*offset++
-		conf := 0.7
-		rows = append(rows, []any{v.id, v.customer, v.product, v.period, v.qty, v.submitted, &conf, s.Topic, int32(0), *offset, d.now, d.now.UnixMilli()})
-	}
-	if err := ddl.InsertRows(ctx, conn, db, s, rows); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// expected computes the digests (without version, time and threshold) from the
-// generated data.
-func (d *digestData) expected(loop string, top int, threshold *float64) map[gapKey]Digest {
-	latest := d.latestPlans()
-	atStart := map[gapKey]planVersion{}
-	for _, v := range d.versions {
-		if monthIndex(v.period)-monthIndex(v.submitted) < 1 {
-			continue
-		}
-		k := gapKey{v.customer, v.product, v.period}
-		if o, ok := atStart[k]; !ok || v.submitted.After(o.submitted) || (v.submitted.Equal(o.submitted) && v.id > o.id) {
-			atStart[k] = v
-		}
-	}
-	keys := map[gapKey]bool{}
-	for k := range latest {
-		keys[k] = true
-	}
-	for k := range d.actual {
-		keys[k] = true
-	}
-	acc := d.accuracy()
-	out := map[gapKey]Digest{}
-	gaps := map[gapKey][]CustomerGap{}
-	for k := range keys {
-		pk := gapKey{product: k.product, period: k.period}
-		dg, ok := out[pk]
-		if !ok {
-			dg = Digest{Schema: DigestSchema, Loop: loop, Product: k.product, Period: Date{k.period}, Granularity: pipeline.GrainMonth,
-				Complete: !k.period.AddDate(0, 1, 0).After(d.now), Accuracy: acc[k.product]}
-		}
-		a := d.actual[k]
-		if v, ok := latest[k]; ok {
-			dg.CustomersWithPlans++
-			dg.PlannedLatest = addPtr(dg.PlannedLatest, v.qty)
-			dg.Actual += a
-			g := CustomerGap{Customer: k.customer, PlannedLatest: v.qty, Actual: a, Gap: a - v.qty}
-			r := g.Gap / v.qty
-			g.GapRatio = &r
-			gaps[pk] = append(gaps[pk], g)
-		} else {
-			dg.UnplannedActual += a
-		}
-		if v, ok := atStart[k]; ok {
-			dg.PlannedAtStart = addPtr(dg.PlannedAtStart, v.qty)
-		}
-		out[pk] = dg
-	}
-	for pk, dg := range out {
-		// The month under way: its actual so far at its rate to the month's end.
-		underWay := !dg.Complete && !pk.period.After(d.now)
-		share := d.now.Sub(pk.period).Seconds() / pk.period.AddDate(0, 1, 0).Sub(pk.period).Seconds()
-		if underWay && share > 0 && dg.CustomersWithPlans > 0 {
-			proj := dg.Actual / share
-			dg.Projected = &proj
-			if dg.PlannedLatest != nil {
-				pr := (proj - *dg.PlannedLatest) / *dg.PlannedLatest
-				dg.ProjectedGapRatio = &pr
-			}
-		}
-		if dg.PlannedLatest != nil {
-			g := dg.Actual - *dg.PlannedLatest
-			r := g / *dg.PlannedLatest
-			dg.Gap, dg.GapRatio = &g, &r
-			if threshold != nil {
-				runRate := underWay && share >= 0.25 && math.Abs(*dg.ProjectedGapRatio) > *threshold
-				dg.Flagged = (dg.Complete && math.Abs(r) > *threshold) || (underWay && r > *threshold) || runRate
-			}
-		}
-		gs := gaps[pk]
-		sort.Slice(gs, func(i, j int) bool {
-			if a, b := math.Abs(gs[i].Gap), math.Abs(gs[j].Gap); a != b {
-				return a > b
-			}
-			return gs[i].Customer < gs[j].Customer
-		})
-		dg.TopGaps = gs[:min(top, len(gs))]
-		if dg.TopGaps == nil {
-			dg.TopGaps = []CustomerGap{}
-		}
-		out[pk] = dg
-	}
-	return out
-}
-
-// accuracy computes each product's WAPE and bias over completed periods: every
-// (customer, period, horizon >= 0) point is the latest plan made at that horizon.
-func (d *digestData) accuracy() map[string]*ProductAccuracy {
-	type point struct {
-		k gapKey
-		h int
-	}
-	latest := map[point]planVersion{}
-	for _, v := range d.versions {
-		h := monthIndex(v.period) - monthIndex(v.submitted)
-		if h < 0 || monthIndex(v.period) >= monthIndex(d.now) {
-			continue
-		}
-		p := point{gapKey{v.customer, v.product, v.period}, h}
-		if o, ok := latest[p]; !ok || v.submitted.After(o.submitted) || (v.submitted.Equal(o.submitted) && v.id > o.id) {
-			latest[p] = v
-		}
-	}
-	type sums struct{ absErr, signed, actual float64 }
-	s := map[string]*sums{}
-	out := map[string]*ProductAccuracy{}
-	for p, v := range latest {
-		if s[p.k.product] == nil {
-			s[p.k.product], out[p.k.product] = &sums{}, &ProductAccuracy{}
-		}
-		a := d.actual[p.k]
-		s[p.k.product].absErr += math.Abs(v.qty - a)
-		s[p.k.product].signed += v.qty - a
-		s[p.k.product].actual += a
-		out[p.k.product].Points++
-	}
-	for prod, pa := range out {
-		if x := s[prod]; x.actual > 0 {
-			w, b := x.absErr/x.actual, x.signed/x.actual
-			pa.WAPE, pa.Bias = &w, &b
-		}
-	}
-	return out
-}
-
-func addPtr(p *float64, x float64) *float64 {
-	v := x
-	if p != nil {
-		v += *p
-	}
-	return &v
-}
 
 // readDigests returns every message of the topic, in offset order per partition.
 func readDigests(t *testing.T, k pipeline.KafkaConfig, topic string) []kafka.Message {
@@ -331,6 +78,9 @@ func checkDigest(t *testing.T, stage string, got, want Digest) {
 	if (got.Projected == nil) != (want.Projected == nil) || got.Projected != nil && got.Period.Add(time.Hour).Before(time.Now()) &&
 		math.Abs(*got.Projected-*want.Projected) > 1e-3*math.Max(math.Abs(*want.Projected), 1) {
 		t.Errorf("%s: projected %v, want %v", at, nullable64(got.Projected), nullable64(want.Projected))
+	}
+	if (got.Tracking != nil) != got.Complete {
+		t.Errorf("%s: complete %t, tracking %+v: want tracking for complete periods only", at, got.Complete, got.Tracking)
 	}
 	if got.Flagged != want.Flagged {
 		t.Errorf("%s: flagged %t, want %t (gap ratio %v)", at, got.Flagged, want.Flagged, nullable64(got.GapRatio))
@@ -536,65 +286,6 @@ func TestDigestPublisher(t *testing.T) {
 	republished("after a crash between publishing and recording", pub2, 5, 4)
 }
 
-func TestDigestContentHash(t *testing.T) {
-	one, two := 1.0, 0.1+0.2
-	d := Digest{Product: "p", Period: Date{time.Date(2026, 10, 1, 0, 0, 0, 0, time.UTC)}, PlannedLatest: &one, Actual: 0.3,
-		TopGaps: []CustomerGap{{Customer: "c", PlannedLatest: 1, Actual: 0.3, Gap: -0.7}}}
-	base := d.contentHash()
-	e := d
-	e.Actual = two // 0.30000000000000004: the same figure summed in another order
-	e.Version, e.PublishedAt, e.Accuracy = 9, time.Now(), &ProductAccuracy{Points: 3}
-	if e.contentHash() != base {
-		t.Error("rounding noise, version, time or accuracy changed the content hash")
-	}
-	e.Actual = 0.31
-	if e.contentHash() == base {
-		t.Error("a changed actual kept the content hash")
-	}
-	e = d
-	e.TopGaps = []CustomerGap{{Customer: "c2", PlannedLatest: 1, Actual: 0.3, Gap: -0.7}}
-	if e.contentHash() == base {
-		t.Error("a changed top customer kept the content hash")
-	}
-}
-
-func TestDigestConfigValidate(t *testing.T) {
-	neg := -0.1
-	good := pipeline.DigestConfig{Loop: "default/acme", Kafka: pipeline.KafkaConfig{Brokers: []string{"b:9092"}}, Topic: "t",
-		Feedback: pipeline.FeedbackConfig{Database: "db", Grain: pipeline.GrainWeek}}
-	if err := good.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	for name, mutate := range map[string]func(*pipeline.DigestConfig){
-		"no loop":            func(c *pipeline.DigestConfig) { c.Loop = "" },
-		"no brokers":         func(c *pipeline.DigestConfig) { c.Kafka.Brokers = nil },
-		"no topic":           func(c *pipeline.DigestConfig) { c.Topic = "" },
-		"bad database":       func(c *pipeline.DigestConfig) { c.Feedback.Database = "a`b" },
-		"bad grain":          func(c *pipeline.DigestConfig) { c.Feedback.Grain = "Day" },
-		"negative threshold": func(c *pipeline.DigestConfig) { c.Threshold = &neg },
-		"negative top":       func(c *pipeline.DigestConfig) { c.TopCustomers = -1 },
-	} {
-		c := good
-		mutate(&c)
-		if err := c.Validate(); err == nil {
-			t.Errorf("%s: accepted", name)
-		}
-	}
-}
-
-func TestPeriodStart(t *testing.T) {
-	ts := time.Date(2026, 11, 29, 13, 5, 0, 0, time.UTC) // a Sunday
-	if got := PeriodStart(pipeline.GrainWeek, ts); !got.Equal(time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)) {
-		t.Errorf("week of %v starts %v, want Monday 2026-11-23", ts, got)
-	}
-	if got := PeriodStart(pipeline.GrainMonth, ts); !got.Equal(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)) {
-		t.Errorf("month of %v starts %v", ts, got)
-	}
-	if got := PeriodEnd(pipeline.GrainMonth, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)); !got.Equal(time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)) {
-		t.Errorf("December ends %v", got)
-	}
-}
-
 // TestDigestPublisherOverTLSAndSASL publishes through a broker that takes only TLS
 // connections authenticated with SCRAM-SHA-512, as the workers do. A round whose sending
 // fails (a wrong password) publishes nothing and loses nothing: the next round sends the
@@ -677,35 +368,5 @@ func TestDigestPublisherOverTLSAndSASL(t *testing.T) {
 			t.Errorf("%s %v: version %d, want 2 (1 was reserved by the round that could not send)", d.Product, d.Period, d.Version)
 		}
 		checkDigest(t, "over TLS and SASL", d, want[gapKey{product: d.Product, period: d.Period.Time}])
-	}
-}
-
-// TestFlagRule: a complete period is flagged by its gap; the period under way by usage
-// already over the plans, or, from a quarter of the period on, by its run rate either
-// way; a period not begun never.
-func TestFlagRule(t *testing.T) {
-	v := func(f float64) *float64 { return &f }
-	for _, c := range []struct {
-		name               string
-		complete, underWay bool
-		elapsed            float64
-		ratio, projected   *float64
-		want               bool
-	}{
-		{"complete, over", true, false, 1, v(0.4), nil, true},
-		{"complete, under", true, false, 1, v(-0.4), nil, true},
-		{"complete, within", true, false, 1, v(0.2), nil, false},
-		{"complete, no plan", true, false, 1, nil, nil, false},
-		{"under way, already over", false, true, 0.1, v(0.5), v(14), true},
-		{"under way, run rate under, early", false, true, 0.2, v(-0.9), v(-0.5), false},
-		{"under way, run rate under", false, true, 0.25, v(-0.9), v(-0.5), true},
-		{"under way, run rate over", false, true, 0.6, v(-0.2), v(0.33), true},
-		{"under way, run rate within", false, true, 0.6, v(-0.5), v(-0.1), false},
-		{"under way, no plan", false, true, 0.6, nil, nil, false},
-		{"not begun", false, false, 0, v(-1), nil, false},
-	} {
-		if got := flagged(0.3, c.complete, c.underWay, c.elapsed, c.ratio, c.projected); got != c.want {
-			t.Errorf("%s: flagged %t, want %t", c.name, got, c.want)
-		}
 	}
 }

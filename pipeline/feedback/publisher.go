@@ -31,9 +31,15 @@ type PublishResult struct {
 	// counts the others.
 	Published []Digest
 	Unchanged int
-	// Flagged lists the published digests that are flagged: each is reported with the
-	// publication that carries it, not again on rounds where its figures do not change.
+	// Flagged lists the published digests that are flagged by their gap: each is reported
+	// with the publication that carries it, not again on rounds where its figures do not
+	// change. (Digests flagged for a persistent bias alone are not listed: Crossings
+	// reports each customer that crossed out of the band.)
 	Flagged []Flag
+	// Crossings are the customers and products whose tracking signal crossed out of the
+	// band since the last round, each reported once (see pipeline.TrackingTable), in
+	// product, customer order.
+	Crossings []TrackingCrossing
 	// LastPublishedPeriod is the latest period with a published digest and
 	// LastPublishedAt the time of the latest publication, from the digest table (they
 	// survive restarts); zero before the first.
@@ -95,22 +101,25 @@ type digestState struct {
 func (p *Publisher) PublishOnce(ctx context.Context) (PublishResult, error) {
 	db := p.cfg.Feedback.Database
 	if !p.table {
-		st, _ := ddl.DigestTableStatement(pipeline.ClickHouseConfig{Database: db, Cluster: p.cfg.Cluster}) // validated in NewPublisher
-		// Created when the connected node lacks it. A cluster host that is down creates
-		// the table when back; this node has it.
-		changes, err := ddl.Apply(ctx, p.ch, nil, []ddl.Object{{Name: st.Object, Create: []pipeline.Statement{st}}})
+		ch := pipeline.ClickHouseConfig{Database: db, Cluster: p.cfg.Cluster}
+		st, _ := ddl.DigestTableStatement(ch) // validated in NewPublisher
+		tr, _ := ddl.TrackingTableStatement(ch)
+		// Created when the connected node lacks them. A cluster host that is down creates
+		// the tables when back; this node has them.
+		changes, err := ddl.Apply(ctx, p.ch, nil, []ddl.Object{{Name: st.Object, Create: []pipeline.Statement{st}},
+			{Name: tr.Object, Create: []pipeline.Statement{tr}}})
 		if err != nil && !errors.Is(err, connect.ErrDDLPending) {
-			return PublishResult{}, fmt.Errorf("creating %s: %w", st.Object, err)
+			return PublishResult{}, fmt.Errorf("creating %s and %s: %w", st.Object, tr.Object, err)
 		}
 		for _, c := range changes {
 			if c.Action != ddl.Unchanged {
-				p.log.Info("digest table "+string(c.Action), "loop", p.cfg.Loop, "table", c.Object)
+				p.log.Info("publisher table "+string(c.Action), "loop", p.cfg.Loop, "table", c.Object)
 			}
 		}
 		p.table = true
 	}
 	now := p.now().UTC()
-	digests, err := BuildDigests(ctx, p.ch, p.cfg, now)
+	digests, paths, err := buildDigests(ctx, p.ch, p.cfg, now)
 	if err != nil {
 		return PublishResult{}, err
 	}
@@ -167,7 +176,7 @@ func (p *Publisher) PublishOnce(ctx context.Context) (PublishResult, error) {
 				continue
 			}
 			res.Published = append(res.Published, d)
-			if d.Flagged {
+			if d.gapFlagged {
 				fl := Flag{Product: d.Product, Period: d.Period.Time, GapRatio: *d.GapRatio, Version: d.Version}
 				if !d.Complete && d.ProjectedGapRatio != nil && *d.GapRatio <= *d.Threshold {
 					fl.ProjectedGapRatio = d.ProjectedGapRatio
@@ -178,6 +187,11 @@ func (p *Publisher) PublishOnce(ctx context.Context) (PublishResult, error) {
 		if sendErr != nil {
 			return res, fmt.Errorf("publishing digests to %s: %w", p.cfg.Topic, sendErr)
 		}
+	}
+	// After the digests, which carry the same customers: a round whose digests could not
+	// be sent announces its crossings in the next round that could.
+	if res.Crossings, err = p.trackCrossings(ctx, paths, now); err != nil {
+		return res, err
 	}
 	if err := p.statusFigures(ctx, &res, digests, now); err != nil {
 		return res, err

@@ -22,8 +22,17 @@ DROP TABLE IF EXISTS `acme`.`feedback_gaps` ON CLUSTER `customerloop`;
 -- acme.feedback_accuracy
 DROP TABLE IF EXISTS `acme`.`feedback_accuracy` ON CLUSTER `customerloop`;
 
+-- acme.feedback_value_added
+DROP TABLE IF EXISTS `acme`.`feedback_value_added` ON CLUSTER `customerloop`;
+
+-- acme.feedback_tracking
+DROP TABLE IF EXISTS `acme`.`feedback_tracking` ON CLUSTER `customerloop`;
+
 -- acme.feedback_digests
 DROP TABLE IF EXISTS `acme`.`feedback_digests` ON CLUSTER `customerloop`;
+
+-- acme.feedback_tracking_crossings
+DROP TABLE IF EXISTS `acme`.`feedback_tracking_crossings` ON CLUSTER `customerloop`;
 
 -- acme.customerloop_ledger
 DROP TABLE IF EXISTS `acme`.`customerloop_ledger` ON CLUSTER `customerloop`;

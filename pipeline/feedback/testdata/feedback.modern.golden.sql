@@ -65,6 +65,55 @@ WHERE 'customerloop:ef224b035dd2' != ''
 GROUP BY product, horizon
 ORDER BY product, horizon;
 
+-- Month acme.feedback_value_added
+CREATE VIEW IF NOT EXISTS `acme`.`feedback_value_added` AS
+SELECT product, horizon, count() AS n,
+    if(sum(a) > 0, sum(abs(p - a)) / sum(a), NULL) AS wape,
+    if(sum(a) > 0, sum(abs(naive - a)) / sum(a), NULL) AS naive_wape,
+    naive_wape - wape AS fva,
+    toUInt8(ifNull(fva > 0, 0)) AS beats_naive
+FROM
+(
+    SELECT customer_id, product, period, horizon, p, a, addMonths(period, -1) AS previous
+    FROM
+    (
+        SELECT customer_id, product, p_period AS period, horizon, argMax(quantity, (submitted_at, plan_id, _offset)) AS p
+        FROM
+        (
+            SELECT customer_id, product, toStartOfMonth(period) AS p_period, toRelativeMonthNum(period) - toRelativeMonthNum(submitted_at, 'UTC') AS horizon,
+                quantity, submitted_at, plan_id, _offset
+            FROM `acme`.`plans_raw`
+        )
+        WHERE horizon >= 0 AND p_period < toStartOfMonth(now(), 'UTC')
+        GROUP BY customer_id, product, p_period, horizon
+    ) AS plans
+    ALL LEFT JOIN
+    (
+        SELECT customer_id, product, period, actual AS a FROM `acme`.`feedback_actuals`
+    ) AS actuals USING (customer_id, product, period)
+) AS points
+ALL LEFT JOIN
+(
+    SELECT customer_id, product, period AS previous, actual AS naive FROM `acme`.`feedback_actuals`
+) AS naive_actuals USING (customer_id, product, previous)
+WHERE 'customerloop:f89b32296bdd' != ''
+GROUP BY product, horizon
+ORDER BY product, horizon;
+
+-- Month acme.feedback_tracking
+CREATE VIEW IF NOT EXISTS `acme`.`feedback_tracking` AS
+SELECT customer_id, product, count() AS n, sum(e) AS cumulative_error, avg(abs(e)) AS mad,
+    if(mad > 0, cumulative_error / mad, NULL) AS tracking_signal
+FROM
+(
+    SELECT customer_id, product, actual - ifNull(planned_at_start, 0) AS e
+    FROM `acme`.`feedback_gaps`
+    WHERE period < toStartOfMonth(now(), 'UTC') AND planned_at_start IS NOT NULL
+)
+WHERE 'customerloop:daf259d9f1be' != ''
+GROUP BY customer_id, product
+ORDER BY customer_id, product;
+
 -- Week acme.feedback_actuals
 CREATE VIEW IF NOT EXISTS `acme`.`feedback_actuals` AS
 SELECT customer_id, product, period, actual, events, last_event_at
@@ -131,4 +180,53 @@ ALL LEFT JOIN
 WHERE 'customerloop:b3b5f794825e' != ''
 GROUP BY product, horizon
 ORDER BY product, horizon;
+
+-- Week acme.feedback_value_added
+CREATE VIEW IF NOT EXISTS `acme`.`feedback_value_added` AS
+SELECT product, horizon, count() AS n,
+    if(sum(a) > 0, sum(abs(p - a)) / sum(a), NULL) AS wape,
+    if(sum(a) > 0, sum(abs(naive - a)) / sum(a), NULL) AS naive_wape,
+    naive_wape - wape AS fva,
+    toUInt8(ifNull(fva > 0, 0)) AS beats_naive
+FROM
+(
+    SELECT customer_id, product, period, horizon, p, a, addWeeks(period, -1) AS previous
+    FROM
+    (
+        SELECT customer_id, product, p_period AS period, horizon, argMax(quantity, (submitted_at, plan_id, _offset)) AS p
+        FROM
+        (
+            SELECT customer_id, product, toMonday(period) AS p_period, toRelativeWeekNum(period) - toRelativeWeekNum(submitted_at, 'UTC') AS horizon,
+                quantity, submitted_at, plan_id, _offset
+            FROM `acme`.`plans_raw`
+        )
+        WHERE horizon >= 0 AND p_period < toMonday(now(), 'UTC')
+        GROUP BY customer_id, product, p_period, horizon
+    ) AS plans
+    ALL LEFT JOIN
+    (
+        SELECT customer_id, product, period, actual AS a FROM `acme`.`feedback_actuals`
+    ) AS actuals USING (customer_id, product, period)
+) AS points
+ALL LEFT JOIN
+(
+    SELECT customer_id, product, period AS previous, actual AS naive FROM `acme`.`feedback_actuals`
+) AS naive_actuals USING (customer_id, product, previous)
+WHERE 'customerloop:372110b8baae' != ''
+GROUP BY product, horizon
+ORDER BY product, horizon;
+
+-- Week acme.feedback_tracking
+CREATE VIEW IF NOT EXISTS `acme`.`feedback_tracking` AS
+SELECT customer_id, product, count() AS n, sum(e) AS cumulative_error, avg(abs(e)) AS mad,
+    if(mad > 0, cumulative_error / mad, NULL) AS tracking_signal
+FROM
+(
+    SELECT customer_id, product, actual - ifNull(planned_at_start, 0) AS e
+    FROM `acme`.`feedback_gaps`
+    WHERE period < toMonday(now(), 'UTC') AND planned_at_start IS NOT NULL
+)
+WHERE 'customerloop:a0d987c201e1' != ''
+GROUP BY customer_id, product
+ORDER BY customer_id, product;
 
