@@ -1,5 +1,5 @@
 // Package ddltest creates a loop's tables on the test servers for the tests of the planes
-// above the schema plane, and fills them.
+// above the schema plane, fills them, and checks what ClickHouse aggregates from them.
 package ddltest
 
 import (
