@@ -84,7 +84,8 @@ func (d *dataset) latest(keep func(plan) bool) map[cell]plan {
 }
 
 // load creates the loop's tables and views in a new database and inserts the dataset,
-// one event per generated usage amount.
+// one event per generated usage amount, on the period's second day (its first, for the
+// period under way, so that no event lies ahead of now).
 func (d *dataset) load(t *testing.T, addr, db string) driver.Conn {
 	t.Helper()
 	cfg, fc := stacktest.FeedbackConfig(db)
@@ -95,7 +96,11 @@ func (d *dataset) load(t *testing.T, addr, db string) driver.Conn {
 	var usage [][]any
 	for k, a := range d.actual {
 		offset++
-		usage = append(usage, []any{fmt.Sprintf("e%d", offset), k.customer, k.product, k.period.Add(36 * time.Hour), a, "u", int32(0), offset, now, now.UnixMilli()})
+		ts := k.period.Add(36 * time.Hour)
+		if ts.After(now) {
+			ts = k.period
+		}
+		usage = append(usage, []any{fmt.Sprintf("e%d", offset), k.customer, k.product, ts, a, "u", int32(0), offset, now, now.UnixMilli()})
 	}
 	ddltest.Insert(t, conn, db, cfg.Streams[0], usage...)
 	var plans [][]any
