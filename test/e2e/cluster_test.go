@@ -177,6 +177,10 @@ func TestClusterScaleOut(t *testing.T) {
 		send("scale.plans", plans)
 		switch s {
 		case 2:
+			// Killed once it reads. kfake keeps a member killed while it joined without a
+			// session timer until the next rebalance; when w1-again joins in that same
+			// generation, no later rebalance comes, and w1's partitions stay unread.
+			waitForLine(t, filepath.Join(logs, "w1.log"), "partitions assigned", time.Minute)
 			_ = workers[1].Process.Signal(syscall.SIGKILL)
 			_ = workers[1].Wait()
 			t.Logf("slice %d: killed worker w1; %d usage rows so far", s, count(t, ch, "SELECT count() FROM `"+db+"`.usage_raw"))
