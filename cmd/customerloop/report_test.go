@@ -53,28 +53,13 @@ func TestPrintReport(t *testing.T) {
 	}
 	fc := pipeline.FeedbackConfig{Database: db, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth}
 	ddltest.Feedback(t, conn, cfg, fc)
-	// INSERT ... VALUES through Exec hangs on 18.16's native protocol: insert in batches.
 	now := time.Now().UTC().Truncate(time.Second)
 	at := func(s string) time.Time { t, _ := time.Parse(time.DateTime, s); return t }
-	insert := func(sql string, rows ...[]any) {
-		b, err := conn.PrepareBatch(ctx, sql)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range rows {
-			if err := b.Append(r...); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := b.Send(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	insert(ddl.InsertSQL(db, cfg.Streams[0]),
+	ddltest.Insert(t, conn, db, cfg.Streams[0],
 		[]any{"e1", "acme", "compute", at("2025-03-05 10:00:00"), 60.0, "u", int32(0), int64(1), now, now.UnixMilli()},
 		[]any{"e2", "acme", "compute", at("2025-03-20 10:00:00"), 30.0, "u", int32(0), int64(2), now, now.UnixMilli()},
 		[]any{"e3", "globex", "storage", at("2025-03-07 10:00:00"), 5.0, "u", int32(0), int64(3), now, now.UnixMilli()})
-	insert(ddl.InsertSQL(db, cfg.Streams[1]),
+	ddltest.Insert(t, conn, db, cfg.Streams[1],
 		[]any{"p1", "acme", "compute", at("2025-03-01 00:00:00"), 100.0, at("2025-02-10 00:00:00"), (*float64)(nil), "p", int32(0), int64(1), now, now.UnixMilli()},
 		[]any{"p2", "acme", "compute", at("2025-03-01 00:00:00"), 120.0, at("2025-03-02 00:00:00"), (*float64)(nil), "p", int32(0), int64(2), now, now.UnixMilli()})
 

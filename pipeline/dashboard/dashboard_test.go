@@ -98,11 +98,9 @@ func section(t *testing.T, dom, start, end string) string {
 func TestDashboardInChromium(t *testing.T) {
 	addr := stacktest.ClickhouseAddr(t)
 	bin := chromium(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
 	db := fmt.Sprintf("test_dashboard_%d", time.Now().UnixNano())
 	data := generate(11)
-	conn := data.load(t, ctx, addr, db)
+	conn := data.load(t, addr, db)
 
 	ref := LoopRef{Namespace: "default", Name: "acme"}
 	srv := httptest.NewServer(New(StaticSource{ref: {Conn: conn, Database: db, Grain: pipeline.GrainMonth}}, testr.New(t)))
@@ -205,11 +203,9 @@ func TestDashboardInChromium(t *testing.T) {
 // loop, and that pages may load nothing from elsewhere.
 func TestDashboardHTTP(t *testing.T) {
 	addr := stacktest.ClickhouseAddr(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	db := fmt.Sprintf("test_dashboard_http_%d", time.Now().UnixNano())
 	data := generate(12)
-	conn := data.load(t, ctx, addr, db)
+	conn := data.load(t, addr, db)
 	ref := LoopRef{Namespace: "team-a", Name: "acme"}
 	srv := httptest.NewServer(New(StaticSource{ref: {Conn: conn, Database: db, Grain: pipeline.GrainMonth}}, testr.New(t)))
 	defer srv.Close()

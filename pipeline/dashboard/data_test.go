@@ -1,7 +1,6 @@
 package dashboard
 
 import (
-	"context"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -11,8 +10,6 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
-	"customerloop.dev/customerloop/pipeline"
-	"customerloop.dev/customerloop/pipeline/ddl"
 	"customerloop.dev/customerloop/pipeline/ddl/ddltest"
 	"customerloop.dev/customerloop/pipeline/internal/stacktest"
 )
@@ -87,41 +84,32 @@ func (d *dataset) latest(keep func(plan) bool) map[cell]plan {
 }
 
 // load creates the loop's tables and views in a new database and inserts the dataset,
-// one event per generated usage amount.
-func (d *dataset) load(t *testing.T, ctx context.Context, addr, db string) driver.Conn {
+// one event per generated usage amount, on the period's second day (its first, for the
+// period under way, so that no event lies ahead of now).
+func (d *dataset) load(t *testing.T, addr, db string) driver.Conn {
 	t.Helper()
 	cfg, fc := stacktest.FeedbackConfig(db)
 	cfg.ClickHouse.Addr = addr
 	conn := ddltest.ApplyFeedback(t, cfg, fc)
 	now := time.Now().UTC().Truncate(time.Second)
 	var offset int64
-	insert := func(s pipeline.StreamConfig, rows [][]any) {
-		b, err := conn.PrepareBatch(ctx, ddl.InsertSQL(db, s))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range rows {
-			if err := b.Append(r...); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := b.Send(); err != nil {
-			t.Fatal(err)
-		}
-	}
 	var usage [][]any
 	for k, a := range d.actual {
 		offset++
-		usage = append(usage, []any{fmt.Sprintf("e%d", offset), k.customer, k.product, k.period.Add(36 * time.Hour), a, "u", int32(0), offset, now, now.UnixMilli()})
+		ts := k.period.Add(36 * time.Hour)
+		if ts.After(now) {
+			ts = k.period
+		}
+		usage = append(usage, []any{fmt.Sprintf("e%d", offset), k.customer, k.product, ts, a, "u", int32(0), offset, now, now.UnixMilli()})
 	}
-	insert(cfg.Streams[0], usage)
+	ddltest.Insert(t, conn, db, cfg.Streams[0], usage...)
 	var plans [][]any
 	for _, v := range d.plans {
 		offset++
 		conf := 0.5
 		plans = append(plans, []any{v.id, v.customer, v.product, v.period, v.qty, v.submitted, &conf, "p", int32(0), offset, now, now.UnixMilli()})
 	}
-	insert(cfg.Streams[1], plans)
+	ddltest.Insert(t, conn, db, cfg.Streams[1], plans...)
 	return conn
 }
 

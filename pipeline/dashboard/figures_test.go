@@ -2,7 +2,6 @@ package dashboard
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -118,11 +117,9 @@ func (d *dataset) outsideBand(limit float64) []wantTracking {
 // figures computed here from the generated rows.
 func TestDashboardValueAddedAndTracking(t *testing.T) {
 	addr := stacktest.ClickhouseAddr(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	db := fmt.Sprintf("test_dashboard_fva_%d", time.Now().UnixNano())
 	data := generate(13)
-	conn := data.load(t, ctx, addr, db)
+	conn := data.load(t, addr, db)
 	const limit = 1.5
 	ref := LoopRef{Namespace: "team-a", Name: "acme"}
 	srv := httptest.NewServer(New(StaticSource{ref: {Conn: conn, Database: db, Grain: pipeline.GrainMonth, TrackingLimit: limit}}, testr.New(t)))

@@ -156,7 +156,7 @@ func TestGrafanaDashboardQueries(t *testing.T) {
 	defer cancel()
 	db := fmt.Sprintf("test_grafana_%d", time.Now().UnixNano())
 	data := generate(13)
-	conn := data.load(t, ctx, addr, db)
+	conn := data.load(t, addr, db)
 
 	// Ingestion: two batches of the usage topic and one of plans, an hour apart.
 	now := time.Now().UTC().Truncate(time.Second)

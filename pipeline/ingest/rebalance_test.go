@@ -16,12 +16,15 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
-// TestWorkersJoinAndLeave runs up to three workers in one consumer group, joining and
-// leaving while messages arrive, and checks that every offset landed exactly once.
+// TestWorkersJoinAndLeave runs up to three workers in one consumer group of a loop with
+// feedback, joining and leaving while messages arrive, and checks that every offset
+// landed exactly once and that every event counts once per customer, product and month
+// in the feedback_actuals rollup and feedback_gaps, as in the raw usage by event id.
 func TestWorkersJoinAndLeave(t *testing.T) {
 	chAddr := stacktest.ClickhouseAddr(t)
 	const total = 60_000
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(6, "rb.usage"),
+	// The few plans take one partition: more would only slow every rebalance.
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(6, "rb.usage"), kfake.SeedTopics(1, "rb.plans"),
 		kfake.AllowAutoTopicCreation(), kfake.GroupMinSessionTimeout(500*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
@@ -35,21 +38,39 @@ func TestWorkersJoinAndLeave(t *testing.T) {
 		Streams: []pipeline.StreamConfig{{
 			Name: "usage", Kind: pipeline.KindUsage, Topic: "rb.usage", DeadLetterTopic: "rb.usage.dlq",
 			Mapping: pipeline.Mapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts", Quantity: "qty"},
+		}, {
+			Name: "plans", Kind: pipeline.KindPlan, Topic: "rb.plans", DeadLetterTopic: "rb.plans.dlq",
+			Mapping: pipeline.Mapping{PlanID: "id", CustomerID: "customer", Product: "product", Period: "period", Quantity: "qty"},
 		}},
 		Batch: pipeline.BatchConfig{MaxRows: 2000, MaxWait: pipeline.Duration{Duration: 100 * time.Millisecond}},
 	}
+	fc := pipeline.FeedbackConfig{Database: cfg.ClickHouse.Database, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth}
+	cfg.Feedback = &fc
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	ch := ddltest.ApplySchema(t, cfg)
+	// The rollup behind feedback_actuals and the views, before any worker.
+	ch := ddltest.ApplyFeedback(t, cfg, fc)
+	// Plans for a month with usage and for one without, so that feedback_gaps joins
+	// plans to actuals and has cells with a plan alone.
+	var plans []kafka.Message
+	for i := range 40 {
+		for _, period := range []string{"2026-11-01", "2026-12-01"} {
+			plans = append(plans, kafka.Message{Key: []byte("c" + strconv.Itoa(i)), Value: []byte(fmt.Sprintf(
+				`{"id":"pl%d-%s","customer":"c%d","product":"p1","period":%q,"qty":1000}`, i, period, i, period))})
+		}
+	}
+	stacktest.Produce(t, cfg.Kafka.Brokers, "rb.plans", plans)
 
 	produced := make(chan struct{})
-	wantQty := 0.0
+	wantQty, want := 0.0, ddltest.Actuals{}
 	var msgs []kafka.Message
 	for i := range total {
-		c := "c" + strconv.Itoa(i%40)
+		// Two products over two months (the last of October and the first of November).
+		c, p, ts := "c"+strconv.Itoa(i%40), "p"+strconv.Itoa(i%2), 1793449815+i
 		wantQty += float64(i % 7)
+		want.Add(fc.Grain, c, p, time.Unix(int64(ts), 0), float64(i%7))
 		msgs = append(msgs, kafka.Message{Key: []byte(c), Value: []byte(fmt.Sprintf(
-			`{"id":"e%d","customer":%q,"product":"p","ts":%d,"qty":%d}`, i, c, 1793449815+i, i%7))})
+			`{"id":"e%d","customer":%q,"product":%q,"ts":%d,"qty":%d}`, i, c, p, ts, i%7))})
 	}
 	go func() {
 		defer close(produced)
@@ -98,9 +119,14 @@ func TestWorkersJoinAndLeave(t *testing.T) {
 	t.Logf("one worker left: %d rows", rows())
 	d := startWorker("d")
 	<-produced
+	plansStored := func() uint64 {
+		var n uint64
+		_ = ch.QueryRow(ctx, "SELECT count() FROM "+pipeline.QualifiedTable(cfg.ClickHouse.Database, "plans_raw")).Scan(&n)
+		return n
+	}
 	testkit.Eventually(t, 2*time.Minute, "all rows", func() (bool, string) {
-		n := rows()
-		return n >= total, fmt.Sprintf("%d/%d rows", n, total)
+		n, p := rows(), plansStored()
+		return n >= total && p >= uint64(len(plans)), fmt.Sprintf("%d/%d rows, %d/%d plans", n, total, p, len(plans))
 	})
 	stopWorker(c)
 	stopWorker(d)
@@ -118,7 +144,11 @@ func TestWorkersJoinAndLeave(t *testing.T) {
 	if err := ch.QueryRow(ctx, "SELECT sum(messages) FROM "+pipeline.QualifiedTable(cfg.ClickHouse.Database, pipeline.LedgerTable)).Scan(&ledger); err != nil {
 		t.Fatal(err)
 	}
-	if ledger != total {
-		t.Errorf("the ledger covers %d messages, want %d", ledger, total)
+	if ledger != total+uint64(len(plans)) {
+		t.Errorf("the ledger covers %d messages, want %d usage events and %d plans", ledger, total, len(plans))
 	}
+	if n := plansStored(); n != uint64(len(plans)) {
+		t.Errorf("%d plan rows, want %d", n, len(plans))
+	}
+	ddltest.CheckActualsOnce(t, ch, fc, want)
 }

@@ -29,8 +29,10 @@ import (
 // cluster (shard 1: node1 and node2, shard 2: node3) while usage events and plans, some
 // malformed, are produced. Mid-stream one worker is killed with SIGKILL and restarted,
 // and node2 is stopped and later started again. Afterwards the replicas agree, raw rows
-// and the rollup are exact, no customer is split across shards, and the gap view equals
-// what a single server computes from the same messages.
+// and the rollup are exact, no customer is split across shards, the gap view equals
+// what a single server computes from the same messages, and through every node each
+// event counts once per customer, product and month in the feedback_actuals rollup and
+// feedback_gaps, as in the raw usage by event id.
 func TestClusterScaleOut(t *testing.T) {
 	requireStack(t)
 	clusterName, addrs := testkit.Cluster(t)
@@ -59,6 +61,8 @@ func TestClusterScaleOut(t *testing.T) {
 	mk := func(group string, ch pipeline.ClickHouseConfig) pipeline.Config {
 		ch.Database, ch.Username, ch.Password = db, user, pass
 		return pipeline.Config{
+			Feedback: &pipeline.FeedbackConfig{Database: db, Cluster: ch.Cluster, UsageTable: "usage_raw", PlanTable: "plans_raw",
+				Grain: pipeline.GrainMonth},
 			Loop: "e2e/scale",
 			Kafka: pipeline.KafkaConfig{Brokers: brokers, Group: group,
 				SessionTimeout: pipeline.Duration{Duration: 2 * time.Second}, RebalanceTimeout: pipeline.Duration{Duration: 6 * time.Second}},
@@ -87,11 +91,12 @@ func TestClusterScaleOut(t *testing.T) {
 	for i, a := range addrs {
 		nodes[i] = open(t, pipeline.ClickHouseConfig{Addr: a, Username: user, Password: pass})
 	}
-	ch := setUpLoop(t, clusterCfg)
-	single := setUpLoop(t, singleCfg)
+	// Each loop's schema, rollups and feedback views, as the controller makes them.
+	ch := ddltest.ApplyFeedback(t, clusterCfg, *clusterCfg.Feedback)
+	single := ddltest.ApplyFeedback(t, singleCfg, *singleCfg.Feedback)
 
 	// The workload, and what it must add up to.
-	wantQty, wantBad := map[string]float64{}, 0
+	wantQty, wantBad, want := map[string]float64{}, 0, ddltest.Actuals{}
 	var usage, plans []kafka.Message
 	for i := range usageTotal {
 		c := "c" + strconv.Itoa(i%customers)
@@ -102,6 +107,7 @@ func TestClusterScaleOut(t *testing.T) {
 		}
 		qty := i%13 + 1
 		wantQty[c] += float64(qty)
+		want.Add(pipeline.GrainMonth, c, "p"+strconv.Itoa(i%4), time.Unix(int64(1790000000+i*60), 0), float64(qty))
 		usage = append(usage, kafka.Message{Key: []byte(c), Value: []byte(fmt.Sprintf(
 			`{"id":"e%d","customer":%q,"product":"p%d","ts":%d,"qty":%d}`, i, c, i%4, 1790000000+i*60, qty))})
 	}
@@ -268,21 +274,17 @@ func TestClusterScaleOut(t *testing.T) {
 		t.Errorf("feedback_gaps: %d rows on the cluster, %d on the single server, and they differ", len(onCluster), len(onSingle))
 	}
 
+	// Each event counts once in the aggregates, per customer, product and month.
+	for i, n := range nodes {
+		t.Run(fmt.Sprintf("node%d", i+1), func(t *testing.T) { ddltest.CheckActualsOnce(t, n, *clusterCfg.Feedback, want) })
+	}
+	t.Run("single", func(t *testing.T) { ddltest.CheckActualsOnce(t, single, *singleCfg.Feedback, want) })
+
 	// Every malformed message is in the dead-letter topic (at least once), and nothing else.
 	sources := deadLetterSources(t, brokers, "scale.usage.dlq")
 	if len(sources) != wantBad {
 		t.Errorf("dead letters come from %d distinct messages, want %d", len(sources), wantBad)
 	}
-}
-
-// setUpLoop creates a loop's schema, rollups and feedback views as the controller does,
-// and drops its database when the test ends.
-func setUpLoop(t *testing.T, cfg pipeline.Config) driver.Conn {
-	t.Helper()
-	ch := ddltest.ApplySchema(t, cfg)
-	ddltest.Feedback(t, ch, cfg, pipeline.FeedbackConfig{Database: cfg.ClickHouse.Database, Cluster: cfg.ClickHouse.Cluster,
-		UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth})
-	return ch
 }
 
 func open(t *testing.T, cfg pipeline.ClickHouseConfig) driver.Conn {

@@ -21,18 +21,20 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"customerloop.dev/customerloop/pipeline"
-	"customerloop.dev/customerloop/pipeline/ddl"
+	"customerloop.dev/customerloop/pipeline/ddl/ddltest"
 	"customerloop.dev/customerloop/test/testkit"
 )
 
 // TestWorkerSurvivesSIGKILL runs two worker processes in one consumer group and kills one
 // of them with SIGKILL at random moments, 20 times, restarting it each time, while 200k
 // messages arrive: some malformed, and 5% followed right away by a producer's retry (the
-// same key and bytes). Meanwhile heavy queries keep the ClickHouse server busy. Then a
-// last worker finishes. Every offset must land exactly once (raw rows = distinct offsets
-// = messages minus dead letters minus retries), every retry must be dropped (each event
-// id stored once, the ledger counting each retry once as a duplicate), and a
-// materialized-view rollup equals the sums computed from what was produced.
+// same key and bytes), and a few plans. Meanwhile heavy queries keep the ClickHouse
+// server busy. Then a last worker finishes. Every offset must land exactly once (raw rows
+// = distinct offsets = messages minus dead letters minus retries), every retry must be
+// dropped (each event id stored once, the ledger counting each retry once as a
+// duplicate), and the aggregates count each event once: a user's rollup equals the sums
+// computed from what was produced, and so, per customer, product and month, do the
+// feedback_actuals rollup, feedback_gaps and the raw usage by event id.
 //
 // The stream's duplicate window is 2 s, shorter than the group takes to get over a kill,
 // so a window kept in the time of reading (as it once was) lets through retries whose
@@ -58,8 +60,9 @@ func crashRun(t *testing.T, bin string) {
 		retryEvery = 20
 		customers  = 50
 	)
+	// The few plans take one partition: more would only slow every rebalance.
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.DefaultNumPartitions(6),
-		kfake.SeedTopics(6, "crash.usage"), kfake.AllowAutoTopicCreation(),
+		kfake.SeedTopics(6, "crash.usage"), kfake.SeedTopics(1, "crash.plans"), kfake.AllowAutoTopicCreation(),
 		kfake.GroupMinSessionTimeout(500*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
@@ -77,31 +80,31 @@ func crashRun(t *testing.T, bin string) {
 			Name: "usage", Kind: pipeline.KindUsage, Topic: "crash.usage", DeadLetterTopic: "crash.usage.dlq",
 			Mapping:     pipeline.Mapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts", Quantity: "qty"},
 			DedupWindow: pipeline.Duration{Duration: 2 * time.Second},
+		}, {
+			Name: "plans", Kind: pipeline.KindPlan, Topic: "crash.plans", DeadLetterTopic: "crash.plans.dlq",
+			Mapping: pipeline.Mapping{PlanID: "id", CustomerID: "customer", Product: "product", Period: "period", Quantity: "qty"},
 		}},
 		Batch: pipeline.BatchConfig{MaxRows: 5000, MaxWait: pipeline.Duration{Duration: 200 * time.Millisecond}},
 	}
+	fc := pipeline.FeedbackConfig{Database: cfg.ClickHouse.Database, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth}
+	cfg.Feedback = &fc
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	ch := createSchema(t, cfg)
 	db := pipeline.QuoteIdent(cfg.ClickHouse.Database)
+	usageLedger := "SELECT sum(messages) FROM " + db + ".customerloop_ledger WHERE topic = 'crash.usage'"
+	planLedger := "SELECT sum(messages) FROM " + db + ".customerloop_ledger WHERE topic = 'crash.plans'"
 	t.Cleanup(func() {
 		_ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+db)
 		_ = ch.Close()
 	})
-	// A rollup fed by a materialized view, as spec.rollups makes it: it counts every
-	// insert, so a duplicate insert would show here even if the raw table were
-	// deduplicated later.
+	// Rollups fed by materialized views, as spec.rollups and feedback make them, built
+	// before any worker runs: they count every insert, so a duplicate insert would show
+	// there even if the raw table were deduplicated later.
 	cfg.Rollups = []pipeline.RollupConfig{{Name: "totals", Stream: "usage", Granularity: pipeline.RollupMonth,
 		Dimensions: []string{"customer_id", "product"}, Measures: []pipeline.MeasureConfig{
 			{Name: "qty", Function: pipeline.FuncSum, Field: "quantity"}, {Name: "events", Function: pipeline.FuncCount}}}}
-	plans, err := ddl.PlanRollups(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	noWorkerYet := func([]string) (bool, error) { return true, nil }
-	if _, _, err := ddl.ApplyRollups(ctx, ch, cfg.ClickHouse.Database, plans, noWorkerYet); err != nil {
-		t.Fatal(err)
-	}
+	ddltest.Feedback(t, ch, cfg, fc)
 	cfgPath := filepath.Join(t.TempDir(), "worker.json")
 	raw, _ := json.Marshal(cfg)
 	if err := os.WriteFile(cfgPath, raw, 0o600); err != nil {
@@ -109,6 +112,7 @@ func crashRun(t *testing.T, bin string) {
 	}
 
 	wantQty, wantBad, retries := 0.0, 0, 0
+	want := ddltest.Actuals{}
 	var msgs []kafka.Message
 	retryOf := map[int]int{} // a retry's index: its original's
 	for i := range total - total/retryEvery {
@@ -120,6 +124,7 @@ func crashRun(t *testing.T, bin string) {
 		}
 		qty := i%13 + 1
 		wantQty += float64(qty)
+		want.Add(fc.Grain, c, "p"+strconv.Itoa(i%4), time.Unix(int64(1793449815+i), 0), float64(qty))
 		m := kafka.Message{Key: []byte(c), Value: []byte(fmt.Sprintf(
 			`{"id":"e%d","customer":%q,"product":"p%d","ts":%d,"qty":%d,"note":"padding to make a realistic message of a couple hundred bytes"}`,
 			i, c, i%4, 1793449815+i, qty))}
@@ -134,9 +139,14 @@ func crashRun(t *testing.T, bin string) {
 		i := len(msgs) + total
 		c := "c" + strconv.Itoa(i%customers)
 		wantQty++
+		want.Add(fc.Grain, c, "p0", time.Unix(int64(1793449815+i), 0), 1)
 		msgs = append(msgs, kafka.Message{Key: []byte(c), Value: []byte(fmt.Sprintf(
 			`{"id":"e%d","customer":%q,"product":"p0","ts":%d,"qty":1}`, i, c, 1793449815+i))})
 	}
+	// Plans for a month with usage and for one without, so that feedback_gaps joins
+	// plans to actuals and has cells with a plan alone.
+	plans := planMessages(customers, "p1", "2026-11-01", "2026-12-01")
+	produce(t, ctx, brokers, "crash.plans", plans)
 	// A slice of the messages arrives with each kill, so that every kill lands while
 	// there is fresh data to ingest, however fast the workers drain it.
 	produced, next := make(chan error, 1), make(chan struct{}, kills)
@@ -220,7 +230,7 @@ func crashRun(t *testing.T, bin string) {
 		_ = workers[k].Process.Signal(syscall.SIGKILL)
 		_ = workers[k].Wait()
 		t.Logf("kill %d (worker %d): %d rows, ledger at %d messages", i+1, logOf[k], count(t, ch, "SELECT count() FROM "+db+".usage_raw"),
-			count(t, ch, "SELECT sum(messages) FROM "+db+".customerloop_ledger"))
+			count(t, ch, usageLedger))
 		workers[k], logOf[k] = start(i+2), i+2
 	}
 	if err := <-produced; err != nil {
@@ -245,7 +255,7 @@ func crashRun(t *testing.T, bin string) {
 	// Started: a SIGTERM before the process handles signals would kill it outright.
 	waitForLine(t, logPath(kills+3), "worker started", time.Minute)
 	deadline := time.Now().Add(3 * time.Minute)
-	for count(t, ch, "SELECT sum(messages) FROM "+db+".customerloop_ledger") < total {
+	for count(t, ch, usageLedger) < total || count(t, ch, planLedger) < uint64(len(plans)) {
 		if time.Now().After(deadline) {
 			var out []byte
 			for i, w := range last {
@@ -289,10 +299,10 @@ func crashRun(t *testing.T, bin string) {
 	if n := count(t, ch, "SELECT count() FROM (SELECT event_id FROM "+db+".usage_raw GROUP BY event_id HAVING count() > 1)"); n != 0 {
 		t.Errorf("%d of the %d producer retries were stored twice", n, retries)
 	}
-	if n := count(t, ch, "SELECT sum(messages) FROM "+db+".customerloop_ledger"); n != total {
+	if n := count(t, ch, usageLedger); n != total {
 		t.Errorf("the ledger covers %d messages, want exactly %d (no span recorded twice)", n, total)
 	}
-	if n := count(t, ch, "SELECT sum(duplicates) FROM "+db+".customerloop_ledger"); n != uint64(retries) {
+	if n := count(t, ch, "SELECT sum(duplicates) FROM "+db+".customerloop_ledger WHERE topic = 'crash.usage'"); n != uint64(retries) {
 		t.Errorf("the ledger counts %d duplicates, want the %d retries", n, retries)
 	}
 	var qty float64
@@ -303,6 +313,13 @@ func crashRun(t *testing.T, bin string) {
 	if qty != wantQty || events != good {
 		t.Errorf("rollup: quantity %v over %d events, want %v over %d", qty, events, wantQty, good)
 	}
+	if n := count(t, ch, "SELECT uniqExact(plan_id) FROM "+db+".plans_raw"); n != uint64(len(plans)) {
+		t.Errorf("%d plans stored, want %d", n, len(plans))
+	}
+	if n := count(t, ch, planLedger); n != uint64(len(plans)) {
+		t.Errorf("the ledger covers %d plan messages, want exactly %d", n, len(plans))
+	}
+	ddltest.CheckActualsOnce(t, ch, fc, want)
 	// Dead letters may repeat after a crash (the dead-letter topic is at-least-once), but
 	// every malformed message is there, and nothing else.
 	sources := deadLetterSources(t, brokers, "crash.usage.dlq")

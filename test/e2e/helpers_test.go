@@ -2,12 +2,16 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/segmentio/kafka-go"
 
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/connect"
@@ -81,4 +85,29 @@ func deadLetterSources(t *testing.T, brokers []string, topic string) map[string]
 		sources[p+"/"+o] = true
 	}
 	return sources
+}
+
+// planMessages are plans of quantity 1000 for customers c0 to c<customers-1>, one for
+// each period (a date such as 2026-11-01), of product; their fields are id, customer,
+// product, period and qty.
+func planMessages(customers int, product string, periods ...string) []kafka.Message {
+	var out []kafka.Message
+	for c := range customers {
+		for _, p := range periods {
+			out = append(out, kafka.Message{Key: []byte("c" + strconv.Itoa(c)), Value: []byte(fmt.Sprintf(
+				`{"id":"pl-c%d-%s-%s","customer":"c%d","product":%q,"period":%q,"qty":1000}`, c, product, p, c, product, p))})
+		}
+	}
+	return out
+}
+
+// produce writes msgs to topic, keyed to partitions by their keys.
+func produce(t *testing.T, ctx context.Context, brokers []string, topic string, msgs []kafka.Message) {
+	t.Helper()
+	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic, Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll,
+		BatchTimeout: 2 * time.Millisecond}
+	defer w.Close()
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatalf("producing to %s: %v", topic, err)
+	}
 }

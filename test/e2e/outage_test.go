@@ -16,6 +16,7 @@ import (
 
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/connect"
+	"customerloop.dev/customerloop/pipeline/ddl/ddltest"
 	"customerloop.dev/customerloop/pipeline/ingest"
 )
 
@@ -42,7 +43,9 @@ func clickhouseServer(t *testing.T, port int, state string, args ...string) stri
 
 // TestClickHouseOutage stops ClickHouse for 30 s while a worker ingests, then starts it
 // again: the worker must hold back, retry, and land every offset exactly once with no
-// manual step.
+// manual step, and every event must count once in the aggregates: a hand-made
+// materialized view's totals, and per customer, product and month the feedback_actuals
+// rollup, feedback_gaps and the raw usage by event id.
 func TestClickHouseOutage(t *testing.T) {
 	requireStack(t)
 	const total = 40_000
@@ -50,7 +53,8 @@ func TestClickHouseOutage(t *testing.T) {
 	addr := clickhouseServer(t, port, state)
 	t.Cleanup(func() { clickhouseServer(t, port, state, "stop") })
 
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "outage.usage"), kfake.AllowAutoTopicCreation())
+	// The few plans take one partition: more would only slow every rebalance.
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "outage.usage"), kfake.SeedTopics(1, "outage.plans"), kfake.AllowAutoTopicCreation())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,9 +66,14 @@ func TestClickHouseOutage(t *testing.T) {
 		Streams: []pipeline.StreamConfig{{
 			Name: "usage", Kind: pipeline.KindUsage, Topic: "outage.usage", DeadLetterTopic: "outage.usage.dlq",
 			Mapping: pipeline.Mapping{EventID: "id", CustomerID: "customer", Product: "product", Timestamp: "ts", Quantity: "qty"},
+		}, {
+			Name: "plans", Kind: pipeline.KindPlan, Topic: "outage.plans", DeadLetterTopic: "outage.plans.dlq",
+			Mapping: pipeline.Mapping{PlanID: "id", CustomerID: "customer", Product: "product", Period: "period", Quantity: "qty"},
 		}},
 		Batch: pipeline.BatchConfig{MaxRows: 2000, MaxWait: pipeline.Duration{Duration: 200 * time.Millisecond}},
 	}
+	fc := pipeline.FeedbackConfig{Database: cfg.ClickHouse.Database, UsageTable: "usage_raw", PlanTable: "plans_raw", Grain: pipeline.GrainMonth}
+	cfg.Feedback = &fc
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	ch := createSchema(t, cfg)
@@ -72,7 +81,12 @@ func TestClickHouseOutage(t *testing.T) {
 		"AS SELECT customer_id, sum(quantity) AS qty, count() AS events FROM outage.usage_raw GROUP BY customer_id"); err != nil {
 		t.Fatal(err)
 	}
+	ddltest.Feedback(t, ch, cfg, fc)
 	ch.Close()
+	// Plans for a month with usage and for one without, so that feedback_gaps joins
+	// plans to actuals and has cells with a plan alone.
+	plans := planMessages(30, "p1", "2026-11-01", "2026-12-01")
+	produce(t, ctx, cfg.Kafka.Brokers, "outage.plans", plans)
 
 	w, err := ingest.NewWorker(ctx, cfg, testr.New(t), nil)
 	if err != nil {
@@ -83,13 +97,16 @@ func TestClickHouseOutage(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- w.Run(wctx) }()
 
-	wantQty := 0.0
+	wantQty, want := 0.0, ddltest.Actuals{}
 	produced := make(chan error, 1)
 	var msgs []kafka.Message
 	for i := range total {
+		// Three products over two months, so that there are cells to compare.
+		c, p, ts := "c"+strconv.Itoa(i%30), "p"+strconv.Itoa(i%3), 1793449815+3*i
 		wantQty += float64(i%5 + 1)
-		msgs = append(msgs, kafka.Message{Key: []byte("c" + strconv.Itoa(i%30)), Value: []byte(fmt.Sprintf(
-			`{"id":"e%d","customer":"c%d","product":"p","ts":%d,"qty":%d}`, i, i%30, 1793449815+i, i%5+1))})
+		want.Add(fc.Grain, c, p, time.Unix(int64(ts), 0), float64(i%5+1))
+		msgs = append(msgs, kafka.Message{Key: []byte(c), Value: []byte(fmt.Sprintf(
+			`{"id":"e%d","customer":%q,"product":%q,"ts":%d,"qty":%d}`, i, c, p, ts, i%5+1))})
 	}
 	go func() {
 		pw := &kafka.Writer{Addr: kafka.TCP(cfg.Kafka.Brokers...), Topic: "outage.usage", Balancer: &kafka.Hash{},
@@ -120,11 +137,13 @@ func TestClickHouseOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ch.Close()
+	const usageLedger = "SELECT sum(messages) FROM outage.customerloop_ledger WHERE topic = 'outage.usage'"
+	const planLedger = "SELECT sum(messages) FROM outage.customerloop_ledger WHERE topic = 'outage.plans'"
 	deadline := time.Now().Add(2 * time.Minute)
-	for count(t, ch, "SELECT sum(messages) FROM outage.customerloop_ledger") < total {
+	for count(t, ch, usageLedger) < total || count(t, ch, planLedger) < uint64(len(plans)) {
 		if time.Now().After(deadline) {
-			t.Fatalf("the ledger covers %d of %d messages two minutes after ClickHouse came back",
-				count(t, ch, "SELECT sum(messages) FROM outage.customerloop_ledger"), total)
+			t.Fatalf("the ledger covers %d of %d usage messages and %d of %d plans two minutes after ClickHouse came back",
+				count(t, ch, usageLedger), total, count(t, ch, planLedger), len(plans))
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
@@ -138,7 +157,7 @@ func TestClickHouseOutage(t *testing.T) {
 	if n := count(t, ch, "SELECT uniqExact(_partition, _offset) FROM outage.usage_raw"); n != total {
 		t.Errorf("distinct offsets = %d, want %d", n, total)
 	}
-	if n := count(t, ch, "SELECT sum(messages) FROM outage.customerloop_ledger"); n != total {
+	if n := count(t, ch, usageLedger); n != total {
 		t.Errorf("the ledger covers %d messages, want exactly %d", n, total)
 	}
 	var qty float64
@@ -149,4 +168,8 @@ func TestClickHouseOutage(t *testing.T) {
 	if qty != wantQty || events != total {
 		t.Errorf("rollup: quantity %v over %d events, want %v over %d", qty, events, wantQty, total)
 	}
+	if n := count(t, ch, "SELECT uniqExact(plan_id) FROM outage.plans_raw"); n != uint64(len(plans)) {
+		t.Errorf("%d plans stored, want %d", n, len(plans))
+	}
+	ddltest.CheckActualsOnce(t, ch, fc, want)
 }
