@@ -29,6 +29,10 @@ type RollupConfig struct {
 	Dimensions  []string          `json:"dimensions,omitempty"`
 	Granularity RollupGranularity `json:"granularity"`
 	Measures    []MeasureConfig   `json:"measures"`
+	// PointReads orders the rollup's groups by their dimensions before the period, in
+	// small granules, so that reading one customer's groups reads little else. The
+	// feedback's own rollups set it; no spec can.
+	PointReads bool `json:"-"`
 }
 
 // MeasureConfig is one aggregated column of a rollup.

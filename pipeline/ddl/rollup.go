@@ -353,14 +353,25 @@ func planRollup(ch pipeline.ClickHouseConfig, streams []pipeline.StreamConfig, r
 		}
 	}
 
+	if r.PointReads {
+		keys = append(keys[1:], keys[0])
+	}
 	return assembleRollup(ch, r.Name, s, keys, states, read, columns, r.Dimensions), nil
 }
 
-// assembleRollup makes the plan of a rollup of stream s from its group keys (the period
-// first), its state columns and the read view's expressions and column names. dimensions
-// are the rollup's dimensions, for its sharding key on a cluster.
+// assembleRollup makes the plan of a rollup of stream s from its group keys (the table's
+// order: the period, _period, first, or last for point reads), its state columns and the
+// read view's expressions and column names. dimensions are the rollup's dimensions, for
+// its sharding key on a cluster.
 func assembleRollup(ch pipeline.ClickHouseConfig, name string, s pipeline.StreamConfig, keys, states []rollupColumn, read, columns, dimensions []string) RollupPlan {
 	db, period := ch.Database, keys[0]
+	// Groups ordered by customer before the period are read one customer at a time:
+	// granules of 1024 groups instead of 8192 keep such a read to about its own groups.
+	settings := ""
+	if period.Name != "_period" {
+		period = keys[len(keys)-1]
+		settings = "\nSETTINGS index_granularity = 1024"
+	}
 	source := pipeline.QualifiedTable(db, s.Table())
 	sum := sha256.Sum256(mustJSON(struct {
 		Format       int
@@ -389,7 +400,7 @@ func assembleRollup(ch pipeline.ClickHouseConfig, name string, s pipeline.Stream
 	}
 	copy(keyNames, names[:len(keys)])
 	p.createTable = tableStatements(ch, db, p.Table, cols, "AggregatingMergeTree",
-		"PARTITION BY toYYYYMM("+pipeline.QuoteIdent(period.Name)+")\nORDER BY ("+strings.Join(keyNames, ", ")+")",
+		"PARTITION BY toYYYYMM("+pipeline.QuoteIdent(period.Name)+")\nORDER BY ("+strings.Join(keyNames, ", ")+")"+settings,
 		rollupShardKey(dimensions, keyNames))
 	p.selectHead = "SELECT\n    " + strings.Join(exprs, ",\n    ") + "\nFROM " + source + "\n"
 	p.groupBy = "GROUP BY " + strings.Join(keyNames, ", ")
@@ -508,7 +519,7 @@ func feedbackActuals(cfg pipeline.Config) (pipeline.RollupConfig, error) {
 	}
 	return pipeline.RollupConfig{
 		Name: pipeline.FeedbackActualsRollup, Stream: stream, Granularity: g,
-		Dimensions: []string{"customer_id", "product"},
+		Dimensions: []string{"customer_id", "product"}, PointReads: true,
 		Measures: []pipeline.MeasureConfig{
 			{Name: "actual", Function: pipeline.FuncSum, Field: "quantity"},
 			{Name: "events", Function: pipeline.FuncCount},
@@ -542,10 +553,10 @@ func feedbackPlans(cfg pipeline.Config) (RollupPlan, error) {
 	before := "toUInt8(" + index + " - " + submitted + " >= 1)"
 	latest := "tuple(" + pipeline.QuoteIdent("submitted_at") + ", " + pipeline.QuoteIdent("plan_id") + ", " + pipeline.QuoteIdent("_offset") + ")"
 	const by = "Tuple(DateTime, String, Int64)"
-	keys := []rollupColumn{
-		{"_period", "Date", start},
+	keys := []rollupColumn{ // ordered for point reads, as feedback_actuals
 		{"customer_id", "String", pipeline.QuoteIdent("customer_id")},
 		{"product", "String", pipeline.QuoteIdent("product")},
+		{"_period", "Date", start},
 	}
 	states := []rollupColumn{
 		{"_state_planned", "AggregateFunction(argMax, Float64, " + by + ")", "argMaxState(" + pipeline.QuoteIdent("quantity") + ", " + latest + ")"},
