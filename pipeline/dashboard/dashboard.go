@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"golang.org/x/sync/errgroup"
 
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/feedback"
@@ -125,28 +126,32 @@ const LargestGaps = 20
 
 // Load reads a loop's figures.
 func Load(ctx context.Context, ref LoopRef, l Loop) (*Figures, error) {
-	periods, err := feedback.QueryProductPeriods(ctx, l.Conn, l.Database)
-	if err != nil {
-		return nil, err
-	}
-	gaps, err := feedback.QueryLargestGaps(ctx, l.Conn, l.Database, LargestGaps)
-	if err != nil {
-		return nil, err
-	}
-	acc, err := feedback.QueryAccuracy(ctx, l.Conn, l.Database, "")
-	if err != nil {
-		return nil, err
-	}
-	fva, err := feedback.QueryValueAdded(ctx, l.Conn, l.Database, "")
-	if err != nil {
-		return nil, err
-	}
 	limit := l.TrackingLimit
 	if limit == 0 {
 		limit = pipeline.DefaultTrackingSignalLimit
 	}
-	outside, err := feedback.QueryTracking(ctx, l.Conn, l.Database, feedback.TrackingFilter{Outside: limit})
-	if err != nil {
+	// The page's five queries are independent: they run at once, so that the page takes
+	// about as long as the slowest, not their sum.
+	var (
+		periods []feedback.ProductPeriod
+		gaps    []feedback.GapRow
+		acc     []feedback.AccuracyRow
+		fva     []feedback.ValueAddedRow
+		outside []feedback.TrackingRow
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) { periods, err = feedback.QueryProductPeriods(gctx, l.Conn, l.Database); return err })
+	g.Go(func() (err error) {
+		gaps, err = feedback.QueryLargestGaps(gctx, l.Conn, l.Database, LargestGaps)
+		return err
+	})
+	g.Go(func() (err error) { acc, err = feedback.QueryAccuracy(gctx, l.Conn, l.Database, ""); return err })
+	g.Go(func() (err error) { fva, err = feedback.QueryValueAdded(gctx, l.Conn, l.Database, ""); return err })
+	g.Go(func() (err error) {
+		outside, err = feedback.QueryTracking(gctx, l.Conn, l.Database, feedback.TrackingFilter{Outside: limit})
+		return err
+	})
+	if err := g.Wait(); err != nil {
 		return nil, err
 	}
 	f := &Figures{Loop: ref, Database: l.Database, Granularity: l.Grain, GeneratedAt: time.Now().UTC().Truncate(time.Second),

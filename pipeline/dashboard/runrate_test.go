@@ -50,6 +50,20 @@ func TestRunRateInChromium(t *testing.T) {
 	}
 	conn := d.load(t, addr, db)
 	ref := LoopRef{Namespace: "default", Name: "acme"}
+	// A month not begun has no gap to rank: the largest gaps leave it out (its plans
+	// alone would read as gaps of -100%).
+	figs, err := Load(context.Background(), ref, Loop{Conn: conn, Database: db, Grain: pipeline.GrainMonth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range figs.LargestGaps {
+		if !r.Period.Before(next) {
+			t.Errorf("largest gaps list %s of %s, a month not begun", r.Customer, r.Period.Format(time.DateOnly))
+		}
+	}
+	if len(figs.LargestGaps) == 0 {
+		t.Error("no largest gaps at all")
+	}
 	srv := httptest.NewServer(New(StaticSource{ref: {Conn: conn, Database: db, Grain: pipeline.GrainMonth}}, testr.New(t)))
 	defer srv.Close()
 

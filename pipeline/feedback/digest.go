@@ -16,6 +16,7 @@ import (
 
 	"customerloop.dev/customerloop/pipeline"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"golang.org/x/sync/errgroup"
 )
 
 // DigestSchema is the version of the digest message format; it changes only when a
@@ -284,11 +285,12 @@ ORDER BY product, period`
 	return out, tops, rows.Err()
 }
 
-// QueryLargestGaps returns the n rows of the gap view with the largest |gap|, over all
+// QueryLargestGaps returns the n rows of the gap view with the largest |gap| (of periods
+// begun: a period not begun has no actual to compare yet), over all
 // products and periods (ties by period, newest first, then product and customer).
 func QueryLargestGaps(ctx context.Context, conn driver.Conn, db string, n int) ([]GapRow, error) {
 	return queryGapRows(ctx, conn, db, gapRowsSelect+pipeline.QualifiedTable(db, pipeline.ViewGaps)+
-		" WHERE versions > 0 ORDER BY abs(gap) DESC, period DESC, product, customer_id LIMIT "+strconv.Itoa(max(n, 0)))
+		" WHERE versions > 0 AND period <= today() ORDER BY abs(gap) DESC, period DESC, product, customer_id LIMIT "+strconv.Itoa(max(n, 0)))
 }
 
 // AccuracyByProduct folds feedback_accuracy rows into one ProductAccuracy per product.
@@ -339,16 +341,18 @@ func buildDigests(ctx context.Context, conn driver.Conn, cfg pipeline.DigestConf
 	if top == 0 {
 		top = pipeline.DefaultTopCustomers
 	}
-	periods, tops, err := queryProductPeriods(ctx, conn, db, top)
-	if err != nil {
-		return nil, nil, err
-	}
-	accRows, err := QueryAccuracy(ctx, conn, db, "")
-	if err != nil {
-		return nil, nil, err
-	}
-	paths, err := queryTrackingPaths(ctx, conn, db, PeriodStart(g, now))
-	if err != nil {
+	// The three reads are independent: they run at once.
+	var (
+		periods []ProductPeriod
+		tops    map[string]map[time.Time][]CustomerGap
+		accRows []AccuracyRow
+		paths   []trackingPath
+	)
+	eg, gctx := errgroup.WithContext(ctx)
+	eg.Go(func() (err error) { periods, tops, err = queryProductPeriods(gctx, conn, db, top); return err })
+	eg.Go(func() (err error) { accRows, err = QueryAccuracy(gctx, conn, db, ""); return err })
+	eg.Go(func() (err error) { paths, err = queryTrackingPaths(gctx, conn, db, PeriodStart(g, now)); return err })
+	if err := eg.Wait(); err != nil {
 		return nil, nil, err
 	}
 	acc := AccuracyByProduct(accRows)
