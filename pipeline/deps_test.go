@@ -1,7 +1,11 @@
 package pipeline
 
 import (
+	"bytes"
+	"io/fs"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -95,5 +99,44 @@ func TestPlanesImportOneWay(t *testing.T) {
 	}
 	if slices.Contains(planeImports["pipeline/ingest"], "pipeline/feedback") {
 		t.Error("ingestion may not import the feedback plane")
+	}
+}
+
+// TestNoLongHandWrittenFiles keeps every hand-written Go file of the module, tests and
+// generated code aside, at 500 lines or fewer: a file past that holds more than one idea
+// and is split by role.
+func TestNoLongHandWrittenFiles(t *testing.T) {
+	const limit = 500
+	root := ".."
+	seen := 0
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		name := d.Name()
+		if d.IsDir() {
+			if path != root && (strings.HasPrefix(name, ".") || name == "bin" || name == "artifacts" || name == "testdata") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(name, ".go") || strings.HasSuffix(name, "_test.go") || strings.HasPrefix(name, "zz_generated") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		seen++
+		if n := bytes.Count(b, []byte("\n")); n > limit {
+			t.Errorf("%s has %d lines; split it by role (at most %d)", path, n, limit)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen < 50 {
+		t.Fatalf("read %d Go files under %s: not the module", seen, root)
 	}
 }
