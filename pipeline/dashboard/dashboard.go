@@ -130,8 +130,10 @@ func Load(ctx context.Context, ref LoopRef, l Loop) (*Figures, error) {
 	if limit == 0 {
 		limit = pipeline.DefaultTrackingSignalLimit
 	}
-	// The page's five queries are independent: they run at once, so that the page takes
-	// about as long as the slowest, not their sum.
+	// The page's five queries are independent: they run three at a time, so that the
+	// page takes about as long as its slowest pair, not their sum. Three leaves a
+	// connection of the loop's pool (connect.OpenClickHouse opens up to four) to other
+	// requests: a query waiting for a connection fails after the dial timeout.
 	var (
 		periods []feedback.ProductPeriod
 		gaps    []feedback.GapRow
@@ -140,6 +142,7 @@ func Load(ctx context.Context, ref LoopRef, l Loop) (*Figures, error) {
 		outside []feedback.TrackingRow
 	)
 	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(3)
 	g.Go(func() (err error) { periods, err = feedback.QueryProductPeriods(gctx, l.Conn, l.Database); return err })
 	g.Go(func() (err error) {
 		gaps, err = feedback.QueryLargestGaps(gctx, l.Conn, l.Database, LargestGaps)
