@@ -168,22 +168,24 @@ ALL FULL OUTER JOIN
 )` + actualSide + ` USING (customer_id, product, period)`
 }
 
-// PushDownSettings end a query that filters a rollup's read view (CustomerGapsSQL, say):
+// PushDownSettings end a query that filters a rollup's read view (FilteredGapsSQL, say):
 // 18.16 then pushes the condition into the view's GROUP BY, so that only the matching
 // groups are read.
 const PushDownSettings = "SETTINGS enable_optimize_predicate_expression = 1"
 
-// CustomerGapsSQL returns a query of the rows feedback_gaps holds for one customer, which
-// reads only that customer's groups of the two feedback rollups. It takes the customer id
-// twice as arguments (?). The view itself cannot be filtered this cheaply: 18.16 does not
-// push a condition into the subqueries of a join. Run it with PushDownSettings, so
-// that the conditions reach into the rollups' read views, which group by customer.
-func CustomerGapsSQL(cfg pipeline.FeedbackConfig) (string, error) {
+// FilteredGapsSQL returns a query of the rows feedback_gaps holds that match where, a
+// condition on customer_id and product only, with ? for its values: it is applied to the
+// groups of both feedback rollups before they are merged and joined, so only the matching
+// groups are read and aggregated. The caller passes the condition's arguments twice (for
+// the plans, then for the actuals). The view itself cannot be filtered this cheaply:
+// 18.16 does not push a condition into the subqueries of a join. Run it with
+// PushDownSettings, so that the conditions reach into the rollups' read views.
+func FilteredGapsSQL(cfg pipeline.FeedbackConfig, where string) (string, error) {
 	if err := pipeline.ValidIdent(cfg.Database); err != nil {
 		return "", err
 	}
-	plans := pipeline.QualifiedTable(cfg.Database, RollupView(pipeline.FeedbackPlansRollup)) + " WHERE customer_id = ?"
-	actuals := pipeline.QualifiedTable(cfg.Database, RollupView(pipeline.FeedbackActualsRollup)) + " WHERE customer_id = ?"
+	plans := pipeline.QualifiedTable(cfg.Database, RollupView(pipeline.FeedbackPlansRollup)) + " WHERE " + where
+	actuals := pipeline.QualifiedTable(cfg.Database, RollupView(pipeline.FeedbackActualsRollup)) + " WHERE " + where
 	return gapsSQL(cfg, plans, actuals), nil
 }
 

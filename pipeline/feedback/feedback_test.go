@@ -341,8 +341,9 @@ func TestFeedbackViews(t *testing.T) {
 	check("after late events")
 
 	// One customer's rows, read alone, are the view's rows of that customer: also after
-	// a plan id is re-sent under another customer (its latest version moves there), for
-	// customers with no plan or no usage, and for one the loop never saw.
+	// a plan id is re-sent under another customer (another plan: the first stays), for
+	// customers with no plan or no usage, and for one the loop never saw. The same for
+	// one product's rows, and for one customer's rows of one product.
 	moved := versions[1]
 	moved.customer = "c5"
 	planRows = nil
@@ -351,20 +352,28 @@ func TestFeedbackViews(t *testing.T) {
 		t.Fatal(err)
 	}
 	fb := fc
+	var filters []GapFilter
 	for _, c := range []string{"c0", "c1", "c2", "c3", "c4", "c5", versions[1].customer, "nobody"} {
-		whole, err := QueryGaps(ctx, ch, fc.Database, GapFilter{Customer: c})
+		filters = append(filters, GapFilter{Customer: c})
+	}
+	for _, p := range []string{"p0", "p1", "p2", "nothing"} {
+		filters = append(filters, GapFilter{Product: p}, GapFilter{Customer: "c1", Product: p})
+	}
+	for _, f := range filters {
+		whole, err := QueryGaps(ctx, ch, fc.Database, f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		alone, err := QueryGaps(ctx, ch, fc.Database, GapFilter{Customer: c, Feedback: &fb})
+		f.Feedback = &fb
+		alone, err := QueryGaps(ctx, ch, fc.Database, f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c != "nobody" && len(whole) == 0 {
-			t.Errorf("customer %s has no rows in feedback_gaps: the comparison says nothing", c)
+		if f.Customer != "nobody" && f.Product != "nothing" && len(whole) == 0 {
+			t.Errorf("%+v: no rows in feedback_gaps: the comparison says nothing", f)
 		}
 		if !reflect.DeepEqual(whole, alone) {
-			t.Errorf("customer %s: read alone %d rows, the view has %d:\n alone %+v\n view  %+v", c, len(alone), len(whole), alone, whole)
+			t.Errorf("customer %q, product %q: read alone %d rows, the view has %d:\n alone %+v\n view  %+v", f.Customer, f.Product, len(alone), len(whole), alone, whole)
 		}
 	}
 

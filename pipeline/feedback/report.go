@@ -3,6 +3,7 @@ package feedback
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"customerloop.dev/customerloop/pipeline"
@@ -47,9 +48,9 @@ type AccuracyRow struct {
 type GapFilter struct {
 	Product, Customer string
 	From, To          time.Time
-	// Feedback, when set with Customer, is the loop's feedback: the customer's rows are
-	// then read alone (ddl.CustomerGapsSQL) instead of filtered from the whole view, at a
-	// cost that follows that customer's plans and periods.
+	// Feedback, when set with Customer or Product, is the loop's feedback: the customer's
+	// or product's rows are then read alone (ddl.FilteredGapsSQL) instead of filtered
+	// from the whole view, at a cost that follows their own groups.
 	Feedback *pipeline.FeedbackConfig
 }
 
@@ -57,13 +58,21 @@ type GapFilter struct {
 func QueryGaps(ctx context.Context, conn driver.Conn, db string, f GapFilter) ([]GapRow, error) {
 	from, settings := pipeline.QualifiedTable(db, pipeline.ViewGaps), ""
 	var args []any
-	if f.Customer != "" && f.Feedback != nil {
-		body, err := ddl.CustomerGapsSQL(*f.Feedback)
+	if (f.Customer != "" || f.Product != "") && f.Feedback != nil {
+		var conds []string
+		var condArgs []any
+		if f.Customer != "" {
+			conds, condArgs = append(conds, "customer_id = ?"), append(condArgs, f.Customer)
+		}
+		if f.Product != "" {
+			conds, condArgs = append(conds, "product = ?"), append(condArgs, f.Product)
+		}
+		body, err := ddl.FilteredGapsSQL(*f.Feedback, strings.Join(conds, " AND "))
 		if err != nil {
 			return nil, err
 		}
 		from, settings = "(\n"+body+"\n)", " "+ddl.PushDownSettings
-		args = append(args, f.Customer, f.Customer)
+		args = append(append(args, condArgs...), condArgs...)
 	}
 	q := gapRowsSelect + from + " WHERE 1 = 1"
 	if f.Product != "" {

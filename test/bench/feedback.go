@@ -140,6 +140,14 @@ func feedbackSection(ctx context.Context, o options, ch driver.Conn, brokers []s
 			}
 			return err
 		}},
+		// One product's gaps as the report's --product reads them: that product's groups.
+		{"product_gaps", "one product's gaps (ms)", 0, func(ctx context.Context) error {
+			rows, err := feedback.QueryGaps(ctx, ch, db, feedback.GapFilter{Product: "product-3", Feedback: &fc})
+			if err == nil && len(rows) == 0 {
+				err = fmt.Errorf("no gaps of product-3")
+			}
+			return err
+		}},
 		// The same filter on the view, as a product team's own SQL runs it.
 		{"customer_gaps_view", "one customer's gaps through the view (ms)", 0, func(ctx context.Context) error {
 			return drain(ch.Query(ctx, "SELECT * FROM "+pipeline.QualifiedTable(db, pipeline.ViewGaps)+" WHERE customer_id = ?", customer))
