@@ -62,7 +62,22 @@ func DeleteCustomerStatement(ch pipeline.ClickHouseConfig, table string) pipelin
 // The caller stops every writer of the table first, so that no row of the customer is
 // inserted behind the mutation.
 func DeleteCustomer(ctx context.Context, conn driver.Conn, ch pipeline.ClickHouseConfig, table, customer string) (uint64, string, error) {
-	db, stored := ch.Database, ch.StoredTable(table)
+	return deleteCustomer(ctx, conn, ch, table, ch.StoredTable(table), DeleteCustomerStatement(ch, table), customer)
+}
+
+// DeletePublisherCustomer is DeleteCustomer for one of the digest publisher's own tables
+// (its tracking crossings, say), which is one table on a single server and one replica
+// set spanning every node on a cluster: the mutation is issued on the connected node and
+// reaches every replica through the replication log.
+func DeletePublisherCustomer(ctx context.Context, conn driver.Conn, ch pipeline.ClickHouseConfig, table, customer string) (uint64, string, error) {
+	stmt := pipeline.Statement{Object: ch.Database + "." + table,
+		SQL: "ALTER TABLE " + pipeline.QualifiedTable(ch.Database, table) + " DELETE WHERE customer_id = ?"}
+	return deleteCustomer(ctx, conn, ch, table, table, stmt, customer)
+}
+
+// deleteCustomer deletes with stmt from table, whose rows live in stored on each node.
+func deleteCustomer(ctx context.Context, conn driver.Conn, ch pipeline.ClickHouseConfig, table, stored string, stmt pipeline.Statement, customer string) (uint64, string, error) {
+	db := ch.Database
 	var n uint64
 	if err := conn.QueryRow(ctx, "SELECT count() FROM "+pipeline.QualifiedTable(db, table)+" WHERE customer_id = ?", customer).Scan(&n); err != nil {
 		return 0, "", fmt.Errorf("counting a customer's rows in %s: %w", table, err)
@@ -76,7 +91,7 @@ func DeleteCustomer(ctx context.Context, conn driver.Conn, ch pipeline.ClickHous
 	}
 	// A replica that is down has the mutation in its replication log: not waiting for
 	// its DDL answer is right (waitMutations waits for the replicas that answer).
-	if _, err := connect.RunDDL(ctx, conn, DeleteCustomerStatement(ch, table), connect.DDLTimeout, customer); err != nil {
+	if _, err := connect.RunDDL(ctx, conn, stmt, connect.DDLTimeout, customer); err != nil {
 		return 0, "", fmt.Errorf("deleting a customer's rows from %s: %w", table, err)
 	}
 	after, err := mutationIDs(ctx, conn, db, stored)

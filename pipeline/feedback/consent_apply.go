@@ -94,11 +94,15 @@ func ApplyConsent(ctx context.Context, conn driver.Conn, cfg pipeline.Config, pl
 	for _, e := range pending {
 		a := ConsentAudit{Event: e}
 		if e.Err == "" && e.Action == pipeline.ConsentWithdraw {
+			var stored []string // the customer's ids as the withheld streams store them
 			for _, s := range cfg.Streams {
 				if len(e.Scope) > 0 && !slices.Contains(e.Scope, s.Name) || !state.Withheld(s.Name, e.Customer) {
 					continue
 				}
 				customer := cfg.StoredCustomer(s, e.Customer)
+				if !slices.Contains(stored, customer) {
+					stored = append(stored, customer)
+				}
 				n, id, err := ddl.DeleteCustomer(ctx, conn, cfg.ClickHouse, s.Table(), customer)
 				if err != nil {
 					return nil, nil, err
@@ -129,6 +133,11 @@ func ApplyConsent(ctx context.Context, conn driver.Conn, cfg pipeline.Config, pl
 						a.MutationIDs = append(a.MutationIDs, id)
 					}
 				}
+			}
+			// The digest publisher remembers on which side of the tracking band each
+			// customer was: that goes too.
+			if err := deleteTrackingCrossings(ctx, conn, cfg, stored, &a); err != nil {
+				return nil, nil, err
 			}
 		}
 		audits = append(audits, a)
@@ -206,4 +215,35 @@ func ConsentTrail(ctx context.Context, conn driver.Conn, db, customer string) ([
 		}
 	}
 	return out, nil
+}
+
+// deleteTrackingCrossings deletes the customer's rows, under each of its stored ids, from
+// the digest publisher's tracking crossings, when the loop has that table, and adds what
+// it deleted to the audit.
+func deleteTrackingCrossings(ctx context.Context, conn driver.Conn, cfg pipeline.Config, stored []string, a *ConsentAudit) error {
+	if len(stored) == 0 {
+		return nil
+	}
+	db := cfg.ClickHouse.Database
+	var exists uint8
+	if err := conn.QueryRow(ctx, "SELECT count() > 0 FROM system.tables WHERE database = ? AND name = ?", db, pipeline.TrackingTable).Scan(&exists); err != nil {
+		return fmt.Errorf("looking for %s.%s: %w", db, pipeline.TrackingTable, err)
+	}
+	if exists == 0 {
+		return nil
+	}
+	for _, customer := range stored {
+		n, id, err := ddl.DeletePublisherCustomer(ctx, conn, cfg.ClickHouse, pipeline.TrackingTable, customer)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			continue
+		}
+		a.Tables, a.RowsDeleted = append(a.Tables, pipeline.TrackingTable), append(a.RowsDeleted, n)
+		if id != "" {
+			a.MutationIDs = append(a.MutationIDs, id)
+		}
+	}
+	return nil
 }
