@@ -31,29 +31,14 @@ func TestWithdrawalDeletesTrackingCrossings(t *testing.T) {
 	}
 	db := cfg.ClickHouse.Database
 	now := time.Now().UTC().Truncate(time.Second)
-	insert := func(table string, rows ...[]any) {
-		t.Helper()
-		b, err := ch.PrepareBatch(ctx, "INSERT INTO "+pipeline.QualifiedTable(db, table))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range rows {
-			if err := b.Append(r...); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := b.Send(); err != nil {
-			t.Fatal(err)
-		}
-	}
 	signal := 4.5
 	var crossings [][]any
 	for _, c := range []string{"c1", "c1", "c2"} {
 		crossings = append(crossings, []any{cfg.Loop, "p0", c, int8(1), &signal, now, now.UnixNano(), "test", now})
 	}
-	insert(pipeline.TrackingTable, crossings...)
+	ddltest.InsertInto(t, ch, db, pipeline.TrackingTable, crossings...)
 	withdraw := pipeline.ConsentEvent{ID: "wd-1", Customer: "c1", Action: pipeline.ConsentWithdraw, At: now, Received: now, Topic: "consent", Offset: 1}
-	insert(pipeline.ConsentTable, []any{withdraw.ID, withdraw.Customer, withdraw.Action, []string{}, withdraw.At, withdraw.Received, "", withdraw.Topic, int32(0), withdraw.Offset})
+	ddltest.InsertInto(t, ch, db, pipeline.ConsentTable, []any{withdraw.ID, withdraw.Customer, withdraw.Action, []string{}, withdraw.At, withdraw.Received, "", withdraw.Topic, int32(0), withdraw.Offset})
 	plans, err := ddl.PlanRollups(cfg)
 	if err != nil {
 		t.Fatal(err)

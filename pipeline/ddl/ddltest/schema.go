@@ -62,15 +62,25 @@ func Feedback(t testing.TB, ch driver.Conn, cfg pipeline.Config, fc pipeline.Fee
 }
 
 // Insert adds rows, each the values of stream s's columns in order, to the stream's
-// table in one batch (18.16 hangs on INSERT ... VALUES with inline data).
+// table in one batch (ddl.InsertRows; 18.16 hangs on INSERT ... VALUES with inline data).
 func Insert(t testing.TB, ch driver.Conn, db string, s pipeline.StreamConfig, rows ...[]any) {
 	t.Helper()
-	b, err := ch.PrepareBatch(context.Background(), ddl.InsertSQL(db, s))
+	if err := ddl.InsertRows(context.Background(), ch, db, s, rows); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// InsertInto adds rows, each the values of the table's columns in order, to any table
+// of db in one batch: the loop's own tables beside the streams'.
+func InsertInto(t testing.TB, ch driver.Conn, db, table string, rows ...[]any) {
+	t.Helper()
+	b, err := ch.PrepareBatch(context.Background(), "INSERT INTO "+pipeline.QualifiedTable(db, table))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range rows {
 		if err := b.Append(r...); err != nil {
+			_ = b.Abort()
 			t.Fatal(err)
 		}
 	}
