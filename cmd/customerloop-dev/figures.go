@@ -268,13 +268,22 @@ func (d *devStack) publishDigests(ctx context.Context) error {
 		case <-time.After(time.Second):
 		}
 	}
-	loop := &loopsv1alpha1.CustomerLoop{}
-	if err := d.k8s.Get(ctx, types.NamespacedName{Namespace: d.loop.Namespace, Name: d.loop.Name}, loop); err != nil {
-		return err
-	}
-	fs := loop.Status.Feedback
-	if fs == nil || fs.DigestsPublished == 0 {
-		return fmt.Errorf("the loop's status reports no digests published")
+	// The status records a round at the loop's next reconcile, which can come a moment
+	// after the digests reach the topic.
+	var fs *loopsv1alpha1.FeedbackStatus
+	for {
+		loop := &loopsv1alpha1.CustomerLoop{}
+		if err := d.k8s.Get(ctx, types.NamespacedName{Namespace: d.loop.Namespace, Name: d.loop.Name}, loop); err != nil {
+			return err
+		}
+		if fs = loop.Status.Feedback; fs != nil && fs.DigestsPublished > 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the loop's status reports no digests published within %s, though %s holds them", d.o.timeout, topic)
+		case <-time.After(time.Second):
+		}
 	}
 	step("The manager published %d digests to %s (every product and period current); status: last period %s, %d customers with plans, WAPE %s",
 		fs.DigestsPublished, topic, fs.LastPublishedPeriod, fs.CustomersWithPlans, fs.WAPE)
