@@ -12,6 +12,7 @@ import (
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/pipeline/dashboard"
+	"customerloop.dev/customerloop/pipeline/feedback"
 )
 
 // DashboardSource serves the manager's dashboard: the loops with feedback views, each read
@@ -19,6 +20,9 @@ import (
 // only reads.
 type DashboardSource struct {
 	Client client.Client
+	// Caches, when set, keeps each loop's figures between requests (feedback.Cache), so
+	// that a page reads what changed since the last one; nil reads everything each time.
+	Caches *feedback.Caches
 }
 
 var _ dashboard.Source = DashboardSource{}
@@ -36,6 +40,11 @@ func (s DashboardSource) Loops(ctx context.Context) ([]dashboard.LoopRef, error)
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	names := make([]string, len(out))
+	for i, r := range out {
+		names[i] = r.String()
+	}
+	s.Caches.Retain(names)
 	return out, nil
 }
 
@@ -60,5 +69,5 @@ func (s DashboardSource) Open(ctx context.Context, ref dashboard.LoopRef) (dashb
 	if err != nil {
 		return dashboard.Loop{}, err
 	}
-	return dashboard.Loop{Conn: conn, Database: fc.Database, Grain: fc.Grain, TrackingLimit: fc.TrackingLimit(), Release: func() { _ = conn.Close() }}, nil
+	return dashboard.Loop{Conn: conn, Feedback: *fc, Cache: s.Caches.For(ref.String()), Release: func() { _ = conn.Close() }}, nil
 }

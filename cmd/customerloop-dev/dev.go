@@ -28,6 +28,7 @@ import (
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/pipeline/dashboard"
+	"customerloop.dev/customerloop/pipeline/feedback"
 )
 
 type devOptions struct {
@@ -268,7 +269,7 @@ func (d *devStack) serveDashboard(ctx context.Context) error {
 	// The manager's own dashboard source: the loops with feedback, read with the
 	// credentials their specs name.
 	ref := dashboard.LoopRef{Namespace: d.loop.Namespace, Name: d.loop.Name}
-	src := controllers.DashboardSource{Client: d.k8s}
+	src := controllers.DashboardSource{Client: d.k8s, Caches: &feedback.Caches{}}
 	srv := &http.Server{Handler: dashboard.New(src, ctrl.Log.WithName("dashboard")), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	d.teardown = append(d.teardown, func() { _ = srv.Close() })

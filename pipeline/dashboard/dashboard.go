@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
-	"golang.org/x/sync/errgroup"
 
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/feedback"
@@ -33,12 +32,12 @@ func (r LoopRef) String() string { return r.Namespace + "/" + r.Name }
 
 // Loop is where a loop's feedback views are read.
 type Loop struct {
-	Conn     driver.Conn
-	Database string
-	Grain    pipeline.Grain
-	// TrackingLimit is the loop's tracking signal band (FeedbackConfig.TrackingLimit);
-	// 0 means the default.
-	TrackingLimit float64
+	Conn driver.Conn
+	// Feedback is the loop's feedback (its database, tables, grain and tracking band).
+	Feedback pipeline.FeedbackConfig
+	// Cache, when set, keeps the loop's figures from one request to the next, so that a
+	// page reads only what changed (feedback.Cache); nil reads every period.
+	Cache *feedback.Cache
 	// Release, when set, is called once the request is done with Conn.
 	Release func()
 }
@@ -91,11 +90,16 @@ type Figures struct {
 }
 
 // Tracking is the customers and products whose tracking signal is beyond the loop's
-// band, largest |signal| first.
+// band, largest |signal| first: Count of them, the first TrackingShown in Outside
+// (`customerloop report --view tracking` lists them all).
 type Tracking struct {
 	Limit   float64                `json:"limit"`
+	Count   int                    `json:"count"`
 	Outside []feedback.TrackingRow `json:"outside"`
 }
+
+// TrackingShown is how many customers and products outside the band the page lists.
+const TrackingShown = 50
 
 // ProductSeries is a product's plan against actual, one point per period, oldest first.
 type ProductSeries struct {
@@ -126,50 +130,19 @@ const LargestGaps = 20
 
 // Load reads a loop's figures.
 func Load(ctx context.Context, ref LoopRef, l Loop) (*Figures, error) {
-	limit := l.TrackingLimit
-	if limit == 0 {
-		limit = pipeline.DefaultTrackingSignalLimit
-	}
-	// The page's five queries are independent: they run three at a time, so that the
-	// page takes about as long as its slowest pair, not their sum. Three leaves a
-	// connection of the loop's pool (connect.OpenClickHouse opens up to four) to other
-	// requests: a query waiting for a connection fails after the dial timeout.
-	var (
-		periods []feedback.ProductPeriod
-		gaps    []feedback.GapRow
-		acc     []feedback.AccuracyRow
-		fva     []feedback.ValueAddedRow
-		outside []feedback.TrackingRow
-	)
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(3)
-	g.Go(func() (err error) { periods, err = feedback.QueryProductPeriods(gctx, l.Conn, l.Database); return err })
-	g.Go(func() (err error) {
-		gaps, err = feedback.QueryLargestGaps(gctx, l.Conn, l.Database, LargestGaps)
-		return err
-	})
-	g.Go(func() (err error) { acc, err = feedback.QueryAccuracy(gctx, l.Conn, l.Database, ""); return err })
-	g.Go(func() (err error) { fva, err = feedback.QueryValueAdded(gctx, l.Conn, l.Database, ""); return err })
-	g.Go(func() (err error) {
-		outside, err = feedback.QueryTracking(gctx, l.Conn, l.Database, feedback.TrackingFilter{Outside: limit})
-		return err
-	})
-	if err := g.Wait(); err != nil {
+	limit := l.Feedback.TrackingLimit()
+	snap, err := l.Cache.Read(ctx, l.Conn, l.Feedback, LargestGaps, time.Now().UTC())
+	if err != nil {
 		return nil, err
 	}
-	f := &Figures{Loop: ref, Database: l.Database, Granularity: l.Grain, GeneratedAt: time.Now().UTC().Truncate(time.Second),
-		LargestGaps: gaps, Accuracy: acc, ValueAdded: fva, Tracking: Tracking{Limit: limit, Outside: outside}}
-	if f.ValueAdded == nil {
-		f.ValueAdded = []feedback.ValueAddedRow{}
-	}
-	if f.Tracking.Outside == nil {
-		f.Tracking.Outside = []feedback.TrackingRow{}
-	}
+	periods := snap.Periods
+	f := &Figures{Loop: ref, Database: l.Feedback.Database, Granularity: l.Feedback.Grain, GeneratedAt: time.Now().UTC().Truncate(time.Second),
+		LargestGaps: snap.LargestGaps(LargestGaps), Accuracy: snap.Accuracy, ValueAdded: snap.ValueAdded,
+		Tracking: Tracking{Limit: limit}}
+	outside := snap.Outside(limit)
+	f.Tracking.Count, f.Tracking.Outside = len(outside), outside[:min(len(outside), TrackingShown)]
 	if f.LargestGaps == nil {
 		f.LargestGaps = []feedback.GapRow{}
-	}
-	if f.Accuracy == nil {
-		f.Accuracy = []feedback.AccuracyRow{}
 	}
 	f.Products = []ProductSeries{}
 	for _, p := range periods { // ordered by product, then period

@@ -103,7 +103,7 @@ func TestDashboardInChromium(t *testing.T) {
 	conn := data.load(t, addr, db)
 
 	ref := LoopRef{Namespace: "default", Name: "acme"}
-	srv := httptest.NewServer(New(StaticSource{ref: {Conn: conn, Database: db, Grain: pipeline.GrainMonth}}, testr.New(t)))
+	srv := httptest.NewServer(New(StaticSource{ref: {Conn: conn, Feedback: feedbackOf(db, 0)}}, testr.New(t)))
 	defer srv.Close()
 
 	dom := browse(t, bin, srv.URL+"/loops/default/acme", "--dump-dom")
@@ -207,7 +207,7 @@ func TestDashboardHTTP(t *testing.T) {
 	data := generate(12)
 	conn := data.load(t, addr, db)
 	ref := LoopRef{Namespace: "team-a", Name: "acme"}
-	srv := httptest.NewServer(New(StaticSource{ref: {Conn: conn, Database: db, Grain: pipeline.GrainMonth}}, testr.New(t)))
+	srv := httptest.NewServer(New(StaticSource{ref: {Conn: conn, Feedback: feedbackOf(db, 0)}}, testr.New(t)))
 	defer srv.Close()
 
 	get := func(path string) (*http.Response, string) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
+	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/ddl/ddltest"
 	"customerloop.dev/customerloop/pipeline/internal/stacktest"
 )
@@ -268,4 +269,12 @@ func (d *dataset) accuracy() []wantAccuracy {
 		return out[i].horizon < out[j].horizon
 	})
 	return out
+}
+
+// feedbackOf is the feedback of the loop dataset.load creates in db, with the tracking
+// band limit (0: the default).
+func feedbackOf(db string, limit float64) pipeline.FeedbackConfig {
+	_, fc := stacktest.FeedbackConfig(db)
+	fc.TrackingSignalLimit = limit
+	return fc
 }

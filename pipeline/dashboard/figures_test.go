@@ -14,7 +14,7 @@ import (
 
 	"github.com/go-logr/logr/testr"
 
-	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/feedback"
 	"customerloop.dev/customerloop/pipeline/internal/stacktest"
 )
 
@@ -122,7 +122,7 @@ func TestDashboardValueAddedAndTracking(t *testing.T) {
 	conn := data.load(t, addr, db)
 	const limit = 1.5
 	ref := LoopRef{Namespace: "team-a", Name: "acme"}
-	srv := httptest.NewServer(New(StaticSource{ref: {Conn: conn, Database: db, Grain: pipeline.GrainMonth, TrackingLimit: limit}}, testr.New(t)))
+	srv := httptest.NewServer(New(StaticSource{ref: {Conn: conn, Feedback: feedbackOf(db, limit), Cache: feedback.NewCache()}}, testr.New(t)))
 	defer srv.Close()
 	get := func(path string) string {
 		t.Helper()

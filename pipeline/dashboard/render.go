@@ -231,7 +231,8 @@ svg text{font-size:11px;fill:#59636e} .planned{stroke:#0969da;stroke-dasharray:6
 
 <h2>Customers outside the tracking signal band</h2>
 <p class="meta">Tracking signal = sum of the errors (actual − the plan made before the period) / their mean absolute value, over the completed periods with such a plan. Beyond ±{{num .Tracking.Limit}}, a customer's plans keep missing one way: below 0, usage falls short of them; above 0, it exceeds them.</p>
-{{if .Tracking.Outside}}<table id="tracking"><tr><th class="l">customer</th><th class="l">product</th><th>periods</th><th>cumulative error</th><th>MAD</th><th>tracking signal</th></tr>
+{{if gt .Tracking.Count (len .Tracking.Outside)}}<p class="meta" id="tracking-count">{{.Tracking.Count}} customers and products are outside the band; the {{len .Tracking.Outside}} with the largest |signal| are shown. <code>customerloop report --view tracking</code> lists them all.</p>
+{{end}}{{if .Tracking.Outside}}<table id="tracking"><tr><th class="l">customer</th><th class="l">product</th><th>periods</th><th>cumulative error</th><th>MAD</th><th>tracking signal</th></tr>
 {{range .Tracking.Outside}}<tr><td class="l">{{.Customer}}</td><td class="l">{{.Product}}</td><td>{{.N}}</td><td>{{qty .CumulativeError}}</td><td>{{qty .MAD}}</td><td>{{qtyp .TrackingSignal}}</td></tr>
 {{end}}</table>{{else}}<p>No customer outside the band.</p>{{end}}
 </body></html>{{end}}

@@ -52,7 +52,7 @@ func TestRunRateInChromium(t *testing.T) {
 	ref := LoopRef{Namespace: "default", Name: "acme"}
 	// A month not begun has no gap to rank: the largest gaps leave it out (its plans
 	// alone would read as gaps of -100%).
-	figs, err := Load(context.Background(), ref, Loop{Conn: conn, Database: db, Grain: pipeline.GrainMonth})
+	figs, err := Load(context.Background(), ref, Loop{Conn: conn, Feedback: feedbackOf(db, 0)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +64,7 @@ func TestRunRateInChromium(t *testing.T) {
 	if len(figs.LargestGaps) == 0 {
 		t.Error("no largest gaps at all")
 	}
-	srv := httptest.NewServer(New(StaticSource{ref: {Conn: conn, Database: db, Grain: pipeline.GrainMonth}}, testr.New(t)))
+	srv := httptest.NewServer(New(StaticSource{ref: {Conn: conn, Feedback: feedbackOf(db, 0)}}, testr.New(t)))
 	defer srv.Close()
 
 	// The projection falls as the month goes on: what the page shows lies between the

@@ -65,7 +65,7 @@ FROM ` + view(RollupView(pipeline.FeedbackActualsRollup)),
     if(sum(a) > 0, sum(abs(p - a)) / sum(a), NULL) AS wape
 FROM
 (
-    ` + accuracyPointsSQL(cfg, "    ") + `
+    ` + accuracyPointsSQL(cfg, "    ", "") + `
 )` + planSide + `
 ALL LEFT JOIN
 (
@@ -114,20 +114,37 @@ FROM
 // the latest plan version submitted at that horizon (highest submitted_at, ties by plan
 // id, then a re-sent id's later offset), as p. Each version counts at its own horizon,
 // so a plan revised under the same id is still seen as it stood further ahead. indent
-// starts every line after the first.
-func accuracyPointsSQL(cfg pipeline.FeedbackConfig, indent string) string {
+// starts every line after the first. where, when set, is a condition on the plan
+// table's own columns that only the plans read must meet.
+func accuracyPointsSQL(cfg pipeline.FeedbackConfig, indent, where string) string {
 	current, _ := cfg.Grain.PeriodSQL("now()", false)
 	planPeriod, planIndex := cfg.Grain.PeriodSQL("period", true)
 	_, submittedIndex := cfg.Grain.PeriodSQL("submitted_at", false)
+	if where != "" {
+		where = "\n    WHERE " + where
+	}
 	return strings.ReplaceAll(`SELECT customer_id, product, p_period AS period, horizon, argMax(quantity, (submitted_at, plan_id, _offset)) AS p
 FROM
 (
     SELECT customer_id, product, `+planPeriod+` AS p_period, `+planIndex+` - `+submittedIndex+` AS horizon,
         quantity, submitted_at, plan_id, _offset
-    FROM `+pipeline.QualifiedTable(cfg.Database, cfg.PlanTable)+`
+    FROM `+pipeline.QualifiedTable(cfg.Database, cfg.PlanTable)+where+`
 )
 WHERE horizon >= 0 AND p_period < `+current+`
 GROUP BY customer_id, product, p_period, horizon`, "\n", "\n"+indent)
+}
+
+// AccuracyPointsSQL returns a query of feedback_accuracy's points (customer_id, product,
+// period, horizon, p) of the plans that meet where, a condition on the plan table's own
+// columns with ? for its values (a range of its period, say, which then reads only the
+// partitions that hold it).
+func AccuracyPointsSQL(cfg pipeline.FeedbackConfig, where string) (string, error) {
+	for _, n := range []string{cfg.Database, cfg.PlanTable} {
+		if err := pipeline.ValidIdent(n); err != nil {
+			return "", err
+		}
+	}
+	return accuracyPointsSQL(cfg, "", where), nil
 }
 
 // gapsSQL is the body of feedback_gaps over the given plans and actuals per customer,

@@ -29,7 +29,7 @@ FROM
     SELECT customer_id, product, period, horizon, p, a, ` + previous + ` AS previous
     FROM
     (
-        ` + accuracyPointsSQL(cfg, "        ") + `
+        ` + accuracyPointsSQL(cfg, "        ", "") + `
     )` + planSide + `
     ALL LEFT JOIN
     (

@@ -16,7 +16,6 @@ import (
 
 	"customerloop.dev/customerloop/pipeline"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
-	"golang.org/x/sync/errgroup"
 )
 
 // DigestSchema is the version of the digest message format; it changes only when a
@@ -203,22 +202,23 @@ type ProductPeriod struct {
 
 // QueryProductPeriods sums the loop's gap view per product and period, in that order.
 func QueryProductPeriods(ctx context.Context, conn driver.Conn, db string) ([]ProductPeriod, error) {
-	out, _, err := queryProductPeriods(ctx, conn, db, 0)
+	out, _, err := queryProductPeriods(ctx, conn, db, pipeline.QualifiedTable(db, pipeline.ViewGaps), nil, 0, "")
 	return out, err
 }
 
-// queryProductPeriods sums the loop's gap view per product and period, in that order,
-// and, with top > 0, also returns per product and period the top customers with a plan
+// queryProductPeriods sums the rows of feedback_gaps that from holds (the view, or a
+// subquery of its rows, with args) per product and period, in that order, and, with
+// top > 0, also returns per product and period the top rows of customers with a plan
 // whose |gap| is largest (ties by customer id), keyed by product and period start: one
-// pass over the view for both.
-func queryProductPeriods(ctx context.Context, conn driver.Conn, db string, top int) ([]ProductPeriod, map[string]map[time.Time][]CustomerGap, error) {
+// pass for both. settings, when set, ends the query.
+func queryProductPeriods(ctx context.Context, conn driver.Conn, db, from string, args []any, top int, settings string) ([]ProductPeriod, map[string]map[time.Time][]GapRow, error) {
 	topColumn := ""
 	if top > 0 {
-		// Each group's customers with plans as (customer, planned, actual, gap, gap ratio),
-		// largest |gap| first.
+		// Each group's customers with plans as their gap rows, largest |gap| first.
 		topColumn = `,
-    arraySlice(arraySort(x -> (-abs(tupleElement(x, 4)), tupleElement(x, 1)),
-        groupArrayIf((customer_id, assumeNotNull(planned_latest), actual, assumeNotNull(gap), gap_ratio), versions > 0)), 1, ` + strconv.Itoa(top) + `) AS top`
+    arraySlice(arraySort(x -> (-abs(tupleElement(x, 7)), tupleElement(x, 1)),
+        groupArrayIf((customer_id, assumeNotNull(planned_latest), planned_at_start, versions, actual, events, assumeNotNull(gap),
+            gap_ratio, consumed_share, projected, projected_gap), versions > 0)), 1, ` + strconv.Itoa(top) + `) AS top`
 	}
 	q := `SELECT product, period,
     countIf(versions > 0) AS planners,
@@ -230,16 +230,16 @@ func queryProductPeriods(ctx context.Context, conn driver.Conn, db string, top i
     period <= today() AS begun,
     countIf(projected IS NOT NULL AND versions > 0) AS projecting,
     sumIf(ifNull(projected, 0), versions > 0) AS projected_planned` + topColumn + `
-FROM ` + pipeline.QualifiedTable(db, pipeline.ViewGaps) + `
+FROM ` + from + `
 GROUP BY product, period
-ORDER BY product, period`
-	rows, err := conn.Query(ctx, q)
+ORDER BY product, period` + settings
+	rows, err := conn.Query(ctx, q, args...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading %s.%s: %w", db, pipeline.ViewGaps, err)
 	}
 	defer rows.Close()
 	var out []ProductPeriod
-	tops := map[string]map[time.Time][]CustomerGap{}
+	tops := map[string]map[time.Time][]GapRow{}
 	for rows.Next() {
 		var (
 			r                 ProductPeriod
@@ -272,17 +272,23 @@ ORDER BY product, period`
 		}
 		out = append(out, r)
 		for _, t := range topRows {
-			g := CustomerGap{Customer: t[0].(string), PlannedLatest: t[1].(float64), Actual: t[2].(float64), Gap: t[3].(float64)}
-			if ratio, ok := t[4].(*float64); ok {
-				g.GapRatio = ratio
-			}
+			pl, gap := t[1].(float64), t[6].(float64)
+			g := GapRow{Customer: t[0].(string), Product: r.Product, Period: r.Period, PlannedLatest: &pl, PlannedAtStart: nullable(t[2]),
+				Versions: t[3].(uint64), Actual: t[4].(float64), Events: t[5].(uint64), Gap: &gap, GapRatio: nullable(t[7]),
+				ConsumedShare: nullable(t[8]), Projected: nullable(t[9]), ProjectedGap: nullable(t[10])}
 			if tops[r.Product] == nil {
-				tops[r.Product] = map[time.Time][]CustomerGap{}
+				tops[r.Product] = map[time.Time][]GapRow{}
 			}
 			tops[r.Product][r.Period] = append(tops[r.Product][r.Period], g)
 		}
 	}
 	return out, tops, rows.Err()
+}
+
+// nullable is a Nullable(Float64) element of a tuple.
+func nullable(v any) *float64 {
+	p, _ := v.(*float64)
+	return p
 }
 
 // QueryLargestGaps returns the n rows of the gap view with the largest |gap| (of periods
@@ -329,32 +335,24 @@ func AccuracyByProduct(rows []AccuracyRow) map[string]*ProductAccuracy {
 // BuildDigests reads the loop's feedback views and returns a digest per product and
 // period, without Version and PublishedAt. now decides which periods are complete.
 func BuildDigests(ctx context.Context, conn driver.Conn, cfg pipeline.DigestConfig, now time.Time) ([]Digest, error) {
-	digests, _, err := buildDigests(ctx, conn, cfg, now)
+	digests, _, err := buildDigests(ctx, conn, cfg, now, nil)
 	return digests, err
 }
 
-// buildDigests is BuildDigests, also returning the customers' tracking signals period
-// after period, which the digests of complete periods are made from.
-func buildDigests(ctx context.Context, conn driver.Conn, cfg pipeline.DigestConfig, now time.Time) ([]Digest, []trackingPath, error) {
-	db, g := cfg.Feedback.Database, cfg.Feedback.Grain
+// buildDigests is BuildDigests, also returning the snapshot it was made from (with the
+// customers' tracking signals period after period). It reads the
+// figures through cache (which may be nil).
+func buildDigests(ctx context.Context, conn driver.Conn, cfg pipeline.DigestConfig, now time.Time, cache *Cache) ([]Digest, *Snapshot, error) {
+	g := cfg.Feedback.Grain
 	top := cfg.TopCustomers
 	if top == 0 {
 		top = pipeline.DefaultTopCustomers
 	}
-	// The three reads are independent: they run at once.
-	var (
-		periods []ProductPeriod
-		tops    map[string]map[time.Time][]CustomerGap
-		accRows []AccuracyRow
-		paths   []trackingPath
-	)
-	eg, gctx := errgroup.WithContext(ctx)
-	eg.Go(func() (err error) { periods, tops, err = queryProductPeriods(gctx, conn, db, top); return err })
-	eg.Go(func() (err error) { accRows, err = QueryAccuracy(gctx, conn, db, ""); return err })
-	eg.Go(func() (err error) { paths, err = queryTrackingPaths(gctx, conn, db, PeriodStart(g, now)); return err })
-	if err := eg.Wait(); err != nil {
+	snap, err := cache.Read(ctx, conn, cfg.Feedback, top, now)
+	if err != nil {
 		return nil, nil, err
 	}
+	periods, tops, accRows := snap.Periods, snap.tops, snap.Accuracy
 	acc := AccuracyByProduct(accRows)
 	out := make([]Digest, 0, len(periods))
 	for _, pp := range periods {
@@ -394,14 +392,14 @@ func buildDigests(ctx context.Context, conn driver.Conn, cfg pipeline.DigestConf
 		}
 		var outside uint64
 		if d.Complete {
-			d.Tracking = trackingAsOf(paths, pp.Product, pp.Period, cfg.Feedback.TrackingLimit(), top)
+			d.Tracking = snap.trackingAsOf(pp.Product, pp.Period, cfg.Feedback.TrackingLimit(), top)
 			outside = d.Tracking.Outside
 		}
 		d.Flagged = flagged(cfg.Threshold, d.Complete, underWay, elapsed, d.GapRatio, d.ProjectedGapRatio, outside)
 		d.gapFlagged = cfg.Threshold != nil && gapFlagged(*cfg.Threshold, d.Complete, underWay, elapsed, d.GapRatio, d.ProjectedGapRatio)
 		out = append(out, d)
 	}
-	return out, paths, nil
+	return out, snap, nil
 }
 
 // flagged is the digests' flag rule: a complete period with customers outside the

@@ -325,6 +325,12 @@ func checkValueAdded(t *testing.T, ctx context.Context, ch driver.Conn, db strin
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkValueAddedRows(t, rows, want)
+}
+
+// checkValueAddedRows compares feedback_value_added's rows (or a snapshot's) with want.
+func checkValueAddedRows(t *testing.T, rows []ValueAddedRow, want map[fvaKey]*fvaRow) {
+	t.Helper()
 	var nullWAPE, beaten, beating bool
 	for _, r := range rows {
 		w := want[fvaKey{r.Product, int(r.Horizon)}]
@@ -355,6 +361,12 @@ func checkTracking(t *testing.T, ctx context.Context, ch driver.Conn, db string,
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkTrackingRows(t, rows, want)
+}
+
+// checkTrackingRows compares feedback_tracking's rows (or a snapshot's) with want.
+func checkTrackingRows(t *testing.T, rows []TrackingRow, want map[trackKey]*trackRow) {
+	t.Helper()
 	for _, r := range rows {
 		w := want[trackKey{r.Customer, r.Product}]
 		if w == nil {

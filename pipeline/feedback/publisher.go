@@ -62,6 +62,11 @@ type Publisher struct {
 	log    logr.Logger
 	now    func() time.Time
 	table  bool // the digest table exists
+	// cache keeps the figures of the periods whose data did not change since the last
+	// round, so that a round reads the period under way and what changed.
+	cache *Cache
+	// crossed is the snapshot's pathsKey at the last round that recorded the crossings.
+	crossed string
 }
 
 // NewPublisher validates the config and prepares the Kafka writer. conn is the loop's
@@ -85,7 +90,7 @@ func NewPublisher(cfg pipeline.DigestConfig, conn driver.Conn, log logr.Logger) 
 		// The feedback topic is created on demand where the broker allows it.
 		AllowAutoTopicCreation: true,
 	}
-	return &Publisher{cfg: cfg, ch: conn, writer: w, log: log, now: time.Now}, nil
+	return &Publisher{cfg: cfg, ch: conn, writer: w, log: log, now: time.Now, cache: NewCache()}, nil
 }
 
 // Close flushes and closes the Kafka writer.
@@ -119,7 +124,7 @@ func (p *Publisher) PublishOnce(ctx context.Context) (PublishResult, error) {
 		p.table = true
 	}
 	now := p.now().UTC()
-	digests, paths, err := buildDigests(ctx, p.ch, p.cfg, now)
+	digests, snap, err := buildDigests(ctx, p.ch, p.cfg, now, p.cache)
 	if err != nil {
 		return PublishResult{}, err
 	}
@@ -190,8 +195,13 @@ func (p *Publisher) PublishOnce(ctx context.Context) (PublishResult, error) {
 	}
 	// After the digests, which carry the same customers: a round whose digests could not
 	// be sent announces its crossings in the next round that could.
-	if res.Crossings, err = p.trackCrossings(ctx, paths, now); err != nil {
-		return res, err
+	// The crossings follow the tracking paths alone: paths made from the same complete
+	// periods as at the last round that recorded them cross nothing new.
+	if snap.pathsKey == "" || snap.pathsKey != p.crossed {
+		if res.Crossings, err = p.trackCrossings(ctx, snap.paths, now); err != nil {
+			return res, err
+		}
+		p.crossed = snap.pathsKey
 	}
 	if err := p.statusFigures(ctx, &res, digests, now); err != nil {
 		return res, err

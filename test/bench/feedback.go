@@ -72,7 +72,14 @@ type feedbackFigure struct {
 	key, label string
 	targetMs   float64 // 0: none but the growth
 	run        func(ctx context.Context) error
+	// prepare, when set, runs before each attempt, untimed.
+	prepare func(ctx context.Context) error
 }
+
+// fbNewEvents is how many events arrive, in the month under way, before each timed digest
+// round and dashboard page: about what a digest interval brings at a few hundred events
+// a second.
+const fbNewEvents = 20_000
 
 // feedbackGrowthLimit is how much a figure may grow from 10M events to 100M.
 const feedbackGrowthLimit = 1.3
@@ -116,16 +123,26 @@ func feedbackSection(ctx context.Context, o options, ch driver.Conn, brokers []s
 		return nil, err
 	}
 
-	pub, err := feedback.NewPublisher(pipeline.DigestConfig{Loop: cfg.Loop, Kafka: pipeline.KafkaConfig{Brokers: brokers},
-		Topic: "bench.feedback", Feedback: fc, Publisher: "bench"}, ch, logr.Discard())
+	newPublisher := func() (*feedback.Publisher, error) {
+		return feedback.NewPublisher(pipeline.DigestConfig{Loop: cfg.Loop, Kafka: pipeline.KafkaConfig{Brokers: brokers},
+			Topic: "bench.feedback", Feedback: fc, Publisher: "bench"}, ch, logr.Discard())
+	}
+	pub, err := newPublisher()
 	if err != nil {
 		return nil, err
 	}
-	defer pub.Close()
+	defer func() { pub.Close() }()
 	ref := dashboard.LoopRef{Namespace: "bench", Name: "feedback"}
 	// The handler's errors go to the bench's log: a 502's page does not say why.
 	hlog := funcr.New(func(_, args string) { step("dashboard: %.400s", args) }, funcr.Options{})
-	srv := httptest.NewServer(dashboard.New(loopSource{ref: ref, cfg: cfg.ClickHouse, grain: fc.Grain}, hlog))
+	caches := &feedback.Caches{}
+	srv := httptest.NewServer(dashboard.New(loopSource{ref: ref, cfg: cfg.ClickHouse, fc: fc, caches: caches}, hlog))
+	// New usage in the month under way, numbered after the history.
+	var arrived int64
+	arrive := func(ctx context.Context) error {
+		arrived += fbNewEvents
+		return newUsage(ctx, ch, db, 1<<40+arrived, fbNewEvents)
+	}
 	defer srv.Close()
 	page := srv.URL + "/loops/" + ref.Namespace + "/" + ref.Name
 	customer := fbCustomer(42)
@@ -139,7 +156,7 @@ func feedbackSection(ctx context.Context, o options, ch driver.Conn, brokers []s
 				err = fmt.Errorf("no gaps of customer %s", customer)
 			}
 			return err
-		}},
+		}, nil},
 		// One product's gaps as the report's --product reads them: that product's groups.
 		{"product_gaps", "one product's gaps (ms)", 0, func(ctx context.Context) error {
 			rows, err := feedback.QueryGaps(ctx, ch, db, feedback.GapFilter{Product: "product-3", Feedback: &fc})
@@ -147,21 +164,34 @@ func feedbackSection(ctx context.Context, o options, ch driver.Conn, brokers []s
 				err = fmt.Errorf("no gaps of product-3")
 			}
 			return err
-		}},
+		}, nil},
 		// The same filter on the view, as a product team's own SQL runs it.
 		{"customer_gaps_view", "one customer's gaps through the view (ms)", 0, func(ctx context.Context) error {
 			return drain(ch.Query(ctx, "SELECT * FROM "+pipeline.QualifiedTable(db, pipeline.ViewGaps)+" WHERE customer_id = ?", customer))
-		}},
-		{"digest_round", "a digest round, nothing changed (ms)", 500, func(ctx context.Context) error {
+		}, nil},
+		// A round as the manager runs it every interval: new usage arrived since the last.
+		{"digest_round", fmt.Sprintf("a digest round after %d new events (ms)", fbNewEvents), 500, func(ctx context.Context) error {
 			_, err := pub.PublishOnce(ctx)
+			return err
+		}, arrive},
+		// The first round of a publisher that keeps nothing yet (a manager restarted).
+		{"digest_round_cold", "a digest round from nothing, as after a restart (ms)", 0, func(ctx context.Context) error {
+			_, err := pub.PublishOnce(ctx)
+			return err
+		}, func(context.Context) error {
+			pub.Close()
+			pub, err = newPublisher()
 			return err
 		}},
 		{"accuracy", "feedback_accuracy (ms)", 0, func(ctx context.Context) error {
 			return drain(ch.Query(ctx, "SELECT * FROM "+pipeline.QualifiedTable(db, pipeline.ViewAccuracy)))
-		}},
-		{"dashboard", "the dashboard page over HTTP (ms)", 300, func(ctx context.Context) error {
+		}, nil},
+		{"dashboard", fmt.Sprintf("the dashboard page over HTTP after %d new events (ms)", fbNewEvents), 300, func(ctx context.Context) error {
 			return getPage(ctx, page)
-		}},
+		}, arrive},
+		{"dashboard_cold", "the dashboard page from nothing, as after a restart (ms)", 0, func(ctx context.Context) error {
+			return getPage(ctx, page)
+		}, func(context.Context) error { caches.Retain(nil); return nil }},
 	}
 	got := make([][]timing, len(figs)) // [figure][size]
 	var extra []figure
@@ -182,7 +212,7 @@ func feedbackSection(ctx context.Context, o options, ch driver.Conn, brokers []s
 		extra = append(extra, figure{key: "feedback_load_s_" + sz.suffix, label: "loading the history to " + sz.suffix + " events (s)", value: loadS},
 			figure{key: "feedback_usage_parts_" + sz.suffix, label: "usage_raw active parts at " + sz.suffix, value: float64(parts)})
 		for i, f := range figs {
-			t := timed(ctx, f.run)
+			t := timed(ctx, f.run, f.prepare)
 			if t.err != nil {
 				if ctx.Err() != nil {
 					return nil, fmt.Errorf("feedback %s at %s: %w", f.key, sz.suffix, t.err)
@@ -206,10 +236,16 @@ type timing struct {
 	err error
 }
 
-// timed runs f once to warm up, then three times, and returns the milliseconds.
-func timed(ctx context.Context, f func(context.Context) error) timing {
+// timed runs f once to warm up, then three times, and returns the milliseconds; prepare,
+// when set, runs before each, untimed.
+func timed(ctx context.Context, f, prepare func(context.Context) error) timing {
 	var ms []float64
 	for i := range 4 {
+		if prepare != nil {
+			if err := prepare(ctx); err != nil {
+				return timing{err: err}
+			}
+		}
 		t0 := time.Now()
 		err := f(ctx)
 		took := float64(time.Since(t0).Microseconds()) / 1000
@@ -337,6 +373,24 @@ FROM (SELECT number + %d AS n, intHash64(number + %d) AS h FROM numbers(%d))`,
 	return nil
 }
 
+// newUsage writes n usage events numbered from `from`, spread over the customers and
+// products, in the month under way up to now.
+func newUsage(ctx context.Context, ch driver.Conn, db string, from, n int64) error {
+	now := time.Now().UTC()
+	start := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
+	q := fmt.Sprintf(`INSERT INTO %s (event_id, customer_id, product, ts, quantity, _topic, _partition, _offset, _ingested_at, _produced_at_ms)
+SELECT concat('evt-', toString(n)), concat('customer-', toString(10000 + h %% %d)), concat('product-', toString(intDiv(h, %d) %% %d)),
+    toDateTime(%d + intHash32(n) %% %d), toFloat64(1 + intDiv(h, %d) %% 100),
+    'bench.fb.usage', toInt32(n %% 6), toInt64(n), now(), toInt64(0)
+FROM (SELECT number + %d AS n, intHash64(number + %d) AS h FROM numbers(%d))`,
+		pipeline.QualifiedTable(db, "usage_raw"), fbCustomers, fbCustomers, fbProducts,
+		start.Unix(), max(now.Unix()-start.Unix(), 1), fbCustomers*fbProducts, from, from, n)
+	if err := ch.Exec(ctx, q); err != nil {
+		return fmt.Errorf("new usage events: %w", err)
+	}
+	return nil
+}
+
 // settleParts waits, up to limit, until the server merges nothing, and returns the
 // number of active parts of the usage table.
 func settleParts(ctx context.Context, ch driver.Conn, db string, limit time.Duration) uint64 {
@@ -393,9 +447,10 @@ func getPage(ctx context.Context, url string) error {
 // loopSource is the dashboard's source for one loop, opening a connection per request
 // and closing it after, as the manager's source does with the loop's credentials.
 type loopSource struct {
-	ref   dashboard.LoopRef
-	cfg   pipeline.ClickHouseConfig
-	grain pipeline.Grain
+	ref    dashboard.LoopRef
+	cfg    pipeline.ClickHouseConfig
+	fc     pipeline.FeedbackConfig
+	caches *feedback.Caches
 }
 
 func (s loopSource) Loops(context.Context) ([]dashboard.LoopRef, error) {
@@ -410,5 +465,5 @@ func (s loopSource) Open(ctx context.Context, ref dashboard.LoopRef) (dashboard.
 	if err != nil {
 		return dashboard.Loop{}, err
 	}
-	return dashboard.Loop{Conn: conn, Database: s.cfg.Database, Grain: s.grain, Release: func() { _ = conn.Close() }}, nil
+	return dashboard.Loop{Conn: conn, Feedback: s.fc, Cache: s.caches.For(ref.String()), Release: func() { _ = conn.Close() }}, nil
 }

@@ -28,6 +28,7 @@ import (
 	"customerloop.dev/customerloop/controllers"
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/dashboard"
+	"customerloop.dev/customerloop/pipeline/feedback"
 	"customerloop.dev/customerloop/pipeline/ingest"
 )
 
@@ -121,7 +122,7 @@ func NewManager(ctx context.Context, restCfg *rest.Config, o ManagerOptions) (ct
 	}
 	if o.DashboardAddr != "" && o.DashboardAddr != "0" {
 		log := o.Log.WithName("dashboard")
-		h, err := DashboardHandler(mgr, controllers.DashboardSource{Client: mgr.GetClient()}, o.DashboardAuth, log)
+		h, err := DashboardHandler(mgr, controllers.DashboardSource{Client: mgr.GetClient(), Caches: &feedback.Caches{}}, o.DashboardAuth, log)
 		if err != nil {
 			return nil, err
 		}
