@@ -39,6 +39,7 @@ type DimensionType string
 // +kubebuilder:validation:XValidation:rule="!has(self.rollups) || self.rollups.all(r, self.streams.exists(s, s.name == r.stream))",message="a rollup's stream must name a stream in spec.streams"
 // +kubebuilder:validation:XValidation:rule="!has(self.rollups) || self.rollups.all(r, r.granularity != 'Hour' || self.streams.exists(s, s.name == r.stream && s.kind == 'Usage'))",message="granularity Hour needs a Usage stream: a Plan stream's periods are days"
 // +kubebuilder:validation:XValidation:rule="!has(self.feedback) || !has(self.rollups) || self.rollups.all(r, r.name != 'feedback_actuals' && r.name != 'feedback_plans')",message="with feedback, the rollup names feedback_actuals and feedback_plans are taken by the feedback's own aggregates: choose another"
+// +kubebuilder:validation:XValidation:rule="!has(self.customerChannel) || has(self.feedback)",message="customerChannel needs feedback: a customer's statement is made of the feedback figures"
 // +kubebuilder:validation:XValidation:rule="!has(self.consent) || self.streams.all(s, s.topic != self.consent.topic && (!has(s.deadLetterTopic) || s.deadLetterTopic != self.consent.topic))",message="consent.topic must not be the topic or dead-letter topic of a stream"
 // +kubebuilder:validation:XValidation:rule="has(self.privacy) || self.streams.all(s, (!has(s.pii) || (!has(s.pii.customerId) && !has(s.pii.id))) && (!has(s.dimensions) || s.dimensions.all(d, !has(d.pii) || d.pii != 'Hash')))",message="pii Hash needs privacy.hmacKeySecretRef: the key the fields are hashed with"
 type CustomerLoopSpec struct {
@@ -77,6 +78,11 @@ type CustomerLoopSpec struct {
 	// storage of their data, per stream.
 	// +optional
 	Consent *ConsentSpec `json:"consent,omitempty"`
+
+	// customerChannel opens each customer's own figures to them on the manager's
+	// customer API, and lets them answer with revised plans. It needs feedback.
+	// +optional
+	CustomerChannel *CustomerChannelSpec `json:"customerChannel,omitempty"`
 
 	// workers run the loop's ingestion.
 	// +optional

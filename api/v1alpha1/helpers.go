@@ -133,6 +133,9 @@ func (l *CustomerLoop) SecretNames() []string {
 	if s := l.Spec.Kafka.SASL; s != nil {
 		names = append(names, s.CredentialsSecretRef.Name)
 	}
+	if c := l.Spec.CustomerChannel; c != nil {
+		names = append(names, c.TokensSecretRef.Name)
+	}
 	if p := l.Spec.Privacy; p != nil {
 		names = append(names, p.HMACKeySecretRef.Name)
 	}

@@ -18,6 +18,7 @@ import (
 func newManagerCommand() *cobra.Command {
 	var (
 		runner, workerImage, metricsAddr, probeAddr, workerResources, dashboardAddr, metricsCertDir string
+		customerAPIAddr, customerAPICertDir                                                         string
 		watchNamespaces                                                                             []string
 		leaderElect, metricsSecure, dashboardAuth                                                   bool
 		logs                                                                                        logFlags
@@ -47,7 +48,7 @@ func newManagerCommand() *cobra.Command {
 			mgr, err := cli.NewManager(ctx, restCfg, cli.ManagerOptions{
 				Runner: runner, WorkerImage: workerImage, MetricsAddr: metricsAddr, ProbeAddr: probeAddr, LeaderElect: leaderElect, Log: log,
 				MetricsSecure: metricsSecure, MetricsCertDir: metricsCertDir,
-				DashboardAddr: dashboardAddr, DashboardAuth: dashboardAuth, WorkerResources: resources, Batch: batch, WatchNamespaces: watchNamespaces,
+				DashboardAddr: dashboardAddr, DashboardAuth: dashboardAuth, CustomerAPIAddr: customerAPIAddr, CustomerAPICertDir: customerAPICertDir, WorkerResources: resources, Batch: batch, WatchNamespaces: watchNamespaces,
 			})
 			if err != nil {
 				return err
@@ -76,6 +77,8 @@ func newManagerCommand() *cobra.Command {
 	fs.DurationVar(&batch.MaxWait.Duration, "worker-batch-max-wait", 0, "longest a message waits for its batch in loops that set no spec.workers.batch.maxWait (0: the pipeline's default, 1s)")
 	fs.StringVar(&dashboardAddr, "dashboard-bind-address", ":8082", "address of the read-only plan-against-actual dashboard, served by every replica; 0 disables it")
 	fs.BoolVar(&dashboardAuth, "dashboard-auth", true, cli.DashboardAuthUsage)
+	fs.StringVar(&customerAPIAddr, "customer-api-bind-address", ":8083", "address of the customers' own API (loops with spec.customerChannel), served by every replica; 0 disables it")
+	fs.StringVar(&customerAPICertDir, "customer-api-cert-dir", "", "directory with tls.crt and tls.key (a cert-manager Secret mounted there) to serve the customer API over TLS; read again when they change")
 	fs.StringSliceVar(&watchNamespaces, "watch-namespaces", nil, "namespaces whose CustomerLoops (and their Secrets) the manager watches, comma separated; all when empty. With a list the manager needs to read Secrets only there: the chart then grants it namespaced Roles instead of a cluster-wide rule")
 	return cmd
 }

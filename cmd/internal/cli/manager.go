@@ -6,10 +6,14 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -27,6 +31,7 @@ import (
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/controllers"
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/customer"
 	"customerloop.dev/customerloop/pipeline/dashboard"
 	"customerloop.dev/customerloop/pipeline/feedback"
 	"customerloop.dev/customerloop/pipeline/ingest"
@@ -47,6 +52,12 @@ type ManagerOptions struct {
 	DashboardAddr string
 	// DashboardAuth lets in only readers with a token, each to the loops it may get.
 	DashboardAuth bool
+	// CustomerAPIAddr serves the customers' own API (the loops' customer channels); ""
+	// or "0" does not. CustomerAPICertDir, when set, holds tls.crt and tls.key (a
+	// cert-manager Secret mounted there): the API is then served over TLS, the pair read
+	// again when it changes.
+	CustomerAPIAddr    string
+	CustomerAPICertDir string
 	// WorkerResources are the Deployment runner's default worker resources.
 	WorkerResources corev1.ResourceRequirements
 	Batch           pipeline.BatchConfig
@@ -129,7 +140,18 @@ func NewManager(ctx context.Context, restCfg *rest.Config, o ManagerOptions) (ct
 		if !o.DashboardAuth && !Loopback(o.DashboardAddr) {
 			log.Info("WARNING: the dashboard shows every loop to anyone who reaches the port (--dashboard-auth=false)", "address", o.DashboardAddr)
 		}
-		if err := mgr.Add(&httpRunnable{addr: o.DashboardAddr, handler: h, log: log}); err != nil {
+		if err := mgr.Add(&httpRunnable{name: "dashboard", addr: o.DashboardAddr, handler: h, log: log}); err != nil {
+			return nil, err
+		}
+	}
+	if o.CustomerAPIAddr != "" && o.CustomerAPIAddr != "0" {
+		log := o.Log.WithName("customer-api")
+		src := &controllers.CustomerChannels{Client: mgr.GetClient(), Log: log}
+		if o.CustomerAPICertDir == "" && !Loopback(o.CustomerAPIAddr) {
+			log.Info("WARNING: the customer API is served over plain HTTP: customers' tokens cross the network in clear (--customer-api-cert-dir)", "address", o.CustomerAPIAddr)
+		}
+		if err := mgr.Add(&httpRunnable{name: "customer API", addr: o.CustomerAPIAddr, certDir: o.CustomerAPICertDir,
+			handler: customer.NewServer(src, log), log: log}); err != nil {
 			return nil, err
 		}
 	}
@@ -161,10 +183,13 @@ func NewScheme() (*runtime.Scheme, error) {
 	return scheme, nil
 }
 
-// httpRunnable serves a read-only handler for as long as the manager runs, on every
-// replica: it needs no leader.
+// httpRunnable serves a handler for as long as the manager runs, on every replica: it
+// needs no leader. With certDir it serves TLS with the tls.crt and tls.key found there,
+// read again when either changes (a renewed cert-manager Secret).
 type httpRunnable struct {
+	name    string
 	addr    string
+	certDir string
 	handler http.Handler
 	log     logr.Logger
 }
@@ -174,20 +199,64 @@ func (h *httpRunnable) NeedLeaderElection() bool { return false }
 func (h *httpRunnable) Start(ctx context.Context) error {
 	ln, err := net.Listen("tcp", h.addr)
 	if err != nil {
-		return fmt.Errorf("dashboard: %w", err)
+		return fmt.Errorf("%s: %w", h.name, err)
 	}
-	srv := &http.Server{Handler: h.handler, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h.handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+	if h.certDir != "" {
+		certs := &certReloader{dir: h.certDir}
+		if _, err := certs.get(nil); err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("%s: %w", h.name, err)
+		}
+		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get}
+		ln = tls.NewListener(ln, srv.TLSConfig)
+	}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	h.log.Info("serving the dashboard", "address", ln.Addr().String())
+	h.log.Info("serving the "+h.name, "address", ln.Addr().String(), "tls", h.certDir != "")
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
+}
+
+// certReloader serves the key pair of a directory, loading it again when either file's
+// modification time changes.
+type certReloader struct {
+	dir   string
+	mu    sync.Mutex
+	mtime [2]time.Time
+	cert  *tls.Certificate
+}
+
+func (c *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	crt, key := filepath.Join(c.dir, "tls.crt"), filepath.Join(c.dir, "tls.key")
+	var mt [2]time.Time
+	for i, f := range []string{crt, key} {
+		st, err := os.Stat(f)
+		if err != nil {
+			return nil, fmt.Errorf("the TLS key pair: %w", err)
+		}
+		mt[i] = st.ModTime()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cert != nil && mt == c.mtime {
+		return c.cert, nil
+	}
+	pair, err := tls.LoadX509KeyPair(crt, key)
+	if err != nil {
+		if c.cert != nil {
+			return c.cert, nil // a half-written renewal: keep serving the last pair
+		}
+		return nil, fmt.Errorf("the TLS key pair in %s: %w", c.dir, err)
+	}
+	c.cert, c.mtime = &pair, mt
+	return c.cert, nil
 }
 
 // cacheOptions limits the manager's informers to the watched namespaces, so that it lists

@@ -1,0 +1,61 @@
+package v1alpha1
+
+// CustomerChannelSpec opens each customer's own figures to them, on the manager's
+// customer API: their statement (plan against actual, accuracy by horizon, forecast
+// value added), their consent messages with receipts, and a way to submit revised plans
+// to the loop's plan stream. Every customer authenticates with a token of their own,
+// declared in a Secret by its SHA-256 (docs/customers.md).
+type CustomerChannelSpec struct {
+	// tokensSecretRef names the Secret, in the loop's namespace, that holds the
+	// customers' tokens: one entry per token, {"customer": ..., "sha256": ..., "expires":
+	// ...}, and optionally "signing-key" for short-lived tokens a vendor's portal mints.
+	// A change of the Secret takes effect on the next request.
+	// +required
+	TokensSecretRef ChannelSecretRef `json:"tokensSecretRef"`
+
+	// requestsPerSecond each token may make on average. Defaults to 5.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	RequestsPerSecond int32 `json:"requestsPerSecond,omitempty"`
+
+	// burst is how many requests a token may make at once. Defaults to 20.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10000
+	Burst int32 `json:"burst,omitempty"`
+
+	// acceptPlans lets customers submit plans through the API, produced to the plan
+	// stream's topic with the customer taken from their token. Defaults to true.
+	// +optional
+	AcceptPlans *bool `json:"acceptPlans,omitempty"`
+}
+
+// ChannelSecretRef names a Secret in the loop's namespace.
+type ChannelSecretRef struct {
+	// name of the Secret.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
+	Name string `json:"name"`
+}
+
+// RateOrDefault returns requestsPerSecond, 5 when unset.
+func (c *CustomerChannelSpec) RateOrDefault() int32 {
+	if c.RequestsPerSecond > 0 {
+		return c.RequestsPerSecond
+	}
+	return 5
+}
+
+// BurstOrDefault returns burst, 20 when unset.
+func (c *CustomerChannelSpec) BurstOrDefault() int32 {
+	if c.Burst > 0 {
+		return c.Burst
+	}
+	return 20
+}
+
+// PlansAccepted reports whether customers may submit plans.
+func (c *CustomerChannelSpec) PlansAccepted() bool { return c.AcceptPlans == nil || *c.AcceptPlans }
