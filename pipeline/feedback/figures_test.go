@@ -223,7 +223,11 @@ type fvaRow struct {
 
 // expectedValueAdded builds, per product and horizon, the slices of plans, naive
 // forecasts and actuals of feedback_accuracy's points, and their figures.
-func (d *figData) expectedValueAdded() map[fvaKey]*fvaRow {
+func (d *figData) expectedValueAdded() map[fvaKey]*fvaRow { return d.expectedValueAddedOf("") }
+
+// expectedValueAddedOf is expectedValueAdded over one customer's points only ("": every
+// customer's), as a statement computes them.
+func (d *figData) expectedValueAddedOf(customer string) map[fvaKey]*fvaRow {
 	type point struct {
 		k gapKey
 		h int
@@ -232,7 +236,7 @@ func (d *figData) expectedValueAdded() map[fvaKey]*fvaRow {
 	for _, v := range d.plans {
 		i := d.index(v.period)
 		h := i - d.index(v.submitted)
-		if h < 0 || i >= 0 {
+		if h < 0 || i >= 0 || customer != "" && v.customer != customer {
 			continue
 		}
 		pt := point{gapKey{v.customer, v.product, v.period}, h}
