@@ -49,11 +49,23 @@ type Source interface {
 type Server struct {
 	src Source
 	log logr.Logger
+	// failures limits the failed authentications of each client across every loop, so
+	// that a client guessing tokens gets no fresh budget per loop, and one that names a
+	// loop that does not exist is refused as at a loop that does.
+	failures *Limiter
 }
 
 // NewServer returns a server of the channels src finds.
 func NewServer(src Source, log logr.Logger) *Server {
-	return &Server{src: src, log: log}
+	return &Server{src: src, log: log, failures: NewLimiter(1, 1)}
+}
+
+// LimitFailures sets how many failed authentications per second each client may
+// sustain across the server's loops, in bursts of up to burst (by default
+// DefaultFailureRate and DefaultFailureBurst), and returns s. Call it before serving.
+func (s *Server) LimitFailures(rate float64, burst int) *Server {
+	s.failures.LimitFailures(rate, burst)
+	return s
 }
 
 // label is a Kubernetes namespace or object name as the paths may spell them.
@@ -61,11 +73,6 @@ var label = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 // endpoints are the API's last path segments and their methods.
 var endpoints = map[string]string{"statement": http.MethodGet, "consent": http.MethodGet, "plans": http.MethodPost}
-
-// nobody refuses a request for a loop that is not served exactly as a bad token is.
-var nobody = Authenticated(func() *Registry { return nil }, NewLimiter(1, 1), func(http.ResponseWriter, *http.Request, Principal) {
-	panic("customer: a nil registry authenticated a token")
-})
 
 // ServeHTTP routes the request to its loop.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -95,10 +102,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.log.Error(err, "customer channel: finding the loop", "loop", parts[3]+"/"+parts[4])
 	}
 	if err != nil || ch == nil {
-		nobody.ServeHTTP(w, r)
+		Authenticated(func() *Registry { return nil }, s.failures, func(http.ResponseWriter, *http.Request, Principal) {
+			panic("customer: a nil registry authenticated a token")
+		}).ServeHTTP(w, r)
 		return
 	}
-	Authenticated(ch.Tokens.Load, ch.Limiter, func(w http.ResponseWriter, r *http.Request, p Principal) {
+	// The channel's budgets per token, the server's per client.
+	limits := &Limiter{tokens: ch.Limiter.tokens, clients: s.failures.clients}
+	Authenticated(ch.Tokens.Load, limits, func(w http.ResponseWriter, r *http.Request, p Principal) {
 		serveChannel(w, r, ch, p, s.log)
 	}, Log(s.log)).ServeHTTP(w, r)
 }
