@@ -1,0 +1,157 @@
+package controllers
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+	"customerloop.dev/customerloop/pipeline/customer"
+	"customerloop.dev/customerloop/pipeline/feedback"
+	"customerloop.dev/customerloop/test/testkit"
+)
+
+// TestCustomerChannel serves a loop's customer channel as the manager does, from its
+// spec and its tokens Secret: a customer reads their statement, a token added to the
+// Secret counts at once and one removed stops at once, a plan submitted through the API
+// is ingested by the loop's workers and shows in the customer's next statement, and a
+// channel without feedback is refused by the API server.
+func TestCustomerChannel(t *testing.T) {
+	ctx := context.Background()
+	loop := newLoop(t)
+	useClickHouseSecret(t, loop)
+	tokens := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: loop.Name + "-tokens", Namespace: loop.Namespace},
+		Data: map[string][]byte{"alice": tokenJSON("acme-a", "alice-token-0123456789")}}
+	if err := k8s.Create(ctx, tokens); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(context.Background(), tokens) })
+	loop.Spec.Feedback = &loopsv1alpha1.FeedbackSpec{UsageStream: "usage", PlanStream: "plans"}
+	loop.Spec.CustomerChannel = &loopsv1alpha1.CustomerChannelSpec{TokensSecretRef: loopsv1alpha1.ChannelSecretRef{Name: tokens.Name}}
+
+	// A channel needs feedback: refused by the API server without it.
+	bad := loop.DeepCopy()
+	bad.Name += "-nofeedback"
+	bad.Spec.Feedback = nil
+	if err := k8s.Create(ctx, bad); err == nil || !strings.Contains(err.Error(), "customerChannel needs feedback") {
+		_ = k8s.Delete(ctx, bad)
+		t.Errorf("a channel without feedback: %v, want refused", err)
+	}
+
+	month := time.Now().UTC().Format("2006-01") + "-01"
+	if err := k8s.Create(ctx, loop); err != nil {
+		t.Fatal(err)
+	}
+	produceJSON(t, loop.Spec.Streams[1].Topic, []string{
+		`{"id":"p1","customer":"acme-a","product":"compute","period":"` + month + `","qty":100}`,
+		`{"id":"p2","customer":"acme-b","product":"compute","period":"` + month + `","qty":200}`,
+	})
+	produceJSON(t, loop.Spec.Streams[0].Topic, []string{
+		fmt.Sprintf(`{"id":"e1","customer":"acme-a","product":"compute","ts":%d,"qty":7}`, time.Now().Add(-time.Minute).Unix()),
+		fmt.Sprintf(`{"id":"e2","customer":"acme-b","product":"compute","ts":%d,"qty":9}`, time.Now().Add(-time.Minute).Unix()),
+	})
+	testkit.Eventually(t, 2*time.Minute, "the loop ingests its rows", func() (bool, string) {
+		l := get(t, loop)
+		return l.Status.RowsIngested == 4, fmt.Sprintf("rows %d", l.Status.RowsIngested)
+	})
+
+	srv := httptest.NewServer(customer.NewServer(&CustomerChannels{Client: k8s, Log: testr.New(t)}, testr.New(t)))
+	defer srv.Close()
+	base := srv.URL + "/v1/loops/" + loop.Namespace + "/" + loop.Name + "/"
+	call := func(method, path, token, body string) (int, string) {
+		req, err := http.NewRequest(method, base+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	statement := func(token string) (int, *feedback.Statement) {
+		status, body := call(http.MethodGet, "statement", token, "")
+		if status != http.StatusOK {
+			return status, nil
+		}
+		var st feedback.Statement
+		if err := json.Unmarshal([]byte(body), &st); err != nil {
+			t.Fatalf("statement %s: %v", body, err)
+		}
+		return status, &st
+	}
+
+	status, st := statement("alice-token-0123456789")
+	if status != http.StatusOK || st.Customer != "acme-a" || len(st.Products) != 1 || st.Consent.State != "granted" {
+		t.Fatalf("alice's statement: %d %+v", status, st)
+	}
+	if p := st.Products[0].Periods; len(p) != 1 || p[0].PlannedLatest == nil || *p[0].PlannedLatest != 100 || p[0].Actual == nil || *p[0].Actual != 7 {
+		t.Errorf("alice's month: %+v, want planned 100 and actual 7", p)
+	}
+	if status, _ := statement("bob-token-0123456789"); status != http.StatusUnauthorized {
+		t.Errorf("bob before his token is in the Secret: %d, want 401", status)
+	}
+
+	// A token added to the Secret counts at once; so does one removed.
+	tokens.Data["bob"] = tokenJSON("acme-b", "bob-token-0123456789")
+	if err := k8s.Update(ctx, tokens); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, "bob's token counts", func() (bool, string) {
+		status, st := statement("bob-token-0123456789")
+		return status == http.StatusOK && st.Customer == "acme-b", fmt.Sprint(status)
+	})
+	delete(tokens.Data, "alice")
+	if err := k8s.Update(ctx, tokens); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, "alice's token stops", func() (bool, string) {
+		status, _ := statement("alice-token-0123456789")
+		return status == http.StatusUnauthorized, fmt.Sprint(status)
+	})
+
+	// Bob revises his plan through the API; the loop's workers store it, and his next
+	// statement has it.
+	status, body := call(http.MethodPost, "plans", "bob-token-0123456789", `{"product":"compute","period":"`+month+`","quantity":250}`)
+	if status != http.StatusAccepted {
+		t.Fatalf("bob's plan: %d %s", status, body)
+	}
+	testkit.Eventually(t, time.Minute, "bob's revised plan in his statement", func() (bool, string) {
+		_, st := statement("bob-token-0123456789")
+		if st == nil || len(st.Products) != 1 {
+			return false, fmt.Sprintf("%+v", st)
+		}
+		p := st.Products[0].Periods[0]
+		return p.PlannedLatest != nil && *p.PlannedLatest == 250 && p.Versions == 2, fmt.Sprintf("%+v", p)
+	})
+
+	// Without the Secret, nobody is served.
+	if err := k8s.Delete(ctx, tokens); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, "no Secret, no channel", func() (bool, string) {
+		status, _ := statement("bob-token-0123456789")
+		return status == http.StatusUnauthorized, fmt.Sprint(status)
+	})
+}
+
+func tokenJSON(customer, token string) []byte {
+	sum := sha256.Sum256([]byte(token))
+	b, _ := json.Marshal(map[string]string{"customer": customer, "sha256": hex.EncodeToString(sum[:])})
+	return b
+}
