@@ -192,6 +192,10 @@ func (c DigestConfig) Validate() error {
 	if err := ValidIdent(c.Feedback.Database); err != nil {
 		errs = append(errs, fmt.Errorf("feedback.database: %w", err))
 	}
+	// The figures' accuracy points are read from the plan table.
+	if err := ValidIdent(c.Feedback.PlanTable); err != nil {
+		errs = append(errs, fmt.Errorf("feedback.planTable: %w", err))
+	}
 	if c.Cluster != "" {
 		if err := ValidIdent(c.Cluster); err != nil {
 			errs = append(errs, fmt.Errorf("cluster: %w", err))

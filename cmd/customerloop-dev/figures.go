@@ -20,6 +20,7 @@ import (
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/cmd/internal/cli"
+	"customerloop.dev/customerloop/controllers"
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/pipeline/feedback"
@@ -236,9 +237,17 @@ func (d *devStack) publishDigests(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close()
+	// The loop's feedback as the manager renders it from the spec.
+	cfg, err := controllers.LoopConfig(ctx, d.k8s, d.loop)
+	if err != nil {
+		return err
+	}
+	if cfg.Feedback == nil {
+		return fmt.Errorf("the loop %s/%s renders no feedback", d.loop.Namespace, d.loop.Name)
+	}
 	want, err := feedback.BuildDigests(ctx, conn, pipeline.DigestConfig{
 		Loop: d.loop.Namespace + "/" + d.loop.Name, Kafka: pipeline.KafkaConfig{Brokers: d.brokers}, Topic: topic,
-		Feedback: pipeline.FeedbackConfig{Database: d.loop.Spec.ClickHouse.Database, Grain: d.grain()},
+		Feedback: *cfg.Feedback,
 	}, time.Now())
 	if err != nil {
 		return err
@@ -367,11 +376,4 @@ func sameFigure(a, b *float64) bool {
 		return a == b
 	}
 	return math.Abs(*a-*b) <= 1e-9*math.Max(1, math.Abs(*b))
-}
-
-func (d *devStack) grain() pipeline.Grain {
-	if f := d.loop.Spec.Feedback; f != nil && f.Granularity == loopsv1alpha1.Granularity(pipeline.GrainWeek) {
-		return pipeline.GrainWeek
-	}
-	return pipeline.GrainMonth
 }

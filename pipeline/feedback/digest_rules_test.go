@@ -32,7 +32,7 @@ func TestDigestContentHash(t *testing.T) {
 func TestDigestConfigValidate(t *testing.T) {
 	neg := -0.1
 	good := pipeline.DigestConfig{Loop: "default/acme", Kafka: pipeline.KafkaConfig{Brokers: []string{"b:9092"}}, Topic: "t",
-		Feedback: pipeline.FeedbackConfig{Database: "db", Grain: pipeline.GrainWeek}}
+		Feedback: pipeline.FeedbackConfig{Database: "db", PlanTable: "plans_raw", Grain: pipeline.GrainWeek}}
 	if err := good.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -41,6 +41,7 @@ func TestDigestConfigValidate(t *testing.T) {
 		"no brokers":         func(c *pipeline.DigestConfig) { c.Kafka.Brokers = nil },
 		"no topic":           func(c *pipeline.DigestConfig) { c.Topic = "" },
 		"bad database":       func(c *pipeline.DigestConfig) { c.Feedback.Database = "a`b" },
+		"no plan table":      func(c *pipeline.DigestConfig) { c.Feedback.PlanTable = "" },
 		"bad grain":          func(c *pipeline.DigestConfig) { c.Feedback.Grain = "Day" },
 		"negative threshold": func(c *pipeline.DigestConfig) { c.Threshold = &neg },
 		"negative top":       func(c *pipeline.DigestConfig) { c.TopCustomers = -1 },
