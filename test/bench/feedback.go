@@ -225,6 +225,13 @@ func feedbackSection(ctx context.Context, o options, ch driver.Conn, brokers []s
 			}
 			got[i] = append(got[i], t)
 		}
+		// The customer channel over the same history; plans once, at the largest size.
+		last := sz == sizes[len(sizes)-1]
+		cf, err := channelFigures(ctx, ch, cfg, fc, "_"+sz.suffix, last)
+		if err != nil {
+			return nil, fmt.Errorf("feedback: the customer channel at %s: %w", sz.suffix, err)
+		}
+		extra = append(extra, cf...)
 	}
 	return feedbackReport(sizes, figs, got, extra), nil
 }
