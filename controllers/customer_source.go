@@ -127,11 +127,6 @@ func (c *CustomerChannels) open(ctx context.Context, key types.NamespacedName, c
 		return nil, err
 	}
 	e := &channelEntry{conn: conn}
-	// Read once: a statement then asks the server nothing else.
-	if fc.Features, err = pipeline.ReadServerFeatures(ctx, conn); err != nil {
-		e.close()
-		return nil, err
-	}
 	loopName := key.String()
 	stored := func(customer string) string { return plans.StoredCustomer(cfg.HMACKey, customer) }
 	ch := &customer.Channel{

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/ddl"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"golang.org/x/sync/errgroup"
 )
@@ -116,15 +117,14 @@ type StatementAccuracy struct {
 }
 
 // ReadStatement reads the statement of one customer of a loop as of now. It reads only
-// the customer's own groups of the two feedback rollups (ddl.FilteredGapsSQL) and their
-// own plans (ddl.AccuracyPointsSQL), both by the customer_id that leads their sort keys,
-// concurrently on at most two connections; its cost follows the customer's products and
-// periods, not the loop's history. A customer the loop holds nothing of gets a statement
-// without products, not an error. cfg.Features, when zero, is read from the server first
-// (a zero value cannot tell 18.16 from features not read yet); a caller that read them
-// passes them to save that query. Which periods are complete (for accuracy) and which
-// one projects its run rate follow the server's clock; Period and which periods have
-// begun follow now.
+// the customer's own groups of the two feedback rollups and their own plans (for the
+// accuracy points), each by the customer_id that leads its sort key, in three queries
+// at once; its cost follows the customer's products and periods, not the loop's history.
+// The rollups' groups are joined here as feedback_gaps joins them (18.16 would read one
+// side of the view's join after the other). A customer the loop holds nothing of gets a
+// statement without products, not an error. Which periods are complete (for accuracy)
+// follows the server's clock; Period, the run rate and which periods have begun follow
+// now.
 func ReadStatement(ctx context.Context, conn driver.Conn, cfg pipeline.FeedbackConfig, loop, customer string, now time.Time) (*Statement, error) {
 	if customer == "" {
 		return nil, fmt.Errorf("a statement needs a customer id")
@@ -132,32 +132,24 @@ func ReadStatement(ctx context.Context, conn driver.Conn, cfg pipeline.FeedbackC
 	if cfg.Grain != pipeline.GrainWeek && cfg.Grain != pipeline.GrainMonth {
 		return nil, fmt.Errorf("feedback grain %q: want %s or %s", cfg.Grain, pipeline.GrainWeek, pipeline.GrainMonth)
 	}
-	// Modern servers need the joined subqueries named, as the views have them.
-	if cfg.Features == (pipeline.ServerFeatures{}) {
-		f, err := pipeline.ReadServerFeatures(ctx, conn)
-		if err != nil {
-			return nil, err
-		}
-		cfg.Features = f
-	}
+	// Three point reads at once: the customer's groups of each rollup (joined here, where
+	// 18.16 would read one side after the other) and their plans' accuracy points.
 	var (
-		rows   []GapRow
-		points map[time.Time][]point
+		plans   []GapRow
+		actuals map[cellKey]GapRow
+		points  map[time.Time][]point
 	)
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		var err error
-		rows, err = QueryGaps(gctx, conn, cfg.Database, GapFilter{Customer: customer, Feedback: &cfg})
-		return err
-	})
-	g.Go(func() error {
-		var err error
+	g.Go(func() (err error) { plans, err = customerPlans(gctx, conn, cfg.Database, customer); return err })
+	g.Go(func() (err error) { actuals, err = customerActuals(gctx, conn, cfg.Database, customer); return err })
+	g.Go(func() (err error) {
 		points, err = queryPoints(gctx, conn, cfg, "customer_id = ?", []any{customer})
 		return err
 	})
 	if err := g.Wait(); err != nil {
 		return nil, fmt.Errorf("reading the statement of customer %q: %w", customer, err)
 	}
+	rows := joinGaps(cfg.Grain, customer, plans, actuals, now)
 	return buildStatement(cfg.Grain, loop, customer, now, rows, points)
 }
 
@@ -237,4 +229,108 @@ func buildStatement(g pipeline.Grain, loop, customer string, now time.Time, rows
 	}
 	sort.Slice(s.Products, func(i, j int) bool { return s.Products[i].Product < s.Products[j].Product })
 	return s, nil
+}
+
+// cellKey is a product and period of one customer.
+type cellKey struct {
+	product string
+	period  time.Time
+}
+
+// customerPlans reads the customer's groups of the feedback_plans rollup: their plans
+// per product and period, as gap rows without actuals.
+func customerPlans(ctx context.Context, conn driver.Conn, db, customer string) ([]GapRow, error) {
+	view := ddl.RollupView(pipeline.FeedbackPlansRollup)
+	rows, err := conn.Query(ctx, "SELECT product, period, planned, planned_before, versions, versions_before FROM "+
+		pipeline.QualifiedTable(db, view)+" WHERE customer_id = ? "+ddl.PushDownSettings, customer)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s.%s: %w", db, view, err)
+	}
+	defer rows.Close()
+	var out []GapRow
+	for rows.Next() {
+		var (
+			r                       = GapRow{Customer: customer}
+			planned, before         float64
+			versions, versionsStart uint64
+		)
+		if err := rows.Scan(&r.Product, &r.Period, &planned, &before, &versions, &versionsStart); err != nil {
+			return nil, fmt.Errorf("reading %s.%s: %w", db, view, err)
+		}
+		r.Period, r.Versions = r.Period.UTC(), versions
+		if versions > 0 {
+			r.PlannedLatest = &planned
+		}
+		if versionsStart > 0 {
+			r.PlannedAtStart = &before
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// customerActuals reads the customer's groups of the feedback_actuals rollup.
+func customerActuals(ctx context.Context, conn driver.Conn, db, customer string) (map[cellKey]GapRow, error) {
+	view := ddl.RollupView(pipeline.FeedbackActualsRollup)
+	rows, err := conn.Query(ctx, "SELECT product, period, actual, events FROM "+
+		pipeline.QualifiedTable(db, view)+" WHERE customer_id = ? "+ddl.PushDownSettings, customer)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s.%s: %w", db, view, err)
+	}
+	defer rows.Close()
+	out := map[cellKey]GapRow{}
+	for rows.Next() {
+		r := GapRow{Customer: customer}
+		if err := rows.Scan(&r.Product, &r.Period, &r.Actual, &r.Events); err != nil {
+			return nil, fmt.Errorf("reading %s.%s: %w", db, view, err)
+		}
+		r.Period = r.Period.UTC()
+		out[cellKey{r.Product, r.Period}] = r
+	}
+	return out, rows.Err()
+}
+
+// joinGaps joins a customer's plans and actuals as feedback_gaps does (a full join on
+// product and period), with its gap, gap ratio, consumed share and, for the period
+// under way, the run rate and the gap it makes.
+func joinGaps(g pipeline.Grain, customer string, plans []GapRow, actuals map[cellKey]GapRow, now time.Time) []GapRow {
+	current := PeriodStart(g, now)
+	out := make([]GapRow, 0, len(plans)+len(actuals))
+	seen := map[cellKey]bool{}
+	add := func(r GapRow) {
+		if r.PlannedLatest != nil {
+			gap := r.Actual - *r.PlannedLatest
+			r.Gap = &gap
+			if *r.PlannedLatest != 0 {
+				ratio, share := gap / *r.PlannedLatest, r.Actual / *r.PlannedLatest
+				r.GapRatio, r.ConsumedShare = &ratio, &share
+			}
+		}
+		if r.Period.Equal(current) {
+			// actual x period length / time elapsed, in whole seconds as the view has it.
+			start, end := r.Period.Unix(), PeriodEnd(g, r.Period).Unix()
+			elapsed := max(now.Unix()-start, 1)
+			p := r.Actual * float64(end-start) / float64(elapsed)
+			r.Projected = &p
+			if r.PlannedLatest != nil {
+				pg := p - *r.PlannedLatest
+				r.ProjectedGap = &pg
+			}
+		}
+		out = append(out, r)
+	}
+	for _, p := range plans {
+		k := cellKey{p.Product, p.Period}
+		seen[k] = true
+		if a, ok := actuals[k]; ok {
+			p.Actual, p.Events = a.Actual, a.Events
+		}
+		add(p)
+	}
+	for k, a := range actuals {
+		if !seen[k] {
+			add(a)
+		}
+	}
+	return out
 }

@@ -39,11 +39,6 @@ func (b benchChannels) Channel(_ context.Context, namespace, name string) (*cust
 // and times channelRequests statements of random customers (p50 and p95) and, with
 // plans, as many plans submitted by them to the plan topic.
 func channelFigures(ctx context.Context, ch driver.Conn, cfg pipeline.Config, fc pipeline.FeedbackConfig, suffix string, plans bool) ([]figure, error) {
-	f, err := pipeline.ReadServerFeatures(ctx, ch)
-	if err != nil {
-		return nil, err
-	}
-	fc.Features = f
 	data := map[string][]byte{}
 	token := func(i int) string { return fmt.Sprintf("bench-token-%06d", i) }
 	for i := range fbCustomers {
