@@ -124,7 +124,8 @@ type StatementAccuracy struct {
 // side of the view's join after the other). A customer the loop holds nothing of gets a
 // statement without products, not an error. Which periods are complete (for accuracy)
 // follows the server's clock; Period, the run rate and which periods have begun follow
-// now.
+// now. ctx must not carry clickhouse-go query options under a deadline: clickhouse-go
+// then writes into the options' settings, which the concurrent reads share.
 func ReadStatement(ctx context.Context, conn driver.Conn, cfg pipeline.FeedbackConfig, loop, customer string, now time.Time) (*Statement, error) {
 	if customer == "" {
 		return nil, fmt.Errorf("a statement needs a customer id")
@@ -242,7 +243,7 @@ type cellKey struct {
 func customerPlans(ctx context.Context, conn driver.Conn, db, customer string) ([]GapRow, error) {
 	view := ddl.RollupView(pipeline.FeedbackPlansRollup)
 	rows, err := conn.Query(ctx, "SELECT product, period, planned, planned_before, versions, versions_before FROM "+
-		pipeline.QualifiedTable(db, view)+" WHERE customer_id = ? "+ddl.PushDownSettings, customer)
+		pipeline.QualifiedTable(db, view)+" WHERE customer_id = ? "+ddl.PushDownSettings+", max_threads = 1", customer)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s.%s: %w", db, view, err)
 	}
@@ -273,7 +274,7 @@ func customerPlans(ctx context.Context, conn driver.Conn, db, customer string) (
 func customerActuals(ctx context.Context, conn driver.Conn, db, customer string) (map[cellKey]GapRow, error) {
 	view := ddl.RollupView(pipeline.FeedbackActualsRollup)
 	rows, err := conn.Query(ctx, "SELECT product, period, actual, events FROM "+
-		pipeline.QualifiedTable(db, view)+" WHERE customer_id = ? "+ddl.PushDownSettings, customer)
+		pipeline.QualifiedTable(db, view)+" WHERE customer_id = ? "+ddl.PushDownSettings+", max_threads = 1", customer)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s.%s: %w", db, view, err)
 	}
