@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/customer"
 	"customerloop.dev/customerloop/pipeline/feedback"
 	"customerloop.dev/customerloop/test/testkit"
@@ -154,4 +155,112 @@ func tokenJSON(customer, token string) []byte {
 	sum := sha256.Sum256([]byte(token))
 	b, _ := json.Marshal(map[string]string{"customer": customer, "sha256": hex.EncodeToString(sum[:])})
 	return b
+}
+
+// TestCustomerChannelHashedIDs serves the channel of a loop that stores customer ids as
+// their HMAC: the token names the clear id, the statement is read under the stored one
+// and shows the clear one to its customer, a plan through the API is keyed by the
+// stored id, and ClickHouse holds no clear id.
+func TestCustomerChannelHashedIDs(t *testing.T) {
+	ctx := context.Background()
+	loop := newLoop(t)
+	useClickHouseSecret(t, loop)
+	key := []byte("hashed-ids-key-0123456789abcdef0")
+	secrets := []*corev1.Secret{
+		{ObjectMeta: metav1.ObjectMeta{Name: loop.Name + "-hmac", Namespace: loop.Namespace}, Data: map[string][]byte{"hmac-key": key}},
+		{ObjectMeta: metav1.ObjectMeta{Name: loop.Name + "-tokens", Namespace: loop.Namespace},
+			Data: map[string][]byte{"alice": tokenJSON("acme-a", "alice-token-0123456789")}},
+	}
+	for _, s := range secrets {
+		if err := k8s.Create(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = k8s.Delete(context.Background(), s) })
+	}
+	loop.Spec.Privacy = &loopsv1alpha1.PrivacySpec{HMACKeySecretRef: loopsv1alpha1.HMACKeySecretRef{Name: secrets[0].Name}}
+	for i := range loop.Spec.Streams {
+		loop.Spec.Streams[i].PII = &loopsv1alpha1.StreamPII{CustomerID: "Hash"}
+	}
+	loop.Spec.Feedback = &loopsv1alpha1.FeedbackSpec{UsageStream: "usage", PlanStream: "plans"}
+	loop.Spec.CustomerChannel = &loopsv1alpha1.CustomerChannelSpec{TokensSecretRef: loopsv1alpha1.ChannelSecretRef{Name: secrets[1].Name}}
+	if err := k8s.Create(ctx, loop); err != nil {
+		t.Fatal(err)
+	}
+	month := time.Now().UTC().Format("2006-01") + "-01"
+	produceJSON(t, loop.Spec.Streams[1].Topic, []string{
+		`{"id":"p1","customer":"acme-a","product":"compute","period":"` + month + `","qty":100}`,
+		`{"id":"p2","customer":"acme-b","product":"compute","period":"` + month + `","qty":200}`,
+	})
+	produceJSON(t, loop.Spec.Streams[0].Topic, []string{
+		fmt.Sprintf(`{"id":"e1","customer":"acme-a","product":"compute","ts":%d,"qty":7}`, time.Now().Add(-time.Minute).Unix()),
+	})
+	testkit.Eventually(t, 2*time.Minute, "the loop ingests its rows", func() (bool, string) {
+		l := get(t, loop)
+		return l.Status.RowsIngested == 3, fmt.Sprintf("rows %d", l.Status.RowsIngested)
+	})
+
+	srv := httptest.NewServer(customer.NewServer(&CustomerChannels{Client: k8s, Log: testr.New(t)}, testr.New(t)))
+	defer srv.Close()
+	base := srv.URL + "/v1/loops/" + loop.Namespace + "/" + loop.Name + "/"
+	call := func(method, path, body string) (int, string) {
+		req, err := http.NewRequest(method, base+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer alice-token-0123456789")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	status, body := call(http.MethodGet, "statement", "")
+	var st feedback.Statement
+	if status != http.StatusOK || json.Unmarshal([]byte(body), &st) != nil || st.Customer != "acme-a" || len(st.Products) != 1 {
+		t.Fatalf("alice's statement: %d %s", status, body)
+	}
+	if p := st.Products[0].Periods; len(p) != 1 || p[0].PlannedLatest == nil || *p[0].PlannedLatest != 100 || p[0].Actual == nil || *p[0].Actual != 7 {
+		t.Errorf("alice's month: %+v, want planned 100 and actual 7", p)
+	}
+	if strings.Contains(body, pipeline.HashPII(key, []byte("acme-a"))) || strings.Contains(body, "acme-b") {
+		t.Errorf("the statement shows a stored id or another customer: %s", body)
+	}
+	if status, body := call(http.MethodPost, "plans", `{"product":"compute","period":"`+month+`","quantity":250}`); status != http.StatusAccepted {
+		t.Fatalf("alice's plan: %d %s", status, body)
+	}
+	testkit.Eventually(t, time.Minute, "alice's plan in her statement", func() (bool, string) {
+		_, body := call(http.MethodGet, "statement", "")
+		var st feedback.Statement
+		if json.Unmarshal([]byte(body), &st) != nil || len(st.Products) != 1 {
+			return false, body
+		}
+		p := st.Products[0].Periods[0]
+		return p.PlannedLatest != nil && *p.PlannedLatest == 250, body
+	})
+	// The plan is keyed by the stored id, and ClickHouse holds no clear id.
+	stored := pipeline.HashPII(key, []byte("acme-a"))
+	keyed := 0
+	for _, m := range testkit.ReadTopic(t, brokers, loop.Spec.Streams[1].Topic) {
+		if strings.Contains(string(m.Value), `"qty":250`) {
+			keyed++
+			if string(m.Key) != stored {
+				t.Errorf("the channel's plan is keyed %q, want the stored id", m.Key)
+			}
+		}
+	}
+	if keyed != 1 {
+		t.Errorf("%d plans of 250 on the topic, want the channel's one", keyed)
+	}
+	for _, table := range []string{"usage_raw", "plans_raw"} {
+		var n uint64
+		if err := ch.QueryRow(ctx, "SELECT count() FROM "+pipeline.QualifiedTable(loop.Spec.ClickHouse.Database, table)+
+			" WHERE customer_id IN ('acme-a', 'acme-b')").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != 0 {
+			t.Errorf("%s holds %d rows under a clear customer id", table, n)
+		}
+	}
 }

@@ -133,11 +133,14 @@ func (c *CustomerChannels) open(ctx context.Context, key types.NamespacedName, c
 		Loop:    loopName,
 		Tokens:  &customer.Holder{},
 		Limiter: customer.NewLimiter(float64(spec.RateOrDefault()), int(spec.BurstOrDefault())),
-		Statement: func(ctx context.Context, id string) (any, error) {
+		Statement: func(ctx context.Context, id string) (*feedback.Statement, error) {
 			st, err := feedback.ReadStatement(ctx, conn, fc, loopName, stored(id), time.Now())
 			if err != nil {
 				return nil, err
 			}
+			// The customer's id as their token names it: with hashed ids, the stored one
+			// means nothing to them.
+			st.Customer = id
 			st.Consent.State = "granted"
 			if cfg.Consent != nil {
 				trail, err := feedback.ConsentTrail(ctx, conn, cfg.ClickHouse.Database, consentCustomer(cfg, plans, id))

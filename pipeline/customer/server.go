@@ -1,6 +1,7 @@
 package customer
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,9 @@ import (
 	"strings"
 
 	"github.com/go-logr/logr"
+
+	"customerloop.dev/customerloop/pipeline/dashboard"
+	"customerloop.dev/customerloop/pipeline/feedback"
 )
 
 // Channel is what the customer API serves of one loop: its tokens and limits, how a
@@ -19,7 +23,7 @@ type Channel struct {
 	Tokens  *Holder
 	Limiter *Limiter
 	// Statement reads the customer's statement; customer is the token's id, in clear.
-	Statement func(ctx context.Context, customer string) (any, error)
+	Statement func(ctx context.Context, customer string) (*feedback.Statement, error)
 	// Consent reads the customer's consent messages and their receipts; nil when the
 	// loop has no consent stream.
 	Consent func(ctx context.Context, customer string) (any, error)
@@ -39,6 +43,7 @@ type Source interface {
 // the manager's own port, apart from the product teams' dashboard:
 //
 //	GET  /v1/loops/{namespace}/{name}/statement   the customer's current statement
+//	GET  /v1/loops/{namespace}/{name}/page        the same as an HTML page with charts
 //	GET  /v1/loops/{namespace}/{name}/consent     their consent messages and receipts
 //	POST /v1/loops/{namespace}/{name}/plans       submit or revise a plan
 //
@@ -72,7 +77,7 @@ func (s *Server) LimitFailures(rate float64, burst int) *Server {
 var label = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 // endpoints are the API's last path segments and their methods.
-var endpoints = map[string]string{"statement": http.MethodGet, "consent": http.MethodGet, "plans": http.MethodPost}
+var endpoints = map[string]string{"statement": http.MethodGet, "page": http.MethodGet, "consent": http.MethodGet, "plans": http.MethodPost}
 
 // ServeHTTP routes the request to its loop.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -134,6 +139,22 @@ func serveChannel(w http.ResponseWriter, r *http.Request, ch *Channel, p Princip
 			return
 		}
 		writeJSON(w, http.StatusOK, st)
+	case "page":
+		st, err := ch.Statement(ctx, p.Customer)
+		if err != nil {
+			fail(w, log, ch.Loop, p, "reading the statement", err)
+			return
+		}
+		var b bytes.Buffer
+		if err := dashboard.CustomerPage(&b, st); err != nil {
+			fail(w, log, ch.Loop, p, "rendering the page", err)
+			return
+		}
+		h := w.Header()
+		h.Set("Content-Type", "text/html; charset=utf-8")
+		h.Set("Content-Security-Policy", dashboard.CustomerPageCSP)
+		h.Set("X-Content-Type-Options", "nosniff")
+		_, _ = w.Write(b.Bytes())
 	case "consent":
 		if ch.Consent == nil {
 			http.NotFound(w, r)

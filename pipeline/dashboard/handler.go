@@ -135,4 +135,4 @@ func (h *Handler) render(w http.ResponseWriter, name string, data any) {
 
 var pages = template.Must(template.New("pages").Funcs(template.FuncMap{
 	"qty": qty, "qtyp": qtyPtr, "pct": pct, "date": dateLabel, "num": ftoa,
-}).Parse(pageTemplates))
+}).Parse(pageTemplates + customerTemplate))

@@ -183,17 +183,7 @@ svg text{font-size:11px;fill:#59636e} .planned{stroke:#0969da;stroke-dasharray:6
 <h1>Cannot show {{.What}}</h1><p>{{.Error}}</p><p><a href="/">All loops</a></p>
 </body></html>{{end}}
 
-{{define "loop"}}{{template "head" .Loop.String}}
-<h1>{{.Loop.Namespace}}/{{.Loop.Name}}</h1>
-<p class="meta">Database {{.Database}} · {{.Granularity}} periods (UTC) · read {{.GeneratedAt.Format "2006-01-02 15:04:05"}} UTC ·
-<a href="/api/loops/{{.Loop.Namespace}}/{{.Loop.Name}}">JSON</a> · <a href="/">all loops</a></p>
-
-<h2>Plan against actual by product</h2>
-<p class="meta">Planned: the latest plans of the customers who planned the period. Actual: their usage. Unplanned: usage of customers without a plan. Projected: the period under way's actual at its rate so far, to the period's end (dashed). Periods not begun have no actual.</p>
-{{if not .Charts}}<p>No plans or usage yet.</p>{{end}}
-<div class="products">
-{{range .Charts}}<section class="product" id="product-{{.Product}}"><h3>{{.Product}}</h3>
-<svg xmlns="http://www.w3.org/2000/svg" width="{{.Width}}" height="{{.Height}}" viewBox="0 0 {{.Width}} {{.Height}}" role="img" aria-label="{{.Product}}: planned and actual per period">
+{{define "chart"}}<svg xmlns="http://www.w3.org/2000/svg" width="{{.Width}}" height="{{.Height}}" viewBox="0 0 {{.Width}} {{.Height}}" role="img" aria-label="{{.Product}}: planned and actual per period">
 {{$c := .}}{{range .YTicks}}<line x1="{{$c.Left}}" x2="{{$c.Right}}" y1="{{.Pos}}" y2="{{.Pos}}" stroke="#eaeef2"/><text x="{{$c.Left}}" dx="-6" y="{{.Pos}}" dy="4" text-anchor="end">{{.Label}}</text>
 {{end}}{{range .XTicks}}<text x="{{.Pos}}" y="{{$c.Bottom}}" dy="16" text-anchor="middle">{{.Label}}</text>
 {{end}}<line x1="{{.Left}}" x2="{{.Right}}" y1="{{.Bottom}}" y2="{{.Bottom}}" stroke="#8c959f"/>
@@ -205,7 +195,19 @@ svg text{font-size:11px;fill:#59636e} .planned{stroke:#0969da;stroke-dasharray:6
 {{end}}<line x1="{{.Left}}" x2="{{.Left}}" y1="{{.Top}}" y2="{{.Bottom}}" stroke="#8c959f"/>
 <line class="planned" x1="80" x2="104" y1="228" y2="228" stroke-width="2"/><text x="110" y="232">planned (latest)</text>
 <line class="actual" x1="220" x2="244" y1="228" y2="228" stroke-width="2"/><text x="250" y="232">actual</text>
-</svg>
+</svg>{{end}}
+
+{{define "loop"}}{{template "head" .Loop.String}}
+<h1>{{.Loop.Namespace}}/{{.Loop.Name}}</h1>
+<p class="meta">Database {{.Database}} · {{.Granularity}} periods (UTC) · read {{.GeneratedAt.Format "2006-01-02 15:04:05"}} UTC ·
+<a href="/api/loops/{{.Loop.Namespace}}/{{.Loop.Name}}">JSON</a> · <a href="/">all loops</a></p>
+
+<h2>Plan against actual by product</h2>
+<p class="meta">Planned: the latest plans of the customers who planned the period. Actual: their usage. Unplanned: usage of customers without a plan. Projected: the period under way's actual at its rate so far, to the period's end (dashed). Periods not begun have no actual.</p>
+{{if not .Charts}}<p>No plans or usage yet.</p>{{end}}
+<div class="products">
+{{range .Charts}}<section class="product" id="product-{{.Product}}"><h3>{{.Product}}</h3>
+{{template "chart" .}}
 <table class="series"><tr><th class="l">period</th><th>planned</th><th>at start</th><th>actual</th><th>unplanned</th><th>gap</th><th>gap %</th><th>projected</th><th>projected gap</th><th>customers</th></tr>
 {{range .Points}}<tr><td class="l">{{date .Period.Time}}</td><td>{{qtyp .PlannedLatest}}</td><td>{{qtyp .PlannedAtStart}}</td><td>{{qtyp .Actual}}</td><td>{{qty .UnplannedActual}}</td><td>{{qtyp .Gap}}</td><td>{{pct .GapRatio}}</td><td>{{qtyp .Projected}}</td><td>{{qtyp .ProjectedGap}}</td><td>{{.Customers}}</td></tr>
 {{end}}</table></section>

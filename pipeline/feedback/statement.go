@@ -27,7 +27,8 @@ type Statement struct {
 	Schema int `json:"schema"`
 	// Loop names the loop as "namespace/name".
 	Loop string `json:"loop"`
-	// Customer is the customer's id, as stored.
+	// Customer is the customer's id, as stored; the customer API shows the id their
+	// token names (in clear also when the loop stores it hashed).
 	Customer string `json:"customer"`
 	// Period is the first day of the period under way when the statement was made (UTC).
 	Period Date `json:"period"`

@@ -60,7 +60,7 @@ func channelFigures(ctx context.Context, ch driver.Conn, cfg pipeline.Config, fc
 		return nil, err
 	}
 	c := &customer.Channel{Loop: cfg.Loop, Tokens: holder, Limiter: customer.NewLimiter(1e6, 1e6), Planner: planner,
-		Statement: func(ctx context.Context, id string) (any, error) {
+		Statement: func(ctx context.Context, id string) (*feedback.Statement, error) {
 			return feedback.ReadStatement(ctx, ch, fc, cfg.Loop, id, time.Now())
 		}}
 	srv := httptest.NewServer(customer.NewServer(benchChannels{cfg.Loop: c}, logr.Discard()))
