@@ -143,7 +143,7 @@ func (c *CustomerChannels) open(ctx context.Context, key types.NamespacedName, c
 			st.Customer = id
 			st.Consent.State = "granted"
 			if cfg.Consent != nil {
-				trail, err := feedback.ConsentTrail(ctx, conn, cfg.ClickHouse.Database, consentCustomer(cfg, plans, id))
+				trail, err := feedback.ConsentTrail(ctx, conn, cfg.ClickHouse.Database, cfg.ConsentCustomer(id))
 				if err != nil {
 					return nil, err
 				}
@@ -154,7 +154,7 @@ func (c *CustomerChannels) open(ctx context.Context, key types.NamespacedName, c
 	}
 	if cfg.Consent != nil {
 		ch.Consent = func(ctx context.Context, id string) (any, error) {
-			trail, err := feedback.ConsentTrail(ctx, conn, cfg.ClickHouse.Database, consentCustomer(cfg, plans, id))
+			trail, err := feedback.ConsentTrail(ctx, conn, cfg.ClickHouse.Database, cfg.ConsentCustomer(id))
 			if err != nil {
 				return nil, err
 			}
@@ -178,14 +178,6 @@ func (c *CustomerChannels) open(ctx context.Context, key types.NamespacedName, c
 	}
 	e.channel = ch
 	return e, nil
-}
-
-// consentCustomer is the customer as the consent tables record them.
-func consentCustomer(cfg pipeline.Config, s pipeline.StreamConfig, id string) string {
-	if cfg.ConsentHashed() {
-		return s.StoredCustomer(cfg.HMACKey, id)
-	}
-	return id
 }
 
 // consentState is the customer's consent after their last consent message: "withdrawn"

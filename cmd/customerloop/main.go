@@ -64,7 +64,7 @@ kubeconfig, like kubectl.`,
 		root.AddGroup(&cobra.Group{ID: "run", Title: "Commands that run CustomerLoop:"})
 	}
 	kube := newKubeConfigFlags(root)
-	for _, c := range []*cobra.Command{newStatusCommand(kube), newDLQCommand(kube), newConsentCommand(kube), newReportCommand(kube)} {
+	for _, c := range []*cobra.Command{newStatusCommand(kube), newDLQCommand(kube), newConsentCommand(kube), newReportCommand(kube), newTokenCommand(kube)} {
 		c.GroupID = "loops"
 		root.AddCommand(c)
 	}
