@@ -68,23 +68,7 @@ func TestCustomerChannel(t *testing.T) {
 		return l.Status.RowsIngested == 4, fmt.Sprintf("rows %d", l.Status.RowsIngested)
 	})
 
-	srv := httptest.NewServer(customer.NewServer(&CustomerChannels{Client: k8s, Log: testr.New(t)}, testr.New(t)))
-	defer srv.Close()
-	base := srv.URL + "/v1/loops/" + loop.Namespace + "/" + loop.Name + "/"
-	call := func(method, path, token, body string) (int, string) {
-		req, err := http.NewRequest(method, base+path, strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
+	call := serveChannels(t, loop)
 	statement := func(token string) (int, *feedback.Statement) {
 		status, body := call(http.MethodGet, "statement", token, "")
 		if status != http.StatusOK {
@@ -151,6 +135,29 @@ func TestCustomerChannel(t *testing.T) {
 	})
 }
 
+// serveChannels serves the customer channels as the manager does, for the test's
+// length, and returns a call of the loop's API: method, path under the loop, token and
+// body give the status and the body.
+func serveChannels(t *testing.T, loop *loopsv1alpha1.CustomerLoop) func(method, path, token, body string) (int, string) {
+	srv := httptest.NewServer(customer.NewServer(&CustomerChannels{Client: k8s, Log: testr.New(t)}, testr.New(t)))
+	t.Cleanup(srv.Close)
+	base := srv.URL + "/v1/loops/" + loop.Namespace + "/" + loop.Name + "/"
+	return func(method, path, token, body string) (int, string) {
+		req, err := http.NewRequest(method, base+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+}
+
 func tokenJSON(customer, token string) []byte {
 	sum := sha256.Sum256([]byte(token))
 	b, _ := json.Marshal(map[string]string{"customer": customer, "sha256": hex.EncodeToString(sum[:])})
@@ -199,22 +206,9 @@ func TestCustomerChannelHashedIDs(t *testing.T) {
 		return l.Status.RowsIngested == 3, fmt.Sprintf("rows %d", l.Status.RowsIngested)
 	})
 
-	srv := httptest.NewServer(customer.NewServer(&CustomerChannels{Client: k8s, Log: testr.New(t)}, testr.New(t)))
-	defer srv.Close()
-	base := srv.URL + "/v1/loops/" + loop.Namespace + "/" + loop.Name + "/"
+	serve := serveChannels(t, loop)
 	call := func(method, path, body string) (int, string) {
-		req, err := http.NewRequest(method, base+path, strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer alice-token-0123456789")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		return serve(method, path, "alice-token-0123456789", body)
 	}
 	status, body := call(http.MethodGet, "statement", "")
 	var st feedback.Statement

@@ -90,7 +90,11 @@ func TestTokenCommands(t *testing.T) {
 	if out := s.mustRun(t, "token", "revoke", "shop", minted.ID); !strings.Contains(out, "already revoked") {
 		t.Errorf("revoking twice: %s", out)
 	}
-	if _, err := s.run(t, "token", "mint", "acme", "acme-01"); err == nil {
-		t.Error("minting for a loop without a channel succeeded")
+	// A loop without a channel has no tokens to sign with.
+	plain := strings.NewReplacer("name: shop}", "name: plain}", "cli.shop.", "cli.plain.",
+		"  customerChannel: {tokensSecretRef: {name: shop-tokens}}\n", "").Replace(channelLoop)
+	s.createLoop(t, plain)
+	if _, err := s.run(t, "token", "mint", "plain", "acme-01"); err == nil || !strings.Contains(err.Error(), "has no spec.customerChannel") {
+		t.Errorf("minting for a loop without a channel: %v, want refused for want of a channel", err)
 	}
 }

@@ -20,12 +20,11 @@ import (
 	"github.com/go-logr/logr/testr"
 	"github.com/segmentio/kafka-go"
 
-	"customerloop.dev/customerloop/pipeline"
-	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/pipeline/ddl"
 	"customerloop.dev/customerloop/pipeline/ddl/ddltest"
 	"customerloop.dev/customerloop/pipeline/feedback"
 	"customerloop.dev/customerloop/pipeline/internal/stacktest"
+	"customerloop.dev/customerloop/test/testkit"
 )
 
 // staticSource serves fixed channels, as the manager's source does from its cache.
@@ -333,7 +332,7 @@ func TestChannelIsolation(t *testing.T) {
 
 	// What reached the plan topic: the three accepted customers' plans, each sent twice,
 	// under their own ids, and nothing else.
-	msgs := readTopic(t, s.brokers, s.topic)
+	msgs := testkit.ReadTopic(t, s.brokers, s.topic)
 	got := map[string]int{}
 	for _, m := range msgs {
 		var v map[string]any
@@ -377,41 +376,4 @@ func stripDate(resp string) string {
 		}
 	}
 	return strings.Join(out, "\n")
-}
-
-func readTopic(t *testing.T, brokers []string, topic string) []kafka.Message {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	k := pipeline.KafkaConfig{Brokers: brokers}
-	kc, err := connect.KafkaClient(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	offsets, err := connect.TopicOffsets(ctx, kc, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []kafka.Message
-	for p, r := range offsets {
-		if r.End <= r.First {
-			continue
-		}
-		rd := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p, MaxWait: 100 * time.Millisecond})
-		if err := rd.SetOffset(r.First); err != nil {
-			t.Fatal(err)
-		}
-		for {
-			m, err := rd.ReadMessage(ctx)
-			if err != nil {
-				t.Fatalf("reading %s/%d: %v", topic, p, err)
-			}
-			out = append(out, m)
-			if m.Offset+1 >= r.End {
-				break
-			}
-		}
-		_ = rd.Close()
-	}
-	return out
 }

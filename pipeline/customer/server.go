@@ -1,7 +1,6 @@
 package customer
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -132,29 +131,24 @@ func serveChannel(w http.ResponseWriter, r *http.Request, ch *Channel, p Princip
 		return
 	}
 	switch endpoint {
-	case "statement":
+	case "statement", "page":
 		st, err := ch.Statement(ctx, p.Customer)
 		if err != nil {
 			fail(w, log, ch.Loop, p, "reading the statement", err)
 			return
 		}
-		writeJSON(w, http.StatusOK, st)
-	case "page":
-		st, err := ch.Statement(ctx, p.Customer)
-		if err != nil {
-			fail(w, log, ch.Loop, p, "reading the statement", err)
-			return
-		}
-		var b bytes.Buffer
-		if err := dashboard.CustomerPage(&b, st); err != nil {
-			fail(w, log, ch.Loop, p, "rendering the page", err)
+		if endpoint == "statement" {
+			writeJSON(w, http.StatusOK, st)
 			return
 		}
 		h := w.Header()
 		h.Set("Content-Type", "text/html; charset=utf-8")
 		h.Set("Content-Security-Policy", dashboard.CustomerPageCSP)
 		h.Set("X-Content-Type-Options", "nosniff")
-		_, _ = w.Write(b.Bytes())
+		// CustomerPage writes nothing unless the whole page rendered.
+		if err := dashboard.CustomerPage(w, st); err != nil {
+			fail(w, log, ch.Loop, p, "rendering the page", err)
+		}
 	case "consent":
 		if ch.Consent == nil {
 			http.NotFound(w, r)

@@ -3,6 +3,7 @@ package feedback
 import (
 	"context"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 	"sync"
@@ -117,6 +118,43 @@ type horizonKey struct {
 type pointSums struct {
 	n                       uint64
 	p, a, signed, abs, nabs float64
+}
+
+// sumsAt returns m's sums of key, made when missing.
+func sumsAt(m map[horizonKey]*pointSums, key horizonKey) *pointSums {
+	s := m[key]
+	if s == nil {
+		s = &pointSums{}
+		m[key] = s
+	}
+	return s
+}
+
+// add counts one point: plan p against actual a, with naive the naive forecast.
+func (s *pointSums) add(p, a, naive float64) {
+	s.n++
+	s.p += p
+	s.a += a
+	s.signed += p - a
+	s.abs += math.Abs(p - a)
+	s.nabs += math.Abs(naive - a)
+}
+
+// merge adds o's points.
+func (s *pointSums) merge(o *pointSums) {
+	s.n += o.n
+	s.p, s.a, s.signed, s.abs, s.nabs = s.p+o.p, s.a+o.a, s.signed+o.signed, s.abs+o.abs, s.nabs+o.nabs
+}
+
+// ratios are feedback_accuracy's bias and WAPE and feedback_value_added's naive WAPE
+// and FVA of the points (all nil without actuals), and whether the plans beat naive.
+func (s *pointSums) ratios() (bias, wape, naive, fva *float64, beats bool) {
+	if s.a <= 0 {
+		return nil, nil, nil, nil, false
+	}
+	b, w, n := s.signed/s.a, s.abs/s.a, s.nabs/s.a
+	f := n - w
+	return &b, &w, &n, &f, f > 0
 }
 
 // pairError is a customer's error (actual - planned_at_start) for a product in one
@@ -259,13 +297,7 @@ func (c *Cache) assemble(current, now time.Time, k int) *Snapshot {
 		if p.Before(current) {
 			pastKeys = append(pastKeys, p.Format(time.DateOnly)+"="+f.key)
 			for key, ps := range f.points {
-				t := sums[key]
-				if t == nil {
-					t = &pointSums{}
-					sums[key] = t
-				}
-				t.n += ps.n
-				t.p, t.a, t.signed, t.abs, t.nabs = t.p+ps.p, t.a+ps.a, t.signed+ps.signed, t.abs+ps.abs, t.nabs+ps.nabs
+				sumsAt(sums, key).merge(ps)
 			}
 		}
 	}
@@ -286,12 +318,8 @@ func (c *Cache) assemble(current, now time.Time, k int) *Snapshot {
 		t := sums[key]
 		row := AccuracyRow{Product: key.product, Horizon: key.horizon, N: t.n, Planned: t.p, Actual: t.a}
 		va := ValueAddedRow{Product: key.product, Horizon: key.horizon, N: t.n}
-		if t.a > 0 {
-			bias, wape, naive := t.signed/t.a, t.abs/t.a, t.nabs/t.a
-			fva := naive - wape
-			row.Bias, row.WAPE = &bias, &wape
-			va.WAPE, va.NaiveWAPE, va.FVA, va.BeatsNaive = &wape, &naive, &fva, fva > 0
-		}
+		row.Bias, row.WAPE, va.NaiveWAPE, va.FVA, va.BeatsNaive = t.ratios()
+		va.WAPE = row.WAPE
 		s.Accuracy = append(s.Accuracy, row)
 		s.ValueAdded = append(s.ValueAdded, va)
 	}

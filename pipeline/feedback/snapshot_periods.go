@@ -320,18 +320,7 @@ func (f *periodFigures) fromPoints(points []point, cells, before []GapRow) {
 	now, naive := actual(cells), actual(before)
 	f.points = map[horizonKey]*pointSums{}
 	for _, pt := range points {
-		key := horizonKey{pt.product, pt.horizon}
-		s := f.points[key]
-		if s == nil {
-			s = &pointSums{}
-			f.points[key] = s
-		}
-		a, n := now[pair{pt.product, pt.customer}], naive[pair{pt.product, pt.customer}]
-		s.n++
-		s.p += pt.p
-		s.a += a
-		s.signed += pt.p - a
-		s.abs += math.Abs(pt.p - a)
-		s.nabs += math.Abs(n - a)
+		who := pair{pt.product, pt.customer}
+		sumsAt(f.points, horizonKey{pt.product, pt.horizon}).add(pt.p, now[who], naive[who])
 	}
 }

@@ -3,7 +3,6 @@ package feedback
 import (
 	"context"
 	"fmt"
-	"math"
 	"sort"
 	"time"
 
@@ -171,16 +170,12 @@ func buildStatement(g pipeline.Grain, loop, customer string, now time.Time, rows
 		}
 		return p
 	}
-	type cell struct {
-		product string
-		period  time.Time
-	}
-	actual := map[cell]float64{}
+	actual := map[cellKey]float64{}
 	for _, r := range rows {
 		if r.Customer != customer {
 			return nil, fmt.Errorf("the statement of customer %q read a row of another customer", customer)
 		}
-		actual[cell{r.Product, r.Period}] = r.Actual
+		actual[cellKey{r.Product, r.Period}] = r.Actual
 		sp := StatementPeriod{Period: Date{r.Period}, PlannedLatest: r.PlannedLatest, PlannedAtStart: r.PlannedAtStart,
 			Projected: r.Projected, ProjectedGap: r.ProjectedGap, Versions: r.Versions}
 		// A period not begun has no usage to compare with its plan yet.
@@ -199,28 +194,12 @@ func buildStatement(g pipeline.Grain, loop, customer string, now time.Time, rows
 			if pt.customer != customer {
 				return nil, fmt.Errorf("the statement of customer %q read a plan of another customer", customer)
 			}
-			key := horizonKey{pt.product, pt.horizon}
-			t := sums[key]
-			if t == nil {
-				t = &pointSums{}
-				sums[key] = t
-			}
-			a, naive := actual[cell{pt.product, period}], actual[cell{pt.product, previous(g, period)}]
-			t.n++
-			t.p += pt.p
-			t.a += a
-			t.signed += pt.p - a
-			t.abs += math.Abs(pt.p - a)
-			t.nabs += math.Abs(naive - a)
+			sumsAt(sums, horizonKey{pt.product, pt.horizon}).add(pt.p, actual[cellKey{pt.product, period}], actual[cellKey{pt.product, previous(g, period)}])
 		}
 	}
 	for key, t := range sums {
 		acc := StatementAccuracy{Horizon: key.horizon, N: t.n, Planned: t.p, Actual: t.a}
-		if t.a > 0 {
-			bias, wape, naive := t.signed/t.a, t.abs/t.a, t.nabs/t.a
-			fva := naive - wape
-			acc.Bias, acc.WAPE, acc.NaiveWAPE, acc.FVA, acc.BeatsNaive = &bias, &wape, &naive, &fva, fva > 0
-		}
+		acc.Bias, acc.WAPE, acc.NaiveWAPE, acc.FVA, acc.BeatsNaive = t.ratios()
 		p := product(key.product)
 		p.Accuracy = append(p.Accuracy, acc)
 	}

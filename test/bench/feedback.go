@@ -141,7 +141,7 @@ func feedbackSection(ctx context.Context, o options, ch driver.Conn, brokers []s
 	var arrived int64
 	arrive := func(ctx context.Context) error {
 		arrived += fbNewEvents
-		return newUsage(ctx, ch, db, 1<<40+arrived, fbNewEvents)
+		return loadUsage(ctx, ch, db, feedback.PeriodStart(pipeline.GrainMonth, time.Now()), 1<<40+arrived, fbNewEvents)
 	}
 	defer srv.Close()
 	page := srv.URL + "/loops/" + ref.Namespace + "/" + ref.Name
@@ -360,10 +360,10 @@ FROM (SELECT number AS n, 0 AS resent FROM numbers(%d) UNION ALL SELECT number *
 }
 
 // loadUsage writes n usage events numbered from `from`, spread evenly over the customers,
-// products and the months from first to now, in one INSERT ... SELECT squashed into
+// products and the time from first to now, in one INSERT ... SELECT squashed into
 // blocks of the whole chunk (fewer parts to merge).
 func loadUsage(ctx context.Context, ch driver.Conn, db string, first time.Time, from, n int64) error {
-	span := time.Now().Unix() - first.Unix()
+	span := max(time.Now().Unix()-first.Unix(), 1)
 	q := fmt.Sprintf(`INSERT INTO %s (event_id, customer_id, product, ts, quantity, _topic, _partition, _offset, _ingested_at, _produced_at_ms)
 SELECT concat('evt-', toString(n)), concat('customer-', toString(10000 + h %% %d)), concat('product-', toString(intDiv(h, %d) %% %d)),
     toDateTime(%d + intHash32(n) %% %d), toFloat64(1 + intDiv(h, %d) %% 100),
@@ -376,24 +376,6 @@ FROM (SELECT number + %d AS n, intHash64(number + %d) AS h FROM numbers(%d))`,
 	}))
 	if err := ch.Exec(ictx, q); err != nil {
 		return fmt.Errorf("loading usage events: %w", err)
-	}
-	return nil
-}
-
-// newUsage writes n usage events numbered from `from`, spread over the customers and
-// products, in the month under way up to now.
-func newUsage(ctx context.Context, ch driver.Conn, db string, from, n int64) error {
-	now := time.Now().UTC()
-	start := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
-	q := fmt.Sprintf(`INSERT INTO %s (event_id, customer_id, product, ts, quantity, _topic, _partition, _offset, _ingested_at, _produced_at_ms)
-SELECT concat('evt-', toString(n)), concat('customer-', toString(10000 + h %% %d)), concat('product-', toString(intDiv(h, %d) %% %d)),
-    toDateTime(%d + intHash32(n) %% %d), toFloat64(1 + intDiv(h, %d) %% 100),
-    'bench.fb.usage', toInt32(n %% 6), toInt64(n), now(), toInt64(0)
-FROM (SELECT number + %d AS n, intHash64(number + %d) AS h FROM numbers(%d))`,
-		pipeline.QualifiedTable(db, "usage_raw"), fbCustomers, fbCustomers, fbProducts,
-		start.Unix(), max(now.Unix()-start.Unix(), 1), fbCustomers*fbProducts, from, from, n)
-	if err := ch.Exec(ctx, q); err != nil {
-		return fmt.Errorf("new usage events: %w", err)
 	}
 	return nil
 }
