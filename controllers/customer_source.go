@@ -147,7 +147,7 @@ func (c *CustomerChannels) open(ctx context.Context, key types.NamespacedName, c
 				if err != nil {
 					return nil, err
 				}
-				st.Consent.State = consentState(trail)
+				st.Consent.State = feedback.ConsentStateOf(trail)
 			}
 			return st, nil
 		},
@@ -158,7 +158,7 @@ func (c *CustomerChannels) open(ctx context.Context, key types.NamespacedName, c
 			if err != nil {
 				return nil, err
 			}
-			return customer.Receipts(trail), nil
+			return feedback.Receipts(trail), nil
 		}
 	}
 	if spec.PlansAccepted() && plans.Name != "" {
@@ -178,24 +178,6 @@ func (c *CustomerChannels) open(ctx context.Context, key types.NamespacedName, c
 	}
 	e.channel = ch
 	return e, nil
-}
-
-// consentState is the customer's consent after their last consent message: "withdrawn"
-// or "granted" (also with none).
-func consentState(trail []feedback.ConsentRecord) string {
-	state := "granted"
-	for _, r := range trail {
-		if r.Event.Err != "" {
-			continue
-		}
-		switch r.Event.Action {
-		case pipeline.ConsentWithdraw:
-			state = "withdrawn"
-		case pipeline.ConsentGrant:
-			state = "granted"
-		}
-	}
-	return state
 }
 
 // forget closes the loop's channel, if it has one.

@@ -184,7 +184,7 @@ func (r *CustomerLoopReconciler) reconcileWorkers(ctx context.Context, s *reconc
 // digests and retention are the controller's: a change of one of them alone must not
 // restart the workers.
 func workerConfig(cfg pipeline.Config) pipeline.Config {
-	cfg.Rollups, cfg.Feedback, cfg.Digests = nil, nil, nil
+	cfg.Rollups, cfg.Feedback, cfg.Digests, cfg.Statements = nil, nil, nil, nil
 	streams := make([]pipeline.StreamConfig, len(cfg.Streams))
 	for i, sc := range cfg.Streams {
 		sc.RetentionDays = 0

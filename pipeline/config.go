@@ -48,6 +48,9 @@ type Config struct {
 	Feedback *FeedbackConfig `json:"feedback,omitempty"`
 	// Digests, when set, is the loop's digest publisher, run by the controller.
 	Digests *DigestConfig `json:"digests,omitempty"`
+	// Statements, when set, is the loop's channel publisher of customer statements and
+	// consent receipts, run by the controller.
+	Statements *StatementConfig `json:"statements,omitempty"`
 	// MaxMessageBytes is the largest message value ingested; larger ones are
 	// dead-lettered with reason oversize.
 	MaxMessageBytes int `json:"maxMessageBytes,omitempty"`

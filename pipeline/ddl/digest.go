@@ -70,3 +70,25 @@ func publisherTableStatement(ch pipeline.ClickHouseConfig, table string, cols []
 	return pipeline.Statement{Object: db + "." + table,
 		SQL: createTableDDL(db, table, cols, ch.OnCluster()) + "ENGINE = " + engine + "\nORDER BY (" + orderBy + ")"}, nil
 }
+
+var channelColumns = []pipeline.Column{
+	{Name: "loop", Type: "String"},
+	{Name: "customer_id", Type: "String"},
+	// kind is "statement" or "receipt".
+	{Name: "kind", Type: "String"},
+	// period is a statement's period; a receipt's completion day.
+	{Name: "period", Type: "Date"},
+	{Name: "version", Type: "Int64"},
+	// content_hash is a statement's content; a receipt's audit id.
+	{Name: "content_hash", Type: "String"},
+	{Name: "published", Type: "UInt8"},
+	{Name: "publisher", Type: "String"},
+	{Name: "recorded_at", Type: "DateTime"},
+}
+
+// ChannelTableStatement returns the statement that creates the customer channel's table
+// (pipeline.ChannelTable) in ch's database, made like the digest table and ordered by
+// customer, so that one customer's records are a point read and a point delete.
+func ChannelTableStatement(ch pipeline.ClickHouseConfig) (pipeline.Statement, error) {
+	return publisherTableStatement(ch, pipeline.ChannelTable, channelColumns, "loop, customer_id, kind, period, version")
+}

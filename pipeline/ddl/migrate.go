@@ -250,6 +250,7 @@ func PlanDrop(cfg pipeline.Config) []pipeline.Statement {
 	}
 	drop(pipeline.DigestTable)
 	drop(pipeline.TrackingTable)
+	drop(pipeline.ChannelTable)
 	for _, t := range ManagedTables(cfg) {
 		dropTable(t.Name)
 	}

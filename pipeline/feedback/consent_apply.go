@@ -136,7 +136,7 @@ func ApplyConsent(ctx context.Context, conn driver.Conn, cfg pipeline.Config, pl
 			}
 			// The digest publisher remembers on which side of the tracking band each
 			// customer was: that goes too.
-			if err := deleteTrackingCrossings(ctx, conn, cfg, stored, &a); err != nil {
+			if err := deletePublisherRows(ctx, conn, cfg, stored, &a); err != nil {
 				return nil, nil, err
 			}
 		}
@@ -171,7 +171,13 @@ type ConsentRecord struct {
 // ConsentTrail returns a customer's consent messages, in the order they apply, each with
 // its audit record. customer is as the consent tables record it: see ConsentCustomer.
 func ConsentTrail(ctx context.Context, conn driver.Conn, db, customer string) ([]ConsentRecord, error) {
-	rows, err := conn.Query(ctx, connect.ConsentSelect+pipeline.QualifiedTable(db, pipeline.ConsentTable)+" WHERE customer_id = ? ORDER BY ts, _partition, _offset", customer)
+	trails, err := consentTrails(ctx, conn, db, "customer_id = ?", []any{customer})
+	return trails[customer], err
+}
+
+// consentTrails returns the consent trails of the customers that meet cond, by customer.
+func consentTrails(ctx context.Context, conn driver.Conn, db, cond string, args []any) (map[string][]ConsentRecord, error) {
+	rows, err := conn.Query(ctx, connect.ConsentSelect+pipeline.QualifiedTable(db, pipeline.ConsentTable)+" WHERE "+cond+" ORDER BY ts, _partition, _offset", args...)
 	if err != nil {
 		return nil, fmt.Errorf("reading the consent messages: %w", err)
 	}
@@ -186,7 +192,7 @@ func ConsentTrail(ctx context.Context, conn driver.Conn, db, customer string) ([
 	}
 	audits := map[key]ConsentRecord{}
 	rows, err = conn.Query(ctx, "SELECT tables, rows_deleted, mutation_ids, completed_at, error, _topic, _partition, _offset FROM "+
-		pipeline.QualifiedTable(db, pipeline.ConsentAuditTable)+" WHERE customer_id = ?", customer)
+		pipeline.QualifiedTable(db, pipeline.ConsentAuditTable)+" WHERE "+cond, args...)
 	if err != nil {
 		return nil, fmt.Errorf("reading the consent audit: %w", err)
 	}
@@ -206,43 +212,51 @@ func ConsentTrail(ctx context.Context, conn driver.Conn, db, customer string) ([
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	out := make([]ConsentRecord, len(events))
-	for i, e := range events {
-		out[i] = audits[key{e.Topic, int32(e.Partition), e.Offset}]
-		out[i].Event = e
-		if out[i].Audit != nil {
-			out[i].Audit.Event = e
+	out := map[string][]ConsentRecord{}
+	for _, e := range events {
+		r := audits[key{e.Topic, int32(e.Partition), e.Offset}]
+		r.Event = e
+		if r.Audit != nil {
+			a := *r.Audit
+			a.Event = e
+			r.Audit = &a
 		}
+		out[e.Customer] = append(out[e.Customer], r)
 	}
 	return out, nil
 }
 
-// deleteTrackingCrossings deletes the customer's rows, under each of its stored ids, from
-// the digest publisher's tracking crossings, when the loop has that table, and adds what
-// it deleted to the audit.
-func deleteTrackingCrossings(ctx context.Context, conn driver.Conn, cfg pipeline.Config, stored []string, a *ConsentAudit) error {
+// deletePublisherRows deletes the customer's rows, under each of its stored ids, from
+// the publishers' tables that hold their figures (the digest publisher's tracking
+// crossings), where the loop has them, and adds what it deleted to the audit. The channel
+// publisher's table (pipeline.ChannelTable) is kept, as the consent audit is: it holds
+// the customer's id with hashes and versions only, no figure, and is what sends the
+// withdrawal's receipt once and keeps the versions of a later statement increasing.
+func deletePublisherRows(ctx context.Context, conn driver.Conn, cfg pipeline.Config, stored []string, a *ConsentAudit) error {
 	if len(stored) == 0 {
 		return nil
 	}
 	db := cfg.ClickHouse.Database
-	var exists uint8
-	if err := conn.QueryRow(ctx, "SELECT count() > 0 FROM system.tables WHERE database = ? AND name = ?", db, pipeline.TrackingTable).Scan(&exists); err != nil {
-		return fmt.Errorf("looking for %s.%s: %w", db, pipeline.TrackingTable, err)
-	}
-	if exists == 0 {
-		return nil
-	}
-	for _, customer := range stored {
-		n, id, err := ddl.DeletePublisherCustomer(ctx, conn, cfg.ClickHouse, pipeline.TrackingTable, customer)
-		if err != nil {
-			return err
+	for _, table := range []string{pipeline.TrackingTable} {
+		var exists uint8
+		if err := conn.QueryRow(ctx, "SELECT count() > 0 FROM system.tables WHERE database = ? AND name = ?", db, table).Scan(&exists); err != nil {
+			return fmt.Errorf("looking for %s.%s: %w", db, table, err)
 		}
-		if n == 0 {
+		if exists == 0 {
 			continue
 		}
-		a.Tables, a.RowsDeleted = append(a.Tables, pipeline.TrackingTable), append(a.RowsDeleted, n)
-		if id != "" {
-			a.MutationIDs = append(a.MutationIDs, id)
+		for _, customer := range stored {
+			n, id, err := ddl.DeletePublisherCustomer(ctx, conn, cfg.ClickHouse, table, customer)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				continue
+			}
+			a.Tables, a.RowsDeleted = append(a.Tables, table), append(a.RowsDeleted, n)
+			if id != "" {
+				a.MutationIDs = append(a.MutationIDs, id)
+			}
 		}
 	}
 	return nil

@@ -16,6 +16,12 @@ import (
 // changes meaning or goes away (new fields may appear in any version).
 const StatementSchema = 1
 
+// The kinds of message on a customer's statement topic.
+const (
+	KindStatement = "statement"
+	KindReceipt   = "receipt"
+)
+
 // Statement is everything one customer sees of their own account in a loop: per product,
 // their plans against their usage period by period, and how accurate their plans were
 // against the naive forecast. It holds no row of any other customer. docs/customers.md
@@ -24,6 +30,9 @@ const StatementSchema = 1
 type Statement struct {
 	// Schema is StatementSchema.
 	Schema int `json:"schema"`
+	// Kind is "statement": a customer's statement topic carries their consent receipts
+	// too (ChannelReceipt).
+	Kind string `json:"kind"`
 	// Loop names the loop as "namespace/name".
 	Loop string `json:"loop"`
 	// Customer is the customer's id, as stored; the customer API shows the id their
@@ -43,6 +52,9 @@ type Statement struct {
 	// Consent is the customer's consent state, which the caller fills in from the loop's
 	// consent records; ReadStatement leaves it empty.
 	Consent StatementConsent `json:"consent"`
+	// Reason says why this is the last statement the customer gets (their consent was
+	// withdrawn); empty otherwise.
+	Reason string `json:"reason,omitempty"`
 }
 
 // StatementConsent is a customer's consent state in a statement, filled in by the
@@ -136,21 +148,32 @@ func ReadStatement(ctx context.Context, conn driver.Conn, cfg pipeline.FeedbackC
 	// Three point reads at once: the customer's groups of each rollup (joined here, where
 	// 18.16 would read one side after the other) and their plans' accuracy points.
 	var (
-		plans   []GapRow
-		actuals map[cellKey]GapRow
+		plans   map[string][]GapRow
+		actuals map[string]map[cellKey]GapRow
 		points  map[time.Time][]point
+		one     = []any{customer}
 	)
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() (err error) { plans, err = customerPlans(gctx, conn, cfg.Database, customer); return err })
-	g.Go(func() (err error) { actuals, err = customerActuals(gctx, conn, cfg.Database, customer); return err })
+	g.Go(func() (err error) { plans, err = planCells(gctx, conn, cfg.Database, "customer_id = ?", one, true); return err })
+	g.Go(func() (err error) { actuals, err = actualCells(gctx, conn, cfg.Database, "customer_id = ?", one, true); return err })
 	g.Go(func() (err error) {
-		points, err = queryPoints(gctx, conn, cfg, "customer_id = ?", []any{customer})
+		points, err = queryPoints(gctx, conn, cfg, "customer_id = ?", one)
 		return err
 	})
 	if err := g.Wait(); err != nil {
 		return nil, fmt.Errorf("reading the statement of customer %q: %w", customer, err)
 	}
-	rows := joinGaps(cfg.Grain, customer, plans, actuals, now)
+	for c := range plans {
+		if c != customer {
+			return nil, fmt.Errorf("the statement of customer %q read a row of another customer", customer)
+		}
+	}
+	for c := range actuals {
+		if c != customer {
+			return nil, fmt.Errorf("the statement of customer %q read a row of another customer", customer)
+		}
+	}
+	rows := joinGaps(cfg.Grain, plans[customer], actuals[customer], now)
 	return buildStatement(cfg.Grain, loop, customer, now, rows, points)
 }
 
@@ -159,7 +182,7 @@ func ReadStatement(ctx context.Context, conn driver.Conn, cfg pipeline.FeedbackC
 func buildStatement(g pipeline.Grain, loop, customer string, now time.Time, rows []GapRow, points map[time.Time][]point) (*Statement, error) {
 	now = now.UTC()
 	today := time.Date(now.Year(), now.Month(), now.Day(), 0, 0, 0, 0, time.UTC)
-	s := &Statement{Schema: StatementSchema, Loop: loop, Customer: customer, Period: Date{PeriodStart(g, now)},
+	s := &Statement{Schema: StatementSchema, Kind: KindStatement, Loop: loop, Customer: customer, Period: Date{PeriodStart(g, now)},
 		Granularity: g, GeneratedAt: now, Products: []StatementProduct{}}
 	byProduct := map[string]*StatementProduct{}
 	product := func(name string) *StatementProduct {
@@ -218,24 +241,25 @@ type cellKey struct {
 	period  time.Time
 }
 
-// customerPlans reads the customer's groups of the feedback_plans rollup: their plans
-// per product and period, as gap rows without actuals.
-func customerPlans(ctx context.Context, conn driver.Conn, db, customer string) ([]GapRow, error) {
+// planCells reads the groups of the feedback_plans rollup that meet cond, per customer:
+// their plans per product and period, as gap rows without actuals. point reads one
+// customer's groups, on one thread.
+func planCells(ctx context.Context, conn driver.Conn, db, cond string, args []any, point bool) (map[string][]GapRow, error) {
 	view := ddl.RollupView(pipeline.FeedbackPlansRollup)
-	rows, err := conn.Query(ctx, "SELECT product, period, planned, planned_before, versions, versions_before FROM "+
-		pipeline.QualifiedTable(db, view)+" WHERE customer_id = ? "+ddl.PushDownSettings+", max_threads = 1", customer)
+	rows, err := conn.Query(ctx, "SELECT customer_id, product, period, planned, planned_before, versions, versions_before FROM "+
+		pipeline.QualifiedTable(db, view)+" WHERE "+cond+" "+cellSettings(point), args...)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s.%s: %w", db, view, err)
 	}
 	defer rows.Close()
-	var out []GapRow
+	out := map[string][]GapRow{}
 	for rows.Next() {
 		var (
-			r                       = GapRow{Customer: customer}
+			r                       GapRow
 			planned, before         float64
 			versions, versionsStart uint64
 		)
-		if err := rows.Scan(&r.Product, &r.Period, &planned, &before, &versions, &versionsStart); err != nil {
+		if err := rows.Scan(&r.Customer, &r.Product, &r.Period, &planned, &before, &versions, &versionsStart); err != nil {
 			return nil, fmt.Errorf("reading %s.%s: %w", db, view, err)
 		}
 		r.Period, r.Versions = r.Period.UTC(), versions
@@ -245,36 +269,51 @@ func customerPlans(ctx context.Context, conn driver.Conn, db, customer string) (
 		if versionsStart > 0 {
 			r.PlannedAtStart = &before
 		}
-		out = append(out, r)
+		out[r.Customer] = append(out[r.Customer], r)
 	}
 	return out, rows.Err()
 }
 
-// customerActuals reads the customer's groups of the feedback_actuals rollup.
-func customerActuals(ctx context.Context, conn driver.Conn, db, customer string) (map[cellKey]GapRow, error) {
+// actualCells reads the groups of the feedback_actuals rollup that meet cond, per
+// customer.
+func actualCells(ctx context.Context, conn driver.Conn, db, cond string, args []any, point bool) (map[string]map[cellKey]GapRow, error) {
 	view := ddl.RollupView(pipeline.FeedbackActualsRollup)
-	rows, err := conn.Query(ctx, "SELECT product, period, actual, events FROM "+
-		pipeline.QualifiedTable(db, view)+" WHERE customer_id = ? "+ddl.PushDownSettings+", max_threads = 1", customer)
+	rows, err := conn.Query(ctx, "SELECT customer_id, product, period, actual, events FROM "+
+		pipeline.QualifiedTable(db, view)+" WHERE "+cond+" "+cellSettings(point), args...)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s.%s: %w", db, view, err)
 	}
 	defer rows.Close()
-	out := map[cellKey]GapRow{}
+	out := map[string]map[cellKey]GapRow{}
 	for rows.Next() {
-		r := GapRow{Customer: customer}
-		if err := rows.Scan(&r.Product, &r.Period, &r.Actual, &r.Events); err != nil {
+		var r GapRow
+		if err := rows.Scan(&r.Customer, &r.Product, &r.Period, &r.Actual, &r.Events); err != nil {
 			return nil, fmt.Errorf("reading %s.%s: %w", db, view, err)
 		}
 		r.Period = r.Period.UTC()
-		out[cellKey{r.Product, r.Period}] = r
+		m := out[r.Customer]
+		if m == nil {
+			m = map[cellKey]GapRow{}
+			out[r.Customer] = m
+		}
+		m[cellKey{r.Product, r.Period}] = r
 	}
 	return out, rows.Err()
+}
+
+// cellSettings are a cell read's settings: the condition reaches into the rollup's read
+// view, and a point read of one customer's few granules runs on one thread.
+func cellSettings(point bool) string {
+	if point {
+		return ddl.PushDownSettings + ", max_threads = 1"
+	}
+	return ddl.PushDownSettings
 }
 
 // joinGaps joins a customer's plans and actuals as feedback_gaps does (a full join on
 // product and period), with its gap, gap ratio, consumed share and, for the period
 // under way, the run rate and the gap it makes.
-func joinGaps(g pipeline.Grain, customer string, plans []GapRow, actuals map[cellKey]GapRow, now time.Time) []GapRow {
+func joinGaps(g pipeline.Grain, plans []GapRow, actuals map[cellKey]GapRow, now time.Time) []GapRow {
 	current := PeriodStart(g, now)
 	out := make([]GapRow, 0, len(plans)+len(actuals))
 	seen := map[cellKey]bool{}

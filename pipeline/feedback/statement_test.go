@@ -27,15 +27,18 @@ import (
 var statementSchemaPath = filepath.Join("..", "..", "docs", "schemas", "statement.schema.json")
 
 // loadStatementSchema reads the statement's JSON Schema, numbers kept as json.Number.
-func loadStatementSchema(t *testing.T) map[string]any {
+func loadStatementSchema(t *testing.T) map[string]any { return loadSchema(t, statementSchemaPath) }
+
+// loadSchema reads a JSON Schema of docs/schemas.
+func loadSchema(t *testing.T, path string) map[string]any {
 	t.Helper()
-	b, err := os.ReadFile(statementSchemaPath)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s, ok := decodeJSON(t, b).(map[string]any)
 	if !ok || s["$schema"] != "https://json-schema.org/draft/2020-12/schema" || s["type"] != "object" {
-		t.Fatalf("%s: want a draft 2020-12 schema of an object", statementSchemaPath)
+		t.Fatalf("%s: want a draft 2020-12 schema of an object", path)
 	}
 	return s
 }
@@ -285,7 +288,7 @@ func TestStatementSchema(t *testing.T) {
 	if errs := validateSchema(schema, schema, decodeJSON(t, b), ""); len(errs) > 0 {
 		t.Errorf("a statement does not meet its schema:\n%s\n%s", strings.Join(errs, "\n"), b)
 	}
-	empty, _ := json.Marshal(&Statement{Schema: StatementSchema, Customer: "x", Granularity: pipeline.GrainWeek, Products: []StatementProduct{}})
+	empty, _ := json.Marshal(&Statement{Schema: StatementSchema, Kind: KindStatement, Customer: "x", Granularity: pipeline.GrainWeek, Products: []StatementProduct{}})
 	if errs := validateSchema(schema, schema, decodeJSON(t, empty), ""); len(errs) > 0 {
 		t.Errorf("an empty statement does not meet its schema:\n%s\n%s", strings.Join(errs, "\n"), empty)
 	}

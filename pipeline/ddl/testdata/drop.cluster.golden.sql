@@ -34,6 +34,9 @@ DROP TABLE IF EXISTS `acme`.`feedback_digests` ON CLUSTER `customerloop`;
 -- acme.feedback_tracking_crossings
 DROP TABLE IF EXISTS `acme`.`feedback_tracking_crossings` ON CLUSTER `customerloop`;
 
+-- acme.customer_channel
+DROP TABLE IF EXISTS `acme`.`customer_channel` ON CLUSTER `customerloop`;
+
 -- acme.customerloop_ledger
 DROP TABLE IF EXISTS `acme`.`customerloop_ledger` ON CLUSTER `customerloop`;
 

@@ -1,10 +1,8 @@
-package customer
+package feedback
 
 import (
 	"strconv"
 	"time"
-
-	"customerloop.dev/customerloop/pipeline/feedback"
 )
 
 // Receipt is one of a customer's consent messages as the channel shows it to them: what
@@ -39,7 +37,7 @@ type DeletedRows struct {
 }
 
 // Receipts turns a customer's consent trail into the receipts the channel shows them.
-func Receipts(trail []feedback.ConsentRecord) []Receipt {
+func Receipts(trail []ConsentRecord) []Receipt {
 	out := make([]Receipt, 0, len(trail))
 	for _, r := range trail {
 		e := r.Event
