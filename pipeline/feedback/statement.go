@@ -154,8 +154,14 @@ func ReadStatement(ctx context.Context, conn driver.Conn, cfg pipeline.FeedbackC
 		one     = []any{customer}
 	)
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() (err error) { plans, err = planCells(gctx, conn, cfg.Database, "customer_id = ?", one, true); return err })
-	g.Go(func() (err error) { actuals, err = actualCells(gctx, conn, cfg.Database, "customer_id = ?", one, true); return err })
+	g.Go(func() (err error) {
+		plans, err = planCells(gctx, conn, cfg.Database, "customer_id = ?", one, true)
+		return err
+	})
+	g.Go(func() (err error) {
+		actuals, err = actualCells(gctx, conn, cfg.Database, "customer_id = ?", one, true)
+		return err
+	})
 	g.Go(func() (err error) {
 		points, err = queryPoints(gctx, conn, cfg, "customer_id = ?", one)
 		return err
