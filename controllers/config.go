@@ -173,6 +173,11 @@ func (r *CustomerLoopReconciler) pipelineConfig(ctx context.Context, loop *loops
 		return cfg, err
 	}
 	cfg.Digests = dc
+	sc, err := statementConfig(spec.CustomerChannel, cfg)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Statements = sc
 	return cfg, nil
 }
 
@@ -262,6 +267,45 @@ func digestConfig(f *loopsv1alpha1.FeedbackSpec, cfg pipeline.Config) (*pipeline
 		return nil, &specError{msg: "spec.feedback.publish: " + err.Error()}
 	}
 	return dc, nil
+}
+
+// statementConfig renders the channel publisher's config from the spec and the rest of
+// the loop's config, or nil when the loop publishes no statements.
+func statementConfig(c *loopsv1alpha1.CustomerChannelSpec, cfg pipeline.Config) (*pipeline.StatementConfig, error) {
+	if c == nil || c.Statements == nil || cfg.Feedback == nil {
+		return nil, nil
+	}
+	interval := defaultPublishInterval
+	if c.Statements.Interval != "" {
+		d, err := time.ParseDuration(c.Statements.Interval)
+		if err != nil {
+			return nil, &specError{msg: fmt.Sprintf("spec.customerChannel.statements.interval: %v", err)}
+		}
+		interval = d
+	}
+	kafka := cfg.Kafka
+	kafka.Group = ""
+	sc := &pipeline.StatementConfig{
+		Loop:      cfg.Loop,
+		Kafka:     kafka,
+		Topic:     c.Statements.Topic,
+		Feedback:  *cfg.Feedback,
+		Consent:   cfg.Consent != nil,
+		Publisher: publisherName(),
+		Cluster:   cfg.ClickHouse.Cluster,
+		Interval:  pipeline.Duration{Duration: interval},
+	}
+	// The consent tables keep clear ids unless every stream hashes them; the feedback
+	// tables keep what the usage stream stores.
+	for _, s := range cfg.Streams {
+		if s.Table() == cfg.Feedback.UsageTable && s.PII != nil && s.PII.CustomerID == pipeline.PIIHash && !cfg.ConsentHashed() {
+			sc.HashConsentIDs, sc.HMACKey = true, cfg.HMACKey
+		}
+	}
+	if err := sc.Validate(); err != nil {
+		return nil, &specError{msg: "spec.customerChannel.statements: " + err.Error()}
+	}
+	return sc, nil
 }
 
 // tlsConfig reads a CA bundle and a client certificate with its key from the loop's

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/testr"
+	"github.com/segmentio/kafka-go"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -40,7 +41,8 @@ func TestCustomerChannel(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = k8s.Delete(context.Background(), tokens) })
 	loop.Spec.Feedback = &loopsv1alpha1.FeedbackSpec{UsageStream: "usage", PlanStream: "plans"}
-	loop.Spec.CustomerChannel = &loopsv1alpha1.CustomerChannelSpec{TokensSecretRef: loopsv1alpha1.ChannelSecretRef{Name: tokens.Name}}
+	loop.Spec.CustomerChannel = &loopsv1alpha1.CustomerChannelSpec{TokensSecretRef: loopsv1alpha1.ChannelSecretRef{Name: tokens.Name},
+		Statements: &loopsv1alpha1.ChannelStatementsSpec{Topic: loop.Name + ".customer.{customer}.statements", Interval: "10s"}}
 
 	// A channel needs feedback: refused by the API server without it.
 	bad := loop.DeepCopy()
@@ -49,6 +51,20 @@ func TestCustomerChannel(t *testing.T) {
 	if err := k8s.Create(ctx, bad); err == nil || !strings.Contains(err.Error(), "customerChannel needs feedback") {
 		_ = k8s.Delete(ctx, bad)
 		t.Errorf("a channel without feedback: %v, want refused", err)
+	}
+	// Statement topics: {customer} once, followed by a dot.
+	for topic, msg := range map[string]string{
+		"acme.customer.{customer}":              "must be followed by a dot",
+		"acme.{customer}.{customer}.statements": "may appear once",
+		"acme customer.{customer}.s":            "spec.customerChannel.statements.topic",
+	} {
+		bad := loop.DeepCopy()
+		bad.Name += "-badtopic"
+		bad.Spec.CustomerChannel.Statements = &loopsv1alpha1.ChannelStatementsSpec{Topic: topic}
+		if err := k8s.Create(ctx, bad); err == nil || !strings.Contains(err.Error(), msg) {
+			_ = k8s.Delete(ctx, bad)
+			t.Errorf("statement topic %q: %v, want refused with %q", topic, err, msg)
+		}
 	}
 
 	month := time.Now().UTC().Format("2006-01") + "-01"
@@ -110,6 +126,34 @@ func TestCustomerChannel(t *testing.T) {
 		return status == http.StatusUnauthorized, fmt.Sprint(status)
 	})
 
+	// Bob's statement of the month arrives on his own topic.
+	bobTopic := loop.Name + ".customer.acme-b.statements"
+	bobOnTopic := func() (*feedback.StatementPeriod, int) {
+		var latest feedback.Statement
+		n := 0
+		for _, m := range testkit.ReadTopic(t, brokers, bobTopic) {
+			var st feedback.Statement
+			if err := json.Unmarshal(m.Value, &st); err != nil {
+				t.Fatalf("%s: %v", bobTopic, err)
+			}
+			if st.Customer != "acme-b" || string(m.Key) != "acme-b" {
+				t.Fatalf("bob's topic carries %q keyed %q", st.Customer, m.Key)
+			}
+			n++
+			if st.Version > latest.Version {
+				latest = st
+			}
+		}
+		if len(latest.Products) != 1 || len(latest.Products[0].Periods) != 1 || latest.Products[0].Periods[0].Period.Format(time.DateOnly) != month {
+			return nil, n
+		}
+		return &latest.Products[0].Periods[0], n
+	}
+	testkit.Eventually(t, time.Minute, "bob's statement on his topic", func() (bool, string) {
+		p, n := bobOnTopic()
+		return p != nil && p.PlannedLatest != nil && *p.PlannedLatest == 200 && *p.Actual == 9, fmt.Sprintf("%d statements, latest %+v", n, p)
+	})
+
 	// Bob revises his plan through the API; the loop's workers store it, and his next
 	// statement has it.
 	status, body := call(http.MethodPost, "plans", "bob-token-0123456789", `{"product":"compute","period":"`+month+`","quantity":250}`)
@@ -124,6 +168,20 @@ func TestCustomerChannel(t *testing.T) {
 		p := st.Products[0].Periods[0]
 		return p.PlannedLatest != nil && *p.PlannedLatest == 250 && p.Versions == 2, fmt.Sprintf("%+v", p)
 	})
+	// The manager publishes the revised statement to bob's own topic, under a higher
+	// version than the one before; alice's topic holds only hers.
+	testkit.Eventually(t, time.Minute, "bob's revised statement on his topic", func() (bool, string) {
+		p, n := bobOnTopic()
+		return p != nil && *p.PlannedLatest == 250 && n >= 2, fmt.Sprintf("%d statements, latest %+v", n, p)
+	})
+	for _, m := range testkit.ReadTopic(t, brokers, loop.Name+".customer.acme-a.statements") {
+		if strings.Contains(string(m.Value), "acme-b") || string(m.Key) != "acme-a" {
+			t.Errorf("alice's topic carries %s keyed %q", m.Value, m.Key)
+		}
+	}
+	if cc := get(t, loop).Status.CustomerChannel; cc == nil || cc.StatementsPublished < 3 || cc.LastRoundTime == nil || cc.Message != "" {
+		t.Errorf("status.customerChannel = %+v, want at least 3 statements published and a round", cc)
+	}
 
 	// Without the Secret, nobody is served.
 	if err := k8s.Delete(ctx, tokens); err != nil {
@@ -189,7 +247,8 @@ func TestCustomerChannelHashedIDs(t *testing.T) {
 		loop.Spec.Streams[i].PII = &loopsv1alpha1.StreamPII{CustomerID: "Hash"}
 	}
 	loop.Spec.Feedback = &loopsv1alpha1.FeedbackSpec{UsageStream: "usage", PlanStream: "plans"}
-	loop.Spec.CustomerChannel = &loopsv1alpha1.CustomerChannelSpec{TokensSecretRef: loopsv1alpha1.ChannelSecretRef{Name: secrets[1].Name}}
+	loop.Spec.CustomerChannel = &loopsv1alpha1.CustomerChannelSpec{TokensSecretRef: loopsv1alpha1.ChannelSecretRef{Name: secrets[1].Name},
+		Statements: &loopsv1alpha1.ChannelStatementsSpec{Topic: loop.Name + ".customer.{customer}.statements", Interval: "10s"}}
 	if err := k8s.Create(ctx, loop); err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +306,34 @@ func TestCustomerChannelHashedIDs(t *testing.T) {
 	if keyed != 1 {
 		t.Errorf("%d plans of 250 on the topic, want the channel's one", keyed)
 	}
-	for _, table := range []string{"usage_raw", "plans_raw"} {
+	// Alice's statements go to a topic named by her stored id; no topic name, key or
+	// statement on it holds a clear id.
+	aliceTopic := loop.Name + ".customer." + stored + ".statements"
+	testkit.Eventually(t, time.Minute, "alice's statement on her topic", func() (bool, string) {
+		msgs := testkit.ReadTopic(t, brokers, aliceTopic)
+		for _, m := range msgs {
+			if string(m.Key) != stored || strings.Contains(string(m.Value), "acme-") {
+				t.Fatalf("alice's topic carries %s keyed %q", m.Value, m.Key)
+			}
+		}
+		return len(msgs) > 0, fmt.Sprintf("%d messages", len(msgs))
+	})
+	conn, err := kafka.Dial("tcp", brokers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts, err := conn.ReadPartitions()
+	_ = conn.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range parts {
+		// This loop's topics: the test broker holds other tests' too.
+		if strings.HasPrefix(p.Topic, loop.Name+".") && strings.Contains(p.Topic, "acme-") {
+			t.Errorf("topic %q names a clear customer id", p.Topic)
+		}
+	}
+	for _, table := range []string{"usage_raw", "plans_raw", pipeline.ChannelTable} {
 		var n uint64
 		if err := ch.QueryRow(ctx, "SELECT count() FROM "+pipeline.QualifiedTable(loop.Spec.ClickHouse.Database, table)+
 			" WHERE customer_id IN ('acme-a', 'acme-b')").Scan(&n); err != nil {

@@ -31,6 +31,7 @@ import (
 	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/pipeline/ddl"
+	"customerloop.dev/customerloop/pipeline/feedback"
 	"customerloop.dev/customerloop/pipeline/ingest"
 )
 
@@ -46,7 +47,8 @@ type CustomerLoopReconciler struct {
 	// changes (jittered by up to 20%).
 	RefreshInterval time.Duration
 
-	digests digestPublishers
+	digests    publishers[*feedback.Publisher, loopsv1alpha1.FeedbackStatus]
+	statements publishers[*feedback.ChannelPublisher, loopsv1alpha1.CustomerChannelStatus]
 }
 
 // +kubebuilder:rbac:groups=loops.customerloop.dev,resources=customerloops,verbs=get;list;watch;update;patch
@@ -62,6 +64,7 @@ func (r *CustomerLoopReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		if apierrors.IsNotFound(err) {
 			forgetLoopMetrics(req.Namespace, req.Name)
 			r.digests.stop(req.NamespacedName)
+			r.statements.stop(req.NamespacedName)
 			return ctrl.Result{}, r.Runner.Stop(ctx, req.NamespacedName)
 		}
 		return ctrl.Result{}, err
@@ -244,6 +247,7 @@ func (r *CustomerLoopReconciler) finalize(ctx context.Context, loop *loopsv1alph
 	}
 	key := types.NamespacedName{Namespace: loop.Namespace, Name: loop.Name}
 	r.digests.stop(key)
+	r.statements.stop(key)
 	if err := r.Runner.Stop(ctx, key); err != nil {
 		return err
 	}

@@ -9,10 +9,8 @@ import (
 	"math"
 	"os"
 	"strconv"
-	"sync"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -25,49 +23,8 @@ import (
 
 const defaultPublishInterval = 5 * time.Minute
 
-// digestPublishers holds the publisher of each loop that publishes digests. Reconciles
-// run only on the elected manager, so one publisher runs per loop however many replicas
-// there are.
-type digestPublishers struct {
-	mu sync.Mutex
-	m  map[types.NamespacedName]*digestEntry
-}
-
-type digestEntry struct {
-	hash      string // of the publisher's config and credentials
-	conn      driver.Conn
-	pub       *feedback.Publisher
-	next      time.Time // the next round is due
-	published int64
-	status    loopsv1alpha1.FeedbackStatus
-}
-
-func (d *digestPublishers) get(key types.NamespacedName) *digestEntry {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.m[key]
-}
-
-func (d *digestPublishers) put(key types.NamespacedName, e *digestEntry) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.m == nil {
-		d.m = map[types.NamespacedName]*digestEntry{}
-	}
-	d.m[key] = e
-}
-
-// stop closes the loop's publisher, if it has one.
-func (d *digestPublishers) stop(key types.NamespacedName) {
-	d.mu.Lock()
-	e := d.m[key]
-	delete(d.m, key)
-	d.mu.Unlock()
-	if e != nil {
-		_ = e.pub.Close()
-		_ = e.conn.Close()
-	}
-}
+// digestEntry is the digest publisher of a loop, with what its status shows.
+type digestEntry = publisherEntry[*feedback.Publisher, loopsv1alpha1.FeedbackStatus]
 
 // publisherName identifies this manager replica in the digest table.
 func publisherName() string {

@@ -58,6 +58,8 @@ const (
 	ReasonRetentionFailed = "RetentionFailed"
 	// ReasonDigestsFailed: the digests phase failed to start the digest publisher.
 	ReasonDigestsFailed = "DigestsFailed"
+	// ReasonStatementsFailed: the statements phase failed to start the channel publisher.
+	ReasonStatementsFailed = "StatementsFailed"
 )
 
 // ConditionReasons are all the reasons the controller sets on conditions.
@@ -67,7 +69,7 @@ var ConditionReasons = []string{
 	ReasonInvalidSpec, ReasonMissingInput, ReasonUnsafeSchemaChange, ReasonInvalidRollup,
 	ReasonClusterNotReady, ReasonConfigFailed, ReasonClickHouseError, ReasonFeedbackFailed,
 	ReasonRollupsFailed, ReasonConsentFailed, ReasonWorkersFailing, ReasonRetentionFailed,
-	ReasonDigestsFailed,
+	ReasonDigestsFailed, ReasonStatementsFailed,
 }
 
 // Event reasons that are no condition's (events on a change of Ready carry Ready's
@@ -86,18 +88,21 @@ const (
 	// ReasonTrackingSignalOutsideBand: a customer's tracking signal for a product crossed
 	// out of spec.feedback.trackingSignalLimit (once per crossing).
 	ReasonTrackingSignalOutsideBand = "TrackingSignalOutsideBand"
+	// ReasonStatementPublishFailed: a round of the customers' statements failed.
+	ReasonStatementPublishFailed = "StatementPublishFailed"
 )
 
 // phaseReasons name each phase in the reason of its failure, when the error's kind does
 // not say more (see phaseReason). The observe phase does not fail: what it cannot read
 // is left out of status.
 var phaseReasons = map[phaseName]string{
-	phaseConfig:    ReasonConfigFailed,
-	phaseSchema:    ReasonClickHouseError,
-	phaseFeedback:  ReasonFeedbackFailed,
-	phaseRollups:   ReasonRollupsFailed,
-	phaseConsent:   ReasonConsentFailed,
-	phaseWorkers:   ReasonWorkersFailing,
-	phaseRetention: ReasonRetentionFailed,
-	phaseDigests:   ReasonDigestsFailed,
+	phaseConfig:     ReasonConfigFailed,
+	phaseSchema:     ReasonClickHouseError,
+	phaseFeedback:   ReasonFeedbackFailed,
+	phaseRollups:    ReasonRollupsFailed,
+	phaseConsent:    ReasonConsentFailed,
+	phaseWorkers:    ReasonWorkersFailing,
+	phaseRetention:  ReasonRetentionFailed,
+	phaseDigests:    ReasonDigestsFailed,
+	phaseStatements: ReasonStatementsFailed,
 }

@@ -65,15 +65,16 @@ func (s *reconcileScope) close() {
 type phaseName string
 
 const (
-	phaseConfig    phaseName = "config"
-	phaseSchema    phaseName = "schema"
-	phaseFeedback  phaseName = "feedback"
-	phaseRollups   phaseName = "rollups"
-	phaseConsent   phaseName = "consent"
-	phaseWorkers   phaseName = "workers"
-	phaseRetention phaseName = "retention"
-	phaseObserve   phaseName = "observe"
-	phaseDigests   phaseName = "digests"
+	phaseConfig     phaseName = "config"
+	phaseSchema     phaseName = "schema"
+	phaseFeedback   phaseName = "feedback"
+	phaseRollups    phaseName = "rollups"
+	phaseConsent    phaseName = "consent"
+	phaseWorkers    phaseName = "workers"
+	phaseRetention  phaseName = "retention"
+	phaseObserve    phaseName = "observe"
+	phaseDigests    phaseName = "digests"
+	phaseStatements phaseName = "statements"
 )
 
 // outcome is what a phase tells the runner besides its error: go on (the zero value), or
@@ -109,6 +110,7 @@ func (r *CustomerLoopReconciler) phases() []phase {
 		{phaseRetention, r.reconcileRetention},
 		{phaseObserve, r.observeStreams},
 		{phaseDigests, r.reconcileDigests},
+		{phaseStatements, r.reconcileStatements},
 	}
 }
 

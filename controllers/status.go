@@ -36,6 +36,8 @@ type observation struct {
 	streams  []streamObservation
 	// feedback is what the digest publisher reports; nil when the loop publishes none.
 	feedback *loopsv1alpha1.FeedbackStatus
+	// customerChannel is what the channel publisher reports; nil when it publishes none.
+	customerChannel *loopsv1alpha1.CustomerChannelStatus
 	// rollupWait says what a rollup's backfill waits for while the workers stop.
 	rollupWait string
 	// consentWait, set instead of rollupWait, says the workers are stopped to apply
@@ -59,7 +61,7 @@ type phaseFailure struct {
 
 // phaseConditions say which condition, besides Ready, a failure of the phase sets False:
 // the config and the ClickHouse objects are the schema's; consent is applied before the
-// workers (re)start. Retention and digests fail with Ready only.
+// workers (re)start. Retention, digests and statements fail with Ready only.
 var phaseConditions = map[phaseName]string{
 	phaseConfig:   loopsv1alpha1.ConditionSchemaReady,
 	phaseSchema:   loopsv1alpha1.ConditionSchemaReady,
@@ -223,6 +225,9 @@ func (r *CustomerLoopReconciler) patchStatus(ctx context.Context, before, loop *
 	}
 	if obs.feedback != nil || loop.Spec.Feedback == nil || loop.Spec.Feedback.Publish == nil {
 		st.Feedback = obs.feedback
+	}
+	if c := loop.Spec.CustomerChannel; obs.customerChannel != nil || c == nil || c.Statements == nil {
+		st.CustomerChannel = obs.customerChannel
 	}
 	if obs.statsErr == nil && len(obs.streams) > 0 {
 		prev := map[string]loopsv1alpha1.StreamStatus{}

@@ -92,6 +92,29 @@ type CustomerLoopStatus struct {
 	// feedback reports the digests published for product teams.
 	// +optional
 	Feedback *FeedbackStatus `json:"feedback,omitempty"`
+
+	// customerChannel is what the loop's customer channel published; nil when it
+	// publishes no statements.
+	// +optional
+	CustomerChannel *CustomerChannelStatus `json:"customerChannel,omitempty"`
+}
+
+// CustomerChannelStatus is what the channel publisher sent to customers.
+type CustomerChannelStatus struct {
+	// statementsPublished and receiptsPublished count the messages this loop's publisher
+	// sent since it started.
+	// +optional
+	StatementsPublished int64 `json:"statementsPublished,omitempty"`
+	// +optional
+	ReceiptsPublished int64 `json:"receiptsPublished,omitempty"`
+
+	// lastRoundTime is when the last publication round ended well.
+	// +optional
+	LastRoundTime *metav1.Time `json:"lastRoundTime,omitempty"`
+
+	// message says why the last publication round failed; empty when it succeeded.
+	// +optional
+	Message string `json:"message,omitempty"`
 }
 
 // FeedbackStatus is what the loop has told product teams, from its digest table.
