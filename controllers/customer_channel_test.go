@@ -200,6 +200,7 @@ func TestCustomerChannelHashedIDs(t *testing.T) {
 	})
 	produceJSON(t, loop.Spec.Streams[0].Topic, []string{
 		fmt.Sprintf(`{"id":"e1","customer":"acme-a","product":"compute","ts":%d,"qty":7}`, time.Now().Add(-time.Minute).Unix()),
+		fmt.Sprintf(`{"id":"e2","customer":"acme-a","product":"compute","ts":%d,"qty":"many"}`, time.Now().Add(-time.Minute).Unix()),
 	})
 	testkit.Eventually(t, 2*time.Minute, "the loop ingests its rows", func() (bool, string) {
 		l := get(t, loop)
@@ -221,6 +222,18 @@ func TestCustomerChannelHashedIDs(t *testing.T) {
 	if strings.Contains(body, pipeline.HashPII(key, []byte("acme-a"))) || strings.Contains(body, "acme-b") {
 		t.Errorf("the statement shows a stored id or another customer: %s", body)
 	}
+	// Her malformed event is among her dead letters, found under her stored id.
+	testkit.Eventually(t, time.Minute, "alice's dead letter", func() (bool, string) {
+		status, body := call(http.MethodGet, "deadletters", "")
+		var dl customer.DeadLetters
+		if status != http.StatusOK || json.Unmarshal([]byte(body), &dl) != nil || dl.Customer != "acme-a" {
+			return false, fmt.Sprint(status, body)
+		}
+		if strings.Contains(body, pipeline.HashPII(key, []byte("acme-a"))) || strings.Contains(body, "acme-b") {
+			t.Fatalf("the dead letters show a stored id or another customer: %s", body)
+		}
+		return len(dl.DeadLetters) == 1 && dl.DeadLetters[0].Count == 1 && dl.DeadLetters[0].Reasons[0].Reason == string(pipeline.ReasonWrongType), body
+	})
 	if status, body := call(http.MethodPost, "plans", `{"product":"compute","period":"`+month+`","quantity":250}`); status != http.StatusAccepted {
 		t.Fatalf("alice's plan: %d %s", status, body)
 	}
@@ -247,7 +260,7 @@ func TestCustomerChannelHashedIDs(t *testing.T) {
 	if keyed != 1 {
 		t.Errorf("%d plans of 250 on the topic, want the channel's one", keyed)
 	}
-	for _, table := range []string{"usage_raw", "plans_raw"} {
+	for _, table := range []string{"usage_raw", "plans_raw", pipeline.DeadLettersTable} {
 		var n uint64
 		if err := ch.QueryRow(ctx, "SELECT count() FROM "+pipeline.QualifiedTable(loop.Spec.ClickHouse.Database, table)+
 			" WHERE customer_id IN ('acme-a', 'acme-b')").Scan(&n); err != nil {
