@@ -259,6 +259,7 @@ func TestCustomerChannelHashedIDs(t *testing.T) {
 	})
 	produceJSON(t, loop.Spec.Streams[0].Topic, []string{
 		fmt.Sprintf(`{"id":"e1","customer":"acme-a","product":"compute","ts":%d,"qty":7}`, time.Now().Add(-time.Minute).Unix()),
+		fmt.Sprintf(`{"id":"e2","customer":"acme-a","product":"compute","ts":%d,"qty":"many"}`, time.Now().Add(-time.Minute).Unix()),
 	})
 	testkit.Eventually(t, 2*time.Minute, "the loop ingests its rows", func() (bool, string) {
 		l := get(t, loop)
@@ -280,6 +281,18 @@ func TestCustomerChannelHashedIDs(t *testing.T) {
 	if strings.Contains(body, pipeline.HashPII(key, []byte("acme-a"))) || strings.Contains(body, "acme-b") {
 		t.Errorf("the statement shows a stored id or another customer: %s", body)
 	}
+	// Her malformed event is among her dead letters, found under her stored id.
+	testkit.Eventually(t, time.Minute, "alice's dead letter", func() (bool, string) {
+		status, body := call(http.MethodGet, "deadletters", "")
+		var dl customer.DeadLetters
+		if status != http.StatusOK || json.Unmarshal([]byte(body), &dl) != nil || dl.Customer != "acme-a" {
+			return false, fmt.Sprint(status, body)
+		}
+		if strings.Contains(body, pipeline.HashPII(key, []byte("acme-a"))) || strings.Contains(body, "acme-b") {
+			t.Fatalf("the dead letters show a stored id or another customer: %s", body)
+		}
+		return len(dl.DeadLetters) == 1 && dl.DeadLetters[0].Count == 1 && dl.DeadLetters[0].Reasons[0].Reason == string(pipeline.ReasonWrongType), body
+	})
 	if status, body := call(http.MethodPost, "plans", `{"product":"compute","period":"`+month+`","quantity":250}`); status != http.StatusAccepted {
 		t.Fatalf("alice's plan: %d %s", status, body)
 	}
@@ -333,7 +346,7 @@ func TestCustomerChannelHashedIDs(t *testing.T) {
 			t.Errorf("topic %q names a clear customer id", p.Topic)
 		}
 	}
-	for _, table := range []string{"usage_raw", "plans_raw", pipeline.ChannelTable} {
+	for _, table := range []string{"usage_raw", "plans_raw", pipeline.DeadLettersTable, pipeline.ChannelTable} {
 		var n uint64
 		if err := ch.QueryRow(ctx, "SELECT count() FROM "+pipeline.QualifiedTable(loop.Spec.ClickHouse.Database, table)+
 			" WHERE customer_id IN ('acme-a', 'acme-b')").Scan(&n); err != nil {

@@ -113,7 +113,8 @@ func (c *CustomerChannels) Channel(ctx context.Context, namespace, name string) 
 	return e.channel, nil
 }
 
-// open makes the loop's channel: its connection, its plan writer and its statement.
+// open makes the loop's channel: its connection, its plan writer, its statement and
+// dead letters.
 func (c *CustomerChannels) open(ctx context.Context, key types.NamespacedName, cfg pipeline.Config, spec *loopsv1alpha1.CustomerChannelSpec) (*channelEntry, error) {
 	fc := *cfg.Feedback
 	var plans pipeline.StreamConfig
@@ -151,6 +152,14 @@ func (c *CustomerChannels) open(ctx context.Context, key types.NamespacedName, c
 			}
 			return st, nil
 		},
+	}
+	ch.DeadLetters = func(ctx context.Context, id string) ([]feedback.StatementDeadLetters, error) {
+		// Stored as the statement reads the customer: as the plan stream stores them.
+		dead, err := feedback.ReadDeadLetters(ctx, conn, fc, stored(id))
+		if err != nil {
+			return nil, err
+		}
+		return feedback.StatementDeadLettersOf(dead), nil
 	}
 	if cfg.Consent != nil {
 		ch.Consent = func(ctx context.Context, id string) (any, error) {

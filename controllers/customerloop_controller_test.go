@@ -194,8 +194,8 @@ func TestLoopLifecycle(t *testing.T) {
 	if got := testutil.ToFloat64(loopCondition.WithLabelValues(loop.Namespace, loop.Name, "Ready", "True")); got != 1 {
 		t.Errorf("customerloop_loop_condition{type=Ready,status=True} = %v, want 1", got)
 	}
-	if len(l.Status.Objects) != 16 {
-		t.Errorf("status.objects = %v, want the database, the ledger, 2 raw tables, the feedback rollups' 3 objects each and 6 feedback views", l.Status.Objects)
+	if len(l.Status.Objects) != 17 {
+		t.Errorf("status.objects = %v, want the database, the ledger, the dead letters, 2 raw tables, the feedback rollups' 3 objects each and 6 feedback views", l.Status.Objects)
 	}
 	// The feedback views join the two streams: every (customer, product, period) with a
 	// plan or usage has a row.
@@ -255,8 +255,8 @@ func TestLoopLifecycle(t *testing.T) {
 	if err := ch.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ?", loop.Spec.ClickHouse.Database).Scan(&tables); err != nil {
 		t.Fatal(err)
 	}
-	if tables != 15 {
-		t.Errorf("%d tables left in %s after deletion, want the 2 raw tables, the ledger, the feedback rollups' 3 objects each and 6 views kept", tables, loop.Spec.ClickHouse.Database)
+	if tables != 16 {
+		t.Errorf("%d tables left in %s after deletion, want the 2 raw tables, the ledger, the dead letters, the feedback rollups' 3 objects each and 6 views kept", tables, loop.Spec.ClickHouse.Database)
 	}
 }
 

@@ -116,7 +116,7 @@ func TestDeletionPolicyDelete(t *testing.T) {
 	db := loop.Spec.ClickHouse.Database
 	testkit.Eventually(t, 30*time.Second, "the tables and feedback views", func() (bool, string) {
 		n := countRows(t, fmt.Sprintf("SELECT count() FROM system.tables WHERE database = '%s'", db))
-		return n == 15, fmt.Sprint(n) // 2 raw tables, the ledger, the feedback rollups' 3 objects each, 6 views
+		return n == 16, fmt.Sprint(n) // 2 raw tables, the ledger, the dead letters, the feedback rollups' 3 objects each, 6 views
 	})
 	if err := k8s.Delete(ctx, loop); err != nil {
 		t.Fatal(err)

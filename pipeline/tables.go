@@ -49,6 +49,19 @@ const TrackingTable = "feedback_tracking_crossings"
 // offsets are already there and skips exactly those. Every offset lands once.
 const LedgerTable = "customerloop_ledger"
 
+// DeadLettersTable records, in the loop's database, one row per dead-lettered message:
+// whose it was (customer_id as the stream stores it: the HMAC when the stream hashes
+// customer ids, empty when the message had no readable customer id), its stream, reason and
+// source position, and the time it counts in. It is what a customer's statement and the
+// customer API read of their dead letters; the dead-letter topic keeps the messages.
+//
+// Workers write a batch's rows after its raw rows and before its ledger entry, checking
+// what landed before a retry. A crash before the ledger makes the batch be read again
+// and its dead letters written again: the table is a ReplacingMergeTree keyed by the
+// source position, which merges collapse, and readers count distinct source positions,
+// so a dead-lettered message counts once either way.
+const DeadLettersTable = "dead_letters"
+
 // Column is a column of a raw table.
 type Column struct {
 	Name string

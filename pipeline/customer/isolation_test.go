@@ -20,6 +20,7 @@ import (
 	"github.com/go-logr/logr/testr"
 	"github.com/segmentio/kafka-go"
 
+	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/ddl"
 	"customerloop.dev/customerloop/pipeline/ddl/ddltest"
 	"customerloop.dev/customerloop/pipeline/feedback"
@@ -80,6 +81,16 @@ func newChannelStack(t *testing.T) *channelStack {
 	if err := ddl.InsertRows(ctx, conn, fc.Database, cfg.Streams[1], plans); err != nil {
 		t.Fatal(err)
 	}
+	// Dead letters of each customer, in topics named after them, so that a row of
+	// another customer's would show as their bytes; and one of no customer.
+	var dead [][]any
+	for ci, c := range channelCustomers {
+		for i := range 3 + ci {
+			dead = append(dead, []any{c, "usage", "wrong_type", c + "-events", int32(0), int64(i), month, now})
+		}
+	}
+	dead = append(dead, []any{"", "usage", "invalid_json", "nobody-events", int32(0), int64(0), month, now})
+	ddltest.InsertInto(t, conn, fc.Database, pipeline.DeadLettersTable, dead...)
 	planStream := cfg.Streams[1]
 	brokers := stacktest.StartBroker(t, 3, planStream.Topic)
 	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: planStream.Topic, Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll, BatchTimeout: 5 * time.Millisecond}
@@ -92,6 +103,10 @@ func newChannelStack(t *testing.T) *channelStack {
 	s.statement = func(ctx context.Context, customer string) (*feedback.Statement, error) {
 		return feedback.ReadStatement(ctx, conn, fc, "default/acme", customer, time.Now())
 	}
+	deadLetters := func(ctx context.Context, customer string) ([]feedback.StatementDeadLetters, error) {
+		d, err := feedback.ReadDeadLetters(ctx, conn, fc, customer)
+		return feedback.StatementDeadLettersOf(d), err
+	}
 	s.data = map[string][]byte{
 		KeySigningKey: bytes.Repeat([]byte("k"), 32),
 		"alice":       tokenEntry("acme-a", "alice-token-0123456789", ""),
@@ -101,8 +116,9 @@ func newChannelStack(t *testing.T) *channelStack {
 	s.reload(t)
 	ch := &Channel{
 		Loop: "default/acme", Tokens: s.holder, Limiter: NewLimiter(10000, 10000),
-		Statement: s.statement,
-		Planner:   planner,
+		Statement:   s.statement,
+		DeadLetters: deadLetters,
+		Planner:     planner,
 	}
 	// The attacks fail hundreds of times from one client: the failure budget is large.
 	srv := httptest.NewServer(NewServer(staticSource{"default/acme": ch}, testr.New(t)).LimitFailures(10000, 10000))
@@ -224,6 +240,11 @@ func TestChannelIsolation(t *testing.T) {
 		{"/v1/loops/default/acme-b/statement", false},
 		{"/v1/loops/default/acme/statement;customer=acme-b", false},
 		{good + "consent", false}, // the loop has no consent stream
+		{good + "deadletters", true},
+		{good + "deadletters?customer=acme-b", false},
+		{good + "deadletters/", false},
+		{"/v1/loops/default/acme/deadLetters", false},
+		{"/v1/loops/default/acme/dead%6cetters", false},
 	}
 	extra := [][]string{
 		nil,
@@ -251,6 +272,10 @@ func TestChannelIsolation(t *testing.T) {
 					if !strings.Contains(body, own) {
 						t.Errorf("%s GET %s: the statement is not %s's: %.300s", c.name, p.target, c.customer, body)
 					}
+					// The customer's own dead letters are there, in full.
+					if !strings.Contains(body, c.customer+"-events") || strings.Contains(body, "nobody-events") {
+						t.Errorf("%s GET %s: not the customer's own dead letters alone: %.600s", c.name, p.target, body)
+					}
 				} else if c.customer != "" && p.ok && h == nil {
 					t.Errorf("%s GET %s: %d, want 200: %.300s", c.name, p.target, status, body)
 				}
@@ -267,6 +292,14 @@ func TestChannelIsolation(t *testing.T) {
 		if status != http.StatusUnauthorized {
 			t.Errorf("%s with two Authorization headers: %d, want 401", c.name, status)
 		}
+	}
+	// Alice's dead letters, as the endpoint answers them.
+	status, body := s.raw(t, http.MethodGet, good+"deadletters", []string{"Authorization: Bearer alice-token-0123456789"}, "")
+	var dl DeadLetters
+	if status != http.StatusOK || json.Unmarshal([]byte(body[strings.Index(body, "\n\n")+2:]), &dl) != nil || dl.Customer != "acme-a" || dl.Loop != "default/acme" ||
+		len(dl.DeadLetters) != 1 || dl.DeadLetters[0].Count != 3 || len(dl.DeadLetters[0].Reasons) != 1 || len(dl.DeadLetters[0].Reasons[0].First) != 3 ||
+		dl.DeadLetters[0].Reasons[0].First[2].Offset != 2 || dl.DeadLetters[0].Reasons[0].First[2].Topic != "acme-a-events" {
+		t.Errorf("alice's dead letters: %d %s", status, body)
 	}
 	// Every refusal reads the same, whatever its cause.
 	_, unknown := s.raw(t, http.MethodGet, good+"statement", []string{"Authorization: Bearer nobody-0123456789"}, "")
@@ -306,7 +339,7 @@ func TestChannelIsolation(t *testing.T) {
 			}
 		}
 	}
-	status, _ := plan("alice-old-token-0123456789", `{"product":"compute","period":"`+period+`","quantity":1}`)
+	status, _ = plan("alice-old-token-0123456789", `{"product":"compute","period":"`+period+`","quantity":1}`)
 	if status != http.StatusUnauthorized {
 		t.Errorf("a plan with an expired token: %d, want 401", status)
 	}

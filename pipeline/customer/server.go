@@ -26,6 +26,9 @@ type Channel struct {
 	// Consent reads the customer's consent messages and their receipts; nil when the
 	// loop has no consent stream.
 	Consent func(ctx context.Context, customer string) (any, error)
+	// DeadLetters reads the customer's dead letters per period and reason (see
+	// feedback.ReadDeadLetters); nil serves none.
+	DeadLetters func(ctx context.Context, customer string) ([]feedback.StatementDeadLetters, error)
 	// Planner takes the customer's plans; nil when the loop has no plan stream.
 	Planner *Planner
 }
@@ -44,6 +47,7 @@ type Source interface {
 //	GET  /v1/loops/{namespace}/{name}/statement   the customer's current statement
 //	GET  /v1/loops/{namespace}/{name}/page        the same as an HTML page with charts
 //	GET  /v1/loops/{namespace}/{name}/consent     their consent messages and receipts
+//	GET  /v1/loops/{namespace}/{name}/deadletters their dead-lettered messages per period
 //	POST /v1/loops/{namespace}/{name}/plans       submit or revise a plan
 //
 // Every request carries the customer's token (Authorization: Bearer). A path that is not
@@ -76,7 +80,8 @@ func (s *Server) LimitFailures(rate float64, burst int) *Server {
 var label = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 // endpoints are the API's last path segments and their methods.
-var endpoints = map[string]string{"statement": http.MethodGet, "page": http.MethodGet, "consent": http.MethodGet, "plans": http.MethodPost}
+var endpoints = map[string]string{"statement": http.MethodGet, "page": http.MethodGet, "consent": http.MethodGet,
+	"deadletters": http.MethodGet, "plans": http.MethodPost}
 
 // ServeHTTP routes the request to its loop.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -160,6 +165,17 @@ func serveChannel(w http.ResponseWriter, r *http.Request, ch *Channel, p Princip
 			return
 		}
 		writeJSON(w, http.StatusOK, trail)
+	case "deadletters":
+		if ch.DeadLetters == nil {
+			http.NotFound(w, r)
+			return
+		}
+		dead, err := ch.DeadLetters(ctx, p.Customer)
+		if err != nil {
+			fail(w, log, ch.Loop, p, "reading the dead letters", err)
+			return
+		}
+		writeJSON(w, http.StatusOK, &DeadLetters{Loop: ch.Loop, Customer: p.Customer, DeadLetters: nonNilDeadLetters(dead)})
 	case "plans":
 		if ch.Planner == nil {
 			http.NotFound(w, r)
@@ -197,4 +213,21 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_, _ = w.Write(append(b, '\n'))
+}
+
+// DeadLetters is what GET .../deadletters answers: the customer's dead-lettered
+// messages, per period of the loop's grain (oldest first) and reason, as their statement
+// carries them.
+type DeadLetters struct {
+	Loop string `json:"loop"`
+	// Customer is the id the token names.
+	Customer    string                          `json:"customer"`
+	DeadLetters []feedback.StatementDeadLetters `json:"deadLetters"`
+}
+
+func nonNilDeadLetters(d []feedback.StatementDeadLetters) []feedback.StatementDeadLetters {
+	if d == nil {
+		return []feedback.StatementDeadLetters{}
+	}
+	return d
 }

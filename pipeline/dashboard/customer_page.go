@@ -21,7 +21,8 @@ type customerProduct struct {
 // CustomerPage writes a customer's statement as one HTML page, for the customer channel:
 // per product the chart of their plans against their usage (the period under way with
 // its run rate), the figures period by period, and their plans' accuracy by horizon
-// against the naive forecast. It is rendered here, loads nothing from elsewhere, and
+// against the naive forecast, and their dead letters per period and reason. It is
+// rendered here, loads nothing from elsewhere, and
 // holds nothing but the statement's own figures.
 func CustomerPage(w io.Writer, st *feedback.Statement) error {
 	p := customerPage{Statement: st}
@@ -62,5 +63,10 @@ const customerTemplate = `{{define "customer"}}{{template "head" .Customer}}
 {{range .Accuracy}}<tr><td>{{.Horizon}}</td><td>{{.N}}</td><td>{{qty .Planned}}</td><td>{{qty .Actual}}</td><td>{{pct .Bias}}</td><td>{{pct .WAPE}}</td><td>{{pct .NaiveWAPE}}</td><td>{{pct .FVA}}</td><td>{{if .BeatsNaive}}yes{{else}}no{{end}}</td></tr>
 {{end}}</table>{{end}}</section>
 {{end}}
-</body></html>{{end}}
+{{if .DeadLetters}}<section class="dead-letters" id="dead-letters"><h2>Messages we could not store</h2>
+<p class="meta">Per period of the messages' own time, by reason, with where the first few are in the topics you send to (topic/partition:offset).</p>
+<table class="dead-letters"><tr><th class="l">period</th><th class="l">reason</th><th>messages</th><th class="l">first</th></tr>
+{{range .DeadLetters}}{{$period := .Period}}{{range .Reasons}}<tr><td class="l">{{date $period.Time}}</td><td class="l">{{.Reason}}</td><td>{{.Count}}</td><td class="l">{{range $i, $f := .First}}{{if $i}}, {{end}}{{$f.Topic}}/{{$f.Partition}}:{{$f.Offset}}{{end}}</td></tr>
+{{end}}{{end}}</table></section>
+{{end}}</body></html>{{end}}
 `

@@ -78,3 +78,27 @@ func TestCustomerPageInChromium(t *testing.T) {
 		}
 	}
 }
+
+// TestCustomerPageDeadLetters: the page lists the customer's dead letters per period
+// and reason with their first positions, and has no such section without any.
+func TestCustomerPageDeadLetters(t *testing.T) {
+	month := time.Date(2026, 10, 1, 0, 0, 0, 0, time.UTC)
+	st := &feedback.Statement{Customer: "c1", Granularity: "Month", Products: []feedback.StatementProduct{}, DeadLetters: []feedback.StatementDeadLetters{}}
+	var b strings.Builder
+	if err := CustomerPage(&b, st); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(b.String(), "dead-letters") {
+		t.Error("a page without dead letters has a section for them")
+	}
+	st.DeadLetters = feedback.StatementDeadLettersOf([]feedback.DeadLetterSummary{
+		{Period: feedback.Date{Time: month}, Reason: "wrong_type", Count: 7, First: []feedback.DeadLetterSource{{Topic: "u", Partition: 1, Offset: 0}, {Topic: "u", Partition: 0, Offset: 3}}},
+	})
+	b.Reset()
+	if err := CustomerPage(&b, st); err != nil {
+		t.Fatal(err)
+	}
+	if want := `<tr><td class="l">2026-10-01</td><td class="l">wrong_type</td><td>7</td><td class="l">u/1:0, u/0:3</td></tr>`; !strings.Contains(b.String(), want) {
+		t.Errorf("the page's dead letters:\n%s\nwant a row %s", b.String(), want)
+	}
+}

@@ -135,6 +135,7 @@ func TestClusterMaintenanceGolden(t *testing.T) {
 	for _, s := range cfg.Streams {
 		writeStatements(&b, DeleteCustomerStatement(ch, s.Table()))
 	}
+	writeStatements(&b, DeleteDeadLettersStatement(ch))
 	stacktest.Golden(t, filepath.Join("testdata", "consent.cluster.golden.sql"), b.String())
 
 	b.Reset()
@@ -162,6 +163,7 @@ func TestMaintenanceStatementsSingleServer(t *testing.T) {
 		RetentionTTLStatement(ch, s, 30).SQL:       "ALTER TABLE `acme`.`usage_raw` MODIFY TTL `ts` + toIntervalDay(30)",
 		DropPartitionStatement(ch, s, 202611).SQL:  "ALTER TABLE `acme`.`usage_raw` DROP PARTITION 202611",
 		DeleteCustomerStatement(ch, s.Table()).SQL: "ALTER TABLE `acme`.`usage_raw` DELETE WHERE customer_id = ?",
+		DeleteDeadLettersStatement(ch).SQL:         "ALTER TABLE `acme`.`dead_letters` DELETE WHERE customer_id = ? AND has(?, stream)",
 		PlanDrop(cfg)[len(PlanDrop(cfg))-1].SQL:    "DROP TABLE IF EXISTS `acme`.`plans_raw`",
 	} {
 		if got != want {

@@ -62,7 +62,7 @@ func DeleteCustomerStatement(ch pipeline.ClickHouseConfig, table string) pipelin
 // The caller stops every writer of the table first, so that no row of the customer is
 // inserted behind the mutation.
 func DeleteCustomer(ctx context.Context, conn driver.Conn, ch pipeline.ClickHouseConfig, table, customer string) (uint64, string, error) {
-	return deleteCustomer(ctx, conn, ch, table, ch.StoredTable(table), DeleteCustomerStatement(ch, table), customer)
+	return deleteCustomer(ctx, conn, ch, table, ch.StoredTable(table), DeleteCustomerStatement(ch, table), "customer_id = ?", customer)
 }
 
 // DeletePublisherCustomer is DeleteCustomer for one of the digest publisher's own tables
@@ -72,14 +72,36 @@ func DeleteCustomer(ctx context.Context, conn driver.Conn, ch pipeline.ClickHous
 func DeletePublisherCustomer(ctx context.Context, conn driver.Conn, ch pipeline.ClickHouseConfig, table, customer string) (uint64, string, error) {
 	stmt := pipeline.Statement{Object: ch.Database + "." + table,
 		SQL: "ALTER TABLE " + pipeline.QualifiedTable(ch.Database, table) + " DELETE WHERE customer_id = ?"}
-	return deleteCustomer(ctx, conn, ch, table, table, stmt, customer)
+	return deleteCustomer(ctx, conn, ch, table, table, stmt, "customer_id = ?", customer)
 }
 
-// deleteCustomer deletes with stmt from table, whose rows live in stored on each node.
-func deleteCustomer(ctx context.Context, conn driver.Conn, ch pipeline.ClickHouseConfig, table, stored string, stmt pipeline.Statement, customer string) (uint64, string, error) {
+// DeleteDeadLettersStatement is the mutation that deletes a customer's dead letters of
+// some streams from the dead_letters table (on a cluster from its local tables ON
+// CLUSTER, as DeleteCustomerStatement). Its parameters are the customer, as the table
+// stores it, and the streams' names, as an array.
+func DeleteDeadLettersStatement(ch pipeline.ClickHouseConfig) pipeline.Statement {
+	t := ch.StoredTable(pipeline.DeadLettersTable)
+	return pipeline.Statement{Object: ch.Database + "." + t,
+		SQL: "ALTER TABLE " + pipeline.QualifiedTable(ch.Database, t) + ch.OnCluster() + " DELETE WHERE " + deadLettersOf}
+}
+
+// deadLettersOf selects a customer's dead letters of some streams.
+const deadLettersOf = "customer_id = ? AND has(?, stream)"
+
+// DeleteDeadLetters deletes a customer's dead letters of the given streams, as
+// DeleteCustomer deletes their rows of a raw table, and returns the rows deleted and the
+// mutation's id. customer is as the table stores it (see pipeline.DeadLettersTable).
+func DeleteDeadLetters(ctx context.Context, conn driver.Conn, ch pipeline.ClickHouseConfig, customer string, streams []string) (uint64, string, error) {
+	return deleteCustomer(ctx, conn, ch, pipeline.DeadLettersTable, ch.StoredTable(pipeline.DeadLettersTable),
+		DeleteDeadLettersStatement(ch), deadLettersOf, customer, pipeline.NonNil(streams))
+}
+
+// deleteCustomer deletes with stmt from table, whose rows live in stored on each node:
+// the rows where matches, with args, which are stmt's parameters too.
+func deleteCustomer(ctx context.Context, conn driver.Conn, ch pipeline.ClickHouseConfig, table, stored string, stmt pipeline.Statement, where string, args ...any) (uint64, string, error) {
 	db := ch.Database
 	var n uint64
-	if err := conn.QueryRow(ctx, "SELECT count() FROM "+pipeline.QualifiedTable(db, table)+" WHERE customer_id = ?", customer).Scan(&n); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT count() FROM "+pipeline.QualifiedTable(db, table)+" WHERE "+where, args...).Scan(&n); err != nil {
 		return 0, "", fmt.Errorf("counting a customer's rows in %s: %w", table, err)
 	}
 	if n == 0 {
@@ -91,7 +113,7 @@ func deleteCustomer(ctx context.Context, conn driver.Conn, ch pipeline.ClickHous
 	}
 	// A replica that is down has the mutation in its replication log: not waiting for
 	// its DDL answer is right (waitMutations waits for the replicas that answer).
-	if _, err := connect.RunDDL(ctx, conn, stmt, connect.DDLTimeout, customer); err != nil {
+	if _, err := connect.RunDDL(ctx, conn, stmt, connect.DDLTimeout, args...); err != nil {
 		return 0, "", fmt.Errorf("deleting a customer's rows from %s: %w", table, err)
 	}
 	after, err := mutationIDs(ctx, conn, db, stored)

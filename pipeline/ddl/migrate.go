@@ -30,9 +30,10 @@ const (
 )
 
 // ManagedTables lists the tables of the loop's database that CustomerLoop owns: the
-// ledger and one raw table per stream.
+// ledger, the dead letters, the consent tables and one raw table per stream.
 func ManagedTables(cfg pipeline.Config) []TableSpec {
-	tables := []TableSpec{{Name: pipeline.LedgerTable, Columns: ledgerColumns, ShardKey: partitionShardKey}}
+	tables := []TableSpec{{Name: pipeline.LedgerTable, Columns: ledgerColumns, ShardKey: partitionShardKey},
+		{Name: pipeline.DeadLettersTable, Columns: deadLetterColumns, ShardKey: customerShardKey}}
 	if cfg.Consent != nil {
 		tables = append(tables, TableSpec{Name: pipeline.ConsentTable, Columns: consentColumns, ShardKey: consentShardKey},
 			TableSpec{Name: pipeline.ConsentAuditTable, Columns: consentAuditColumns, ShardKey: consentShardKey})

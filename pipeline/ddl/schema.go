@@ -42,8 +42,9 @@ func EventTimeColumn(kind pipeline.Kind) int {
 	return 3
 }
 
-// PlanSchema returns the DDL that creates the loop's database, its ledger and raw tables. It is a pure
-// function of the config; applying its statements again changes nothing.
+// PlanSchema returns the DDL that creates the loop's database, its ledger, dead letters
+// and raw tables. It is a pure function of the config; applying its statements again
+// changes nothing.
 func PlanSchema(cfg pipeline.Config) ([]pipeline.Statement, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
@@ -54,6 +55,7 @@ func PlanSchema(cfg pipeline.Config) ([]pipeline.Statement, error) {
 		SQL:    "CREATE DATABASE IF NOT EXISTS " + pipeline.QuoteIdent(db) + cfg.ClickHouse.OnCluster(),
 	}}
 	stmts = append(stmts, ledgerDDL(cfg.ClickHouse)...)
+	stmts = append(stmts, deadLettersDDL(cfg.ClickHouse)...)
 	if cfg.Consent != nil {
 		stmts = append(stmts, consentDDL(cfg.ClickHouse)...)
 	}

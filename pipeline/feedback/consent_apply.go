@@ -70,10 +70,10 @@ func nonNilU(s []uint64) []uint64 {
 }
 
 // ApplyConsent applies pending consent messages with the loop's workers stopped: a
-// withdrawal deletes the customer's rows from the raw tables of its scope and the
-// customer's groups from the rollups of those tables that group by customer_id; the
-// other rollups of those tables are rebuilt; only then is each message audited as
-// complete.
+// withdrawal deletes the customer's rows from the raw tables of its scope, their dead
+// letters of those streams (pipeline.DeadLettersTable) and the customer's groups from
+// the rollups of those tables that group by customer_id; the other rollups of those
+// tables are rebuilt; only then is each message audited as complete.
 // A grant needs no change of data: the workers started next ingest the customer again.
 // Every step is idempotent; a crash before the audit applies the messages again.
 //
@@ -95,6 +95,8 @@ func ApplyConsent(ctx context.Context, conn driver.Conn, cfg pipeline.Config, pl
 		a := ConsentAudit{Event: e}
 		if e.Err == "" && e.Action == pipeline.ConsentWithdraw {
 			var stored []string // the customer's ids as the withheld streams store them
+			// the withheld streams by the customer's id there, whose dead letters go too
+			deadStreams := map[string][]string{}
 			for _, s := range cfg.Streams {
 				if len(e.Scope) > 0 && !slices.Contains(e.Scope, s.Name) || !state.Withheld(s.Name, e.Customer) {
 					continue
@@ -103,6 +105,7 @@ func ApplyConsent(ctx context.Context, conn driver.Conn, cfg pipeline.Config, pl
 				if !slices.Contains(stored, customer) {
 					stored = append(stored, customer)
 				}
+				deadStreams[customer] = append(deadStreams[customer], s.Name)
 				n, id, err := ddl.DeleteCustomer(ctx, conn, cfg.ClickHouse, s.Table(), customer)
 				if err != nil {
 					return nil, nil, err
@@ -133,6 +136,9 @@ func ApplyConsent(ctx context.Context, conn driver.Conn, cfg pipeline.Config, pl
 						a.MutationIDs = append(a.MutationIDs, id)
 					}
 				}
+			}
+			if err := deleteDeadLetters(ctx, conn, cfg, stored, deadStreams, &a); err != nil {
+				return nil, nil, err
 			}
 			// The digest publisher remembers on which side of the tracking band each
 			// customer was: that goes too.
@@ -257,6 +263,25 @@ func deletePublisherRows(ctx context.Context, conn driver.Conn, cfg pipeline.Con
 			if id != "" {
 				a.MutationIDs = append(a.MutationIDs, id)
 			}
+		}
+	}
+	return nil
+}
+
+// deleteDeadLetters deletes the customer's dead letters of the withheld streams, under
+// each of its stored ids (in stored's order), and adds what it deleted to the audit.
+func deleteDeadLetters(ctx context.Context, conn driver.Conn, cfg pipeline.Config, stored []string, streams map[string][]string, a *ConsentAudit) error {
+	for _, customer := range stored {
+		n, id, err := ddl.DeleteDeadLetters(ctx, conn, cfg.ClickHouse, customer, streams[customer])
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			continue
+		}
+		a.Tables, a.RowsDeleted = append(a.Tables, pipeline.DeadLettersTable), append(a.RowsDeleted, n)
+		if id != "" {
+			a.MutationIDs = append(a.MutationIDs, id)
 		}
 	}
 	return nil

@@ -52,6 +52,10 @@ type Statement struct {
 	// Consent is the customer's consent state, which the caller fills in from the loop's
 	// consent records; ReadStatement leaves it empty.
 	Consent StatementConsent `json:"consent"`
+	// DeadLetters are the customer's dead-lettered messages per period, oldest first,
+	// each period's by reason with their first source positions; empty (never null)
+	// without any.
+	DeadLetters []StatementDeadLetters `json:"deadLetters"`
 	// Reason says why this is the last statement the customer gets (their consent was
 	// withdrawn); empty otherwise.
 	Reason string `json:"reason,omitempty"`
@@ -129,12 +133,12 @@ type StatementAccuracy struct {
 }
 
 // ReadStatement reads the statement of one customer of a loop as of now. It reads only
-// the customer's own groups of the two feedback rollups and their own plans (for the
-// accuracy points), each by the customer_id that leads its sort key, in three queries
-// at once; its cost follows the customer's products and periods, not the loop's history.
-// The rollups' groups are joined here as feedback_gaps joins them (18.16 would read one
-// side of the view's join after the other). A customer the loop holds nothing of gets a
-// statement without products, not an error. Which periods are complete (for accuracy)
+// the customer's own groups of the two feedback rollups, their own plans (for the
+// accuracy points) and their own dead letters, each by the customer_id that leads its
+// sort key, at once; its cost follows the customer's products, periods and dead
+// letters, not the loop's history. The rollups' groups are joined here as feedback_gaps
+// joins them (18.16 would read one side of the view's join after the other). A customer
+// the loop holds nothing of gets a statement without products, not an error. Which periods are complete (for accuracy)
 // follows the server's clock; Period, the run rate and which periods have begun follow
 // now. ctx must not carry clickhouse-go query options under a deadline: clickhouse-go
 // then writes into the options' settings, which the concurrent reads share.
@@ -145,13 +149,15 @@ func ReadStatement(ctx context.Context, conn driver.Conn, cfg pipeline.FeedbackC
 	if cfg.Grain != pipeline.GrainWeek && cfg.Grain != pipeline.GrainMonth {
 		return nil, fmt.Errorf("feedback grain %q: want %s or %s", cfg.Grain, pipeline.GrainWeek, pipeline.GrainMonth)
 	}
-	// Three point reads at once: the customer's groups of each rollup (joined here, where
-	// 18.16 would read one side after the other) and their plans' accuracy points.
+	// Four point reads at once: the customer's groups of each rollup (joined here, where
+	// 18.16 would read one side after the other), their plans' accuracy points and their
+	// dead letters.
 	var (
 		plans   map[string][]GapRow
 		actuals map[string]map[cellKey]GapRow
 		points  map[time.Time][]point
 		one     = []any{customer}
+		dead    []DeadLetterSummary
 	)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() (err error) {
@@ -166,6 +172,7 @@ func ReadStatement(ctx context.Context, conn driver.Conn, cfg pipeline.FeedbackC
 		points, err = queryPoints(gctx, conn, cfg, "customer_id = ?", one)
 		return err
 	})
+	g.Go(func() (err error) { dead, err = ReadDeadLetters(gctx, conn, cfg, customer); return err })
 	if err := g.Wait(); err != nil {
 		return nil, fmt.Errorf("reading the statement of customer %q: %w", customer, err)
 	}
@@ -180,7 +187,12 @@ func ReadStatement(ctx context.Context, conn driver.Conn, cfg pipeline.FeedbackC
 		}
 	}
 	rows := joinGaps(cfg.Grain, plans[customer], actuals[customer], now)
-	return buildStatement(cfg.Grain, loop, customer, now, rows, points)
+	st, err := buildStatement(cfg.Grain, loop, customer, now, rows, points)
+	if err != nil {
+		return nil, err
+	}
+	st.DeadLetters = StatementDeadLettersOf(dead)
+	return st, nil
 }
 
 // buildStatement puts a customer's gap rows and accuracy points together. A row or point
@@ -189,7 +201,7 @@ func buildStatement(g pipeline.Grain, loop, customer string, now time.Time, rows
 	now = now.UTC()
 	today := time.Date(now.Year(), now.Month(), now.Day(), 0, 0, 0, 0, time.UTC)
 	s := &Statement{Schema: StatementSchema, Kind: KindStatement, Loop: loop, Customer: customer, Period: Date{PeriodStart(g, now)},
-		Granularity: g, GeneratedAt: now, Products: []StatementProduct{}}
+		Granularity: g, GeneratedAt: now, Products: []StatementProduct{}, DeadLetters: []StatementDeadLetters{}}
 	byProduct := map[string]*StatementProduct{}
 	product := func(name string) *StatementProduct {
 		p := byProduct[name]

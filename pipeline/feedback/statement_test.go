@@ -281,6 +281,10 @@ func TestStatementSchema(t *testing.T) {
 	schema := loadStatementSchema(t)
 	s := handStatement(t)
 	s.Consent.State = "grant"
+	s.DeadLetters = StatementDeadLettersOf([]DeadLetterSummary{
+		{Period: Date{time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC)}, Reason: "missing_field", Count: 1, First: []DeadLetterSource{{"u", 0, 20}}},
+		{Period: Date{time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC)}, Reason: "wrong_type", Count: 7, First: []DeadLetterSource{{"u", 1, 0}, {"u", 0, 3}}},
+	})
 	b, err := json.Marshal(s)
 	if err != nil {
 		t.Fatal(err)
@@ -288,7 +292,8 @@ func TestStatementSchema(t *testing.T) {
 	if errs := validateSchema(schema, schema, decodeJSON(t, b), ""); len(errs) > 0 {
 		t.Errorf("a statement does not meet its schema:\n%s\n%s", strings.Join(errs, "\n"), b)
 	}
-	empty, _ := json.Marshal(&Statement{Schema: StatementSchema, Kind: KindStatement, Customer: "x", Granularity: pipeline.GrainWeek, Products: []StatementProduct{}})
+	empty, _ := json.Marshal(&Statement{Schema: StatementSchema, Kind: KindStatement, Customer: "x", Granularity: pipeline.GrainWeek, Products: []StatementProduct{},
+		DeadLetters: []StatementDeadLetters{}})
 	if errs := validateSchema(schema, schema, decodeJSON(t, empty), ""); len(errs) > 0 {
 		t.Errorf("an empty statement does not meet its schema:\n%s\n%s", strings.Join(errs, "\n"), empty)
 	}
@@ -302,6 +307,11 @@ func TestStatementSchema(t *testing.T) {
 		{"a fractional count", `"n":2`, `"n":2.5`},
 		{"a time as period", `"period":"2026-04-01"`, `"period":"2026-04-01T00:00:00Z"`},
 		{"null products", `"products":[`, `"products":null,"x":[`},
+		{"null dead letters", `"deadLetters":[`, `"deadLetters":null,"x":[`},
+		{"a dead letter without a reason", `"reason":"missing_field",`, ``},
+		{"a negative offset", `"offset":20`, `"offset":-20`},
+		{"a text partition", `"partition":1`, `"partition":"1"`},
+		{"an empty reason", `"reason":"wrong_type"`, `"reason":""`},
 	} {
 		broken := strings.Replace(string(b), c.from, c.to, 1)
 		if broken == string(b) {

@@ -18,8 +18,10 @@ type batch struct {
 	cols    map[*pipeline.StreamConfig]*columns
 	dead    []kafka.Message
 	reasons []pipeline.Reason // of each dead letter
-	spans   map[topicPartition]*span
-	n       int
+	// deadRows are the dead letters' rows of the dead_letters table, one per dead letter.
+	deadRows []deadRow
+	spans    map[topicPartition]*span
+	n        int
 	// last is the partition and stream of the last message added, whose span, columns
 	// and decoder the next message most likely shares: a chunk is one partition's.
 	last struct {
@@ -78,7 +80,7 @@ func (b *batch) reset() {
 		c.reset()
 	}
 	clear(b.spans)
-	b.held, b.dead, b.reasons, b.n = 0, nil, nil, 0
+	b.held, b.dead, b.reasons, b.deadRows, b.n = 0, nil, nil, nil, 0
 	b.pending = b.pending[:0]
 	b.last.sp, b.last.stream, b.last.c, b.last.d = nil, nil, nil, nil
 }
@@ -141,6 +143,7 @@ func (b *batch) add(it *item, now time.Time) {
 	if it.err != nil {
 		b.dead = append(b.dead, deadLetter(it, d, b.w.cfg.MaxMessageBytes, now))
 		b.reasons = append(b.reasons, it.err.Reason)
+		b.deadRows = append(b.deadRows, d.deadLetterRow(it.stream, m, it.err.Reason, now, b.w.consent.Load().Withheld))
 		sp.deadLettered++
 		return
 	}

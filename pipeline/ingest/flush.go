@@ -155,8 +155,8 @@ func (w *Worker) finish(ctx context.Context, gen *kafka.Generation, items chan [
 	}
 }
 
-// flush writes the batch's rows and dead letters, records its offsets in the ledger, then
-// commits them to Kafka. Writes are retried with backoff until they succeed or ctx ends;
+// flush writes the batch's rows, its dead letters' rows and dead letters, records its
+// offsets in the ledger, then commits them to Kafka. Writes are retried with backoff until they succeed or ctx ends;
 // nothing is recorded or committed for data that is not written.
 func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) error {
 	start := time.Now()
@@ -184,6 +184,26 @@ func (w *Worker) flush(ctx context.Context, gen *kafka.Generation, b *batch) err
 			return err
 		}
 		w.observeInsert(s, c, rows, c.bytes, took)
+	}
+	if len(b.deadRows) > 0 {
+		// Before the ledger: a crash after this insert and before the ledger makes the
+		// batch be read again and these rows be written again, which readers of the
+		// table count once (see pipeline.DeadLettersTable); a crash before it leaves no
+		// row for a message the ledger says was dead-lettered.
+		rows := b.deadRows
+		if err := w.retryWrite(ctx, StageDeadLetter, "insert "+pipeline.DeadLettersTable, pipeline.DeadLettersTable, func(shards []shardReader) (bool, error) {
+			var err error
+			rows, err = deadRowsNotLanded(ctx, shards, db, rows)
+			return len(rows) == 0, err
+		}, func() error {
+			ictx, err := w.insertContext(ctx, batchID, pipeline.DeadLettersTable, len(rows))
+			if err != nil {
+				return err
+			}
+			return writeDeadRows(ictx, w.ch, db, rows)
+		}); err != nil {
+			return err
+		}
 	}
 	if len(b.dead) > 0 {
 		if err := w.retry(ctx, StageDeadLetter, "dead-letter", func() error {

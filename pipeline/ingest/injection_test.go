@@ -225,4 +225,10 @@ func TestWorkerPII(t *testing.T) {
 			t.Errorf("unexpected dead letter %s", header(m, "customerloop.reason"))
 		}
 	}
+	// Their rows of dead_letters: the bad time under the hashed customer, the broken
+	// JSON under none; the clear id nowhere.
+	got := strings.Join(deadLetterRows(t, ctx, cfg), "\n")
+	if want := "|usage|invalid_json|2|"; !strings.Contains(got, want) || !strings.Contains(got, hashed+"|usage|wrong_type|1|") || strings.Contains(got, customer) {
+		t.Errorf("dead_letters rows of the PII stream:\n%s", got)
+	}
 }

@@ -43,6 +43,12 @@ DROP TABLE IF EXISTS `acme`.`customerloop_ledger` ON CLUSTER `customerloop`;
 -- acme.customerloop_ledger_local
 DROP TABLE IF EXISTS `acme`.`customerloop_ledger_local` ON CLUSTER `customerloop`;
 
+-- acme.dead_letters
+DROP TABLE IF EXISTS `acme`.`dead_letters` ON CLUSTER `customerloop`;
+
+-- acme.dead_letters_local
+DROP TABLE IF EXISTS `acme`.`dead_letters_local` ON CLUSTER `customerloop`;
+
 -- acme.customerloop_consent
 DROP TABLE IF EXISTS `acme`.`customerloop_consent` ON CLUSTER `customerloop`;
 

@@ -36,6 +36,36 @@ CREATE TABLE IF NOT EXISTS `acme`.`customerloop_ledger` ON CLUSTER `customerloop
 )
 ENGINE = Distributed('customerloop', 'acme', 'customerloop_ledger_local', cityHash64(topic, partition));
 
+-- acme.dead_letters_local
+CREATE TABLE IF NOT EXISTS `acme`.`dead_letters_local` ON CLUSTER `customerloop`
+(
+    `customer_id` String,
+    `stream` String,
+    `reason` String,
+    `source_topic` String,
+    `source_partition` Int32,
+    `source_offset` Int64,
+    `event_time` DateTime,
+    `dead_lettered_at` DateTime
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/customerloop/acme/dead_letters_local', '{replica}')
+PARTITION BY toYYYYMM(event_time)
+ORDER BY (customer_id, source_topic, source_partition, source_offset);
+
+-- acme.dead_letters
+CREATE TABLE IF NOT EXISTS `acme`.`dead_letters` ON CLUSTER `customerloop`
+(
+    `customer_id` String,
+    `stream` String,
+    `reason` String,
+    `source_topic` String,
+    `source_partition` Int32,
+    `source_offset` Int64,
+    `event_time` DateTime,
+    `dead_lettered_at` DateTime
+)
+ENGINE = Distributed('customerloop', 'acme', 'dead_letters_local', cityHash64(customer_id));
+
 -- acme.customerloop_consent_local
 CREATE TABLE IF NOT EXISTS `acme`.`customerloop_consent_local` ON CLUSTER `customerloop`
 (

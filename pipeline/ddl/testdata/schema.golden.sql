@@ -19,6 +19,22 @@ CREATE TABLE IF NOT EXISTS `acme`.`customerloop_ledger`
 ENGINE = MergeTree
 ORDER BY (topic, partition, last_offset);
 
+-- acme.dead_letters
+CREATE TABLE IF NOT EXISTS `acme`.`dead_letters`
+(
+    `customer_id` String,
+    `stream` String,
+    `reason` String,
+    `source_topic` String,
+    `source_partition` Int32,
+    `source_offset` Int64,
+    `event_time` DateTime,
+    `dead_lettered_at` DateTime
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(event_time)
+ORDER BY (customer_id, source_topic, source_partition, source_offset);
+
 -- acme.usage_raw
 CREATE TABLE IF NOT EXISTS `acme`.`usage_raw`
 (
