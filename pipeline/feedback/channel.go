@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
+	"slices"
 	"sort"
 	"time"
 
@@ -76,6 +78,13 @@ type ChannelPublisher struct {
 	// the audit ids whose receipts were sent.
 	state    map[cellKey]channelState
 	receipts map[string]bool
+	// dead are the customers' dead letters by period as of the last round, and deadSig
+	// the dead-letter table's parts then.
+	dead    map[string]map[time.Time]StatementDeadLetters
+	deadSig string
+	// admin creates customers' topics; topics are those known to exist.
+	admin  *kafka.Client
+	topics map[string]bool
 }
 
 // cellKey's product is the customer here.
@@ -105,7 +114,8 @@ func NewChannelPublisher(cfg pipeline.StatementConfig, conn driver.Conn, log log
 		// A customer's topic is created on demand where the broker allows it.
 		AllowAutoTopicCreation: true,
 	}
-	return &ChannelPublisher{cfg: cfg, ch: conn, writer: w, log: log, now: time.Now}, nil
+	admin := &kafka.Client{Addr: kafka.TCP(cfg.Kafka.Brokers...), Transport: sec.Transport(), Timeout: 30 * time.Second}
+	return &ChannelPublisher{cfg: cfg, ch: conn, writer: w, log: log, now: time.Now, admin: admin, topics: map[string]bool{}}, nil
 }
 
 // Close flushes and closes the Kafka writer.
@@ -153,7 +163,16 @@ func (p *ChannelPublisher) PublishOnce(ctx context.Context) (ChannelResult, erro
 			}
 		}
 	}
-	statements, periods, err := p.changedStatements(ctx, res.Full, changed, current, now)
+	dead, deadSig, deadChanged, err := p.readDead(ctx, res.Full)
+	if err != nil {
+		return res, err
+	}
+	for _, period := range deadChanged {
+		if !slices.ContainsFunc(changed, period.Equal) {
+			changed = append(changed, period)
+		}
+	}
+	statements, periods, err := p.changedStatements(ctx, res.Full, changed, dead, current, now)
 	if err != nil {
 		return res, err
 	}
@@ -186,13 +205,13 @@ func (p *ChannelPublisher) PublishOnce(ctx context.Context) (ChannelResult, erro
 		out = append(out, outgoing{customer: r.Customer, kind: KindReceipt, period: r.Applied.CompletedAt, hash: r.Applied.AuditID, value: r})
 		if r.Action == pipeline.ConsentWithdraw && consent.withdrawn[r.Customer] {
 			last := &Statement{Schema: StatementSchema, Kind: KindStatement, Loop: p.cfg.Loop, Customer: r.Customer,
-				Period: Date{current}, Granularity: g, GeneratedAt: now, Products: []StatementProduct{},
+				Period: Date{current}, Granularity: g, GeneratedAt: now, Products: []StatementProduct{}, DeadLetters: []StatementDeadLetters{},
 				Consent: StatementConsent{State: "withdrawn"}, Reason: LastStatementReason}
 			out = append(out, outgoing{customer: r.Customer, kind: KindStatement, period: current, hash: last.contentHash(), value: last})
 		}
 	}
 	if len(out) == 0 {
-		p.sigs, p.current = sigs, current
+		p.sigs, p.current, p.dead, p.deadSig = sigs, current, dead, deadSig
 		return res, nil
 	}
 	sent, err := p.send(ctx, out, now)
@@ -212,8 +231,60 @@ func (p *ChannelPublisher) PublishOnce(ctx context.Context) (ChannelResult, erro
 		// The periods are read again at the next round, which sends what was not.
 		return res, err
 	}
-	p.sigs, p.current = sigs, current
+	p.sigs, p.current, p.dead, p.deadSig = sigs, current, dead, deadSig
 	return res, nil
+}
+
+// readDead reads the customers' dead letters by period when the dead-letter table's
+// parts changed since the last round (every round on a cluster), and returns them, the
+// parts' signature and the periods where some customer's changed.
+func (p *ChannelPublisher) readDead(ctx context.Context, full bool) (map[string]map[time.Time]StatementDeadLetters, string, []time.Time, error) {
+	db := p.cfg.Feedback.Database
+	sig := ""
+	if p.cfg.Cluster == "" {
+		if err := p.ch.QueryRow(ctx, "SELECT toString(groupArray(concat(name, '/', toString(rows)))) FROM system.parts WHERE database = ? AND table = ? AND active",
+			db, pipeline.DeadLettersTable).Scan(&sig); err != nil {
+			return nil, "", nil, fmt.Errorf("reading the data parts of %s.%s: %w", db, pipeline.DeadLettersTable, err)
+		}
+	}
+	if !full && sig != "" && sig == p.deadSig {
+		return p.dead, sig, nil, nil
+	}
+	all, err := readDeadLetters(ctx, p.ch, p.cfg.Feedback, "1", nil)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	dead := map[string]map[time.Time]StatementDeadLetters{}
+	for c, ss := range all {
+		m := map[time.Time]StatementDeadLetters{}
+		for _, d := range StatementDeadLettersOf(ss) {
+			m[d.Period.Time] = d
+		}
+		dead[c] = m
+	}
+	seen := map[time.Time]bool{}
+	var changed []time.Time
+	note := func(period time.Time) {
+		if !seen[period] {
+			seen[period] = true
+			changed = append(changed, period)
+		}
+	}
+	for c, m := range dead {
+		for period, d := range m {
+			if old, ok := p.dead[c][period]; !ok || !reflect.DeepEqual(old, d) {
+				note(period)
+			}
+		}
+	}
+	for c, m := range p.dead {
+		for period := range m {
+			if _, ok := dead[c][period]; !ok {
+				note(period)
+			}
+		}
+	}
+	return dead, sig, changed, nil
 }
 
 // prepare creates the channel table where the connected node lacks it, and reads what
@@ -326,6 +397,9 @@ func (p *ChannelPublisher) send(ctx context.Context, out []outgoing, now time.Ti
 			Headers: []kafka.Header{{Key: HeaderKind, Value: []byte(o.kind)}}})
 		idx = append(idx, i)
 	}
+	if p.cfg.PerCustomer() {
+		p.createTopics(ctx, msgs)
+	}
 	sendErr := p.writer.WriteMessages(ctx, msgs...)
 	var we kafka.WriteErrors
 	switch {
@@ -346,6 +420,39 @@ func (p *ChannelPublisher) send(ctx context.Context, out []outgoing, now time.Ti
 		errs = append(errs, fmt.Errorf("recording published statements: %w", err))
 	}
 	return sent, errors.Join(errs...)
+}
+
+// createTopics creates the customers' topics that the publisher has not seen yet, a
+// thousand to a request: a producer creating them one at a time, as the broker's
+// auto-creation does, takes time that grows with the square of their number. A topic
+// that exists already is fine. When the broker refuses (the manager may not create
+// topics), the topics are left to the broker's auto-creation or to its administrator,
+// and the write says what is missing.
+func (p *ChannelPublisher) createTopics(ctx context.Context, msgs []kafka.Message) {
+	var missing []kafka.TopicConfig
+	seen := map[string]bool{}
+	for _, m := range msgs {
+		if !p.topics[m.Topic] && !seen[m.Topic] {
+			seen[m.Topic] = true
+			// One partition keeps a customer's messages in order; the broker's default
+			// replication.
+			missing = append(missing, kafka.TopicConfig{Topic: m.Topic, NumPartitions: 1, ReplicationFactor: -1})
+		}
+	}
+	for len(missing) > 0 {
+		batch := missing[:min(len(missing), 1000)]
+		missing = missing[len(batch):]
+		res, err := p.admin.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: batch})
+		if err != nil {
+			p.log.Info("creating customers' statement topics failed; leaving them to the broker", "loop", p.cfg.Loop, "topics", len(batch), "error", err.Error())
+			return
+		}
+		for _, t := range batch {
+			if e := res.Errors[t.Topic]; e == nil || errors.Is(e, kafka.TopicAlreadyExists) {
+				p.topics[t.Topic] = true
+			}
+		}
+	}
 }
 
 // record writes one row per message (those with only[i] set, when only is given).

@@ -17,7 +17,8 @@ import (
 // customer whose statement of a complete period changed (their accuracy is read again:
 // their actuals or plans moved, and the actuals are the next period's naive forecast
 // too). It returns them per customer, and how many periods it read (0: all).
-func (p *ChannelPublisher) changedStatements(ctx context.Context, full bool, changed []time.Time, current, now time.Time) (map[string][]*Statement, int, error) {
+func (p *ChannelPublisher) changedStatements(ctx context.Context, full bool, changed []time.Time, dead map[string]map[time.Time]StatementDeadLetters,
+	current, now time.Time) (map[string][]*Statement, int, error) {
 	cfg := p.cfg.Feedback
 	g := cfg.Grain
 	out := map[string][]*Statement{}
@@ -43,6 +44,25 @@ func (p *ChannelPublisher) changedStatements(ctx context.Context, full bool, cha
 	for c := range actuals {
 		customers[c] = true
 	}
+	// Customers with dead letters in a period read, and no figures there.
+	read0 := map[time.Time]bool{}
+	for _, c := range changed {
+		read0[c] = true
+	}
+	deadPeriods := func(c string) []time.Time {
+		var out []time.Time
+		for period := range dead[c] {
+			if full || read0[period] {
+				out = append(out, period)
+			}
+		}
+		return out
+	}
+	for c := range dead {
+		if len(deadPeriods(c)) > 0 {
+			customers[c] = true
+		}
+	}
 	// Each customer's statements of the periods read, and whose accuracy is read again.
 	read := map[string]*Statement{}
 	var again []string
@@ -58,7 +78,7 @@ func (p *ChannelPublisher) changedStatements(ctx context.Context, full bool, cha
 		moved := full
 		for _, period := range rowPeriods(st) {
 			if !moved && period.Before(current) {
-				moved = p.state[cellKey{c, period}].hash != p.periodStatement(st, period, current).contentHash()
+				moved = p.state[cellKey{c, period}].hash != p.periodStatement(st, period, current, dead[c]).contentHash()
 			}
 		}
 		if moved {
@@ -110,14 +130,19 @@ func (p *ChannelPublisher) changedStatements(ctx context.Context, full bool, cha
 	}
 	for c, st := range read {
 		periods := rowPeriods(st)
+		for _, period := range deadPeriods(c) {
+			if !slices.ContainsFunc(periods, period.Equal) {
+				periods = append(periods, period)
+			}
+		}
 		for _, period := range periods {
-			if ps := p.periodStatement(st, period, current); len(ps.Products) > 0 {
+			if ps := p.periodStatement(st, period, current, dead[c]); len(ps.Products) > 0 || len(ps.DeadLetters) > 0 {
 				out[c] = append(out[c], ps)
 			}
 		}
 		if !slices.ContainsFunc(periods, current.Equal) && slices.Contains(again, c) {
 			// The period under way was not read, but the accuracy it carries moved.
-			if ps := p.periodStatement(history[c], current, current); len(ps.Products) > 0 {
+			if ps := p.periodStatement(history[c], current, current, dead[c]); len(ps.Products) > 0 || len(ps.DeadLetters) > 0 {
 				out[c] = append(out[c], ps)
 			}
 		}
@@ -142,11 +167,16 @@ func rowPeriods(st *Statement) []time.Time {
 }
 
 // periodStatement is the customer's statement of one period: each product's row of the
-// period, and, for the period under way, their accuracy by product.
-func (p *ChannelPublisher) periodStatement(st *Statement, period, current time.Time) *Statement {
+// period, their dead letters of the period, and, for the period under way, their
+// accuracy by product.
+func (p *ChannelPublisher) periodStatement(st *Statement, period, current time.Time, dead map[time.Time]StatementDeadLetters) *Statement {
 	out := *st
 	out.Period = Date{period}
 	out.Products = []StatementProduct{}
+	out.DeadLetters = []StatementDeadLetters{}
+	if d, ok := dead[period]; ok {
+		out.DeadLetters = append(out.DeadLetters, d)
+	}
 	acc := map[string][]StatementAccuracy{}
 	if period.Equal(current) {
 		acc = p.acc[st.Customer]

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -147,7 +148,21 @@ func checkAgainstAPI(t *testing.T, stage string, ctx context.Context, ch driver.
 			}
 		}
 	}
+	for _, d := range api.DeadLetters {
+		want[d.Period.Time] = true
+		s := latest[d.Period.Time]
+		if s == nil {
+			t.Errorf("%s: no statement of %s for %s, a period with dead letters", stage, customer, d.Period.Format(time.DateOnly))
+			continue
+		}
+		if gb, wb := mustJSON(t, s.DeadLetters), mustJSON(t, []StatementDeadLetters{d}); gb != wb {
+			t.Errorf("%s: %s %s dead letters published %s, the API reads %s", stage, customer, d.Period.Format(time.DateOnly), gb, wb)
+		}
+	}
 	for period, s := range latest {
+		if len(s.DeadLetters) > 0 && !slices.ContainsFunc(api.DeadLetters, func(d StatementDeadLetters) bool { return d.Period.Equal(period) }) {
+			t.Errorf("%s: the statement of %s for %s has dead letters the API does not show", stage, customer, period.Format(time.DateOnly))
+		}
 		if !want[period] && s.Reason == "" {
 			t.Errorf("%s: a statement of %s for %s, where the API shows nothing", stage, customer, period.Format(time.DateOnly))
 		}
@@ -286,7 +301,31 @@ func TestChannelPublisher(t *testing.T) {
 		t.Errorf("after a restart: %+v, want a full read that sends nothing", res)
 	}
 
-	// 5. c2 withdraws: a receipt and a last statement that says why, then nothing more.
+	// 5. Dead letters: c3's in a complete month, and c9's, who has nothing else, in the
+	// month under way. Their statements of those months, nothing else.
+	deadRow := func(customer string, offset int64, at time.Time) []any {
+		return []any{customer, "usage", string(pipeline.ReasonInvalidJSON), "usage", int32(0), offset, at, now}
+	}
+	ddltest.InsertInto(t, ch, fc.Database, pipeline.DeadLettersTable, deadRow("c3", 900, data.month(-1).Add(30*time.Hour)),
+		deadRow("c3", 901, data.month(-1).Add(31*time.Hour)), deadRow("c9", 902, now.Add(-time.Hour)))
+	customers = append(customers, "c9")
+	for _, c := range customers {
+		before[c] = len(readChannel(t, k, topic(c)))
+	}
+	if res := round("dead letters", pub2); res.Statements != 2 {
+		t.Errorf("dead letters: %+v, want 2 statements", res)
+	}
+	check("dead letters")
+	for _, c := range customers {
+		if n := count[c] - before[c]; n != map[string]int{"c3": 1, "c9": 1}[c] {
+			t.Errorf("dead letters: %d new messages on %s's topic", n, c)
+		}
+	}
+	if c9 := latestStatements(t, readChannel(t, k, topic("c9")), "c9"); len(c9) != 1 {
+		t.Errorf("c9's statements: %d, want the one of the month under way", len(c9))
+	}
+
+	// 6. c2 withdraws: a receipt and a last statement that says why, then nothing more.
 	withdraw := pipeline.ConsentEvent{ID: "wd-1", Customer: "c2", Action: pipeline.ConsentWithdraw, At: now, Received: now, Topic: "consent", Offset: 1}
 	ddltest.InsertInto(t, ch, fc.Database, pipeline.ConsentTable, []any{withdraw.ID, withdraw.Customer, withdraw.Action, []string{},
 		withdraw.At, withdraw.Received, "", withdraw.Topic, int32(0), withdraw.Offset})

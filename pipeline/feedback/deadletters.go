@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
 
 	"customerloop.dev/customerloop/pipeline"
@@ -61,21 +62,35 @@ type StatementDeadLetterReason struct {
 // counts once: rows are counted by distinct source position. A loop whose schema has no
 // dead_letters table yet (a manager newer than the loop's last reconcile) has none.
 func ReadDeadLetters(ctx context.Context, conn driver.Conn, cfg pipeline.FeedbackConfig, customer string) ([]DeadLetterSummary, error) {
+	all, err := readDeadLetters(ctx, conn, cfg, "customer_id = ?", []any{customer})
+	if err != nil {
+		return nil, err
+	}
+	if out := all[customer]; out != nil {
+		return out, nil
+	}
+	return []DeadLetterSummary{}, nil
+}
+
+// readDeadLetters reads the dead letters of the customers that meet cond as
+// ReadDeadLetters does, by customer.
+func readDeadLetters(ctx context.Context, conn driver.Conn, cfg pipeline.FeedbackConfig, cond string, args []any) (map[string][]DeadLetterSummary, error) {
 	if cfg.Grain != pipeline.GrainWeek && cfg.Grain != pipeline.GrainMonth {
 		return nil, fmt.Errorf("feedback grain %q: want %s or %s", cfg.Grain, pipeline.GrainWeek, pipeline.GrainMonth)
 	}
 	table := pipeline.QualifiedTable(cfg.Database, pipeline.DeadLettersTable)
 	period, _ := cfg.Grain.PeriodSQL("event_time", false)
 	type key struct {
-		period time.Time
-		reason string
+		customer string
+		period   time.Time
+		reason   string
 	}
 	byKey := map[key]*DeadLetterSummary{}
-	rows, err := conn.Query(ctx, "SELECT "+period+" AS p, reason, uniqExact(source_topic, source_partition, source_offset) FROM "+table+
-		" WHERE customer_id = ? GROUP BY p, reason", customer)
+	rows, err := conn.Query(ctx, "SELECT customer_id, "+period+" AS p, reason, uniqExact(source_topic, source_partition, source_offset) FROM "+table+
+		" WHERE "+cond+" GROUP BY customer_id, p, reason", args...)
 	if err != nil {
 		if missingTable(err) {
-			return []DeadLetterSummary{}, nil
+			return map[string][]DeadLetterSummary{}, nil
 		}
 		return nil, fmt.Errorf("reading the dead letters: %w", err)
 	}
@@ -83,7 +98,7 @@ func ReadDeadLetters(ctx context.Context, conn driver.Conn, cfg pipeline.Feedbac
 	for rows.Next() {
 		var k key
 		var n uint64
-		if err := rows.Scan(&k.period, &k.reason, &n); err != nil {
+		if err := rows.Scan(&k.customer, &k.period, &k.reason, &n); err != nil {
 			return nil, fmt.Errorf("reading the dead letters: %w", err)
 		}
 		k.period = k.period.UTC()
@@ -95,9 +110,9 @@ func ReadDeadLetters(ctx context.Context, conn driver.Conn, cfg pipeline.Feedbac
 	rows.Close()
 	if len(byKey) > 0 {
 		// GROUP BY the position makes each message one row however often it was written.
-		first, err := conn.Query(ctx, "SELECT "+period+" AS p, reason, source_offset, source_topic, source_partition FROM "+table+
-			" WHERE customer_id = ? GROUP BY p, reason, source_offset, source_topic, source_partition"+
-			" ORDER BY p, reason, source_offset, source_topic, source_partition LIMIT ? BY p, reason", customer, DeadLetterFirst)
+		first, err := conn.Query(ctx, "SELECT customer_id, "+period+" AS p, reason, source_offset, source_topic, source_partition FROM "+table+
+			" WHERE "+cond+" GROUP BY customer_id, p, reason, source_offset, source_topic, source_partition"+
+			" ORDER BY customer_id, p, reason, source_offset, source_topic, source_partition LIMIT "+strconv.Itoa(DeadLetterFirst)+" BY customer_id, p, reason", args...)
 		if err != nil {
 			return nil, fmt.Errorf("reading the dead letters' first positions: %w", err)
 		}
@@ -105,7 +120,7 @@ func ReadDeadLetters(ctx context.Context, conn driver.Conn, cfg pipeline.Feedbac
 		for first.Next() {
 			var k key
 			var src DeadLetterSource
-			if err := first.Scan(&k.period, &k.reason, &src.Offset, &src.Topic, &src.Partition); err != nil {
+			if err := first.Scan(&k.customer, &k.period, &k.reason, &src.Offset, &src.Topic, &src.Partition); err != nil {
 				return nil, fmt.Errorf("reading the dead letters' first positions: %w", err)
 			}
 			k.period = k.period.UTC()
@@ -117,16 +132,18 @@ func ReadDeadLetters(ctx context.Context, conn driver.Conn, cfg pipeline.Feedbac
 			return nil, err
 		}
 	}
-	out := make([]DeadLetterSummary, 0, len(byKey))
-	for _, s := range byKey {
-		out = append(out, *s)
+	out := map[string][]DeadLetterSummary{}
+	for k, s := range byKey {
+		out[k.customer] = append(out[k.customer], *s)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].Period.Equal(out[j].Period.Time) {
-			return out[i].Period.Before(out[j].Period.Time)
-		}
-		return out[i].Reason < out[j].Reason
-	})
+	for _, ss := range out {
+		sort.Slice(ss, func(i, j int) bool {
+			if !ss[i].Period.Equal(ss[j].Period.Time) {
+				return ss[i].Period.Before(ss[j].Period.Time)
+			}
+			return ss[i].Reason < ss[j].Reason
+		})
+	}
 	return out, nil
 }
 
