@@ -84,6 +84,8 @@ type devStack struct {
 	teardown []func()
 	// dashboardURL is the demo loop's dashboard page; empty when none is served.
 	dashboardURL string
+	// signingKey signs the customer channel's short-lived tokens.
+	signingKey []byte
 }
 
 func step(format string, args ...any) { fmt.Printf("==> "+format+"\n", args...) }
@@ -120,6 +122,9 @@ func (d *devStack) run(ctx context.Context) (err error) {
 		return err
 	}
 	if err := d.publishDigests(ctx); err != nil {
+		return err
+	}
+	if err := d.customerChannel(ctx); err != nil {
 		return err
 	}
 	if err := d.serveDashboard(ctx); err != nil {
@@ -169,6 +174,9 @@ func (d *devStack) sample() (*loopsv1alpha1.CustomerLoop, error) {
 		// complete workload soon after it lands.
 		f.Publish.Interval = "10s"
 	}
+	if loop.Spec.CustomerChannel == nil {
+		loop.Spec.CustomerChannel = channelSpec(loop)
+	}
 	if d.o.database != "" {
 		if err := pipeline.ValidIdent(d.o.database); err != nil {
 			return nil, fmt.Errorf("--database: %w", err)
@@ -181,6 +189,9 @@ func (d *devStack) sample() (*loopsv1alpha1.CustomerLoop, error) {
 func (d *devStack) applySample(ctx context.Context) error {
 	loop, err := d.sample()
 	if err != nil {
+		return err
+	}
+	if d.signingKey, err = d.createTokensSecret(ctx, loop); err != nil {
 		return err
 	}
 	if err := d.k8s.Create(ctx, loop); err != nil {

@@ -320,9 +320,29 @@ func (d *devStack) publishDigests(ctx context.Context) error {
 // readDigests returns the highest version of each product and period on the topic.
 func readDigests(ctx context.Context, brokers []string, topic string) (map[string]feedback.Digest, error) {
 	out := map[string]feedback.Digest{}
+	msgs, err := readTopic(ctx, brokers, topic)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range msgs {
+		var g feedback.Digest
+		if err := json.Unmarshal(m.Value, &g); err != nil {
+			return nil, fmt.Errorf("a digest on %s is not JSON: %w", topic, err)
+		}
+		k := g.Product + "/" + g.Period.Format(time.DateOnly)
+		if g.Version > out[k].Version {
+			out[k] = g
+		}
+	}
+	return out, nil
+}
+
+// readTopic reads every message of a topic, partition by partition, up to its end as of
+// the call; nothing when the topic does not exist yet.
+func readTopic(ctx context.Context, brokers []string, topic string) ([]kafka.Message, error) {
 	end, err := topicEnd(brokers, topic)
 	if err != nil || end == 0 {
-		return out, err
+		return nil, err
 	}
 	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
 	if err != nil {
@@ -333,6 +353,7 @@ func readDigests(ctx context.Context, brokers []string, topic string) (map[strin
 	if err != nil {
 		return nil, err
 	}
+	var out []kafka.Message
 	for _, p := range parts {
 		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p.ID, MaxWait: 100 * time.Millisecond})
 		last, err := partitionEnd(ctx, brokers[0], topic, p.ID)
@@ -346,15 +367,7 @@ func readDigests(ctx context.Context, brokers []string, topic string) (map[strin
 				r.Close()
 				return nil, err
 			}
-			var g feedback.Digest
-			if err := json.Unmarshal(m.Value, &g); err != nil {
-				r.Close()
-				return nil, fmt.Errorf("a digest on %s is not JSON: %w", topic, err)
-			}
-			k := g.Product + "/" + g.Period.Format(time.DateOnly)
-			if g.Version > out[k].Version {
-				out[k] = g
-			}
+			out = append(out, m)
 		}
 		r.Close()
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
+	"customerloop.dev/customerloop/pipeline"
 	"customerloop.dev/customerloop/pipeline/customer"
 )
 
@@ -69,7 +71,11 @@ func newTokenMintCommand(config *genericclioptions.ConfigFlags) *cobra.Command {
 		if ttl <= 0 || ttl > customer.MaxSignedTTL {
 			return fmt.Errorf("--ttl %s: want more than 0 and at most %s", ttl, customer.MaxSignedTTL)
 		}
-		_, loop, secret, err := channelSecret(cmd, k, args[0])
+		c, loop, secret, err := channelSecret(cmd, k, args[0])
+		if err != nil {
+			return err
+		}
+		topic, err := statementTopic(cmd.Context(), c, loop, args[1])
 		if err != nil {
 			return err
 		}
@@ -85,14 +91,44 @@ func newTokenMintCommand(config *genericclioptions.ConfigFlags) *cobra.Command {
 		expires := now.Add(ttl).UTC().Truncate(time.Second)
 		if output == "json" {
 			enc := json.NewEncoder(cmd.OutOrStdout())
-			return enc.Encode(map[string]any{"token": token, "id": id, "customer": args[1], "expires": expires})
+			out := map[string]any{"token": token, "id": id, "customer": args[1], "expires": expires}
+			if topic != "" {
+				out["statementTopic"] = topic
+			}
+			return enc.Encode(out)
 		}
 		fmt.Fprintln(cmd.OutOrStdout(), token)
 		fmt.Fprintf(cmd.ErrOrStderr(), "token id %s for %s, valid until %s (revoke: customerloop token revoke %s %s)\n",
 			id, args[1], expires.Format(time.RFC3339), loop.Name, id)
+		if topic != "" {
+			fmt.Fprintf(cmd.ErrOrStderr(), "their statements and receipts: topic %s\n", topic)
+		}
 		return nil
 	}
 	return cmd
+}
+
+// statementTopic is the topic of the customer's statements when the loop publishes them
+// to a topic per customer or one keyed topic, "" otherwise. On a loop whose usage stream
+// hashes customer ids, the name holds the stored id, derived with the loop's key.
+func statementTopic(ctx context.Context, c client.Client, loop *loopsv1alpha1.CustomerLoop, id string) (string, error) {
+	ch := loop.Spec.CustomerChannel
+	if ch == nil || ch.Statements == nil || loop.Spec.Feedback == nil {
+		return "", nil
+	}
+	stored := id
+	for _, s := range loop.Spec.Streams {
+		if s.Name != loop.Spec.Feedback.UsageStream || s.PII == nil || s.PII.CustomerID != loopsv1alpha1.PIIHashOnly(loopsv1alpha1.PIIHash) || loop.Spec.Privacy == nil {
+			continue
+		}
+		ref := loop.Spec.Privacy.HMACKeySecretRef
+		var sec corev1.Secret
+		if err := c.Get(ctx, client.ObjectKey{Namespace: loop.Namespace, Name: ref.Name}, &sec); err != nil {
+			return "", fmt.Errorf("reading the loop's HMAC key to name the customer's statement topic: %w", err)
+		}
+		stored = pipeline.HashPII(sec.Data[ref.GetKey()], []byte(id))
+	}
+	return pipeline.StatementConfig{Topic: ch.Statements.Topic}.TopicFor(stored)
 }
 
 func newTokenRevokeCommand(config *genericclioptions.ConfigFlags) *cobra.Command {

@@ -20,7 +20,7 @@ spec:
   kafka: {brokers: []}
   clickhouse: {address: x, database: x}
   feedback: {usageStream: usage, planStream: plans}
-  customerChannel: {tokensSecretRef: {name: shop-tokens}}
+  customerChannel: {tokensSecretRef: {name: shop-tokens}, statements: {topic: "shop.customer.{customer}.statements"}}
   streams:
     - name: usage
       kind: Usage
@@ -50,12 +50,15 @@ func TestTokenCommands(t *testing.T) {
 		t.Errorf("a 25h token: %v, want refused", err)
 	}
 	var minted struct {
-		Token, ID, Customer string
-		Expires             time.Time
+		Token, ID, Customer, StatementTopic string
+		Expires                             time.Time
 	}
 	out := s.mustRun(t, "token", "mint", "shop", "acme-01", "--ttl", "2h", "-o", "json")
 	if err := json.Unmarshal([]byte(out), &minted); err != nil || minted.Customer != "acme-01" || minted.ID == "" {
 		t.Fatalf("token mint -o json: %v\n%s", err, out)
+	}
+	if minted.StatementTopic != "shop.customer.acme-01.statements" {
+		t.Errorf("token mint names the statement topic %q, want shop.customer.acme-01.statements", minted.StatementTopic)
 	}
 	if d := time.Until(minted.Expires); d < 119*time.Minute || d > 2*time.Hour {
 		t.Errorf("the token expires in %s, want 2h", d)
@@ -92,7 +95,7 @@ func TestTokenCommands(t *testing.T) {
 	}
 	// A loop without a channel has no tokens to sign with.
 	plain := strings.NewReplacer("name: shop}", "name: plain}", "cli.shop.", "cli.plain.",
-		"  customerChannel: {tokensSecretRef: {name: shop-tokens}}\n", "").Replace(channelLoop)
+		"  customerChannel: {tokensSecretRef: {name: shop-tokens}, statements: {topic: \"shop.customer.{customer}.statements\"}}\n", "").Replace(channelLoop)
 	s.createLoop(t, plain)
 	if _, err := s.run(t, "token", "mint", "plain", "acme-01"); err == nil || !strings.Contains(err.Error(), "has no spec.customerChannel") {
 		t.Errorf("minting for a loop without a channel: %v, want refused for want of a channel", err)

@@ -400,26 +400,69 @@ func (p *ChannelPublisher) send(ctx context.Context, out []outgoing, now time.Ti
 	if p.cfg.PerCustomer() {
 		p.createTopics(ctx, msgs)
 	}
-	sendErr := p.writer.WriteMessages(ctx, msgs...)
-	var we kafka.WriteErrors
-	switch {
-	case sendErr == nil:
-		for _, i := range idx {
-			sent[i] = true
-		}
-	case errors.As(sendErr, &we) && len(we) == len(msgs):
-		for j, i := range idx {
-			sent[i] = we[j] == nil
-		}
-	}
-	if sendErr != nil {
-		errs = append(errs, fmt.Errorf("publishing customer statements: %w", sendErr))
+	if err := p.write(ctx, msgs, func(j int) { sent[idx[j]] = true }); err != nil {
+		errs = append(errs, fmt.Errorf("publishing customer statements: %w", err))
 	}
 	if err := p.record(ctx, out, sent, 1, now); err != nil {
 		// Sent but not recorded: the next round sends them again, under a higher version.
 		errs = append(errs, fmt.Errorf("recording published statements: %w", err))
 	}
 	return sent, errors.Join(errs...)
+}
+
+// writeTopics is how many topics one write reaches at most: the writer sends each
+// topic's batch at once, each on a connection of its own, so that a round to 100,000
+// customers' topics in one write opened connections until the process ran out of file
+// descriptors.
+const writeTopics = 256
+
+// write sends msgs, at most writeTopics topics at a time, and calls ok with the index of
+// each message the broker acknowledged. Its error counts what was not sent, with the
+// first reason, whatever the number of messages.
+func (p *ChannelPublisher) write(ctx context.Context, msgs []kafka.Message, ok func(int)) error {
+	failed, total := 0, len(msgs)
+	var first error
+	for start := 0; start < len(msgs); {
+		end, topics := start, map[string]bool{}
+		for end < len(msgs) && (topics[msgs[end].Topic] || len(topics) < writeTopics) {
+			topics[msgs[end].Topic] = true
+			end++
+		}
+		chunk := msgs[start:end]
+		err := p.writer.WriteMessages(ctx, chunk...)
+		var we kafka.WriteErrors
+		switch {
+		case err == nil:
+			for j := range chunk {
+				ok(start + j)
+			}
+		case errors.As(err, &we) && len(we) == len(chunk):
+			for j, e := range we {
+				if e == nil {
+					ok(start + j)
+					continue
+				}
+				failed++
+				if first == nil {
+					first = e
+				}
+			}
+		default:
+			failed += len(chunk)
+			if first == nil {
+				first = err
+			}
+		}
+		if ctx.Err() != nil {
+			failed += len(msgs) - end
+			break
+		}
+		start = end
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d messages not sent (retried at the next round), the first because: %w", failed, total, first)
+	}
+	return nil
 }
 
 // createTopics creates the customers' topics that the publisher has not seen yet, a

@@ -92,28 +92,7 @@ func feedbackSection(ctx context.Context, o options, ch driver.Conn, brokers []s
 	}
 	cfg, fc := feedbackLoop(o.clickhouse, db, brokers)
 	step("feedback: creating the loop's tables and feedback views (%s grain) in %s", fc.Grain, db)
-	stmts, err := ddl.PlanSchema(cfg)
-	if err != nil {
-		return nil, err
-	}
-	if err := ddl.ApplySchema(ctx, ch, stmts); err != nil {
-		return nil, err
-	}
-	// The feedback actuals' rollup first, as the controller builds it, then the views.
-	cfg.Feedback = &fc
-	rollups, err := ddl.PlanRollups(cfg)
-	if err != nil {
-		return nil, err
-	}
-	noWorkers := func([]string) (bool, error) { return true, nil }
-	if _, _, err := ddl.ApplyRollups(ctx, ch, db, rollups, noWorkers); err != nil {
-		return nil, err
-	}
-	views, err := ddl.PlanFeedback(fc)
-	if err != nil {
-		return nil, err
-	}
-	if err := ddl.ApplyFeedback(ctx, ch, db, views); err != nil {
+	if err := createFeedback(ctx, ch, &cfg, fc); err != nil {
 		return nil, err
 	}
 	first := time.Now().UTC().AddDate(0, -(fbMonths - 1), 0)
@@ -331,6 +310,32 @@ func feedbackLoop(addr, db string, brokers []string) (pipeline.Config, pipeline.
 		},
 	}
 	return cfg, pipeline.FeedbackConfig{Database: db, UsageTable: cfg.Streams[0].Table(), PlanTable: cfg.Streams[1].Table(), Grain: pipeline.GrainMonth}
+}
+
+// createFeedback creates the loop's tables, the feedback rollups (as the controller
+// builds them, before the views that read them) and the feedback views.
+func createFeedback(ctx context.Context, ch driver.Conn, cfg *pipeline.Config, fc pipeline.FeedbackConfig) error {
+	stmts, err := ddl.PlanSchema(*cfg)
+	if err != nil {
+		return err
+	}
+	if err := ddl.ApplySchema(ctx, ch, stmts); err != nil {
+		return err
+	}
+	cfg.Feedback = &fc
+	rollups, err := ddl.PlanRollups(*cfg)
+	if err != nil {
+		return err
+	}
+	noWorkers := func([]string) (bool, error) { return true, nil }
+	if _, _, err := ddl.ApplyRollups(ctx, ch, fc.Database, rollups, noWorkers); err != nil {
+		return err
+	}
+	views, err := ddl.PlanFeedback(fc)
+	if err != nil {
+		return err
+	}
+	return ddl.ApplyFeedback(ctx, ch, fc.Database, views)
 }
 
 func fbCustomer(i int) string { return fmt.Sprintf("customer-%d", 10000+i) }

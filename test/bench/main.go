@@ -64,7 +64,7 @@ func main() {
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write the throughput run's worker CPU profile here")
 	flag.StringVar(&o.heapAt, "heapprofile", "", "save the throughput run's worker heap profile, taken halfway, here")
 	flag.IntVar(&o.maxRows, "max-rows", 0, "the workers' batch row limit (0: the pipeline's default)")
-	flag.StringVar(&o.only, "only", "", "run only the CustomerLoop drain (\"customerloop\"), the Native ceiling (\"insert\"), the cluster variant (\"cluster\") or the feedback section (\"feedback\"), for profiling and A/B runs; the report then holds their figures alone")
+	flag.StringVar(&o.only, "only", "", "run only the CustomerLoop drain (\"customerloop\"), the Native ceiling (\"insert\"), the cluster variant (\"cluster\"), the feedback section (\"feedback\") or the customer statements (\"statements\"), for profiling and A/B runs; the report then holds their figures alone")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds of the headline contenders (CustomerLoop, the Kafka engine, the Native ceiling), taken in turns")
 	flag.BoolVar(&o.feedbackKeep, "feedback-keep", false, "keep the feedback section's database (its name is printed) to look at its queries afterwards")
 	flag.StringVar(&o.feedbackSizes, "feedback-sizes", "10m,100m", "usage-event history sizes of the feedback section, ascending (\"1m\", \"10m,100m\"; \"none\" skips it)")
@@ -92,9 +92,9 @@ func run(o options) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	switch o.only {
-	case "", "customerloop", "insert", "cluster", "feedback":
+	case "", "customerloop", "insert", "cluster", "feedback", "statements":
 	default:
-		return fmt.Errorf("-only takes \"customerloop\", \"insert\", \"cluster\", \"feedback\" or nothing, not %q", o.only)
+		return fmt.Errorf("-only takes \"customerloop\", \"insert\", \"cluster\", \"feedback\", \"statements\" or nothing, not %q", o.only)
 	}
 	if o.rounds < 1 {
 		return fmt.Errorf("-rounds %d: want at least 1", o.rounds)
@@ -141,6 +141,13 @@ func run(o options) error {
 
 	if o.only == "feedback" {
 		figs, err := feedbackSection(ctx, o, ch, brokers, db+"_feedback", sizes)
+		if err != nil {
+			return err
+		}
+		return report(o, figs, nil, nil)
+	}
+	if o.only == "statements" {
+		figs, err := statementsSection(ctx, o, ch, db)
 		if err != nil {
 			return err
 		}
