@@ -348,6 +348,9 @@ func (p *ChannelPublisher) prepare(ctx context.Context) error {
 // contentHash identifies a statement's figures: not when it was made, its version, nor
 // the run rate's projections, which move with the clock alone.
 func (s *Statement) contentHash() string {
+	if s.hash != "" {
+		return s.hash
+	}
 	c := *s
 	c.GeneratedAt, c.Version = time.Time{}, 0
 	c.Products = make([]StatementProduct, len(s.Products))
@@ -360,5 +363,6 @@ func (s *Statement) contentHash() string {
 	}
 	b, _ := json.Marshal(c)
 	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:16])
+	s.hash = hex.EncodeToString(sum[:16])
+	return s.hash
 }

@@ -63,8 +63,10 @@ func (p *ChannelPublisher) changedStatements(ctx context.Context, full bool, cha
 			customers[c] = true
 		}
 	}
-	// Each customer's statements of the periods read, and whose accuracy is read again.
+	// Each customer's statements of the periods read, and whose accuracy is read again;
+	// complete keeps the statements of complete periods made on the way.
 	read := map[string]*Statement{}
+	complete := map[cellKey]*Statement{}
 	var again []string
 	if full {
 		p.acc = map[string]map[string][]StatementAccuracy{}
@@ -78,7 +80,9 @@ func (p *ChannelPublisher) changedStatements(ctx context.Context, full bool, cha
 		moved := full
 		for _, period := range rowPeriods(st) {
 			if !moved && period.Before(current) {
-				moved = p.state[cellKey{c, period}].hash != p.periodStatement(st, period, current, dead[c]).contentHash()
+				ps := p.periodStatement(st, period, current, dead[c])
+				complete[cellKey{c, period}] = ps
+				moved = p.state[cellKey{c, period}].hash != ps.contentHash()
 			}
 		}
 		if moved {
@@ -136,7 +140,11 @@ func (p *ChannelPublisher) changedStatements(ctx context.Context, full bool, cha
 			}
 		}
 		for _, period := range periods {
-			if ps := p.periodStatement(st, period, current, dead[c]); len(ps.Products) > 0 || len(ps.DeadLetters) > 0 {
+			ps := complete[cellKey{c, period}]
+			if ps == nil {
+				ps = p.periodStatement(st, period, current, dead[c])
+			}
+			if len(ps.Products) > 0 || len(ps.DeadLetters) > 0 {
 				out[c] = append(out[c], ps)
 			}
 		}
@@ -171,6 +179,7 @@ func rowPeriods(st *Statement) []time.Time {
 // accuracy by product.
 func (p *ChannelPublisher) periodStatement(st *Statement, period, current time.Time, dead map[time.Time]StatementDeadLetters) *Statement {
 	out := *st
+	out.hash = ""
 	out.Period = Date{period}
 	out.Products = []StatementProduct{}
 	out.DeadLetters = []StatementDeadLetters{}

@@ -59,6 +59,8 @@ type Statement struct {
 	// Reason says why this is the last statement the customer gets (their consent was
 	// withdrawn); empty otherwise.
 	Reason string `json:"reason,omitempty"`
+	// hash is the content hash, once worked out (see contentHash).
+	hash string
 }
 
 // StatementConsent is a customer's consent state in a statement, filled in by the
