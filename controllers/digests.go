@@ -11,20 +11,17 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
-	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/pipeline/feedback"
 )
 
 const defaultPublishInterval = 5 * time.Minute
-
-// digestEntry is the digest publisher of a loop, with what its status shows.
-type digestEntry = publisherEntry[*feedback.Publisher, loopsv1alpha1.FeedbackStatus]
 
 // publisherName identifies this manager replica in the digest table.
 func publisherName() string {
@@ -40,9 +37,18 @@ func publisherName() string {
 func digestHash(dc *pipeline.DigestConfig, cfg pipeline.Config) string {
 	c := *dc
 	c.Interval = pipeline.Duration{}
+	return publisherHash(c, cfg)
+}
+
+// publisherHash is the hash of a publisher's config (c, as JSON), of what it leaves out
+// of its JSON (extra: keys) and of the loop's connections with their credentials.
+func publisherHash(c any, cfg pipeline.Config, extra ...[]byte) string {
 	b, _ := json.Marshal(c)
 	h := sha256.New()
 	h.Write(b)
+	for _, e := range extra {
+		h.Write(e)
+	}
 	h.Write([]byte(configHash(pipeline.Config{ClickHouse: cfg.ClickHouse, Kafka: cfg.Kafka})))
 	return hex.EncodeToString(h.Sum(nil))
 }
@@ -60,28 +66,13 @@ func (r *CustomerLoopReconciler) reconcileDigests(ctx context.Context, s *reconc
 		return outcome{}, nil
 	}
 	interval := dc.Interval.Duration
-	hash := digestHash(dc, cfg)
-	e := r.digests.get(key)
-	if e != nil && e.hash != hash {
-		r.digests.stop(key)
-		e = nil
+	e, created, err := r.digests.ensure(ctx, key, digestHash(dc, cfg), cfg.ClickHouse, func(conn driver.Conn) (*feedback.Publisher, error) {
+		return feedback.NewPublisher(*dc, conn, log.FromContext(ctx).WithName("digests"))
+	}, loop.Status.Feedback.DeepCopy())
+	if err != nil {
+		return outcome{}, err
 	}
-	if e == nil {
-		// The publisher outlives the reconcile: it has a connection of its own.
-		conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
-		if err != nil {
-			return outcome{}, err
-		}
-		pub, err := feedback.NewPublisher(*dc, conn, log.FromContext(ctx).WithName("digests"))
-		if err != nil {
-			_ = conn.Close()
-			return outcome{}, &specError{msg: err.Error()}
-		}
-		e = &digestEntry{hash: hash, conn: conn, pub: pub}
-		if before := loop.Status.Feedback; before != nil {
-			e.status = *before.DeepCopy()
-		}
-		r.digests.put(key, e)
+	if created {
 		startDigestMetrics(loop.Namespace, loop.Name)
 	}
 	now := time.Now()

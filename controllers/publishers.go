@@ -1,9 +1,12 @@
 package controllers
 
 import (
+	"context"
 	"sync"
 	"time"
 
+	"customerloop.dev/customerloop/pipeline"
+	"customerloop.dev/customerloop/pipeline/connect"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"k8s.io/apimachinery/pkg/types"
 )
@@ -52,4 +55,33 @@ func (d *publishers[P, S]) stop(key types.NamespacedName) {
 		_ = e.pub.Close()
 		_ = e.conn.Close()
 	}
+}
+
+// ensure returns the loop's publisher for the config that hashes to hash. It starts one,
+// with a ClickHouse connection of its own that outlives the reconcile, when the loop has
+// none or its config changed; before, when set, is the status the loop shows of it. A
+// publisher that cannot start is an invalid spec. created says it was started now.
+func (d *publishers[P, S]) ensure(ctx context.Context, key types.NamespacedName, hash string, ch pipeline.ClickHouseConfig,
+	start func(driver.Conn) (P, error), before *S) (e *publisherEntry[P, S], created bool, err error) {
+	if e = d.get(key); e != nil && e.hash == hash {
+		return e, false, nil
+	}
+	if e != nil {
+		d.stop(key)
+	}
+	conn, err := connect.OpenClickHouse(ctx, ch)
+	if err != nil {
+		return nil, false, err
+	}
+	pub, err := start(conn)
+	if err != nil {
+		_ = conn.Close()
+		return nil, false, &specError{msg: err.Error()}
+	}
+	e = &publisherEntry[P, S]{hash: hash, conn: conn, pub: pub}
+	if before != nil {
+		e.status = *before
+	}
+	d.put(key, e)
+	return e, true, nil
 }

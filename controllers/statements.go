@@ -2,32 +2,23 @@ package controllers
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
-	loopsv1alpha1 "customerloop.dev/customerloop/api/v1alpha1"
 	"customerloop.dev/customerloop/pipeline"
-	"customerloop.dev/customerloop/pipeline/connect"
 	"customerloop.dev/customerloop/pipeline/feedback"
 )
 
-// statementHash identifies a channel publisher's config, credentials included; the
-// interval is left out, as the digests' is.
+// statementHash identifies a channel publisher's config, credentials and HMAC key
+// included; the interval is left out, as the digests' is.
 func statementHash(sc *pipeline.StatementConfig, cfg pipeline.Config) string {
 	c := *sc
 	c.Interval = pipeline.Duration{}
-	b, _ := json.Marshal(c)
-	h := sha256.New()
-	h.Write(b)
-	h.Write(c.HMACKey)
-	h.Write([]byte(configHash(pipeline.Config{ClickHouse: cfg.ClickHouse, Kafka: cfg.Kafka})))
-	return hex.EncodeToString(h.Sum(nil))
+	return publisherHash(c, cfg, c.HMACKey)
 }
 
 // reconcileStatements runs a publication round of the customers' statements and consent
@@ -42,27 +33,11 @@ func (r *CustomerLoopReconciler) reconcileStatements(ctx context.Context, s *rec
 		r.statements.stop(key)
 		return outcome{}, nil
 	}
-	hash := statementHash(sc, cfg)
-	e := r.statements.get(key)
-	if e != nil && e.hash != hash {
-		r.statements.stop(key)
-		e = nil
-	}
-	if e == nil {
-		conn, err := connect.OpenClickHouse(ctx, cfg.ClickHouse)
-		if err != nil {
-			return outcome{}, err
-		}
-		pub, err := feedback.NewChannelPublisher(*sc, conn, log.FromContext(ctx).WithName("statements"))
-		if err != nil {
-			_ = conn.Close()
-			return outcome{}, &specError{msg: err.Error()}
-		}
-		e = &publisherEntry[*feedback.ChannelPublisher, loopsv1alpha1.CustomerChannelStatus]{hash: hash, conn: conn, pub: pub}
-		if before := loop.Status.CustomerChannel; before != nil {
-			e.status = *before.DeepCopy()
-		}
-		r.statements.put(key, e)
+	e, _, err := r.statements.ensure(ctx, key, statementHash(sc, cfg), cfg.ClickHouse, func(conn driver.Conn) (*feedback.ChannelPublisher, error) {
+		return feedback.NewChannelPublisher(*sc, conn, log.FromContext(ctx).WithName("statements"))
+	}, loop.Status.CustomerChannel.DeepCopy())
+	if err != nil {
+		return outcome{}, err
 	}
 	now := time.Now()
 	if !now.Before(e.next) {
