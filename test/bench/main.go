@@ -219,6 +219,11 @@ func run(o options) error {
 		}
 		figs = append(figs, ffigs...)
 	}
+	sfigs, err := statementsSection(ctx, o, ch, db)
+	if err != nil {
+		return err
+	}
+	figs = append(figs, sfigs...)
 	var cfigs []clusterFigure
 	if clustered {
 		if cfigs, err = clusterVariant(ctx, o, chc, work, brokers); err != nil {
