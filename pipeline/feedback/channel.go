@@ -242,7 +242,7 @@ func (p *ChannelPublisher) readDead(ctx context.Context, full bool) (map[string]
 	db := p.cfg.Feedback.Database
 	sig := ""
 	if p.cfg.Cluster == "" {
-		if err := p.ch.QueryRow(ctx, "SELECT toString(groupArray(concat(name, '/', toString(rows)))) FROM system.parts WHERE database = ? AND table = ? AND active",
+		if err := p.ch.QueryRow(ctx, "SELECT toString(arraySort(groupArray(concat(name, '/', toString(rows))))) FROM system.parts WHERE database = ? AND table = ? AND active",
 			db, pipeline.DeadLettersTable).Scan(&sig); err != nil {
 			return nil, "", nil, fmt.Errorf("reading the data parts of %s.%s: %w", db, pipeline.DeadLettersTable, err)
 		}
